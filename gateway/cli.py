@@ -1,0 +1,145 @@
+"""``credit-gateway``: the command line for ops.
+
+Every command that reads the store takes ``--config`` (default ``$CG_CONFIG`` or ``./credit-gateway.toml``).
+Exit codes: 0 ok, 1 the thing checked is unhealthy or not found, 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from gateway import cli_ops
+from gateway.errors import ConfigError, GatewayError
+
+DEFAULT_CONFIG = "credit-gateway.toml"
+
+
+def _config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", default=os.environ.get("CG_CONFIG", DEFAULT_CONFIG),
+                   help="configuration file (default: $CG_CONFIG or ./credit-gateway.toml)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="credit-gateway", description=__doc__.splitlines()[0] if __doc__ else "")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("check", help="check the configuration and mappings; list every problem")
+    _config_arg(p)
+    p.add_argument("--connect", action="store_true", help="also connect to sources and check their columns")
+
+    p = sub.add_parser("run", help="run the daemon (stop with SIGTERM or SIGINT)")
+    _config_arg(p)
+    p.add_argument("--until-idle", action="store_true", help="drain sources, deliver everything, then exit")
+    p.add_argument("--timeout", type=float, default=3600.0, help="with --until-idle: give up after this (s)")
+
+    p = sub.add_parser("status", help="backlog per target, oldest pending age, last success, dead letters")
+    _config_arg(p)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("health", help="exit 0 if the daemon is alive and delivering, 1 if not")
+    _config_arg(p)
+    p.add_argument("--max-heartbeat-age", type=float, default=60.0, help="seconds")
+    p.add_argument("--max-pending-age", type=float, default=0.0, help="seconds; 0 = do not check")
+
+    _spool_parser(sub)
+    _quarantine_parser(sub)
+
+    p = sub.add_parser("mapping", help="try a mapping file on sample rows")
+    msub = p.add_subparsers(dest="mapping_command", required=True)
+    t = msub.add_parser("test", help="map the rows of a CSV file and print the result or the errors per row")
+    t.add_argument("file")
+    t.add_argument("--sample", required=True, help="CSV file with a header row")
+    t.add_argument("--encoding", default="utf-8", help="CSV encoding (utf-8, gbk, gb18030)")
+    t.add_argument("--today", help="validate as of this date (YYYY-MM-DD)")
+
+    p = sub.add_parser("sandbox", help="run the built-in credit-platform sandbox")
+    from gateway.sandbox import build_arg_parser
+
+    build_arg_parser(p)
+
+    p = sub.add_parser("demo", help="run the end-to-end demo on a sample department database")
+    p.add_argument("--dir", default="demo-run", help="working directory for the demo (recreated)")
+    p.add_argument("--licences", type=int, default=1500)
+    p.add_argument("--penalties", type=int, default=1500)
+    return parser
+
+
+def _spool_parser(sub: Any) -> None:
+    p = sub.add_parser("spool", help="batches in the spool: list, show, retry, replay dead letters")
+    _config_arg(p)
+    s = p.add_subparsers(dest="spool_command", required=True)
+    ls = s.add_parser("list")
+    ls.add_argument("--target")
+    ls.add_argument("--state", choices=["open", "done", "dead", "replayed"])
+    ls.add_argument("--limit", type=int, default=50)
+    show = s.add_parser("show")
+    show.add_argument("batch")
+    show.add_argument("--body", action="store_true", help="print the request body too")
+    for name, text in (("retry", "make open batches due now"), ("replay", "queue dead-lettered records again")):
+        r = s.add_parser(name, help=text)
+        g = r.add_mutually_exclusive_group(required=True)
+        g.add_argument("batch", nargs="?")
+        g.add_argument("--target")
+        g.add_argument("--all", action="store_true")
+
+
+def _quarantine_parser(sub: Any) -> None:
+    p = sub.add_parser("quarantine", help="rejected rows with reasons: list, show, replay, resolve")
+    _config_arg(p)
+    s = p.add_subparsers(dest="quarantine_command", required=True)
+    ls = s.add_parser("list")
+    ls.add_argument("--stage", choices=["mapping", "target"])
+    ls.add_argument("--state", default="open", choices=["open", "resolved"])
+    ls.add_argument("--limit", type=int, default=100)
+    show = s.add_parser("show")
+    show.add_argument("id", type=int)
+    for name, text in (("replay", "map again with the current mapping (or resend to the target)"),
+                       ("resolve", "close entries without replaying them")):
+        r = s.add_parser(name, help=text)
+        g = r.add_mutually_exclusive_group(required=True)
+        g.add_argument("ids", nargs="*", type=int, default=[])
+        g.add_argument("--all", action="store_true")
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
+    "check": cli_ops.cmd_check,
+    "run": cli_ops.cmd_run,
+    "status": cli_ops.cmd_status,
+    "health": cli_ops.cmd_health,
+    "spool": cli_ops.cmd_spool,
+    "quarantine": cli_ops.cmd_quarantine,
+    "mapping": cli_ops.cmd_mapping,
+    "sandbox": cli_ops.cmd_sandbox,
+    "demo": cli_ops.cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = COMMANDS[args.command](args)
+        if asyncio.iscoroutine(result):
+            result = asyncio.run(result)
+        return int(result or 0)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except GatewayError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def config_path(args: argparse.Namespace) -> Path:
+    return Path(args.config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,366 @@
+"""The implementations behind ``credit-gateway`` sub-commands (parsing lives in :mod:`gateway.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import datetime as dt
+import io
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from gateway.config import Config, load_config
+from gateway.daemon import Gateway, serve
+from gateway.engine import china_today
+from gateway.errors import ConfigError, GatewayError, Problem
+from gateway.logs import redact, setup_logging
+from gateway.mapping import InboundMapping, OutboundMapping, load_mapping, source_columns
+from gateway.records import Operation, Record, from_payload
+from gateway.store import Reject, open_store
+from gateway.store_ops import Store
+
+
+def out(line: str = "") -> None:
+    print(redact(line), flush=True)
+
+
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
+    """Print rows as an aligned text table."""
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max([_width(c)] + [_width(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    out("  ".join(_pad(c, w) for c, w in zip(columns, widths, strict=True)))
+    for r in cells:
+        out("  ".join(_pad(v, w) for v, w in zip(r, widths, strict=True)))
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float) and value > 1_000_000_000:  # an epoch timestamp
+        return dt.datetime.fromtimestamp(value, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return "-" if value is None else str(value)
+
+
+def _width(text: str) -> int:
+    return sum(2 if ord(ch) > 0x2E80 else 1 for ch in text)  # CJK characters take two columns
+
+
+def _pad(text: str, width: int) -> str:
+    return text + " " * (width - _width(text))
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+async def _with_store(config: Config) -> Store:
+    return await open_store(config.store_url())
+
+
+# ---------------------------------------------------------------- check / run
+
+async def cmd_check(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    problems: list[Problem] = []
+    if args.connect:
+        problems += await _check_sources(config)
+    if problems:
+        raise ConfigError(problems, str(config.path))
+    out(f"{config.path}: OK")
+    out(f"  store    {redact(config.store.url)}")
+    for s in config.sources.values():
+        out(f"  source   {s.name} ({s.type}) → {', '.join(s.mappings)} every {s.poll_interval_s:g}s")
+    for t in config.targets.values():
+        out(f"  target   {t.name} ({t.type}) ← {', '.join(t.mappings)}; personal IDs: {t.personal_ids}")
+    return 0
+
+
+async def _check_sources(config: Config) -> list[Problem]:
+    problems = []
+    for src in config.sources.values():
+        columns = getattr(src.adapter, "columns", None)
+        if columns is None:
+            continue
+        try:
+            async with src.adapter:
+                have = set(await columns())
+        except GatewayError as exc:
+            problems.append(Problem(f"sources.{src.name}", f"cannot read the source: {exc}"))
+            continue
+        for mapping in src.mappings.values():
+            missing = sorted(source_columns(mapping.path) - have)
+            if missing:
+                problems.append(Problem(f"sources.{src.name}.mapping",
+                                        f"{mapping.path} reads column(s) {', '.join(missing)} the source lacks"))
+    return problems
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    setup_logging(config.daemon.log_level, config.daemon.log_format, config.secrets)
+    if not args.until_idle:
+        return asyncio.run(serve(config))
+    return asyncio.run(_run_until_idle(config, args.timeout))
+
+
+async def _run_until_idle(config: Config, timeout_s: float) -> int:
+    store = await _with_store(config)
+    try:
+        async with Gateway(config, store) as gw:
+            done = await gw.run_until_idle(timeout_s)
+        await print_status(store)
+    finally:
+        await store.aclose()
+    return 0 if done else 1
+
+
+# ---------------------------------------------------------------- status / health
+
+async def cmd_status(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    store = await _with_store(config)
+    try:
+        if args.json:
+            status = {"targets": await store.target_status(), "counts": await store.counts(),
+                      "instances": await store.heartbeats()}
+            out(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode())
+        else:
+            await print_status(store)
+    finally:
+        await store.aclose()
+    return 0
+
+
+async def print_status(store: Store) -> None:
+    counts = await store.counts()
+    ledger = ", ".join(f"{k} {v}" for k, v in sorted(counts["ledger"].items())) or "empty"
+    quarantine = ", ".join(f"{k} {v}" for k, v in sorted(counts["quarantine"].items())) or "none"
+    out(f"rows read {counts['rows_read']}; ledger: {ledger}; open quarantine: {quarantine}")
+    rows = [{**r, "oldest pending": _age(r["oldest_pending_s"]), "last success": r["last_success"]}
+            for r in await store.target_status()]
+    table(rows, ["target", "backlog", "oldest pending", "delivered", "rejected", "dead", "open_batches",
+                 "retrying", "last success"])
+    for beat in await store.heartbeats():
+        age = time.time() - beat["beat_at"]
+        out(f"instance {beat['instance']} pid {beat['pid']}: {beat['state'].get('state')}, "
+            f"last heartbeat {_age(age)} ago")
+
+
+async def cmd_health(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    store = await _with_store(config)
+    try:
+        problems = await _health_problems(store, config, args.max_heartbeat_age, args.max_pending_age)
+    finally:
+        await store.aclose()
+    for p in problems:
+        out(f"unhealthy: {p}")
+    if not problems:
+        out("healthy")
+    return 1 if problems else 0
+
+
+async def _health_problems(store: Store, config: Config, max_beat: float, max_pending: float) -> list[str]:
+    beats = {b["instance"]: b for b in await store.heartbeats()}
+    beat = beats.get(config.gateway.instance)
+    problems = []
+    if beat is None:
+        problems.append(f"instance {config.gateway.instance} has never run")
+    elif beat["state"].get("state") != "running" or time.time() - beat["beat_at"] > max_beat:
+        problems.append(f"instance {config.gateway.instance} is {beat['state'].get('state')}, "
+                        f"last heartbeat {_age(time.time() - beat['beat_at'])} ago")
+    for row in await store.target_status():
+        if max_pending and (row["oldest_pending_s"] or 0) > max_pending:
+            problems.append(f"target {row['target']}: oldest pending record is {_age(row['oldest_pending_s'])} old")
+    return problems
+
+
+# ---------------------------------------------------------------- spool
+
+async def cmd_spool(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    store = await _with_store(config)
+    try:
+        return await _spool(store, args)
+    finally:
+        await store.aclose()
+
+
+async def _spool(store: Store, args: argparse.Namespace) -> int:
+    cmd = args.spool_command
+    if cmd == "list":
+        rows = await store.list_batches(args.target, args.state, args.limit)
+        table(rows, ["id", "target", "dataset", "state", "record_count", "attempts", "created_at", "last_error"])
+        return 0
+    if cmd == "show":
+        batch = await store.show_batch(args.batch)
+        if batch is None:
+            out(f"no batch {args.batch}")
+            return 1
+        _print_batch(batch, args.body)
+        return 0
+    target = None if args.all else args.target
+    if cmd == "retry":
+        n = await store.retry_now(args.batch, target)
+        out(f"{n} open batch(es) due now")
+    else:
+        n = await store.replay_dead(args.batch, target)
+        out(f"{n} record(s) queued again")
+    return 0
+
+
+def _print_batch(batch: dict[str, Any], with_body: bool) -> None:
+    for key in ("id", "target", "dataset", "state", "record_count", "attempts", "body_sha256", "created_at",
+                "completed_at", "last_error"):
+        out(f"{key:14} {_cell(batch.get(key))}")
+    out("attempts:")
+    table(batch["attempt_log"], ["at", "outcome", "duration_ms", "detail"])
+    receipt = batch["receipt"]
+    out(f"receipt: {receipt['receipt_id']} at {_cell(receipt['received_at'])}" if receipt else "receipt: none")
+    states: dict[str, int] = {}
+    for rec in batch["records"]:
+        states[rec["state"]] = states.get(rec["state"], 0) + 1
+    out("records: " + ", ".join(f"{k} {v}" for k, v in sorted(states.items())))
+    if with_body:
+        out(batch["body"])
+
+
+# ---------------------------------------------------------------- quarantine
+
+async def cmd_quarantine(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    store = await _with_store(config)
+    try:
+        return await _quarantine(store, config, args)
+    finally:
+        await store.aclose()
+
+
+async def _quarantine(store: Store, config: Config, args: argparse.Namespace) -> int:
+    cmd = args.quarantine_command
+    if cmd == "list":
+        rows = await store.list_quarantine(args.state, args.stage, args.limit)
+        table([{**r, "key": r["record_key"] or r["source_key"], "where": r["target"] or r["source"],
+                "reasons": "; ".join(_reason(x) for x in r["reasons"])} for r in rows],
+              ["id", "stage", "where", "dataset", "key", "hits", "reasons"])
+        return 0
+    if cmd == "show":
+        rows = await store.list_quarantine(None, ids=[args.id])
+        if not rows:
+            out(f"no quarantine entry {args.id}")
+            return 1
+        out(orjson.dumps(rows[0], option=orjson.OPT_INDENT_2).decode())
+        return 0
+    entries = await store.list_quarantine("open", limit=1_000_000, ids=[] if args.all else args.ids)
+    if cmd == "resolve":
+        await store.resolve_quarantine([e["id"] for e in entries])
+        out(f"{len(entries)} entr(y/ies) resolved")
+        return 0
+    return await replay_quarantine(store, config, entries)
+
+
+def _reason(r: dict[str, Any]) -> str:
+    head = r.get("field") or r.get("code") or ""
+    return f"{head}: {r.get('message')}" if head else str(r.get("message"))
+
+
+async def replay_quarantine(store: Store, config: Config, entries: Sequence[dict[str, Any]]) -> int:
+    """Mapping rejects are mapped again with today's mapping; target rejects are sent again."""
+    target_entries = [e for e in entries if e["stage"] != "mapping"]
+    requeued = await store.requeue_rejected(target_entries) if target_entries else 0
+    fixed = still = 0
+    routes = config.routes()
+    for e in (e for e in entries if e["stage"] == "mapping"):
+        src = config.sources.get(e["source"])
+        mapping = src.mappings.get(e["dataset"]) if src else None
+        if mapping is None:
+            out(f"entry {e['id']}: source {e['source']} / dataset {e['dataset']} is no longer configured")
+            still += 1
+            continue
+        mapped = mapping.map_row(e["raw"], china_today(), e["source"], e["source_key"])
+        rejects = [] if mapped.record else [Reject(e["source"], e["source_key"], e["dataset"], mapped.key,
+                                                   mapped.problems, e["raw"])]
+        await store.commit_intake(e["source"], [mapped.record] if mapped.record else [], rejects, None, routes, 1)
+        fixed, still = (fixed + 1, still) if mapped.record else (fixed, still + 1)
+    out(f"replayed: {fixed} row(s) now valid and queued, {still} still failing, "
+        f"{requeued} target rejection(s) queued again")
+    return 0 if not still else 1
+
+
+# ---------------------------------------------------------------- mapping test
+
+def cmd_mapping(args: argparse.Namespace) -> int:
+    mapping = load_mapping(args.file)
+    rows = read_csv(Path(args.sample), args.encoding)
+    today = dt.date.fromisoformat(args.today) if args.today else china_today()
+    failed = 0
+    for number, row in enumerate(rows, start=2):  # line 1 is the header
+        if isinstance(mapping, InboundMapping):
+            failed += _test_inbound(mapping, row, number, today)
+        else:
+            _test_outbound(mapping, row, number)
+    out(f"{len(rows)} row(s), {len(rows) - failed} ok, {failed} with errors")
+    return 1 if failed else 0
+
+
+def _test_inbound(mapping: InboundMapping, row: dict[str, Any], number: int, today: dt.date) -> int:
+    mapped = mapping.map_row(row, today, "sample", str(number))
+    if mapped.record is None:
+        for p in mapped.problems:
+            out(f"line {number}: {p.path}: {p.message}")
+        return 1
+    rec = mapped.record
+    out(orjson.dumps({"line": number, "key": rec.key, "operation": rec.operation.value,
+                      "fields": rec.payload()}).decode())
+    return 0
+
+
+def _test_outbound(mapping: OutboundMapping, row: dict[str, Any], number: int) -> None:
+    kinds = {f.name: f.kind for f in mapping.dataset.fields}
+    fields = from_payload(kinds, {k: (v.split(";") if kinds.get(k) == "list" else v) for k, v in row.items() if v})
+    op = Operation(row.get("@operation") or "upsert")
+    record = Record(mapping.dataset.name, row.get("@key", ""), op, fields, version=int(row.get("@version") or 1))
+    out(orjson.dumps({"line": number, "record": mapping.map_record(record)}).decode())
+
+
+def read_csv(path: Path, encoding: str) -> list[dict[str, Any]]:
+    """Rows of a CSV file; an encoding error names the file, line and byte and suggests --encoding."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError([Problem("", f"cannot read: {exc.strerror}")], str(path)) from None
+    try:
+        text = data.decode("utf-8-sig" if encoding.lower().replace("-", "") == "utf8" else encoding)
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        hint = " (try --encoding gbk)" if encoding.lower().startswith("utf") else ""
+        raise ConfigError([Problem(f"line {line}", f"not {encoding} at byte {exc.start}{hint}")], str(path)) from None
+    except LookupError:
+        raise ConfigError([Problem("--encoding", f"unknown encoding {encoding!r}")], str(path)) from None
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+# ---------------------------------------------------------------- sandbox / demo
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    from gateway.sandbox import config_from_args, run_sandbox
+
+    setup_logging("info", "text")
+    run_sandbox(config_from_args(args), getattr(args, "ready_file", None))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo import run_demo
+
+    return run_demo(Path(args.dir), args.licences, args.penalties)

@@ -1,0 +1,278 @@
+"""The gateway's configuration: one TOML file, parsed once into an immutable :class:`Config`.
+
+Loading collects every problem (with the file and its TOML path) before raising one ConfigError, so
+``credit-gateway check`` shows them all at once. Relative paths are relative to the config file.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import ConfigError, Problem
+from gateway.mapping import InboundMapping, OutboundMapping, load_mapping
+from gateway.ports import SINK_GROUP, SOURCE_GROUP, AdapterContext, load_adapter
+from gateway.settings import parse_settings, setting
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    department_code: str = setting(help="部门编码 / the department's USCC, sent as departmentCode")
+    department_name: str = setting(help="the department's name")
+    instance: str = setting("gateway", help="name of this gateway instance (logs, heartbeats)")
+    region_code: str = setting("", help="GB/T 2260 region code of the department")
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    url: str = setting("sqlite:///spool/gateway.db",
+                       help="sqlite:///path (relative to the config file) or postgresql://user@host/db")
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    max_concurrency: int = setting(8, check="positive", help="adapter calls in flight at once, all adapters")
+    adapter_timeout_s: float = setting(120.0, check="positive", help="upper bound on any single adapter call")
+    shutdown_grace_s: float = setting(30.0, check="positive", help="time in-flight work gets after SIGTERM")
+    heartbeat_s: float = setting(5.0, check="positive", help="how often the daemon records it is alive")
+    idle_check_s: float = setting(1.0, check="positive", help="how often workers look for due retries")
+    log_format: str = setting("json", choices=("json", "text"), help="json: one object per line")
+    log_level: str = setting("info", choices=("debug", "info", "warning", "error"))
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    initial_s: float = setting(1.0, check="positive", help="first backoff")
+    max_s: float = setting(300.0, check="positive", help="longest backoff")
+    multiplier: float = setting(2.0, check="positive", help="backoff growth per attempt")
+    jitter_s: float = setting(1.0, help="random extra delay, 0..jitter_s")
+    max_attempts: int = setting(50, check="positive", help="then the batch goes to the dead letters")
+    max_age_s: float = setting(7 * 86400.0, check="positive", help="…or when its first attempt is this old")
+
+
+@dataclass(frozen=True)
+class CircuitSettings:
+    failure_threshold: int = setting(5, check="positive", help="consecutive failures that open the circuit")
+    reset_s: float = setting(30.0, check="positive", help="how long it stays open before one trial batch")
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    name: str
+    type: str
+    mappings: Mapping[str, InboundMapping]  # usually one; keyed by dataset
+    poll_interval_s: float
+    batch_size: int
+    adapter: Any
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    name: str
+    type: str
+    mappings: Mapping[str, OutboundMapping]  # dataset -> outbound mapping
+    batch_size: int
+    max_in_flight: int
+    personal_ids: str  # mask | full | omit
+    external: bool
+    retry: RetrySettings
+    circuit: CircuitSettings
+    adapter: Any
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    gateway: GatewaySettings
+    store: StoreSettings
+    daemon: DaemonSettings
+    sources: Mapping[str, SourceConfig]
+    targets: Mapping[str, TargetConfig]
+    secrets: tuple[str, ...] = field(default=(), repr=False)
+
+    def routes(self) -> dict[str, list[str]]:
+        """dataset → targets that receive it."""
+        out: dict[str, list[str]] = {}
+        for target in self.targets.values():
+            for dataset in target.mappings:
+                out.setdefault(dataset, []).append(target.name)
+        return out
+
+    def store_url(self) -> str:
+        return resolve_store_url(self.store.url, self.path.parent)
+
+
+def resolve_store_url(url: str, base: Path) -> str:
+    """Make a relative SQLite path relative to the config file's directory."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
+        return prefix + str((base / url[len(prefix):]).resolve())
+    return url
+
+
+SOURCE_KEYS = frozenset({"type", "mapping", "poll_interval_s", "batch_size"})
+TARGET_KEYS = frozenset({"type", "datasets", "batch_size", "max_in_flight", "personal_ids", "external",
+                         "retry", "circuit"})
+
+
+def load_config(path: str | Path) -> Config:
+    """Read, check and build everything a config names; raise ConfigError with every problem."""
+    path = Path(path).resolve()
+    doc = _read(path)
+    problems: list[Problem] = []
+    unknown = set(doc) - {"gateway", "store", "daemon", "sources", "targets"}
+    problems += [Problem(k, "unknown section") for k in sorted(unknown)]
+    gw = _section(GatewaySettings, doc, "gateway", problems)
+    store = _section(StoreSettings, doc, "store", problems)
+    daemon = _section(DaemonSettings, doc, "daemon", problems)
+    if gw is None:
+        raise ConfigError(problems, str(path))
+    secrets: list[str] = []
+    ctx_base = (path.parent, gw)
+    sources = {name: src for name, raw in _tables(doc, "sources", problems).items()
+               if (src := _source(name, raw, ctx_base, problems)) is not None}
+    targets = {name: tgt for name, raw in _tables(doc, "targets", problems).items()
+               if (tgt := _target(name, raw, ctx_base, problems, secrets)) is not None}
+    problems += _route_problems(sources, targets)
+    if problems or store is None or daemon is None:
+        raise ConfigError(problems, str(path))
+    return Config(path, gw, store, daemon, sources, targets, tuple(secrets))
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([Problem("", "file not found (copy config.example.toml)")], str(path)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([Problem("", f"not UTF-8 at byte {exc.start}")], str(path)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([Problem("", f"invalid TOML: {exc}")], str(path)) from None
+
+
+def _section(cls: type[Any], doc: Mapping[str, Any], name: str, problems: list[Problem]) -> Any:
+    raw = doc.get(name, {})
+    if not isinstance(raw, dict):
+        problems.append(Problem(name, "must be a table"))
+        return None
+    value, found = parse_settings(cls, raw, name)
+    problems += found
+    return value
+
+
+def _tables(doc: Mapping[str, Any], name: str, problems: list[Problem]) -> dict[str, dict[str, Any]]:
+    raw = doc.get(name, {})
+    if not isinstance(raw, dict):
+        problems.append(Problem(name, "must be a table of named tables"))
+        return {}
+    out = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            out[key] = value
+        else:
+            problems.append(Problem(f"{name}.{key}", "must be a table"))
+    return out
+
+
+def _context(name: str, where: str, base: tuple[Path, GatewaySettings]) -> AdapterContext:
+    return AdapterContext(name, where, base[0], base[1].department_code, base[1].department_name)
+
+
+def _common_int(raw: Mapping[str, Any], key: str, default: int, where: str, problems: list[Problem]) -> int:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        problems.append(Problem(f"{where}.{key}", f"expected a positive integer, got {value!r}"))
+        return default
+    return value
+
+
+def _mapping(file: Any, where: str, base: Path, kind: type[Any], problems: list[Problem]) -> Any:
+    if not isinstance(file, str):
+        problems.append(Problem(where, "expected a mapping file path"))
+        return None
+    try:
+        mapping = load_mapping(base / file)
+    except ConfigError as exc:
+        problems += [Problem(where, f"{exc.source}: {p}") for p in exc.problems]
+        return None
+    if not isinstance(mapping, kind):
+        wanted = "inbound" if kind is InboundMapping else "outbound"
+        problems.append(Problem(where, f"{file} is not an {wanted} mapping"))
+        return None
+    return mapping
+
+
+def _source(name: str, raw: dict[str, Any], base: tuple[Path, GatewaySettings],
+            problems: list[Problem]) -> SourceConfig | None:
+    where = f"sources.{name}"
+    before = len(problems)
+    mapping = _mapping(raw.get("mapping"), f"{where}.mapping", base[0], InboundMapping, problems)
+    poll = raw.get("poll_interval_s", 10.0)
+    if isinstance(poll, bool) or not isinstance(poll, int | float) or poll <= 0:
+        problems.append(Problem(f"{where}.poll_interval_s", f"expected a positive number, got {poll!r}"))
+    batch_size = _common_int(raw, "batch_size", 1000, where, problems)
+    adapter = _adapter(SOURCE_GROUP, raw, where, SOURCE_KEYS, _context(name, where, base), problems)
+    if len(problems) > before or mapping is None:
+        return None
+    return SourceConfig(name, str(raw["type"]), {mapping.dataset.name: mapping}, float(poll), batch_size, adapter)
+
+
+def _adapter(group: str, raw: dict[str, Any], where: str, common: frozenset[str], ctx: AdapterContext,
+             problems: list[Problem]) -> Any:
+    kind = raw.get("type")
+    if not isinstance(kind, str):
+        problems.append(Problem(f"{where}.type", "required: the adapter type"))
+        return None
+    factory, problem = load_adapter(group, kind, where)
+    if problem or factory is None:
+        problems.append(problem or Problem(where, "adapter missing"))
+        return None
+    adapter, found = factory.from_settings({k: v for k, v in raw.items() if k not in common}, ctx)
+    problems += found
+    return adapter
+
+
+def _target(name: str, raw: dict[str, Any], base: tuple[Path, GatewaySettings], problems: list[Problem],
+            secrets: list[str]) -> TargetConfig | None:
+    where = f"targets.{name}"
+    before = len(problems)
+    datasets = raw.get("datasets")
+    mappings: dict[str, OutboundMapping] = {}
+    if not isinstance(datasets, dict) or not datasets:
+        problems.append(Problem(f"{where}.datasets", 'required: a table like { penalty = "mappings/….toml" }'))
+    else:
+        for ds, file in datasets.items():
+            m = _mapping(file, f"{where}.datasets.{ds}", base[0], OutboundMapping, problems)
+            if m is not None and m.dataset.name != ds:
+                problems.append(Problem(f"{where}.datasets.{ds}", f"{file} maps dataset {m.dataset.name}, not {ds}"))
+            elif m is not None:
+                mappings[ds] = m
+    personal = raw.get("personal_ids", "mask")
+    if personal not in ("mask", "full", "omit"):
+        problems.append(Problem(f"{where}.personal_ids", f"expected mask, full or omit, got {personal!r}"))
+    external = raw.get("external", True)
+    if not isinstance(external, bool):
+        problems.append(Problem(f"{where}.external", "expected true or false"))
+    if external is True and personal == "full":
+        problems.append(Problem(f"{where}.personal_ids", "full ID numbers are not allowed on an external target"))
+    retry, found = parse_settings(RetrySettings, raw.get("retry", {}), f"{where}.retry")
+    problems += found
+    circuit, found = parse_settings(CircuitSettings, raw.get("circuit", {}), f"{where}.circuit")
+    problems += found
+    batch_size = _common_int(raw, "batch_size", 500, where, problems)
+    in_flight = _common_int(raw, "max_in_flight", 2, where, problems)
+    adapter = _adapter(SINK_GROUP, raw, where, TARGET_KEYS, _context(name, where, base), problems)
+    secrets += list(getattr(adapter, "secrets", ()))
+    if len(problems) > before or retry is None or circuit is None:
+        return None
+    return TargetConfig(name, str(raw["type"]), mappings, batch_size, in_flight, str(personal), bool(external),
+                        retry, circuit, adapter)
+
+
+def _route_problems(sources: Mapping[str, SourceConfig], targets: Mapping[str, TargetConfig]) -> list[Problem]:
+    routed = {ds for t in targets.values() for ds in t.mappings}
+    return [Problem(f"sources.{s.name}.mapping", f"dataset {ds} is read but no target receives it")
+            for s in sources.values() for ds in s.mappings if ds not in routed]

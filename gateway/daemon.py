@@ -1,0 +1,144 @@
+"""The daemon: builds the pipeline from the config, runs it, and stops it cleanly.
+
+SIGTERM and SIGINT set a stop event: scheduling stops, running polls finish their commit, workers stop
+leasing and wait up to ``shutdown_grace_s`` for in-flight sends (whatever is cut off is resent after the
+restart under the same idempotency key). ``run_until_idle`` is the same machinery for the demo, tests
+and one-shot runs: poll every source until drained and deliver until no backlog is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+from gateway.config import Config
+from gateway.engine import Intake, TargetWorker
+from gateway.errors import GatewayError
+from gateway.scheduler import Scheduler
+from gateway.store import open_store
+from gateway.store_ops import Store
+
+log = logging.getLogger("gateway.daemon")
+
+
+class Gateway:
+    """Sources, targets and the store of one running gateway."""
+
+    def __init__(self, config: Config, store: Store) -> None:
+        self.config, self.store = config, store
+        d = config.daemon
+        self.sem = asyncio.Semaphore(d.max_concurrency)
+        self.workers = {name: TargetWorker(t, store, self.sem, d.adapter_timeout_s, d.idle_check_s)
+                        for name, t in config.targets.items()}
+        routes = config.routes()
+        self.intakes = {name: Intake(s, store, routes, self.sem, d.adapter_timeout_s, self._wake_all)
+                        for name, s in config.sources.items()}
+        self.stopping = asyncio.Event()
+        self.started_at = time.time()
+        self._stack = contextlib.AsyncExitStack()
+
+    def _wake_all(self) -> None:
+        for worker in self.workers.values():
+            worker.wake()
+
+    async def __aenter__(self) -> Gateway:
+        for src in self.config.sources.values():
+            await self._stack.enter_async_context(src.adapter)
+        for tgt in self.config.targets.values():
+            await self._stack.enter_async_context(tgt.adapter)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    # ------------------------------------------------------------ daemon
+
+    async def run(self) -> None:
+        """Run until ``stopping`` is set, then shut down gracefully."""
+        scheduler = Scheduler()
+        for name, intake in self.intakes.items():
+            scheduler.every(f"poll:{name}", self.config.sources[name].poll_interval_s, self._poller(intake))
+        scheduler.every("heartbeat", self.config.daemon.heartbeat_s, self.beat)
+        scheduler.start()
+        workers = [asyncio.create_task(w.run(self.stopping), name=f"worker {n}") for n, w in self.workers.items()]
+        log.info("gateway started", extra={"sources": list(self.intakes), "targets": list(self.workers),
+                                           "pid": os.getpid()})
+        await self.stopping.wait()
+        log.info("stopping: finishing in-flight work", extra={"grace_s": self.config.daemon.shutdown_grace_s})
+        await self._shutdown(scheduler, workers)
+
+    async def _shutdown(self, scheduler: Scheduler, workers: list[asyncio.Task[None]]) -> None:
+        grace = self.config.daemon.shutdown_grace_s
+        await scheduler.aclose(grace)
+        await asyncio.gather(*workers, return_exceptions=True)
+        await asyncio.gather(*(w.drain_inflight(grace) for w in self.workers.values()))
+        with contextlib.suppress(GatewayError):
+            await self.beat(state="stopped")
+        log.info("gateway stopped")
+
+    def _poller(self, intake: Intake) -> Callable[[], Any]:
+        async def poll() -> None:
+            if self.stopping.is_set():
+                return
+            try:
+                await intake.poll()
+            except GatewayError as exc:
+                log.error("poll failed", extra={"source": intake.cfg.name, "error": str(exc)})
+
+        return poll
+
+    async def beat(self, state: str = "running") -> None:
+        circuits = {n: {"circuit": w.circuit.state, "in_flight": len(w.inflight)} for n, w in self.workers.items()}
+        await self.store.beat(self.config.gateway.instance, os.getpid(), self.started_at,
+                              {"state": state, "targets": circuits})
+
+    # ------------------------------------------------------------ one-shot
+
+    async def run_until_idle(self, timeout_s: float = 600.0) -> bool:
+        """Poll every source until drained, deliver until no backlog is left; False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        for intake in self.intakes.values():
+            await intake.poll()
+        while time.monotonic() < deadline:
+            started = 0
+            for worker in self.workers.values():
+                started += await worker.step()
+            busy = any(w.inflight for w in self.workers.values())
+            if not started and not busy and not await self._backlog():
+                return True
+            if not started:
+                await self._next_event(deadline)
+        return False
+
+    async def _backlog(self) -> int:
+        status = await self.store.target_status()
+        return sum(row["backlog"] for row in status if row["target"] in self.workers)
+
+    async def _next_event(self, deadline: float) -> None:
+        tasks = [t for w in self.workers.values() for t in w.inflight.values()]
+        if tasks:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            return
+        due = [await self.store.next_due_at(n) for n in self.workers]
+        soonest = min((d for d in due if d is not None), default=time.time() + 0.05)
+        await asyncio.sleep(max(0.0, min(soonest - time.time(), deadline - time.monotonic(), 1.0)))
+
+
+async def serve(config: Config) -> int:
+    """The daemon's main coroutine: open the store, install signal handlers, run until stopped."""
+    store = await open_store(config.store_url())
+    try:
+        async with Gateway(config, store) as gw:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, gw.stopping.set)
+            await gw.run()
+    finally:
+        await store.aclose()
+    return 0

@@ -1,0 +1,332 @@
+"""The pipeline: intake from sources into the store, and delivery from the outbox to targets.
+
+:class:`Intake` drains one source: fetch → map and validate → one store transaction (ledger, outbox,
+quarantine, cursor) → ack. :class:`TargetWorker` keeps one target supplied: due retries first, then new
+batches leased from the outbox, at most ``max_in_flight`` at once, behind a circuit breaker. Every
+adapter call is bounded by a timeout and by the daemon-wide semaphore.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import functools
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import tenacity
+
+from gateway.config import RetrySettings, SourceConfig, TargetConfig
+from gateway.errors import GatewayError, PermanentError, RetryableError
+from gateway.identifiers import mask_id
+from gateway.mapping import MappingError, OutboundMapping
+from gateway.ports import OutgoingBatch, SourceBatch, TargetRecord
+from gateway.records import Operation, Record, from_payload
+from gateway.store import Reject
+from gateway.store_delivery import Batch, EncodedBatch, LeasedRecord, Outcome
+from gateway.store_ops import Store
+
+log = logging.getLogger("gateway.engine")
+CHINA = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")
+
+
+def china_today() -> dt.date:
+    return dt.datetime.now(CHINA).date()
+
+
+async def bounded(call: Any, sem: asyncio.Semaphore, timeout_s: float, what: str) -> Any:
+    """Await an adapter call under the daemon-wide semaphore and a timeout (a timeout is retryable)."""
+    async with sem:
+        try:
+            return await asyncio.wait_for(call, timeout_s)
+        except TimeoutError:
+            raise RetryableError(f"{what}: no answer within {timeout_s:g}s") from None
+
+
+# ---------------------------------------------------------------- intake
+
+@dataclass
+class IntakeStats:
+    rows: int = 0
+    accepted: int = 0
+    unchanged: int = 0
+    quarantined: int = 0
+
+
+class Intake:
+    """Moves one source's changed rows into the store."""
+
+    def __init__(self, cfg: SourceConfig, store: Store, routes: Mapping[str, Sequence[str]],
+                 sem: asyncio.Semaphore, timeout_s: float, on_commit: Callable[[], None],
+                 today: Callable[[], dt.date] = china_today) -> None:
+        self.cfg, self.store, self.routes = cfg, store, routes
+        self.sem, self.timeout_s, self.on_commit, self.today = sem, timeout_s, on_commit, today
+        self.stats = IntakeStats()
+
+    async def poll(self) -> int:
+        """Drain the source: fetch and commit pages until it has nothing more right now."""
+        cursor = await self.store.load_cursor(self.cfg.name)
+        total = 0
+        while True:
+            batch: SourceBatch = await bounded(self.cfg.adapter.fetch(cursor, self.cfg.batch_size), self.sem,
+                                               self.timeout_s, f"source {self.cfg.name}")
+            if batch.rows:
+                await self._commit(batch)
+                await bounded(self.cfg.adapter.ack(batch.cursor), self.sem, self.timeout_s, f"source {self.cfg.name}")
+                cursor, total = batch.cursor, total + len(batch.rows)
+            if not batch.more:
+                return total
+
+    async def _commit(self, batch: SourceBatch) -> None:
+        accepted, rejects = self.map_rows(batch)
+        result = await self.store.commit_intake(self.cfg.name, accepted, rejects, batch.cursor, self.routes,
+                                                len(batch.rows))
+        s = self.stats
+        s.rows += len(batch.rows)
+        s.accepted, s.unchanged, s.quarantined = (s.accepted + result.accepted, s.unchanged + result.unchanged,
+                                                  s.quarantined + result.quarantined)
+        log.info("intake committed", extra={"source": self.cfg.name, "rows": len(batch.rows),
+                                            "accepted": result.accepted, "unchanged": result.unchanged,
+                                            "quarantined": result.quarantined})
+        for rj in rejects:
+            log.warning("row quarantined", extra={"source": self.cfg.name, "row": rj.source_key,
+                                                  "key": rj.record_key, "reasons": "; ".join(map(str, rj.problems))})
+        if result.accepted:
+            self.on_commit()
+
+    def map_rows(self, batch: SourceBatch) -> tuple[list[Record], list[Reject]]:
+        today = self.today()
+        accepted: list[Record] = []
+        rejects: list[Reject] = []
+        for mapping in self.cfg.mappings.values():
+            for row in batch.rows:
+                mapped = mapping.map_row(row.data, today, self.cfg.name, row.key)
+                if mapped.record is not None:
+                    accepted.append(mapped.record)
+                else:
+                    rejects.append(Reject(self.cfg.name, row.key, mapping.dataset.name,
+                                          mapped.key, mapped.problems, _raw(row.data)))
+        return accepted, rejects
+
+
+def _raw(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: (v.isoformat() if isinstance(v, dt.date | dt.datetime) else v) for k, v in row.items()}
+
+
+# ---------------------------------------------------------------- delivery
+
+class Circuit:
+    """Per-target circuit breaker: closed → open after N failures → half-open after reset_s → closed."""
+
+    def __init__(self, failure_threshold: int, reset_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.threshold, self.reset_s, self.clock = failure_threshold, reset_s, clock
+        self.failures = 0
+        self.opened_at: float | None = None
+
+    @property
+    def state(self) -> str:
+        if self.opened_at is None:
+            return "closed"
+        return "half-open" if self.clock() - self.opened_at >= self.reset_s else "open"
+
+    def capacity(self, max_in_flight: int) -> int:
+        return {"closed": max_in_flight, "half-open": 1, "open": 0}[self.state]
+
+    def success(self) -> None:
+        self.failures, self.opened_at = 0, None
+
+    def failure(self) -> None:
+        self.failures += 1
+        if self.failures >= self.threshold or self.state == "half-open":
+            self.opened_at = self.clock()
+
+    def reopens_in(self) -> float:
+        return 0.0 if self.opened_at is None else max(0.0, self.reset_s - (self.clock() - self.opened_at))
+
+
+def backoff_s(retry: RetrySettings, attempt: int) -> float:
+    """Exponential backoff with jitter (tenacity's strategy) for the given attempt number (1-based)."""
+    wait = tenacity.wait_exponential_jitter(initial=retry.initial_s, max=retry.max_s, exp_base=retry.multiplier,
+                                            jitter=retry.jitter_s)
+    state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+    state.attempt_number = attempt
+    return float(wait(state))
+
+
+@dataclass
+class DeliveryStats:
+    batches: int = 0
+    delivered: int = 0
+    rejected: int = 0
+    retries: int = 0
+    dead: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+
+
+class TargetWorker:
+    """Keeps one target supplied with batches, retries due ones, and records every answer."""
+
+    def __init__(self, cfg: TargetConfig, store: Store, sem: asyncio.Semaphore, timeout_s: float,
+                 idle_s: float = 1.0) -> None:
+        self.cfg, self.store, self.sem, self.timeout_s, self.idle_s = cfg, store, sem, timeout_s, idle_s
+        self.circuit = Circuit(cfg.circuit.failure_threshold, cfg.circuit.reset_s)
+        self.inflight: dict[str, asyncio.Task[None]] = {}
+        self.stats = DeliveryStats()
+        self._wake = asyncio.Event()
+        self._kinds = {ds: {f.name: f.kind for f in m.dataset.fields} for ds, m in cfg.mappings.items()}
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Until ``stopping`` is set: start what can be started, then wait for a wake-up or the idle tick."""
+        while not stopping.is_set():
+            self._wake.clear()
+            try:
+                started = await self.step()
+            except GatewayError as exc:
+                log.error("delivery step failed", extra={"target": self.cfg.name, "error": str(exc)})
+                started = 0
+            if not started:
+                await _wait_any(self._wake, stopping, self._idle_wait())
+
+    def _idle_wait(self) -> float:
+        reopen = self.circuit.reopens_in()
+        return min(self.idle_s, reopen) if reopen > 0 else self.idle_s
+
+    async def step(self) -> int:
+        """Start due retries and new batches up to the free capacity; returns how many were started."""
+        free = self.circuit.capacity(self.cfg.max_in_flight) - len(self.inflight)
+        started = 0
+        if free <= 0:
+            return 0
+        for due in await self.store.due_batches(self.cfg.name, free + len(self.inflight)):
+            if due.id not in self.inflight and started < free:
+                self._start(due)
+                started += 1
+        for dataset in self.cfg.mappings:
+            encoder = functools.partial(self.encode, dataset)
+            while started < free:
+                batch = await self.store.lease_batch(self.cfg.name, dataset, self.cfg.batch_size, encoder)
+                if batch is None:
+                    break
+                self._start(batch)
+                started += 1
+        return started
+
+    async def drain_inflight(self, grace_s: float) -> None:
+        """Wait for in-flight sends (graceful shutdown); cancel what is still running after ``grace_s``."""
+        tasks = list(self.inflight.values())
+        if not tasks:
+            return
+        _done, pending = await asyncio.wait(tasks, timeout=grace_s)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    def _start(self, batch: Batch) -> None:
+        task = asyncio.create_task(self._send(batch), name=f"send {self.cfg.name} {batch.id}")
+        self.inflight[batch.id] = task
+        task.add_done_callback(functools.partial(self._finished, batch.id))
+
+    def _finished(self, batch_id: str, _task: asyncio.Task[None]) -> None:
+        self.inflight.pop(batch_id, None)
+        self._wake.set()
+
+    # ------------------------------------------------------------ encode
+
+    def encode(self, dataset: str, leased: Sequence[LeasedRecord]) -> EncodedBatch:
+        mapping = self.cfg.mappings[dataset]
+        batch_id = f"b-{uuid.uuid4().hex}"
+        records: list[TargetRecord] = []
+        included: list[LeasedRecord] = []
+        failed: list[tuple[LeasedRecord, str]] = []
+        for rec in leased:
+            try:
+                records.append(self._target_record(mapping, dataset, rec))
+                included.append(rec)
+            except (MappingError, ValueError, KeyError) as exc:
+                failed.append((rec, f"cannot encode for {self.cfg.name}: {exc}"))
+        body = self.cfg.adapter.encode(batch_id, dataset, mapping.table_code, records) if records else b""
+        return EncodedBatch(batch_id, body, included, failed)
+
+    def _target_record(self, mapping: OutboundMapping, dataset: str, rec: LeasedRecord) -> TargetRecord:
+        fields = from_payload(self._kinds[dataset], rec.payload)
+        for name in mapping.dataset.personal_id_fields & fields.keys():
+            if self.cfg.personal_ids == "omit":
+                del fields[name]
+            elif self.cfg.personal_ids == "mask":
+                fields[name] = mask_id(str(fields[name]))
+        record = Record(dataset, rec.record_key, Operation(rec.operation), fields, version=rec.version)
+        return TargetRecord(rec.record_key, rec.version, rec.operation, mapping.map_record(record, fields))
+
+    # ------------------------------------------------------------ send
+
+    async def _send(self, batch: Batch) -> None:
+        started = time.monotonic()
+        outgoing = OutgoingBatch(batch.id, batch.dataset, batch.body, batch.record_count)
+        try:
+            receipt = await bounded(self.cfg.adapter.deliver(outgoing), self.sem, self.timeout_s,
+                                    f"target {self.cfg.name}")
+        except RetryableError as exc:
+            await self._failed(batch, str(exc), exc.retry_after_s, started, permanent=False)
+        except PermanentError as exc:
+            await self._failed(batch, str(exc), None, started, permanent=True)
+        except GatewayError as exc:
+            await self._failed(batch, f"{type(exc).__name__}: {exc}", None, started, permanent=False)
+        except Exception as exc:  # an adapter bug: keep the batch, log loudly, try again later
+            log.exception("adapter raised an untranslated exception", extra={"target": self.cfg.name})
+            await self._failed(batch, f"untranslated {type(exc).__name__}: {exc}", None, started, permanent=False)
+        else:
+            await self._delivered(batch, receipt, started)
+
+    async def _delivered(self, batch: Batch, receipt: Any, started: float) -> None:
+        outcomes = [Outcome(r.key, r.version, r.status, r.code, r.message) for r in receipt.results]
+        ms = (time.monotonic() - started) * 1000
+        result = await self.store.complete_batch(batch, outcomes, dict(receipt.raw), receipt.receipt_id, ms)
+        self.circuit.success()
+        st = self.stats
+        st.batches, st.delivered, st.rejected = st.batches + 1, st.delivered + result.delivered, \
+            st.rejected + result.rejected
+        log.info("batch delivered", extra={"target": self.cfg.name, "batch": batch.id, "dataset": batch.dataset,
+                                           "delivered": result.delivered, "rejected": result.rejected,
+                                           "requeued": result.requeued, "ms": round(ms, 1)})
+        for out in outcomes:
+            if out.status == "rejected":
+                log.warning("record rejected by target", extra={
+                    "target": self.cfg.name, "key": out.record_key, "version": out.version,
+                    "code": out.code, "reason": out.message})
+
+    async def _failed(self, batch: Batch, error: str, retry_after: float | None, started: float,
+                      permanent: bool) -> None:
+        self.circuit.failure()
+        attempt = batch.attempts + 1
+        age = time.time() - batch.created_at
+        dead = permanent or attempt >= self.cfg.retry.max_attempts or age >= self.cfg.retry.max_age_s
+        delay = retry_after if retry_after is not None else backoff_s(self.cfg.retry, attempt)
+        ms = (time.monotonic() - started) * 1000
+        await self.store.fail_attempt(batch, error, time.time() + delay, dead, ms)
+        if dead:
+            self.stats.dead += 1
+            log.error("batch dead-lettered", extra={"target": self.cfg.name, "batch": batch.id,
+                                                    "attempts": attempt, "error": error})
+        else:
+            self.stats.retries += 1
+            log.warning("batch will be retried", extra={"target": self.cfg.name, "batch": batch.id,
+                                                        "attempt": attempt, "retry_in_s": round(delay, 2),
+                                                        "error": error, "circuit": self.circuit.state})
+
+
+async def _wait_any(wake: asyncio.Event, stopping: asyncio.Event, timeout_s: float) -> None:
+    waiters = [asyncio.create_task(wake.wait()), asyncio.create_task(stopping.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+

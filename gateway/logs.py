@@ -1,0 +1,80 @@
+"""Structured logging: one line per event, JSON by default, with secrets and ID numbers masked.
+
+Every record passes :class:`Redactor`, which replaces registered secrets (API tokens, passwords) with
+``***`` and masks any 18-character resident ID number, valid or not, wherever it appears in the line.
+Logging is the one piece of global state the gateway has (configured once by the daemon or CLI).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+
+from gateway.identifiers import mask_id
+
+_ID_RUN = re.compile(r"(?<![0-9A-Za-z])\d{17}[\dXx](?![0-9A-Za-z])")
+_RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return _ID_RUN.sub(lambda m: mask_id(m.group(0).upper()), text)
+
+
+class Redactor(logging.Filter):
+    """Masks secrets and ID numbers in the message and in every extra field."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self.secrets = tuple(s for s in secrets if s)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact(record.getMessage(), self.secrets)
+        record.args = None
+        for key, value in list(vars(record).items()):
+            if key not in _RESERVED and isinstance(value, str):
+                setattr(record, key, redact(value, self.secrets))
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """``{"ts", "level", "logger", "event", ...extra}`` on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(), "logger": record.name, "event": record.getMessage()}
+        out.update({k: v for k, v in vars(record).items() if k not in _RESERVED})
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(out, default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        extra = " ".join(f"{k}={v}" for k, v in vars(record).items() if k not in _RESERVED)
+        stamp = dt.datetime.fromtimestamp(record.created, dt.UTC).strftime("%H:%M:%S")
+        line = f"{stamp} {record.levelname.lower():7} {record.getMessage()}" + (f"  {extra}" if extra else "")
+        return line + ("\n" + self.formatException(record.exc_info) if record.exc_info else "")
+
+
+def setup_logging(level: str = "info", fmt: str = "json", secrets: Iterable[str] = (),
+                  stream: Any = None) -> None:
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(Redactor(secrets))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    for noisy in ("aiohttp.access", "apscheduler", "sqlalchemy"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

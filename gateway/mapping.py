@@ -1,0 +1,600 @@
+"""Mapping files: ops-editable TOML compiled once into plain functions.
+
+Two kinds of mapping:
+
+* ``inbound``: a source row (column → value) becomes a canonical :class:`~gateway.records.Record`.
+* ``outbound``: a canonical record becomes a target's record (e.g. the 2019 ``CF_*``/``XK_*`` names).
+
+Each ``[fields.NAME]`` table takes a source (``from = "column"`` or ``value = "constant"``), an optional
+``default``, ``transform`` steps from a whitelist, ``date_format``, ``unit`` (元 ↔ 万元), ``split``/``join``
+for lists, ``codes`` (a code table, optionally with effective dates), ``required`` and ``required_if``.
+Nothing is evaluated: every step is a named function chosen at compile time. Every problem names the
+file and the TOML path; :func:`load_mapping` collects them all before raising.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import tomllib
+import unicodedata
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from gateway.datasets import Dataset, FieldSpec, get_dataset, natural_key, validate
+from gateway.errors import ConfigError, Problem
+from gateway.records import FieldValue, Operation, Record, make_key
+
+RowValue = Any
+Step = Callable[[Any], Any]
+
+
+class MappingError(ValueError):
+    """A value could not be converted; the message is the reason, the caller adds the field."""
+
+
+# ---------------------------------------------------------------- whitelisted steps
+
+def _strip(v: Any) -> Any:
+    return v.strip() if isinstance(v, str) else v
+
+
+def _halfwidth(v: Any) -> Any:
+    return unicodedata.normalize("NFKC", v) if isinstance(v, str) else v
+
+
+def _collapse(v: Any) -> Any:
+    return " ".join(v.split()) if isinstance(v, str) else v
+
+
+def _no_spaces(v: Any) -> Any:
+    return "".join(v.split()) if isinstance(v, str) else v
+
+
+TRANSFORMS: Mapping[str, Step] = {
+    "strip": _strip,
+    "upper": lambda v: v.upper() if isinstance(v, str) else v,
+    "lower": lambda v: v.lower() if isinstance(v, str) else v,
+    "halfwidth": _halfwidth,  # 全角 → 半角 (NFKC), e.g. "９１３２…" → "9132…"
+    "collapse_spaces": _collapse,
+    "remove_spaces": _no_spaces,
+}
+
+UNITS: Mapping[str, Decimal] = {
+    "yuan_to_wan": Decimal("0.0001"),  # 元 → 万元 (the 2019 standard's CF_NR_FK unit)
+    "wan_to_yuan": Decimal(10000),
+    "fen_to_yuan": Decimal("0.01"),
+    "none": Decimal(1),
+}
+
+
+def to_decimal(v: Any) -> Decimal:
+    if isinstance(v, Decimal):
+        return v
+    if isinstance(v, bool):
+        raise MappingError(f"expected a number, got {v!r}")
+    try:
+        return Decimal(str(v).replace(",", "").strip())
+    except InvalidOperation:
+        raise MappingError(f"expected a number, got {v!r}") from None
+
+
+def _date_parser(formats: list[str]) -> Step:
+    def parse(v: Any) -> dt.date:
+        if isinstance(v, dt.datetime):
+            return v.date()
+        if isinstance(v, dt.date):
+            return v
+        text = str(v).strip()
+        for fmt in formats:
+            try:
+                return dt.datetime.strptime(text, fmt).date()  # noqa: DTZ007 - a calendar date, no zone
+            except ValueError:
+                continue
+        raise MappingError(f"{text!r} does not match date format {' or '.join(formats)}")
+
+    return parse
+
+
+# ---------------------------------------------------------------- code tables
+
+@dataclass(frozen=True, slots=True)
+class CodeEntry:
+    value: str
+    valid_from: dt.date | None = None
+    valid_until: dt.date | None = None
+
+    def effective(self, on: dt.date | None) -> bool:
+        if on is None:
+            return self.valid_until is None
+        return (self.valid_from is None or self.valid_from <= on) and (
+            self.valid_until is None or on <= self.valid_until)
+
+
+@dataclass(frozen=True)
+class CodeTable:
+    """Local code → standard value, optionally with effective dates (several entries per code)."""
+
+    name: str
+    entries: Mapping[str, tuple[CodeEntry, ...]]
+    unknown: str = "reject"  # reject | keep
+
+    def lookup(self, code: Any, on: dt.date | None = None) -> str:
+        key = str(code).strip()
+        candidates = self.entries.get(key)
+        if not candidates:
+            if self.unknown == "keep":
+                return key
+            raise MappingError(f"unknown code {key!r} (code table {self.name})")
+        for entry in candidates:
+            if entry.effective(on):
+                return entry.value
+        when = on.isoformat() if on else "today"
+        raise MappingError(f"code {key!r} is not in effect on {when} (code table {self.name})")
+
+
+def _parse_code_table(name: str, raw: Any, where: str, problems: list[Problem]) -> CodeTable | None:
+    if not isinstance(raw, dict):
+        problems.append(Problem(where, "a code table must be a table of code = value"))
+        return None
+    unknown = raw.get("_unknown", "reject")
+    if unknown not in ("reject", "keep"):
+        problems.append(Problem(f"{where}._unknown", "must be 'reject' or 'keep'"))
+    entries: dict[str, tuple[CodeEntry, ...]] = {}
+    for code, value in raw.items():
+        if code == "_unknown":
+            continue
+        parsed = _parse_code_value(value, f"{where}.{code}", problems)
+        if parsed:
+            entries[str(code)] = parsed
+    return CodeTable(name, entries, unknown)
+
+
+def _parse_code_value(value: Any, where: str, problems: list[Problem]) -> tuple[CodeEntry, ...]:
+    if isinstance(value, str):
+        return (CodeEntry(value),)
+    if isinstance(value, list) and all(isinstance(v, dict) for v in value):
+        out = []
+        for i, item in enumerate(value):
+            if not isinstance(item.get("value"), str):
+                problems.append(Problem(f"{where}[{i}].value", "missing value"))
+                continue
+            out.append(CodeEntry(item["value"], _opt_date(item.get("from"), f"{where}[{i}].from", problems),
+                                 _opt_date(item.get("until"), f"{where}[{i}].until", problems)))
+        return tuple(out)
+    problems.append(Problem(where, 'expected "value" or a list of {value, from, until}'))
+    return ()
+
+
+def _opt_date(v: Any, where: str, problems: list[Problem]) -> dt.date | None:
+    if v is None or isinstance(v, dt.date):
+        return v
+    problems.append(Problem(where, "expected a TOML date (YYYY-MM-DD, unquoted)"))
+    return None
+
+
+# ---------------------------------------------------------------- compiled mappings
+
+Converter = Callable[[Mapping[str, Any], "dt.date | None"], Any]
+_SPECIAL = ("@operation", "@key", "@version", "@dataset")
+_FIELD_KEYS = {"from", "value", "default", "transform", "date_format", "unit", "split", "join", "codes",
+               "required", "required_if", "decimals", "description"}
+DEFAULT_DATE_FORMATS = ["%Y-%m-%d", "%Y/%m/%d", "%Y%m%d", "%Y-%m-%d %H:%M:%S", "%Y/%m/%d %H:%M:%S"]
+
+
+@dataclass(frozen=True)
+class MappedRow:
+    """The result of mapping one row: a record, or the problems that stop it."""
+
+    record: Record | None
+    problems: list[Problem]
+    key: str = ""  # the natural key as far as it could be read, also for rejected rows
+
+
+@dataclass(frozen=True)
+class InboundMapping:
+    """Source row → canonical record, compiled from an ``inbound`` mapping file."""
+
+    path: str
+    dataset: Dataset
+    converters: tuple[tuple[str, Converter], ...]
+    operation: Converter
+    conditions: tuple[tuple[str, str, frozenset[str]], ...]  # (field, when-field, when-values)
+
+    def map_row(self, row: Mapping[str, Any], today: dt.date, source: str = "", source_key: str = "") -> MappedRow:
+        fields, problems = self._convert(row)
+        operation = self._operation(row, fields, problems)
+        problems += self._conditions(fields)
+        problems += validate(self.dataset, fields, today)
+        key = make_key(*natural_key(self.dataset, fields))
+        if problems:
+            return MappedRow(None, _dedupe(problems), key)
+        return MappedRow(Record(self.dataset.name, key, operation, fields, source, source_key), [], key)
+
+    def _convert(self, row: Mapping[str, Any]) -> tuple[dict[str, FieldValue], list[Problem]]:
+        fields: dict[str, FieldValue] = {}
+        problems: list[Problem] = []
+        on: dt.date | None = None
+        for name, convert in self.converters:
+            try:
+                value = convert(row, on)
+            except MappingError as exc:
+                problems.append(Problem(name, str(exc)))
+                continue
+            if value is not None:
+                fields[name] = value
+            if name == self.dataset.date_field and isinstance(value, dt.date):
+                on = value
+        return fields, problems
+
+    def _operation(self, row: Mapping[str, Any], fields: Mapping[str, FieldValue],
+                   problems: list[Problem]) -> Operation:
+        try:
+            return Operation(self.operation(row, _as_date(fields.get(self.dataset.date_field))))
+        except (MappingError, ValueError) as exc:
+            problems.append(Problem("operation", str(exc)))
+            return Operation.UPSERT
+
+    def _conditions(self, fields: Mapping[str, FieldValue]) -> list[Problem]:
+        problems = []
+        for name, when, values in self.conditions:
+            if fields.get(name) not in (None, "", []):
+                continue
+            if when == "@always":
+                problems.append(Problem(name, "required by the mapping"))
+            elif fields.get(when) in values:
+                problems.append(Problem(name, f"required when {when} is {fields.get(when)}"))
+        return problems
+
+
+@dataclass(frozen=True)
+class OutboundMapping:
+    """Canonical record → target record, compiled from an ``outbound`` mapping file."""
+
+    path: str
+    dataset: Dataset
+    table_code: str
+    table_version: str
+    converters: tuple[tuple[str, Converter], ...]
+
+    def map_record(self, record: Record, fields: Mapping[str, FieldValue] | None = None) -> dict[str, Any]:
+        """Target fields for one record (``fields`` overrides the record's, e.g. after masking)."""
+        source: dict[str, Any] = dict(fields if fields is not None else record.fields)
+        source.update({"@operation": record.operation.value, "@key": record.key,
+                       "@version": record.version, "@dataset": record.dataset})
+        out: dict[str, Any] = {}
+        for name, convert in self.converters:
+            value = convert(source, None)
+            if value is not None and value != "":
+                out[name] = value
+        return out
+
+
+def _as_date(v: Any) -> dt.date | None:
+    return v if isinstance(v, dt.date) else None
+
+
+def _dedupe(problems: list[Problem]) -> list[Problem]:
+    seen: dict[str, Problem] = {}
+    for p in problems:
+        seen.setdefault(p.path, p)
+    return list(seen.values())
+
+
+# ---------------------------------------------------------------- compiler
+
+@dataclass
+class _Ctx:
+    """What one field's compilation needs: where it is, the code tables, the problem list."""
+
+    where: str
+    codes: Mapping[str, CodeTable]
+    problems: list[Problem]
+
+    def problem(self, key: str, message: str) -> None:
+        self.problems.append(Problem(f"{self.where}.{key}" if key else self.where, message))
+
+    def code_table(self, raw: dict[str, Any]) -> CodeTable | None:
+        name = raw.get("codes")
+        if name is None:
+            return None
+        if name not in self.codes:
+            self.problem("codes", f"unknown code table {name!r}; defined: {', '.join(sorted(self.codes)) or 'none'}")
+            return None
+        return self.codes[name]
+
+    def transforms(self, raw: dict[str, Any], default: list[str]) -> list[Step]:
+        names = raw.get("transform", default)
+        if isinstance(names, str):
+            names = [names]
+        bad = [n for n in names if n not in TRANSFORMS]
+        if bad:
+            self.problem("transform", f"unknown step(s) {', '.join(bad)}; allowed: {', '.join(TRANSFORMS)}")
+        return [TRANSFORMS[n] for n in names if n in TRANSFORMS]
+
+
+def _fetcher(raw: dict[str, Any], ctx: _Ctx) -> Callable[[Mapping[str, Any]], Any]:
+    if "value" in raw:
+        constant = raw["value"]
+        return lambda row: constant
+    column = raw.get("from")
+    if not isinstance(column, str) or not column:
+        ctx.problem("", 'needs "from" (a column or field name) or "value" (a constant)')
+        return lambda row: None
+    return lambda row: row.get(column)
+
+
+def _plain(v: Any) -> str:
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+DatedStep = Callable[[Any, "dt.date | None"], Any]
+
+
+def _inbound_kind_step(spec: FieldSpec, raw: dict[str, Any], ctx: _Ctx) -> DatedStep:
+    table = ctx.code_table(raw)
+    if spec.kind == "date":
+        formats = raw.get("date_format", DEFAULT_DATE_FORMATS)
+        parse = _date_parser([formats] if isinstance(formats, str) else list(formats))
+        return lambda v, on: parse(v)
+    if spec.kind == "decimal":
+        unit_name = raw.get("unit", "none")
+        if unit_name not in UNITS:
+            ctx.problem("unit", f"unknown unit {unit_name!r}; allowed: {', '.join(UNITS)}")
+        factor = UNITS.get(unit_name, Decimal(1))
+        return lambda v, on: (to_decimal(v) * factor).normalize() if factor != 1 else to_decimal(v)
+    if spec.kind == "list":
+        return _list_step(str(raw.get("split", ";；,，")), table)
+    if table is not None:
+        return lambda v, on: table.lookup(_plain(v), on)
+    return lambda v, on: _plain(v)
+
+
+def _list_step(separators: str, table: CodeTable | None) -> DatedStep:
+    def split(v: Any, on: dt.date | None) -> list[str]:
+        items = v if isinstance(v, list) else _split_any(_plain(v), separators)
+        return [table.lookup(i, on) if table else i for i in items]
+
+    return split
+
+
+def _split_any(text: str, separators: str) -> list[str]:
+    for sep in separators[1:]:
+        text = text.replace(sep, separators[0])
+    return [part.strip() for part in text.split(separators[0]) if part.strip()]
+
+
+def _compile_inbound_field(spec: FieldSpec, raw: dict[str, Any], ctx: _Ctx) -> Converter:
+    fetch = _fetcher(raw, ctx)
+    steps = ctx.transforms(raw, ["strip"])
+    convert = _inbound_kind_step(spec, raw, ctx)
+    default = raw.get("default")
+
+    def run(row: Mapping[str, Any], on: dt.date | None) -> Any:
+        value = fetch(row)
+        for step in steps:
+            value = step(value)
+        if value is None or value == "":
+            if default is None:
+                return None
+            value = default
+        return convert(value, on)
+
+    return run
+
+
+def _compile_outbound_field(raw: dict[str, Any], ctx: _Ctx) -> Converter:
+    fetch = _fetcher(raw, ctx)
+    table = ctx.code_table(raw)
+    steps = ctx.transforms(raw, [])
+    date_format = str(raw.get("date_format", "%Y-%m-%d"))
+    joiner = str(raw.get("join", ";"))
+    decimals = raw.get("decimals")
+    default = raw.get("default")
+
+    def run(record: Mapping[str, Any], on: dt.date | None) -> Any:
+        value = fetch(record)
+        if value is None or value == "" or value == []:
+            value = default
+        if value is None:
+            return None
+        value = _render(value, date_format, joiner, decimals)
+        if table is not None:
+            value = table.lookup(value, on)
+        for step in steps:
+            value = step(value)
+        return value
+
+    return run
+
+
+def _render(value: Any, date_format: str, joiner: str, decimals: Any) -> Any:
+    if isinstance(value, list):
+        return joiner.join(str(v) for v in value)
+    if isinstance(value, dt.date):
+        return value.strftime(date_format)
+    if isinstance(value, Decimal):
+        return f"{value:.{int(decimals)}f}" if decimals is not None else format(value.normalize(), "f")
+    return value if isinstance(value, str | int) else str(value)
+
+
+def _operation_converter(raw: Any, ctx: _Ctx) -> Converter:
+    if raw is None:
+        return lambda row, on: Operation.UPSERT.value
+    if not isinstance(raw, dict):
+        ctx.problem("operation", "must be a table with from/codes/default")
+        return lambda row, on: Operation.UPSERT.value
+    sub = _Ctx(f"{ctx.where}.operation", ctx.codes, ctx.problems)
+    fetch, table = _fetcher(raw, sub), sub.code_table(raw)
+    default = str(raw.get("default", Operation.UPSERT.value))
+
+    def run(row: Mapping[str, Any], on: dt.date | None) -> Any:
+        value = fetch(row)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return default
+        return table.lookup(_plain(value).strip(), on) if table else _plain(value).strip()
+
+    return run
+
+
+def _conditions(name: str, raw: dict[str, Any], ctx: _Ctx) -> list[tuple[str, str, frozenset[str]]]:
+    cond = raw.get("required_if")
+    if cond is None:
+        return []
+    if not isinstance(cond, dict) or not cond:
+        ctx.problem("required_if", 'expected a table like { subject_category = "自然人" }')
+        return []
+    return [(name, when, frozenset([v] if isinstance(v, str) else v)) for when, v in cond.items()]
+
+
+# ---------------------------------------------------------------- loading
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError([Problem("", f"cannot read: {exc.strerror}")], str(path)) from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        hint = " (it looks like GBK: save it as UTF-8)" if _looks_gbk(data) else ""
+        raise ConfigError([Problem("", f"not UTF-8 at byte {exc.start}{hint}")], str(path)) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([Problem("", f"invalid TOML: {exc}")], str(path)) from None
+
+
+def _looks_gbk(data: bytes) -> bool:
+    try:
+        data.decode("gb18030")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _load_code_tables(doc: dict[str, Any], path: Path, problems: list[Problem]) -> dict[str, CodeTable]:
+    tables: dict[str, CodeTable] = {}
+    for i, inc in enumerate(doc.get("mapping", {}).get("include", [])):
+        inc_path = (path.parent / str(inc)).resolve()
+        try:
+            included = _read_toml(inc_path)
+        except ConfigError as exc:
+            problems += [Problem(f"mapping.include[{i}]", f"{inc_path}: {p}") for p in exc.problems]
+            continue
+        tables.update(_parse_tables(included.get("codes", {}), f"{inc_path.name}:codes", problems))
+    tables.update(_parse_tables(doc.get("codes", {}), "codes", problems))
+    return tables
+
+
+def _parse_tables(raw: Any, where: str, problems: list[Problem]) -> dict[str, CodeTable]:
+    out: dict[str, CodeTable] = {}
+    for name, table in (raw or {}).items():
+        parsed = _parse_code_table(name, table, f"{where}.{name}", problems)
+        if parsed:
+            out[name] = parsed
+    return out
+
+
+Mapping_ = InboundMapping | OutboundMapping
+
+
+def load_mapping(path: str | Path) -> Mapping_:
+    """Load and compile one mapping file; raise ConfigError listing every problem with its TOML path."""
+    path = Path(path)
+    doc = _read_toml(path)
+    problems: list[Problem] = []
+    head = doc.get("mapping")
+    if not isinstance(head, dict):
+        raise ConfigError([Problem("mapping", "missing [mapping] table (kind, dataset)")], str(path))
+    dataset = _dataset_of(head, problems)
+    codes = _load_code_tables(doc, path, problems)
+    kind = head.get("kind")
+    if kind not in ("inbound", "outbound"):
+        problems.append(Problem("mapping.kind", "must be 'inbound' or 'outbound'"))
+    if dataset is None or problems:
+        raise ConfigError(problems, str(path))
+    compiled: Mapping_ = (_compile_inbound(path, doc, dataset, codes, problems) if kind == "inbound"
+                          else _compile_outbound(path, doc, dataset, codes, problems))
+    if problems:
+        raise ConfigError(problems, str(path))
+    return compiled
+
+
+def _dataset_of(head: dict[str, Any], problems: list[Problem]) -> Dataset | None:
+    try:
+        return get_dataset(str(head.get("dataset")))
+    except KeyError as exc:
+        problems.append(Problem("mapping.dataset", str(exc.args[0])))
+        return None
+
+
+def _field_tables(doc: dict[str, Any], problems: list[Problem]) -> dict[str, dict[str, Any]]:
+    fields = doc.get("fields", {})
+    if not isinstance(fields, dict) or not fields:
+        problems.append(Problem("fields", "no [fields.NAME] tables"))
+        return {}
+    out = {}
+    for name, raw in fields.items():
+        if not isinstance(raw, dict):
+            problems.append(Problem(f"fields.{name}", "must be a table"))
+            continue
+        unknown = set(raw) - _FIELD_KEYS
+        if unknown:
+            problems.append(Problem(f"fields.{name}", f"unknown key(s) {', '.join(sorted(unknown))}"))
+        out[name] = raw
+    return out
+
+
+def _compile_inbound(path: Path, doc: dict[str, Any], dataset: Dataset, codes: Mapping[str, CodeTable],
+                     problems: list[Problem]) -> InboundMapping:
+    specs = dataset.by_name()
+    converters: list[tuple[str, Converter]] = []
+    conditions: list[tuple[str, str, frozenset[str]]] = []
+    for name, raw in _field_tables(doc, problems).items():
+        ctx = _Ctx(f"fields.{name}", codes, problems)
+        if name not in specs:
+            ctx.problem("", f"not a field of dataset {dataset.name}; fields: {', '.join(specs)}")
+            continue
+        converters.append((name, _compile_inbound_field(specs[name], raw, ctx)))
+        conditions += _conditions(name, raw, ctx)
+        if raw.get("required") is True:
+            conditions.append((name, "@always", frozenset({"@always"})))
+    missing = [f.name for f in dataset.fields if f.required and f.name not in dict(converters)]
+    if missing:
+        problems.append(Problem("fields", f"required field(s) not mapped: {', '.join(missing)}"))
+    converters.sort(key=lambda item: item[0] != dataset.date_field)  # the date first: code tables use it
+    operation = _operation_converter(doc.get("operation"), _Ctx("", codes, problems))
+    return InboundMapping(str(path), dataset, tuple(converters), operation, tuple(conditions))
+
+
+def _compile_outbound(path: Path, doc: dict[str, Any], dataset: Dataset, codes: Mapping[str, CodeTable],
+                      problems: list[Problem]) -> OutboundMapping:
+    head = doc["mapping"]
+    specs = dataset.by_name()
+    converters = []
+    for name, raw in _field_tables(doc, problems).items():
+        ctx = _Ctx(f"fields.{name}", codes, problems)
+        src = raw.get("from")
+        if isinstance(src, str) and src not in specs and src not in _SPECIAL:
+            ctx.problem("from", f"{src!r} is not a field of dataset {dataset.name} nor one of {', '.join(_SPECIAL)}")
+        converters.append((name, _compile_outbound_field(raw, ctx)))
+    table_code = head.get("table_code")
+    if not isinstance(table_code, str) or not table_code:
+        problems.append(Problem("mapping.table_code", "required for outbound mappings (e.g. XZCF)"))
+    return OutboundMapping(str(path), dataset, str(table_code), str(head.get("table_version", "")),
+                           tuple(converters))
+
+
+def source_columns(path: str | Path) -> set[str]:
+    """The source columns an inbound mapping reads (for checking them against the source)."""
+    doc = _read_toml(Path(path))
+    cols = {raw["from"] for raw in doc.get("fields", {}).values() if isinstance(raw, dict) and "from" in raw}
+    op = doc.get("operation", {})
+    if isinstance(op, dict) and "from" in op:
+        cols.add(op["from"])
+    return {str(c) for c in cols}

@@ -1,0 +1,144 @@
+"""The two adapter roles, as small protocols, and the entry-point registry that finds adapters.
+
+A **source** fetches rows after a cursor and is told when they are durably taken (``ack``); a **sink**
+encodes a batch of target records into a body and delivers a body, answering with per-record outcomes.
+The engine owns everything else: cursors, retries, dead letters, quarantine. Adapters are registered
+under the entry-point groups ``credit_gateway.sources`` and ``credit_gateway.sinks``; ours are
+registered the same way as a third party's. Adapters raise only :mod:`gateway.errors` exceptions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol, Self, runtime_checkable
+
+from gateway.errors import Problem
+
+SOURCE_GROUP = "credit_gateway.sources"
+SINK_GROUP = "credit_gateway.sinks"
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRow:
+    """One row as the source has it: a stable identity within the source, and its columns."""
+
+    key: str
+    data: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class SourceBatch:
+    rows: Sequence[SourceRow]
+    cursor: Any  # JSON-serialisable position after these rows; saved in the intake transaction
+    more: bool  # the source has more rows right now
+
+
+@dataclass(frozen=True, slots=True)
+class TargetRecord:
+    """One record as a target receives it: identity, version, operation and mapped fields."""
+
+    key: str
+    version: int
+    operation: str
+    fields: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingBatch:
+    id: str  # also the idempotency key
+    dataset: str
+    body: bytes
+    record_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class RecordResult:
+    key: str
+    version: int
+    status: str  # accepted | duplicate | stale | rejected
+    code: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """The peer's answer to a batch: its id for the receipt, per-record results, and the raw answer."""
+
+    receipt_id: str
+    results: Sequence[RecordResult]
+    raw: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class AdapterContext:
+    """What an adapter may know about its surroundings when it is built."""
+
+    name: str  # the source's or target's name in the config
+    path: str  # its TOML path, e.g. "targets.province"
+    base_dir: Path  # relative paths in settings are relative to the config file
+    department_code: str
+    department_name: str
+
+
+@runtime_checkable
+class Source(Protocol):
+    """Reads rows from a department system."""
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, t: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None: ...
+
+    async def fetch(self, cursor: Any, limit: int) -> SourceBatch:
+        """Rows after ``cursor`` (None = from the beginning), at most ``limit``."""
+        ...
+
+    async def ack(self, cursor: Any) -> None:
+        """Called after the rows up to ``cursor`` were committed to the store."""
+        ...
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """Delivers batches to a platform or system."""
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, t: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None: ...
+
+    def encode(self, batch_id: str, dataset: str, table_code: str, records: Sequence[TargetRecord]) -> bytes:
+        """The request body for a batch (pure, synchronous)."""
+        ...
+
+    async def deliver(self, batch: OutgoingBatch) -> Receipt:
+        """Send one batch; raise RetryableError / PermanentError, or return the per-record results."""
+        ...
+
+
+class AdapterFactory(Protocol):
+    """What an entry point names: a class with ``from_settings`` building the adapter or listing problems."""
+
+    @classmethod
+    def from_settings(cls, raw: Mapping[str, Any], ctx: AdapterContext) -> tuple[Any, list[Problem]]: ...
+
+
+def installed(group: str) -> dict[str, Any]:
+    """Installed adapters of a group: name → entry point."""
+    return {ep.name: ep for ep in entry_points(group=group)}
+
+
+def load_adapter(group: str, kind: str, where: str) -> tuple[AdapterFactory | None, Problem | None]:
+    """The adapter class registered as ``kind``, or a problem listing the installed names."""
+    eps = installed(group)
+    if kind not in eps:
+        names = ", ".join(sorted(eps)) or "none"
+        return None, Problem(f"{where}.type", f"unknown type {kind!r}; installed: {names}")
+    try:
+        return eps[kind].load(), None
+    except (ImportError, AttributeError) as exc:
+        return None, Problem(f"{where}.type", f"adapter {kind!r} failed to load: {exc}")

@@ -1,0 +1,166 @@
+"""The store's tables (SQLAlchemy Core), portable across SQLite and PostgreSQL.
+
+Timestamps are UTC epoch seconds (``Float``): portable, cheap to compare and to index. JSON lives in
+``Text`` columns written with orjson. Nothing here is dialect-specific; the few dialect differences
+(upserts, row locking) are handled in :mod:`gateway.store`.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+SCHEMA_VERSION = 1
+
+metadata = MetaData()
+
+meta = Table(
+    "cg_meta", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+watermarks = Table(
+    "cg_watermarks", metadata,
+    Column("source", String(128), primary_key=True),
+    Column("cursor", Text, nullable=False),  # JSON, adapter-defined
+    Column("updated_at", Float, nullable=False),
+)
+
+# One row per intake transaction: what a source delivered and what became of it.
+intake = Table(
+    "cg_intake", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("source", String(128), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("rows", Integer, nullable=False),
+    Column("accepted", Integer, nullable=False),
+    Column("unchanged", Integer, nullable=False),
+    Column("quarantined", Integer, nullable=False),
+    Column("cursor", Text, nullable=False),
+)
+
+# The ledger: the current version of every natural key.
+records = Table(
+    "cg_records", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("dataset", String(32), nullable=False),
+    Column("record_key", String(400), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("operation", String(16), nullable=False),
+    Column("content_hash", String(32), nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("source", String(128), nullable=False),
+    Column("source_key", String(256), nullable=False),
+    Column("decision_date", String(10), nullable=True),
+    Column("first_seen_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    UniqueConstraint("dataset", "record_key", name="uq_records_key"),
+)
+
+quarantine = Table(
+    "cg_quarantine", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("qkey", String(700), nullable=False, unique=True),
+    Column("stage", String(16), nullable=False),  # mapping | target
+    Column("source", String(128), nullable=False),
+    Column("source_key", String(256), nullable=False),
+    Column("target", String(128), nullable=False),
+    Column("dataset", String(32), nullable=False),
+    Column("record_key", String(400), nullable=False),
+    Column("reasons", Text, nullable=False),  # JSON list of {field, message[, code]}
+    Column("raw", Text, nullable=False),  # JSON: the source row, or the canonical payload for target rejects
+    Column("state", String(16), nullable=False),  # open | resolved
+    Column("hits", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_quarantine_state", "state", "stage"),
+)
+
+batches = Table(
+    "cg_batches", metadata,
+    Column("id", String(64), primary_key=True),  # the idempotency key
+    Column("target", String(128), nullable=False),
+    Column("dataset", String(32), nullable=False),
+    Column("state", String(16), nullable=False),  # open | done | dead | replayed
+    Column("record_count", Integer, nullable=False),
+    Column("body", LargeBinary, nullable=False),  # zlib-compressed request body, resent unchanged
+    Column("body_sha256", String(64), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", Float, nullable=False),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("completed_at", Float, nullable=True),
+    Index("ix_batches_target_state", "target", "state", "next_attempt_at"),
+)
+
+outbox = Table(
+    "cg_outbox", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("target", String(128), nullable=False),
+    Column("dataset", String(32), nullable=False),
+    Column("record_key", String(400), nullable=False),
+    Column("version", Integer, nullable=False),
+    # pending | leased | delivered | rejected | dead | superseded | replayed
+    Column("state", String(16), nullable=False),
+    Column("batch_id", String(64), ForeignKey("cg_batches.id"), nullable=True),
+    Column("enqueued_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_outbox_queue", "target", "dataset", "state", "id"),
+    Index("ix_outbox_key", "target", "dataset", "record_key", "state"),
+    Index("ix_outbox_batch", "batch_id"),
+)
+
+attempts = Table(
+    "cg_attempts", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("batch_id", String(64), nullable=False, index=True),
+    Column("at", Float, nullable=False),
+    Column("outcome", String(16), nullable=False),  # ok | retry | dead
+    Column("detail", Text, nullable=False),
+    Column("duration_ms", Float, nullable=False),
+)
+
+receipts = Table(
+    "cg_receipts", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("batch_id", String(64), nullable=False, unique=True),
+    Column("target", String(128), nullable=False),
+    Column("receipt_id", String(128), nullable=False),
+    Column("received_at", Float, nullable=False),
+    Column("accepted", Integer, nullable=False),
+    Column("rejected", Integer, nullable=False),
+    Column("body", Text, nullable=False),  # the peer's answer as received (JSON)
+    Index("ix_receipts_target", "target", "received_at"),
+)
+
+events = Table(
+    "cg_events", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False, index=True),
+    Column("kind", String(32), nullable=False),
+    Column("target", String(128), nullable=False),
+    Column("dataset", String(32), nullable=False),
+    Column("record_key", String(400), nullable=False),
+    Column("detail", Text, nullable=False),
+)
+
+heartbeats = Table(
+    "cg_heartbeats", metadata,
+    Column("instance", String(128), primary_key=True),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("beat_at", Float, nullable=False),
+    Column("state", Text, nullable=False),  # JSON: circuits, in-flight counts
+)

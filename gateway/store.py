@@ -1,0 +1,283 @@
+"""The durable store: intake, ledger, quarantine, outbox, batches, attempts, receipts, events.
+
+SQLAlchemy 2 (async) sits behind this module and nowhere else. The embedded default is a SQLite file
+under ``spool/`` (WAL, ``BEGIN IMMEDIATE`` writes); PostgreSQL works the same way through asyncpg, and
+leasing uses ``FOR UPDATE SKIP LOCKED`` there. Every public coroutine is one transaction, so a crash
+at any point leaves the store either before or after it. No transaction spans network I/O.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from sqlalchemy import and_, bindparam, event, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from gateway import schema as s
+from gateway.errors import Problem, StoreError
+from gateway.records import Record
+
+if TYPE_CHECKING:
+    from gateway.store_ops import Store
+
+log = logging.getLogger("gateway.store")
+CHUNK = 500  # keys per IN (...) list: well under SQLite's and asyncpg's parameter limits
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """A source row that failed mapping or validation."""
+
+    source: str
+    source_key: str
+    dataset: str
+    record_key: str
+    problems: Sequence[Problem]
+    raw: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeResult:
+    accepted: int  # new versions written to the ledger
+    unchanged: int  # same content as the current version: nothing to send
+    quarantined: int
+    enqueued: Mapping[str, int]  # target -> outbox rows added
+
+
+def _async_url(url: str) -> str:
+    parsed = make_url(url)
+    driver = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}.get(parsed.drivername)
+    return parsed.set(drivername=driver).render_as_string(hide_password=False) if driver else url
+
+
+class StoreBase:
+    """Engine, lifecycle and intake; see :class:`Store` for the whole surface."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self._insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def aclose(self) -> None:
+        await self.engine.dispose()
+
+    async def migrate(self) -> int:
+        """Create or upgrade the schema; returns the schema version now in force."""
+        try:
+            async with self.engine.begin() as conn:
+                await conn.run_sync(s.metadata.create_all)
+                row = (await conn.execute(select(s.meta.c.value).where(s.meta.c.name == "schema_version"))).first()
+                if row is None:
+                    await conn.execute(s.meta.insert().values(name="schema_version", value=str(s.SCHEMA_VERSION)))
+                elif int(row[0]) > s.SCHEMA_VERSION:
+                    raise StoreError(f"store schema {row[0]} is newer than this gateway ({s.SCHEMA_VERSION})")
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot prepare the store: {exc}") from exc
+        return s.SCHEMA_VERSION
+
+    def tx(self) -> Any:
+        """A write transaction (``async with store.tx() as conn``)."""
+        return self.engine.begin()
+
+    # ------------------------------------------------------------ watermarks and intake
+
+    async def load_cursor(self, source: str) -> Any:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(s.watermarks.c.cursor).where(s.watermarks.c.source == source))).first()
+        return orjson.loads(row[0]) if row else None
+
+    async def commit_intake(self, source: str, accepted: Sequence[Record], rejects: Sequence[Reject],
+                            cursor: Any, routes: Mapping[str, Sequence[str]], rows: int) -> IntakeResult:
+        """One transaction: ledger versions, outbox rows per routed target, quarantine, cursor, intake log."""
+        now = time.time()
+        async with self.tx() as conn:
+            changed, unchanged = await self._write_ledger(conn, accepted, now)
+            enqueued = await self._enqueue(conn, changed, routes, now)
+            await self._quarantine_rejects(conn, rejects, now)
+            await self._resolve_mapping_quarantine(conn, source, [r.source_key for r in accepted], now)
+            if cursor is not None:  # None: a replay from quarantine, the source position is unchanged
+                await self._save_cursor(conn, source, cursor, now)
+            await conn.execute(s.intake.insert().values(
+                source=source, at=now, rows=rows, accepted=len(changed), unchanged=unchanged,
+                quarantined=len(rejects), cursor=_json(cursor)))
+        return IntakeResult(len(changed), unchanged, len(rejects), enqueued)
+
+    async def _existing(self, conn: AsyncConnection, dataset: str,
+                        keys: Sequence[str]) -> dict[str, tuple[int, int, str]]:
+        found: dict[str, tuple[int, int, str]] = {}
+        r = s.records.c
+        for chunk in _chunks(sorted(set(keys))):
+            rows = await conn.execute(select(r.record_key, r.id, r.version, r.content_hash).where(
+                and_(r.dataset == dataset, r.record_key.in_(chunk))))
+            found.update({row[0]: (row[1], row[2], row[3]) for row in rows})
+        return found
+
+    async def _write_ledger(self, conn: AsyncConnection, accepted: Sequence[Record],
+                            now: float) -> tuple[list[Record], int]:
+        changed: list[Record] = []
+        unchanged = 0
+        by_dataset: dict[str, list[Record]] = {}
+        for rec in accepted:
+            by_dataset.setdefault(rec.dataset, []).append(rec)
+        for dataset, recs in by_dataset.items():
+            existing = await self._existing(conn, dataset, [r.key for r in recs])
+            upd_rows: dict[str, dict[str, Any]] = {}
+            versions: dict[str, dict[str, Any]] = {}
+            for rec in recs:
+                digest = rec.content_hash()
+                current = existing.get(rec.key)
+                if current is not None and current[2] == digest:
+                    unchanged += 1
+                    continue
+                version = (current[1] if current else 0) + 1
+                existing[rec.key] = (current[0] if current else 0, version, digest)
+                row = _ledger_row(rec, version, digest, now)
+                if current is not None and current[0]:
+                    upd_rows[rec.key] = {**row, "b_id": current[0]}
+                else:
+                    versions[rec.key] = row  # a key seen twice in one batch keeps its last state
+                changed.append(_with_version(rec, version))
+            await self._flush_ledger(conn, list(versions.values()), list(upd_rows.values()))
+        return changed, unchanged
+
+    async def _flush_ledger(self, conn: AsyncConnection, inserts: list[dict[str, Any]],
+                            updates: list[dict[str, Any]]) -> None:
+        if inserts:
+            await conn.execute(s.records.insert(), [{**row, "first_seen_at": row["updated_at"]} for row in inserts])
+        if updates:
+            r = s.records.c
+            stmt = update(s.records).where(r.id == bindparam("b_id")).values(
+                version=bindparam("version"), operation=bindparam("operation"),
+                content_hash=bindparam("content_hash"), payload=bindparam("payload"),
+                source=bindparam("source"), source_key=bindparam("source_key"),
+                decision_date=bindparam("decision_date"), updated_at=bindparam("updated_at"))
+            await conn.execute(stmt, updates)
+
+    async def _enqueue(self, conn: AsyncConnection, changed: Sequence[Record],
+                       routes: Mapping[str, Sequence[str]], now: float) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        rows: list[dict[str, Any]] = []
+        superseded: list[dict[str, Any]] = []
+        for rec in changed:
+            for target in routes.get(rec.dataset, ()):
+                rows.append({"target": target, "dataset": rec.dataset, "record_key": rec.key,
+                             "version": rec.version, "state": "pending", "enqueued_at": now, "updated_at": now})
+                if rec.version > 1:
+                    superseded.append({"b_t": target, "b_d": rec.dataset, "b_k": rec.key})
+                counts[target] = counts.get(target, 0) + 1
+        if superseded:
+            o = s.outbox.c
+            await conn.execute(update(s.outbox).where(and_(
+                o.target == bindparam("b_t"), o.dataset == bindparam("b_d"), o.record_key == bindparam("b_k"),
+                o.state == "pending")).values(state="superseded", updated_at=now), superseded)
+        if rows:
+            await conn.execute(s.outbox.insert(), rows)
+        return counts
+
+    async def _quarantine_rejects(self, conn: AsyncConnection, rejects: Sequence[Reject], now: float) -> None:
+        rows = [{
+            "qkey": f"m|{rj.source}|{rj.source_key}", "stage": "mapping", "source": rj.source,
+            "source_key": rj.source_key, "target": "", "dataset": rj.dataset, "record_key": rj.record_key,
+            "reasons": _json([{"field": p.path, "message": p.message} for p in rj.problems]),
+            "raw": _json(rj.raw), "state": "open", "hits": 1, "created_at": now, "updated_at": now,
+        } for rj in rejects]
+        await self.upsert_quarantine(conn, rows)
+
+    async def upsert_quarantine(self, conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        stmt = self._insert(s.quarantine)
+        stmt = stmt.on_conflict_do_update(index_elements=["qkey"], set_={
+            "reasons": stmt.excluded.reasons, "raw": stmt.excluded.raw, "state": "open",
+            "record_key": stmt.excluded.record_key, "hits": s.quarantine.c.hits + 1,
+            "updated_at": stmt.excluded.updated_at})
+        await conn.execute(stmt, list(rows))
+        await conn.execute(s.events.insert(), [{
+            "at": row["updated_at"], "kind": f"quarantine.{row['stage']}", "target": row["target"],
+            "dataset": row["dataset"], "record_key": row["record_key"] or row["source_key"],
+            "detail": row["reasons"]} for row in rows])
+
+    async def _resolve_mapping_quarantine(self, conn: AsyncConnection, source: str, source_keys: Sequence[str],
+                                          now: float) -> None:
+        q = s.quarantine.c
+        for chunk in _chunks([f"m|{source}|{k}" for k in source_keys]):
+            await conn.execute(update(s.quarantine).where(and_(q.qkey.in_(chunk), q.state == "open"))
+                               .values(state="resolved", updated_at=now))
+
+    async def _save_cursor(self, conn: AsyncConnection, source: str, cursor: Any, now: float) -> None:
+        stmt = self._insert(s.watermarks).values(source=source, cursor=_json(cursor), updated_at=now)
+        await conn.execute(stmt.on_conflict_do_update(
+            index_elements=["source"], set_={"cursor": stmt.excluded.cursor, "updated_at": now}))
+
+
+def _ledger_row(rec: Record, version: int, digest: str, now: float) -> dict[str, Any]:
+    decision = rec.fields.get("decision_date")
+    decision = decision if isinstance(decision, dt.date) else None
+    return {"dataset": rec.dataset, "record_key": rec.key, "version": version, "operation": rec.operation.value,
+            "content_hash": digest, "payload": _json(rec.payload()), "source": rec.source,
+            "source_key": rec.source_key, "decision_date": decision.isoformat() if decision else None,
+            "updated_at": now}
+
+
+def _with_version(rec: Record, version: int) -> Record:
+    return Record(rec.dataset, rec.key, rec.operation, rec.fields, rec.source, rec.source_key, version)
+
+
+def _sqlite_pragmas(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves, below
+        cur = dbapi_conn.cursor()
+        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=30000", "foreign_keys=ON"):
+            cur.execute(f"PRAGMA {pragma}")
+        cur.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")  # take the write lock up front: no upgrade deadlocks
+
+
+async def open_store(url: str, *, migrate: bool = True) -> Store:
+    """Open (and by default create or migrate) the store at ``url`` (sqlite:///… or postgresql://…)."""
+    full = _async_url(url)
+    kwargs: dict[str, Any] = {}
+    if full.startswith("sqlite"):
+        kwargs = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 120}
+    try:
+        engine = create_async_engine(full, **kwargs)
+    except (SQLAlchemyError, ImportError, ValueError) as exc:
+        raise StoreError(f"store.url {url!r}: {exc}") from exc
+    if engine.dialect.name == "sqlite":
+        _sqlite_pragmas(engine)
+    from gateway.store_ops import Store  # the full surface: intake + delivery + operations
+
+    store = Store(engine)
+    if migrate:
+        try:
+            await store.migrate()
+        except BaseException:
+            await engine.dispose()
+            raise
+    return store
+
+

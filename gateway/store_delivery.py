@@ -1,0 +1,233 @@
+"""The delivery half of the store: leasing outbox rows into batches, and recording what peers said.
+
+Per-key order holds because (1) a new version supersedes the key's still-pending row for a target at
+intake, so at most one row per key and target is pending, and (2) a pending row is only leased while no
+other row of its key is leased for that target. Batches keep their body and id (the idempotency key)
+across retries, so a retried batch is byte-for-byte the batch the peer may already have applied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from sqlalchemy import and_, bindparam, exists, func, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway import schema as s
+from gateway.store import StoreBase, _json
+
+ACK_STATUSES = frozenset({"accepted", "duplicate", "stale"})
+
+
+@dataclass(frozen=True, slots=True)
+class LeasedRecord:
+    outbox_id: int
+    record_key: str
+    version: int
+    operation: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    id: str
+    target: str
+    dataset: str
+    body: bytes
+    body_sha256: str
+    record_count: int
+    attempts: int
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What the peer said about one record of a batch."""
+
+    record_key: str
+    version: int
+    status: str  # accepted | duplicate | stale | rejected
+    code: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class EncodedBatch:
+    """What the delivery side built from leased records: the body, and records it could not encode."""
+
+    batch_id: str
+    body: bytes
+    included: Sequence[LeasedRecord]
+    failed: Sequence[tuple[LeasedRecord, str]] = field(default_factory=list)
+
+
+Encoder = Callable[[Sequence[LeasedRecord]], EncodedBatch]
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryResult:
+    delivered: int
+    rejected: int
+    requeued: int
+
+
+def body_digest(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+class DeliveryMixin(StoreBase):
+    """Leasing and completing batches."""
+
+    async def lease_batch(self, target: str, dataset: str, limit: int, encode: Encoder) -> Batch | None:
+        """Lease up to ``limit`` pending rows of one target and dataset into a new open batch."""
+        now = time.time()
+        async with self.tx() as conn:
+            leased = await self._candidates(conn, target, dataset, limit)
+            if not leased:
+                return None
+            encoded = encode(leased)
+            if encoded.failed:
+                await self._reject_unencodable(conn, target, dataset, encoded.failed, now)
+            if not encoded.included:
+                return None
+            return await self._open_batch(conn, target, dataset, encoded, now)
+
+    async def _candidates(self, conn: AsyncConnection, target: str, dataset: str,
+                          limit: int) -> list[LeasedRecord]:
+        o, r = s.outbox.c, s.records.c
+        busy = s.outbox.alias("busy")
+        blocked = exists().where(and_(busy.c.target == o.target, busy.c.dataset == o.dataset,
+                                      busy.c.record_key == o.record_key, busy.c.state == "leased"))
+        stmt = (select(o.id, o.record_key, o.version, r.operation, r.payload, r.version)
+                .join(s.records, and_(r.dataset == o.dataset, r.record_key == o.record_key))
+                .where(and_(o.target == target, o.dataset == dataset, o.state == "pending", ~blocked))
+                .order_by(o.id).limit(limit))
+        if self.dialect == "postgresql":
+            stmt = stmt.with_for_update(of=s.outbox, skip_locked=True)
+        rows = (await conn.execute(stmt)).all()
+        stale = [row[0] for row in rows if row[5] != row[2]]
+        if stale:  # the ledger moved on under a pending row: its newer row is queued too
+            await conn.execute(update(s.outbox).where(o.id.in_(stale)).values(state="superseded"))
+        return [LeasedRecord(row[0], row[1], row[2], row[3], orjson.loads(row[4]))
+                for row in rows if row[5] == row[2]]
+
+    async def _open_batch(self, conn: AsyncConnection, target: str, dataset: str, encoded: EncodedBatch,
+                          now: float) -> Batch:
+        digest = body_digest(encoded.body)
+        await conn.execute(s.batches.insert().values(
+            id=encoded.batch_id, target=target, dataset=dataset, state="open", record_count=len(encoded.included),
+            body=zlib.compress(encoded.body, 1), body_sha256=digest, attempts=0, next_attempt_at=now,
+            created_at=now))
+        o = s.outbox.c
+        await conn.execute(update(s.outbox).where(o.id == bindparam("b_id")).values(
+            state="leased", batch_id=encoded.batch_id, updated_at=now),
+            [{"b_id": rec.outbox_id} for rec in encoded.included])
+        return Batch(encoded.batch_id, target, dataset, encoded.body, digest, len(encoded.included), 0, now)
+
+    async def _reject_unencodable(self, conn: AsyncConnection, target: str, dataset: str,
+                                  failed: Sequence[tuple[LeasedRecord, str]], now: float) -> None:
+        o = s.outbox.c
+        await conn.execute(update(s.outbox).where(o.id.in_([rec.outbox_id for rec, _ in failed]))
+                           .values(state="rejected", updated_at=now))
+        await self.upsert_quarantine(conn, [_target_reject(target, dataset, rec, "encode", reason, now)
+                                            for rec, reason in failed])
+
+    async def due_batches(self, target: str, limit: int, now: float | None = None) -> list[Batch]:
+        """Open batches of a target whose next attempt is due (oldest first)."""
+        b = s.batches.c
+        stmt = (select(b.id, b.target, b.dataset, b.body, b.body_sha256, b.record_count, b.attempts, b.created_at)
+                .where(and_(b.target == target, b.state == "open", b.next_attempt_at <= (now or time.time())))
+                .order_by(b.created_at).limit(limit))
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [Batch(r[0], r[1], r[2], zlib.decompress(r[3]), r[4], r[5], r[6], r[7]) for r in rows]
+
+    async def next_due_at(self, target: str) -> float | None:
+        b = s.batches.c
+        async with self.engine.connect() as conn:
+            value = (await conn.execute(select(func.min(b.next_attempt_at)).where(
+                and_(b.target == target, b.state == "open")))).scalar()
+        return float(value) if value is not None else None
+
+    async def complete_batch(self, batch: Batch, outcomes: Sequence[Outcome], receipt: dict[str, Any],
+                             receipt_id: str, duration_ms: float) -> DeliveryResult:
+        """Record the peer's answer: acknowledged rows delivered, rejected rows quarantined, receipt kept."""
+        now = time.time()
+        async with self.tx() as conn:
+            rows = await self._batch_rows(conn, batch.id)
+            result = await self._apply_outcomes(conn, batch, rows, outcomes, now)
+            await conn.execute(update(s.batches).where(s.batches.c.id == batch.id).values(
+                state="done", completed_at=now, attempts=s.batches.c.attempts + 1, last_error=None))
+            await conn.execute(s.receipts.insert().values(
+                batch_id=batch.id, target=batch.target, receipt_id=receipt_id, received_at=now,
+                accepted=result.delivered, rejected=result.rejected, body=_json(receipt)))
+            await conn.execute(s.attempts.insert().values(
+                batch_id=batch.id, at=now, outcome="ok", duration_ms=duration_ms,
+                detail=f"delivered {result.delivered}, rejected {result.rejected}, requeued {result.requeued}"))
+        return result
+
+    async def _batch_rows(self, conn: AsyncConnection, batch_id: str) -> dict[tuple[str, int], LeasedRecord]:
+        o, r = s.outbox.c, s.records.c
+        rows = await conn.execute(
+            select(o.id, o.record_key, o.version, r.payload).outerjoin(
+                s.records, and_(r.dataset == o.dataset, r.record_key == o.record_key))
+            .where(and_(o.batch_id == batch_id, o.state == "leased")))
+        return {(row[1], row[2]): LeasedRecord(row[0], row[1], row[2], "", orjson.loads(row[3] or "{}"))
+                for row in rows}
+
+    async def _apply_outcomes(self, conn: AsyncConnection, batch: Batch, rows: dict[tuple[str, int], LeasedRecord],
+                              outcomes: Sequence[Outcome], now: float) -> DeliveryResult:
+        ok: list[tuple[LeasedRecord, Outcome]] = []
+        bad: list[tuple[LeasedRecord, Outcome]] = []
+        for out in outcomes:
+            rec = rows.pop((out.record_key, out.version), None)
+            if rec is not None:
+                (ok if out.status in ACK_STATUSES else bad).append((rec, out))
+        o = s.outbox.c
+        set_state = update(s.outbox).where(o.id == bindparam("b_id"))
+        if ok:
+            await conn.execute(set_state.values(state="delivered", updated_at=now),
+                               [{"b_id": rec.outbox_id} for rec, _ in ok])
+        if bad:
+            await conn.execute(set_state.values(state="rejected", updated_at=now),
+                               [{"b_id": rec.outbox_id} for rec, _ in bad])
+            await self.upsert_quarantine(conn, [_target_reject(
+                batch.target, batch.dataset, rec, out.code, out.message, now) for rec, out in bad])
+        if rows:  # the peer said nothing about these: send them again in a later batch
+            await conn.execute(set_state.values(state="pending", batch_id=None, updated_at=now),
+                               [{"b_id": rec.outbox_id} for rec in rows.values()])
+        return DeliveryResult(len(ok), len(bad), len(rows))
+
+    async def fail_attempt(self, batch: Batch, error: str, next_attempt_at: float, dead: bool,
+                           duration_ms: float) -> None:
+        """Record a failed attempt; a dead batch moves its rows to the dead letters."""
+        now = time.time()
+        async with self.tx() as conn:
+            b = s.batches.c
+            await conn.execute(update(s.batches).where(b.id == batch.id).values(
+                state="dead" if dead else "open", attempts=b.attempts + 1, next_attempt_at=next_attempt_at,
+                last_error=error[:2000], completed_at=now if dead else None))
+            if dead:
+                o = s.outbox.c
+                await conn.execute(update(s.outbox).where(and_(o.batch_id == batch.id, o.state == "leased"))
+                                   .values(state="dead", updated_at=now))
+                await conn.execute(s.events.insert().values(
+                    at=now, kind="dead_letter", target=batch.target, dataset=batch.dataset,
+                    record_key="", detail=_json({"batch": batch.id, "error": error[:500]})))
+            await conn.execute(s.attempts.insert().values(
+                batch_id=batch.id, at=now, outcome="dead" if dead else "retry", detail=error[:2000],
+                duration_ms=duration_ms))
+
+
+def _target_reject(target: str, dataset: str, rec: LeasedRecord, code: str, message: str,
+                   now: float) -> dict[str, Any]:
+    return {"qkey": f"t|{target}|{dataset}|{rec.record_key}", "stage": "target", "source": "", "source_key": "",
+            "target": target, "dataset": dataset, "record_key": rec.record_key,
+            "reasons": _json([{"field": "", "code": code, "message": message, "version": rec.version}]),
+            "raw": _json(rec.payload), "state": "open", "hits": 1, "created_at": now, "updated_at": now}
