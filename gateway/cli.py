@@ -20,13 +20,16 @@ from gateway.errors import ConfigError, GatewayError
 DEFAULT_CONFIG = "credit-gateway.toml"
 
 
-def _config_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", default=os.environ.get("CG_CONFIG", DEFAULT_CONFIG),
+def _config_arg(p: argparse.ArgumentParser, top: bool = False) -> None:
+    """``-c FILE`` before or after the sub-command; the sub-command's only overrides when given."""
+    default = os.environ.get("CG_CONFIG", DEFAULT_CONFIG) if top else argparse.SUPPRESS
+    p.add_argument("--config", "-c", default=default,
                    help="configuration file (default: $CG_CONFIG or ./credit-gateway.toml)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="credit-gateway", description=__doc__.splitlines()[0] if __doc__ else "")
+    _config_arg(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("check", help="check the configuration and mappings; list every problem")
