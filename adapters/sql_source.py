@@ -89,7 +89,8 @@ class SqlSource:
         try:
             async with self._connect() as conn:
                 result = await conn.execute(text(sql), params)
-                rows = [dict(row._mapping) for row in result]
+                keys = list(result.keys())
+                rows = [dict(zip(keys, row, strict=True)) for row in result.all()]
         except SQLAlchemyError as exc:
             detail = exc.args[0] if exc.args else ""
             raise RetryableError(f"source {self.name}: {type(exc).__name__}: {detail}") from exc

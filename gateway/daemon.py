@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.config import Config
+from gateway.cpu import MapPool
 from gateway.engine import Intake, TargetWorker
 from gateway.errors import GatewayError
 from gateway.scheduler import Scheduler
@@ -37,7 +38,8 @@ class Gateway:
         self.workers = {name: TargetWorker(t, store, self.sem, d.adapter_timeout_s, d.idle_check_s)
                         for name, t in config.targets.items()}
         routes = config.routes()
-        self.intakes = {name: Intake(s, store, routes, self.sem, d.adapter_timeout_s, self._wake_all)
+        self.pool = MapPool(d.map_workers)
+        self.intakes = {name: Intake(s, store, routes, self.sem, d.adapter_timeout_s, self._wake_all, pool=self.pool)
                         for name, s in config.sources.items()}
         self.stopping = asyncio.Event()
         self.started_at = time.time()
@@ -55,7 +57,10 @@ class Gateway:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self._stack.aclose()
+        try:
+            await self._stack.aclose()
+        finally:
+            await asyncio.to_thread(self.pool.close)
 
     # ------------------------------------------------------------ daemon
 
@@ -100,34 +105,30 @@ class Gateway:
 
     # ------------------------------------------------------------ one-shot
 
-    async def run_until_idle(self, timeout_s: float = 600.0) -> bool:
-        """Poll every source until drained, deliver until no backlog is left; False on timeout."""
+    async def run_until_idle(self, timeout_s: float = 600.0, check_s: float = 0.05) -> bool:
+        """Poll every source until drained while delivering; return when no backlog is left (False on timeout)."""
         deadline = time.monotonic() + timeout_s
-        for intake in self.intakes.values():
-            await intake.poll()
-        while time.monotonic() < deadline:
-            started = 0
-            for worker in self.workers.values():
-                started += await worker.step()
-            busy = any(w.inflight for w in self.workers.values())
-            if not started and not busy and not await self._backlog():
-                return True
-            if not started:
-                await self._next_event(deadline)
-        return False
+        stop = asyncio.Event()
+        workers = [asyncio.create_task(w.run(stop), name=f"worker {n}") for n, w in self.workers.items()]
+        try:
+            for intake in self.intakes.values():
+                await asyncio.wait_for(intake.poll(), max(0.0, deadline - time.monotonic()))
+            while time.monotonic() < deadline:
+                if not any(w.inflight for w in self.workers.values()) and not await self._backlog():
+                    return True
+                await asyncio.sleep(check_s)
+            return False
+        except TimeoutError:
+            return False
+        finally:
+            stop.set()
+            await asyncio.gather(*workers, return_exceptions=True)
+            await asyncio.gather(*(w.drain_inflight(self.config.daemon.shutdown_grace_s)
+                                   for w in self.workers.values()))
 
     async def _backlog(self) -> int:
         status = await self.store.target_status()
         return sum(row["backlog"] for row in status if row["target"] in self.workers)
-
-    async def _next_event(self, deadline: float) -> None:
-        tasks = [t for w in self.workers.values() for t in w.inflight.values()]
-        if tasks:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            return
-        due = [await self.store.next_due_at(n) for n in self.workers]
-        soonest = min((d for d in due if d is not None), default=time.time() + 0.05)
-        await asyncio.sleep(max(0.0, min(soonest - time.time(), deadline - time.monotonic(), 1.0)))
 
 
 async def serve(config: Config) -> int:

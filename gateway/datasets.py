@@ -9,6 +9,7 @@ into a list of small checkers; :func:`validate` runs them and returns every prob
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -168,20 +169,10 @@ def _code_allowed(value: str, codes: tuple[str, ...]) -> bool:
     return value in codes or ("其他" in codes and value.startswith("其他-"))
 
 
-def _field_checker(spec: FieldSpec) -> Checker:
-    name = spec.name
-
-    def check(fields: Fields, today: dt.date) -> Problem | None:
-        value = fields.get(name)
-        if value is None or value == "" or value == []:
-            return Problem(name, "required field is empty") if spec.required else None
-        return _check_value(spec, value, today)
-
-    return check
-
-
 def _check_value(spec: FieldSpec, value: FieldValue, today: dt.date) -> Problem | None:
     name = spec.name
+    if spec.kind == "text" and value.__class__ is str:  # the common case first
+        return _check_text(spec, value) if spec.check or len(value) > spec.max_len > 0 else None  # type: ignore[arg-type]
     if spec.kind == "date" and not isinstance(value, dt.date):
         return Problem(name, f"expected a date, got {value!r}")
     if spec.kind == "decimal" and not (isinstance(value, Decimal) and value >= 0):
@@ -201,11 +192,17 @@ def _check_text(spec: FieldSpec, value: str) -> Problem | None:
     if spec.max_len and len(value) > spec.max_len:
         return Problem(spec.name, f"{len(value)} characters, at most {spec.max_len}")
     if spec.check == "uscc":
-        if is_placeholder(value):
-            return Problem(spec.name, f"placeholder code {value!r}")
-        reason = check_uscc(value)
+        reason = _uscc_reason(value)
         return Problem(spec.name, reason) if reason else None
     return None
+
+
+@functools.lru_cache(maxsize=8192)
+def _uscc_reason(value: str) -> str | None:
+    """Deciding bodies and data sources repeat on every record: remember recent answers."""
+    if is_placeholder(value):
+        return f"placeholder code {value!r}"
+    return check_uscc(value)
 
 
 # ---------------------------------------------------------------- cross-field rules
@@ -252,25 +249,45 @@ def _id_number(type_field: str, number_field: str) -> Checker:
     return check
 
 
-def _checkers(dataset: Dataset) -> list[Checker]:
-    checkers = [_field_checker(spec) for spec in dataset.fields]
-    checkers += [_subject_codes, _id_number("id_type", "id_no"),
-                 _id_number("legal_rep_id_type", "legal_rep_id_no"), _future_date(dataset.date_field)]
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    specs: Mapping[str, FieldSpec]
+    required: tuple[str, ...]
+    cross: tuple[Checker, ...]
+
+
+def _compile(dataset: Dataset) -> _Compiled:
+    cross: list[Checker] = [_subject_codes, _id_number("id_type", "id_no"),
+                            _id_number("legal_rep_id_type", "legal_rep_id_no"), _future_date(dataset.date_field)]
     dates = {"license": [("valid_to", "valid_from")],
              "penalty": [("valid_until", "decision_date"), ("publicity_end", "decision_date")]}
-    checkers += [_not_before(later, earlier) for later, earlier in dates.get(dataset.name, [])]
-    return checkers
+    cross += [_not_before(later, earlier) for later, earlier in dates.get(dataset.name, [])]
+    return _Compiled(dataset.by_name(), tuple(f.name for f in dataset.fields if f.required), tuple(cross))
 
 
-_COMPILED: dict[str, list[Checker]] = {}
+_COMPILED: dict[str, _Compiled] = {}
 
 
 def validate(dataset: Dataset, fields: Fields, today: dt.date) -> list[Problem]:
     """Every problem of one record's canonical fields (empty when valid)."""
-    checkers = _COMPILED.get(dataset.name)
-    if checkers is None:
-        checkers = _COMPILED[dataset.name] = _checkers(dataset)
-    return [p for p in (c(fields, today) for c in checkers) if p is not None]
+    compiled = _COMPILED.get(dataset.name)
+    if compiled is None:
+        compiled = _COMPILED[dataset.name] = _compile(dataset)
+    problems = [Problem(name, "required field is empty") for name in compiled.required
+                if fields.get(name) in (None, "", [])]
+    specs = compiled.specs
+    for name, value in fields.items():
+        spec = specs.get(name)
+        if spec is None or value is None or value == "" or value == []:
+            continue
+        problem = _check_value(spec, value, today)
+        if problem is not None:
+            problems.append(problem)
+    for check in compiled.cross:
+        problem = check(fields, today)
+        if problem is not None:
+            problems.append(problem)
+    return problems
 
 
 def natural_key(dataset: Dataset, fields: Fields) -> Sequence[str]:

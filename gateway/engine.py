@@ -21,11 +21,12 @@ from typing import Any
 import tenacity
 
 from gateway.config import RetrySettings, SourceConfig, TargetConfig
+from gateway.cpu import MapPool
 from gateway.errors import GatewayError, PermanentError, RetryableError
 from gateway.identifiers import mask_id
 from gateway.mapping import MappingError, OutboundMapping
 from gateway.ports import OutgoingBatch, SourceBatch, TargetRecord
-from gateway.records import Operation, Record, from_payload
+from gateway.records import LedgerEntry
 from gateway.store import Reject
 from gateway.store_delivery import Batch, EncodedBatch, LeasedRecord, Outcome
 from gateway.store_ops import Store
@@ -62,8 +63,9 @@ class Intake:
 
     def __init__(self, cfg: SourceConfig, store: Store, routes: Mapping[str, Sequence[str]],
                  sem: asyncio.Semaphore, timeout_s: float, on_commit: Callable[[], None],
-                 today: Callable[[], dt.date] = china_today) -> None:
+                 today: Callable[[], dt.date] = china_today, pool: MapPool | None = None) -> None:
         self.cfg, self.store, self.routes = cfg, store, routes
+        self.pool = pool or MapPool(0)
         self.sem, self.timeout_s, self.on_commit, self.today = sem, timeout_s, on_commit, today
         self.stats = IntakeStats()
 
@@ -82,7 +84,7 @@ class Intake:
                 return total
 
     async def _commit(self, batch: SourceBatch) -> None:
-        accepted, rejects = self.map_rows(batch)
+        accepted, rejects = await self.map_rows(batch)
         result = await self.store.commit_intake(self.cfg.name, accepted, rejects, batch.cursor, self.routes,
                                                 len(batch.rows))
         s = self.stats
@@ -98,23 +100,16 @@ class Intake:
         if result.accepted:
             self.on_commit()
 
-    def map_rows(self, batch: SourceBatch) -> tuple[list[Record], list[Reject]]:
+    async def map_rows(self, batch: SourceBatch) -> tuple[list[LedgerEntry], list[Reject]]:
         today = self.today()
-        accepted: list[Record] = []
+        rows = [(row.key, row.data) for row in batch.rows]
+        accepted: list[LedgerEntry] = []
         rejects: list[Reject] = []
         for mapping in self.cfg.mappings.values():
-            for row in batch.rows:
-                mapped = mapping.map_row(row.data, today, self.cfg.name, row.key)
-                if mapped.record is not None:
-                    accepted.append(mapped.record)
-                else:
-                    rejects.append(Reject(self.cfg.name, row.key, mapping.dataset.name,
-                                          mapped.key, mapped.problems, _raw(row.data)))
+            ok, bad = await self.pool.map(mapping, self.cfg.name, rows, today)
+            accepted += ok
+            rejects += bad
         return accepted, rejects
-
-
-def _raw(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: (v.isoformat() if isinstance(v, dt.date | dt.datetime) else v) for k, v in row.items()}
 
 
 # ---------------------------------------------------------------- delivery
@@ -177,7 +172,7 @@ class TargetWorker:
         self.inflight: dict[str, asyncio.Task[None]] = {}
         self.stats = DeliveryStats()
         self._wake = asyncio.Event()
-        self._kinds = {ds: {f.name: f.kind for f in m.dataset.fields} for ds, m in cfg.mappings.items()}
+        self._personal = {ds: m.dataset.personal_id_fields for ds, m in cfg.mappings.items()}
 
     def wake(self) -> None:
         self._wake.set()
@@ -192,11 +187,18 @@ class TargetWorker:
                 log.error("delivery step failed", extra={"target": self.cfg.name, "error": str(exc)})
                 started = 0
             if not started:
-                await _wait_any(self._wake, stopping, self._idle_wait())
+                await _wait_any(self._wake, stopping, await self._idle_wait())
 
-    def _idle_wait(self) -> float:
+    async def _idle_wait(self) -> float:
+        """Until the next due retry, the circuit's trial, or the idle tick, whichever comes first."""
+        wait = self.idle_s
         reopen = self.circuit.reopens_in()
-        return min(self.idle_s, reopen) if reopen > 0 else self.idle_s
+        if reopen > 0:
+            wait = min(wait, reopen)
+        due = await self.store.next_due_at(self.cfg.name)
+        if due is not None and len(self.inflight) < self.cfg.max_in_flight:
+            wait = min(wait, max(0.01, due - time.time()))
+        return wait
 
     async def step(self) -> int:
         """Start due retries and new batches up to the free capacity; returns how many were started."""
@@ -204,10 +206,9 @@ class TargetWorker:
         started = 0
         if free <= 0:
             return 0
-        for due in await self.store.due_batches(self.cfg.name, free + len(self.inflight)):
-            if due.id not in self.inflight and started < free:
-                self._start(due)
-                started += 1
+        for due in await self.store.due_batches(self.cfg.name, free, exclude=list(self.inflight)):
+            self._start(due)
+            started += 1
         for dataset in self.cfg.mappings:
             encoder = functools.partial(self.encode, dataset)
             while started < free:
@@ -255,14 +256,17 @@ class TargetWorker:
         return EncodedBatch(batch_id, body, included, failed)
 
     def _target_record(self, mapping: OutboundMapping, dataset: str, rec: LeasedRecord) -> TargetRecord:
-        fields = from_payload(self._kinds[dataset], rec.payload)
-        for name in mapping.dataset.personal_id_fields & fields.keys():
-            if self.cfg.personal_ids == "omit":
-                del fields[name]
-            elif self.cfg.personal_ids == "mask":
-                fields[name] = mask_id(str(fields[name]))
-        record = Record(dataset, rec.record_key, Operation(rec.operation), fields, version=rec.version)
-        return TargetRecord(rec.record_key, rec.version, rec.operation, mapping.map_record(record, fields))
+        payload = rec.payload
+        personal = self._personal[dataset] & payload.keys()
+        if personal:
+            payload = dict(payload)
+            for name in personal:
+                if self.cfg.personal_ids == "omit":
+                    del payload[name]
+                elif self.cfg.personal_ids == "mask":
+                    payload[name] = mask_id(str(payload[name]))
+        fields = mapping.map_payload(payload, rec.operation, rec.record_key, rec.version)
+        return TargetRecord(rec.record_key, rec.version, rec.operation, fields)
 
     # ------------------------------------------------------------ send
 

@@ -76,5 +76,6 @@ def setup_logging(level: str = "info", fmt: str = "json", secrets: Iterable[str]
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    for noisy in ("aiohttp.access", "apscheduler", "sqlalchemy"):
+    for noisy in ("aiohttp.access", "sqlalchemy"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)  # "skipped: still running" is expected

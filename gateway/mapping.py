@@ -25,7 +25,7 @@ from typing import Any
 
 from gateway.datasets import Dataset, FieldSpec, get_dataset, natural_key, validate
 from gateway.errors import ConfigError, Problem
-from gateway.records import FieldValue, Operation, Record, make_key
+from gateway.records import FieldValue, Operation, Record, make_key, to_json_value
 
 RowValue = Any
 Step = Callable[[Any], Any]
@@ -81,6 +81,20 @@ def to_decimal(v: Any) -> Decimal:
         raise MappingError(f"expected a number, got {v!r}") from None
 
 
+_FAST_FORMATS = {"%Y-%m-%d": "-", "%Y/%m/%d": "/", "%Y.%m.%d": "."}
+
+
+def _fast_date(text: str, sep: str) -> dt.date | None:
+    """YYYY<sep>MM<sep>DD without strptime (the common case, several times faster); None if no match."""
+    parts = text.split(sep)
+    if len(parts) != 3 or len(parts[0]) != 4 or not all(p.isdigit() and p.isascii() for p in parts):
+        return None
+    try:
+        return dt.date(int(parts[0]), int(parts[1]), int(parts[2]))
+    except ValueError:
+        return None
+
+
 def _date_parser(formats: list[str]) -> Step:
     def parse(v: Any) -> dt.date:
         if isinstance(v, dt.datetime):
@@ -89,6 +103,11 @@ def _date_parser(formats: list[str]) -> Step:
             return v
         text = str(v).strip()
         for fmt in formats:
+            sep = _FAST_FORMATS.get(fmt)
+            if sep is not None:
+                if (day := _fast_date(text, sep)) is not None:
+                    return day
+                continue
             try:
                 return dt.datetime.strptime(text, fmt).date()  # noqa: DTZ007 - a calendar date, no zone
             except ValueError:
@@ -261,9 +280,15 @@ class OutboundMapping:
 
     def map_record(self, record: Record, fields: Mapping[str, FieldValue] | None = None) -> dict[str, Any]:
         """Target fields for one record (``fields`` overrides the record's, e.g. after masking)."""
-        source: dict[str, Any] = dict(fields if fields is not None else record.fields)
-        source.update({"@operation": record.operation.value, "@key": record.key,
-                       "@version": record.version, "@dataset": record.dataset})
+        payload = {k: to_json_value(v) for k, v in (fields if fields is not None else record.fields).items()
+                   if v is not None}
+        return self.map_payload(payload, record.operation.value, record.key, record.version)
+
+    def map_payload(self, payload: Mapping[str, Any], operation: str, key: str, version: int) -> dict[str, Any]:
+        """Target fields from a canonical payload as the ledger stores it (JSON values)."""
+        source: dict[str, Any] = dict(payload)
+        source["@operation"], source["@key"], source["@version"] = operation, key, version
+        source["@dataset"] = self.dataset.name
         out: dict[str, Any] = {}
         for name, convert in self.converters:
             value = convert(source, None)
@@ -373,6 +398,9 @@ def _compile_inbound_field(spec: FieldSpec, raw: dict[str, Any], ctx: _Ctx) -> C
     steps = ctx.transforms(raw, ["strip"])
     convert = _inbound_kind_step(spec, raw, ctx)
     default = raw.get("default")
+    column = raw.get("from") if "value" not in raw else None
+    if isinstance(column, str) and steps == [_strip]:
+        return _fast_inbound(column, convert, default, plain=spec.kind == "text" and "codes" not in raw)
 
     def run(row: Mapping[str, Any], on: dt.date | None) -> Any:
         value = fetch(row)
@@ -387,22 +415,39 @@ def _compile_inbound_field(spec: FieldSpec, raw: dict[str, Any], ctx: _Ctx) -> C
     return run
 
 
-def _compile_outbound_field(raw: dict[str, Any], ctx: _Ctx) -> Converter:
+def _fast_inbound(column: str, convert: DatedStep, default: Any, plain: bool) -> Converter:
+    """The common case (a column, stripped, then converted) in one closure: it runs for every field of every row."""
+
+    def run(row: Mapping[str, Any], on: dt.date | None) -> Any:
+        value = row.get(column)
+        if value.__class__ is str:
+            value = value.strip()
+            if plain and value:
+                return value
+        if value is None or value == "":
+            if default is None:
+                return None
+            value = default
+        return convert(value, on)
+
+    return run
+
+
+def _compile_outbound_field(raw: dict[str, Any], ctx: _Ctx, kind: str) -> Converter:
+    """A converter from a canonical payload (JSON values: ISO dates, decimal strings, lists) to a target value."""
     fetch = _fetcher(raw, ctx)
     table = ctx.code_table(raw)
     steps = ctx.transforms(raw, [])
-    date_format = str(raw.get("date_format", "%Y-%m-%d"))
-    joiner = str(raw.get("join", ";"))
-    decimals = raw.get("decimals")
+    render = _renderer(kind, str(raw.get("date_format", "%Y-%m-%d")), str(raw.get("join", ";")), raw.get("decimals"))
     default = raw.get("default")
 
     def run(record: Mapping[str, Any], on: dt.date | None) -> Any:
         value = fetch(record)
         if value is None or value == "" or value == []:
             value = default
-        if value is None:
-            return None
-        value = _render(value, date_format, joiner, decimals)
+            if value is None:
+                return None
+        value = render(value)
         if table is not None:
             value = table.lookup(value, on)
         for step in steps:
@@ -410,6 +455,18 @@ def _compile_outbound_field(raw: dict[str, Any], ctx: _Ctx) -> Converter:
         return value
 
     return run
+
+
+def _renderer(kind: str, date_format: str, joiner: str, decimals: Any) -> Step:
+    if kind == "date":
+        if date_format == "%Y-%m-%d":
+            return lambda v: v if isinstance(v, str) else _render(v, date_format, joiner, decimals)
+        return lambda v: dt.date.fromisoformat(v).strftime(date_format) if isinstance(v, str) else _render(
+            v, date_format, joiner, decimals)
+    if kind == "decimal" and decimals is not None:
+        places = int(decimals)
+        return lambda v: f"{Decimal(str(v)):.{places}f}"
+    return lambda v: _render(v, date_format, joiner, decimals)
 
 
 def _render(value: Any, date_format: str, joiner: str, decimals: Any) -> Any:
@@ -582,7 +639,8 @@ def _compile_outbound(path: Path, doc: dict[str, Any], dataset: Dataset, codes: 
         src = raw.get("from")
         if isinstance(src, str) and src not in specs and src not in _SPECIAL:
             ctx.problem("from", f"{src!r} is not a field of dataset {dataset.name} nor one of {', '.join(_SPECIAL)}")
-        converters.append((name, _compile_outbound_field(raw, ctx)))
+        kind = specs[src].kind if isinstance(src, str) and src in specs else "text"
+        converters.append((name, _compile_outbound_field(raw, ctx, kind)))
     table_code = head.get("table_code")
     if not isinstance(table_code, str) or not table_code:
         problems.append(Problem("mapping.table_code", "required for outbound mappings (e.g. XZCF)"))

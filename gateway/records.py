@@ -47,10 +47,42 @@ class Record:
         """The JSON-ready canonical content (dates as ISO strings, decimals as strings)."""
         return {name: to_json_value(value) for name, value in self.fields.items() if value is not None}
 
+    def encoded(self) -> tuple[bytes, str]:
+        """The canonical JSON (sorted keys) and a digest of operation + content, computed together."""
+        body = orjson.dumps({k: v for k, v in self.fields.items() if v is not None}, default=_json_default,
+                            option=orjson.OPT_SORT_KEYS)  # orjson writes dates as ISO strings itself
+        return body, hashlib.blake2b(self.operation.value.encode() + b"|" + body, digest_size=16).hexdigest()
+
     def content_hash(self) -> str:
-        """A digest of operation and content: equal hashes mean nothing changed."""
-        body = orjson.dumps([self.operation.value, self.payload()], option=orjson.OPT_SORT_KEYS)
-        return hashlib.blake2b(body, digest_size=16).hexdigest()
+        """Equal hashes mean nothing changed."""
+        return self.encoded()[1]
+
+    def entry(self) -> LedgerEntry:
+        """What the ledger stores for this state (small and picklable: built in worker processes too)."""
+        body, digest = self.encoded()
+        decision = self.fields.get("decision_date")
+        return LedgerEntry(self.dataset, self.key, self.operation.value, body, digest, self.source,
+                           self.source_key, decision.isoformat() if isinstance(decision, dt.date) else None)
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """A record state ready for the ledger: canonical JSON and its digest, computed once."""
+
+    dataset: str
+    key: str
+    operation: str
+    body: bytes
+    digest: str
+    source: str
+    source_key: str
+    decision_date: str | None
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def to_json_value(value: FieldValue) -> Any:

@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 log = logging.getLogger("gateway.scheduler")
+# A poll still running when its next turn comes is skipped on purpose (max_instances=1): not a warning.
+logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
 
 
 class Scheduler:

@@ -8,7 +8,6 @@ at any point leaves the store either before or after it. No transaction spans ne
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -24,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from gateway import schema as s
 from gateway.errors import Problem, StoreError
-from gateway.records import Record
+from gateway.records import LedgerEntry, Record
 
 if TYPE_CHECKING:
     from gateway.store_ops import Store
@@ -106,7 +105,7 @@ class StoreBase:
             row = (await conn.execute(select(s.watermarks.c.cursor).where(s.watermarks.c.source == source))).first()
         return orjson.loads(row[0]) if row else None
 
-    async def commit_intake(self, source: str, accepted: Sequence[Record], rejects: Sequence[Reject],
+    async def commit_intake(self, source: str, accepted: Sequence[Record | LedgerEntry], rejects: Sequence[Reject],
                             cursor: Any, routes: Mapping[str, Sequence[str]], rows: int) -> IntakeResult:
         """One transaction: ledger versions, outbox rows per routed target, quarantine, cursor, intake log."""
         now = time.time()
@@ -114,7 +113,8 @@ class StoreBase:
             changed, unchanged = await self._write_ledger(conn, accepted, now)
             enqueued = await self._enqueue(conn, changed, routes, now)
             await self._quarantine_rejects(conn, rejects, now)
-            await self._resolve_mapping_quarantine(conn, source, [r.source_key for r in accepted], now)
+            keys = [item.source_key for item in accepted]
+            await self._resolve_mapping_quarantine(conn, source, keys, now)
             if cursor is not None:  # None: a replay from quarantine, the source position is unchanged
                 await self._save_cursor(conn, source, cursor, now)
             await conn.execute(s.intake.insert().values(
@@ -132,31 +132,31 @@ class StoreBase:
             found.update({row[0]: (row[1], row[2], row[3]) for row in rows})
         return found
 
-    async def _write_ledger(self, conn: AsyncConnection, accepted: Sequence[Record],
-                            now: float) -> tuple[list[Record], int]:
-        changed: list[Record] = []
+    async def _write_ledger(self, conn: AsyncConnection, accepted: Sequence[Record | LedgerEntry],
+                            now: float) -> tuple[list[tuple[LedgerEntry, int]], int]:
+        changed: list[tuple[LedgerEntry, int]] = []
         unchanged = 0
-        by_dataset: dict[str, list[Record]] = {}
-        for rec in accepted:
-            by_dataset.setdefault(rec.dataset, []).append(rec)
-        for dataset, recs in by_dataset.items():
-            existing = await self._existing(conn, dataset, [r.key for r in recs])
+        by_dataset: dict[str, list[LedgerEntry]] = {}
+        for item in accepted:
+            entry = item.entry() if isinstance(item, Record) else item
+            by_dataset.setdefault(entry.dataset, []).append(entry)
+        for dataset, entries in by_dataset.items():
+            existing = await self._existing(conn, dataset, [e.key for e in entries])
             upd_rows: dict[str, dict[str, Any]] = {}
             versions: dict[str, dict[str, Any]] = {}
-            for rec in recs:
-                digest = rec.content_hash()
-                current = existing.get(rec.key)
-                if current is not None and current[2] == digest:
+            for e in entries:
+                current = existing.get(e.key)
+                if current is not None and current[2] == e.digest:
                     unchanged += 1
                     continue
                 version = (current[1] if current else 0) + 1
-                existing[rec.key] = (current[0] if current else 0, version, digest)
-                row = _ledger_row(rec, version, digest, now)
+                existing[e.key] = (current[0] if current else 0, version, e.digest)
+                row = _ledger_row(e, version, now)
                 if current is not None and current[0]:
-                    upd_rows[rec.key] = {**row, "b_id": current[0]}
+                    upd_rows[e.key] = {**row, "b_id": current[0]}
                 else:
-                    versions[rec.key] = row  # a key seen twice in one batch keeps its last state
-                changed.append(_with_version(rec, version))
+                    versions[e.key] = row  # a key seen twice in one batch keeps its last state
+                changed.append((e, version))
             await self._flush_ledger(conn, list(versions.values()), list(upd_rows.values()))
         return changed, unchanged
 
@@ -173,17 +173,18 @@ class StoreBase:
                 decision_date=bindparam("decision_date"), updated_at=bindparam("updated_at"))
             await conn.execute(stmt, updates)
 
-    async def _enqueue(self, conn: AsyncConnection, changed: Sequence[Record],
+    async def _enqueue(self, conn: AsyncConnection, changed: Sequence[tuple[LedgerEntry, int]],
                        routes: Mapping[str, Sequence[str]], now: float) -> dict[str, int]:
         counts: dict[str, int] = {}
         rows: list[dict[str, Any]] = []
         superseded: list[dict[str, Any]] = []
-        for rec in changed:
-            for target in routes.get(rec.dataset, ()):
-                rows.append({"target": target, "dataset": rec.dataset, "record_key": rec.key,
-                             "version": rec.version, "state": "pending", "enqueued_at": now, "updated_at": now})
-                if rec.version > 1:
-                    superseded.append({"b_t": target, "b_d": rec.dataset, "b_k": rec.key})
+        latest = {(e.dataset, e.key): (e, v) for e, v in changed}  # a key changed twice in a batch: its last state
+        for e, version in latest.values():
+            for target in routes.get(e.dataset, ()):
+                rows.append({"target": target, "dataset": e.dataset, "record_key": e.key,
+                             "version": version, "state": "pending", "enqueued_at": now, "updated_at": now})
+                if version > 1:
+                    superseded.append({"b_t": target, "b_d": e.dataset, "b_k": e.key})
                 counts[target] = counts.get(target, 0) + 1
         if superseded:
             o = s.outbox.c
@@ -230,17 +231,10 @@ class StoreBase:
             index_elements=["source"], set_={"cursor": stmt.excluded.cursor, "updated_at": now}))
 
 
-def _ledger_row(rec: Record, version: int, digest: str, now: float) -> dict[str, Any]:
-    decision = rec.fields.get("decision_date")
-    decision = decision if isinstance(decision, dt.date) else None
-    return {"dataset": rec.dataset, "record_key": rec.key, "version": version, "operation": rec.operation.value,
-            "content_hash": digest, "payload": _json(rec.payload()), "source": rec.source,
-            "source_key": rec.source_key, "decision_date": decision.isoformat() if decision else None,
-            "updated_at": now}
-
-
-def _with_version(rec: Record, version: int) -> Record:
-    return Record(rec.dataset, rec.key, rec.operation, rec.fields, rec.source, rec.source_key, version)
+def _ledger_row(e: LedgerEntry, version: int, now: float) -> dict[str, Any]:
+    return {"dataset": e.dataset, "record_key": e.key, "version": version, "operation": e.operation,
+            "content_hash": e.digest, "payload": e.body.decode(), "source": e.source, "source_key": e.source_key,
+            "decision_date": e.decision_date, "updated_at": now}
 
 
 def _sqlite_pragmas(engine: AsyncEngine) -> None:

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, bindparam, exists, func, select, update
+from sqlalchemy import and_, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import schema as s
-from gateway.store import StoreBase, _json
+from gateway.store import StoreBase, _chunks, _json
 
 ACK_STATUSES = frozenset({"accepted", "duplicate", "stale"})
 
@@ -125,25 +125,27 @@ class DeliveryMixin(StoreBase):
             body=zlib.compress(encoded.body, 1), body_sha256=digest, attempts=0, next_attempt_at=now,
             created_at=now))
         o = s.outbox.c
-        await conn.execute(update(s.outbox).where(o.id == bindparam("b_id")).values(
-            state="leased", batch_id=encoded.batch_id, updated_at=now),
-            [{"b_id": rec.outbox_id} for rec in encoded.included])
+        for chunk in _chunks([rec.outbox_id for rec in encoded.included]):
+            await conn.execute(update(s.outbox).where(o.id.in_(chunk)).values(
+                state="leased", batch_id=encoded.batch_id, updated_at=now))
         return Batch(encoded.batch_id, target, dataset, encoded.body, digest, len(encoded.included), 0, now)
 
     async def _reject_unencodable(self, conn: AsyncConnection, target: str, dataset: str,
                                   failed: Sequence[tuple[LeasedRecord, str]], now: float) -> None:
         o = s.outbox.c
-        await conn.execute(update(s.outbox).where(o.id.in_([rec.outbox_id for rec, _ in failed]))
-                           .values(state="rejected", updated_at=now))
+        await self._set_state(conn, [rec.outbox_id for rec, _ in failed], "rejected", now)
         await self.upsert_quarantine(conn, [_target_reject(target, dataset, rec, "encode", reason, now)
                                             for rec, reason in failed])
 
-    async def due_batches(self, target: str, limit: int, now: float | None = None) -> list[Batch]:
-        """Open batches of a target whose next attempt is due (oldest first)."""
+    async def due_batches(self, target: str, limit: int, now: float | None = None,
+                          exclude: Sequence[str] = ()) -> list[Batch]:
+        """Open batches of a target whose next attempt is due (oldest first), except those in ``exclude``."""
         b = s.batches.c
+        cond = and_(b.target == target, b.state == "open", b.next_attempt_at <= (now or time.time()))
+        if exclude:
+            cond = and_(cond, b.id.notin_(list(exclude)))
         stmt = (select(b.id, b.target, b.dataset, b.body, b.body_sha256, b.record_count, b.attempts, b.created_at)
-                .where(and_(b.target == target, b.state == "open", b.next_attempt_at <= (now or time.time())))
-                .order_by(b.created_at).limit(limit))
+                .where(cond).order_by(b.created_at).limit(limit))
         async with self.engine.connect() as conn:
             rows = (await conn.execute(stmt)).all()
         return [Batch(r[0], r[1], r[2], zlib.decompress(r[3]), r[4], r[5], r[6], r[7]) for r in rows]
@@ -173,13 +175,20 @@ class DeliveryMixin(StoreBase):
         return result
 
     async def _batch_rows(self, conn: AsyncConnection, batch_id: str) -> dict[tuple[str, int], LeasedRecord]:
-        o, r = s.outbox.c, s.records.c
-        rows = await conn.execute(
-            select(o.id, o.record_key, o.version, r.payload).outerjoin(
-                s.records, and_(r.dataset == o.dataset, r.record_key == o.record_key))
-            .where(and_(o.batch_id == batch_id, o.state == "leased")))
-        return {(row[1], row[2]): LeasedRecord(row[0], row[1], row[2], "", orjson.loads(row[3] or "{}"))
-                for row in rows}
+        o = s.outbox.c
+        rows = await conn.execute(select(o.id, o.record_key, o.version).where(
+            and_(o.batch_id == batch_id, o.state == "leased")))
+        return {(row[1], row[2]): LeasedRecord(row[0], row[1], row[2], "", {}) for row in rows}
+
+    async def _payloads(self, conn: AsyncConnection, dataset: str, keys: Sequence[str]) -> dict[str, Any]:
+        """Canonical payloads of some keys (only needed for the few records a peer rejects)."""
+        r = s.records.c
+        found: dict[str, Any] = {}
+        for chunk in _chunks(list(keys)):
+            rows = await conn.execute(select(r.record_key, r.payload).where(
+                and_(r.dataset == dataset, r.record_key.in_(chunk))))
+            found.update({row[0]: orjson.loads(row[1]) for row in rows})
+        return found
 
     async def _apply_outcomes(self, conn: AsyncConnection, batch: Batch, rows: dict[tuple[str, int], LeasedRecord],
                               outcomes: Sequence[Outcome], now: float) -> DeliveryResult:
@@ -190,19 +199,25 @@ class DeliveryMixin(StoreBase):
             if rec is not None:
                 (ok if out.status in ACK_STATUSES else bad).append((rec, out))
         o = s.outbox.c
-        set_state = update(s.outbox).where(o.id == bindparam("b_id"))
-        if ok:
-            await conn.execute(set_state.values(state="delivered", updated_at=now),
-                               [{"b_id": rec.outbox_id} for rec, _ in ok])
         if bad:
-            await conn.execute(set_state.values(state="rejected", updated_at=now),
-                               [{"b_id": rec.outbox_id} for rec, _ in bad])
+            await self._set_state(conn, [rec.outbox_id for rec, _ in bad], "rejected", now)
+            payloads = await self._payloads(conn, batch.dataset, [rec.record_key for rec, _ in bad])
             await self.upsert_quarantine(conn, [_target_reject(
-                batch.target, batch.dataset, rec, out.code, out.message, now) for rec, out in bad])
+                batch.target, batch.dataset, LeasedRecord(rec.outbox_id, rec.record_key, rec.version, "",
+                                                          payloads.get(rec.record_key, {})),
+                out.code, out.message, now) for rec, out in bad])
         if rows:  # the peer said nothing about these: send them again in a later batch
-            await conn.execute(set_state.values(state="pending", batch_id=None, updated_at=now),
-                               [{"b_id": rec.outbox_id} for rec in rows.values()])
+            await self._set_state(conn, [rec.outbox_id for rec in rows.values()], "pending", now, batch_id=None)
+        if ok:  # everything still leased in this batch now is acknowledged
+            await conn.execute(update(s.outbox).where(and_(o.batch_id == batch.id, o.state == "leased"))
+                               .values(state="delivered", updated_at=now))
         return DeliveryResult(len(ok), len(bad), len(rows))
+
+    async def _set_state(self, conn: AsyncConnection, ids: Sequence[int], state: str, now: float,
+                         **extra: Any) -> None:
+        o = s.outbox.c
+        for chunk in _chunks(list(ids)):
+            await conn.execute(update(s.outbox).where(o.id.in_(chunk)).values(state=state, updated_at=now, **extra))
 
     async def fail_attempt(self, batch: Batch, error: str, next_attempt_at: float, dead: bool,
                            duration_ms: float) -> None:

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs from Debian's packages when it is missing: a PostgreSQL server
+# (the store tests run on SQLite and PostgreSQL), openssl and xmlsec1 (interop tests). Idempotent.
+set -euo pipefail
+need=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v xmlsec1 >/dev/null 2>&1 || need+=(xmlsec1)
+command -v runuser >/dev/null 2>&1 || need+=(util-linux)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}"
+  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+id postgres >/dev/null 2>&1 || { echo "no postgres system user after install" >&2; exit 1; }
+echo "test dependencies present: $(ls -d /usr/lib/postgresql/*/bin | tail -1), $(openssl version), $(xmlsec1 --version)"
