@@ -21,7 +21,7 @@ from typing import Any
 import tenacity
 
 from gateway.config import RetrySettings, SourceConfig, TargetConfig
-from gateway.cpu import MapPool
+from gateway.cpu import Mapped, MapPool
 from gateway.errors import GatewayError, PermanentError, RetryableError
 from gateway.identifiers import mask_id
 from gateway.mapping import MappingError, OutboundMapping
@@ -70,21 +70,38 @@ class Intake:
         self.stats = IntakeStats()
 
     async def poll(self) -> int:
-        """Drain the source: fetch and commit pages until it has nothing more right now."""
+        """Drain the source: pages are fetched and mapped ahead while earlier ones commit, strictly in order."""
         cursor = await self.store.load_cursor(self.cfg.name)
+        pages: asyncio.Queue[tuple[SourceBatch, Mapped] | None] = asyncio.Queue(maxsize=2)
+        producer = asyncio.create_task(self._produce(cursor, pages), name=f"fetch {self.cfg.name}")
         total = 0
-        while True:
-            batch: SourceBatch = await bounded(self.cfg.adapter.fetch(cursor, self.cfg.batch_size), self.sem,
-                                               self.timeout_s, f"source {self.cfg.name}")
-            if batch.rows:
-                await self._commit(batch)
+        try:
+            while (page := await pages.get()) is not None:
+                batch, mapped = page
+                await self._commit(batch, mapped)
                 await bounded(self.cfg.adapter.ack(batch.cursor), self.sem, self.timeout_s, f"source {self.cfg.name}")
-                cursor, total = batch.cursor, total + len(batch.rows)
-            if not batch.more:
-                return total
+                total += len(batch.rows)
+            await producer  # re-raises a fetch or mapping error after the pages before it were committed
+        finally:
+            producer.cancel()
+            await asyncio.gather(producer, return_exceptions=True)
+        return total
 
-    async def _commit(self, batch: SourceBatch) -> None:
-        accepted, rejects = await self.map_rows(batch)
+    async def _produce(self, cursor: Any, pages: asyncio.Queue[tuple[SourceBatch, Mapped] | None]) -> None:
+        try:
+            while True:
+                batch: SourceBatch = await bounded(self.cfg.adapter.fetch(cursor, self.cfg.batch_size), self.sem,
+                                                   self.timeout_s, f"source {self.cfg.name}")
+                if batch.rows:
+                    await pages.put((batch, await self.map_rows(batch)))
+                    cursor = batch.cursor
+                if not batch.more:
+                    return
+        finally:
+            await pages.put(None)
+
+    async def _commit(self, batch: SourceBatch, mapped: Mapped) -> None:
+        accepted, rejects = mapped
         result = await self.store.commit_intake(self.cfg.name, accepted, rejects, batch.cursor, self.routes,
                                                 len(batch.rows))
         s = self.stats
@@ -100,7 +117,7 @@ class Intake:
         if result.accepted:
             self.on_commit()
 
-    async def map_rows(self, batch: SourceBatch) -> tuple[list[LedgerEntry], list[Reject]]:
+    async def map_rows(self, batch: SourceBatch) -> Mapped:
         today = self.today()
         rows = [(row.key, row.data) for row in batch.rows]
         accepted: list[LedgerEntry] = []
