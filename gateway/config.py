@@ -135,9 +135,11 @@ def load_config(path: str | Path) -> Config:
     ctx_base = (path.parent, gw)
     sources = {name: src for name, raw in _tables(doc, "sources", problems).items()
                if (src := _source(name, raw, ctx_base, problems)) is not None}
-    targets = {name: tgt for name, raw in _tables(doc, "targets", problems).items()
+    target_tables = _tables(doc, "targets", problems)
+    targets = {name: tgt for name, raw in target_tables.items()
                if (tgt := _target(name, raw, ctx_base, problems, secrets)) is not None}
-    problems += _route_problems(sources, targets)
+    if len(targets) == len(target_tables):  # a broken target would make every route look missing
+        problems += _route_problems(sources, targets)
     if problems or store is None or daemon is None:
         raise ConfigError(problems, str(path))
     return Config(path, gw, store, daemon, sources, targets, tuple(secrets))

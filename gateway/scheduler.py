@@ -8,6 +8,7 @@ poll that is committing its batch is never cut off by a graceful shutdown.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
@@ -45,14 +46,17 @@ class Scheduler:
                 task.cancel()
 
     def _tracked(self, name: str, job: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        """The job runs in a task of its own: APScheduler cancels its futures at shutdown, we let ours finish."""
+
         async def run() -> None:
-            task = asyncio.current_task()
-            if task is not None:
-                self._running.add(task)
-            try:
-                await job()
-            finally:
-                if task is not None:
-                    self._running.discard(task)
+            task = asyncio.create_task(_call(job), name=f"job {name}")
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(task)
 
         return run
+
+
+async def _call(job: Callable[[], Awaitable[None]]) -> None:
+    await job()
