@@ -116,15 +116,15 @@ class Gateway:
             while time.monotonic() < deadline:
                 if not any(w.inflight for w in self.workers.values()) and not await self._backlog():
                     return True
-                await asyncio.sleep(check_s)
-            return False
+                await asyncio.sleep(check_s)  # a progress check, not synchronisation: workers wake on events
         except TimeoutError:
-            return False
+            pass
         finally:
             stop.set()
             await asyncio.gather(*workers, return_exceptions=True)
             await asyncio.gather(*(w.drain_inflight(self.config.daemon.shutdown_grace_s)
                                    for w in self.workers.values()))
+        return False
 
     async def _backlog(self) -> int:
         status = await self.store.target_status()

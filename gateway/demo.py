@@ -118,7 +118,8 @@ def run_demo(workdir: Path, licences: int = 1500, penalties: int = 1500) -> int:
 async def _demo(workdir: Path, sample: SampleResult, token: str) -> int:
     cfg = SandboxConfig(token=token, db_path=str(workdir / "sandbox.db"), faults=DEMO_FAULTS)
     async with Sandbox(cfg) as sandbox:
-        out(f"  platform sandbox on {sandbox.url} (injecting: 15% failed requests, 5% dropped connections, 0.5% refused records)")
+        out(f"  platform sandbox on {sandbox.url} (injecting: 15% failed requests, 5% dropped connections, "
+            "0.5% refused records)")
         config = load_config(write_config(workdir, sandbox.upload_url))
         setup_logging(config.daemon.log_level, config.daemon.log_format, config.secrets)
         store = await open_store(config.store_url())

@@ -132,7 +132,6 @@ class DeliveryMixin(StoreBase):
 
     async def _reject_unencodable(self, conn: AsyncConnection, target: str, dataset: str,
                                   failed: Sequence[tuple[LeasedRecord, str]], now: float) -> None:
-        o = s.outbox.c
         await self._set_state(conn, [rec.outbox_id for rec, _ in failed], "rejected", now)
         await self.upsert_quarantine(conn, [_target_reject(target, dataset, rec, "encode", reason, now)
                                             for rec, reason in failed])
