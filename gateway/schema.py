@@ -19,6 +19,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 SCHEMA_VERSION = 1
@@ -117,8 +118,11 @@ outbox = Table(
     Column("batch_id", String(64), ForeignKey("cg_batches.id"), nullable=True),
     Column("enqueued_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
-    Index("ix_outbox_queue", "target", "dataset", "state", "id"),
-    Index("ix_outbox_key", "target", "dataset", "record_key", "state"),
+    # Only pending rows are in the queue index, so leasing and acknowledging do not rewrite it; the key
+    # index leaves state out for the same reason (a key has a handful of rows per target at most).
+    Index("ix_outbox_queue", "target", "dataset", "id", sqlite_where=text("state = 'pending'"),
+          postgresql_where=text("state = 'pending'")),
+    Index("ix_outbox_key", "target", "dataset", "record_key"),
     Index("ix_outbox_batch", "batch_id"),
 )
 
