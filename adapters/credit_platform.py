@@ -52,7 +52,7 @@ class CreditPlatformSink:
     @classmethod
     def from_settings(cls, raw: Mapping[str, Any],
                       ctx: AdapterContext) -> tuple[CreditPlatformSink | None, list[Problem]]:
-        settings, problems = parse_settings(CreditPlatformSettings, raw, ctx.path)
+        settings, problems = parse_settings(CreditPlatformSettings, raw, ctx.path, ctx.common_keys)
         if settings is None:
             return None, problems
         token, problem = read_secret(settings.token_env or None, settings.token_file or None,

@@ -55,7 +55,7 @@ class SqlSource:
 
     @classmethod
     def from_settings(cls, raw: Mapping[str, Any], ctx: AdapterContext) -> tuple[SqlSource | None, list[Problem]]:
-        settings, problems = parse_settings(SqlSourceSettings, raw, ctx.path)
+        settings, problems = parse_settings(SqlSourceSettings, raw, ctx.path, ctx.common_keys)
         if settings is None:
             return None, problems
         problems += _check_identifiers(settings, ctx.path)

@@ -290,7 +290,7 @@ async def replay_quarantine(store: Store, config: Config, entries: Sequence[dict
         mapped = mapping.map_row(e["raw"], china_today(), e["source"], e["source_key"])
         rejects = [] if mapped.record else [Reject(e["source"], e["source_key"], e["dataset"], mapped.key,
                                                    mapped.problems, e["raw"])]
-        await store.commit_intake(e["source"], [mapped.record] if mapped.record else [], rejects, None, routes, 1)
+        await store.commit_intake(e["source"], [mapped.record] if mapped.record else [], rejects, None, routes, 0)
         fixed, still = (fixed + 1, still) if mapped.record else (fixed, still + 1)
     out(f"replayed: {fixed} row(s) now valid and queued, {still} still failing, "
         f"{requeued} target rejection(s) queued again")
@@ -304,7 +304,8 @@ def cmd_mapping(args: argparse.Namespace) -> int:
     rows = read_csv(Path(args.sample), args.encoding)
     today = dt.date.fromisoformat(args.today) if args.today else china_today()
     failed = 0
-    for number, row in enumerate(rows, start=2):  # line 1 is the header
+    for row in rows:
+        number = int(row.pop("@line"))
         if isinstance(mapping, InboundMapping):
             failed += _test_inbound(mapping, row, number, today)
         else:
@@ -347,7 +348,14 @@ def read_csv(path: Path, encoding: str) -> list[dict[str, Any]]:
         raise ConfigError([Problem(f"line {line}", f"not {encoding} at byte {exc.start}{hint}")], str(path)) from None
     except LookupError:
         raise ConfigError([Problem("--encoding", f"unknown encoding {encoding!r}")], str(path)) from None
-    return list(csv.DictReader(io.StringIO(text)))
+    reader = csv.DictReader(io.StringIO(text))
+    rows = []
+    start = 2  # the header is line 1; a quoted cell may span lines, so count from the reader
+    for row in reader:
+        row["@line"] = start
+        rows.append(row)
+        start = reader.line_num + 1
+    return rows
 
 
 # ---------------------------------------------------------------- sandbox / demo

@@ -129,10 +129,9 @@ def load_config(path: str | Path) -> Config:
     gw = _section(GatewaySettings, doc, "gateway", problems)
     store = _section(StoreSettings, doc, "store", problems)
     daemon = _section(DaemonSettings, doc, "daemon", problems)
-    if gw is None:
-        raise ConfigError(problems, str(path))
     secrets: list[str] = []
-    ctx_base = (path.parent, gw)
+    # A broken [gateway] must not hide the sources' and targets' problems: check those against a stand-in.
+    ctx_base = (path.parent, gw or GatewaySettings(department_code="", department_name=""))
     sources = {name: src for name, raw in _tables(doc, "sources", problems).items()
                if (src := _source(name, raw, ctx_base, problems)) is not None}
     target_tables = _tables(doc, "targets", problems)
@@ -140,7 +139,7 @@ def load_config(path: str | Path) -> Config:
                if (tgt := _target(name, raw, ctx_base, problems, secrets)) is not None}
     if len(targets) == len(target_tables):  # a broken target would make every route look missing
         problems += _route_problems(sources, targets)
-    if problems or store is None or daemon is None:
+    if problems or gw is None or store is None or daemon is None:
         raise ConfigError(problems, str(path))
     return Config(path, gw, store, daemon, sources, targets, tuple(secrets))
 
@@ -180,8 +179,9 @@ def _tables(doc: Mapping[str, Any], name: str, problems: list[Problem]) -> dict[
     return out
 
 
-def _context(name: str, where: str, base: tuple[Path, GatewaySettings]) -> AdapterContext:
-    return AdapterContext(name, where, base[0], base[1].department_code, base[1].department_name)
+def _context(name: str, where: str, base: tuple[Path, GatewaySettings],
+             common: frozenset[str] = frozenset()) -> AdapterContext:
+    return AdapterContext(name, where, base[0], base[1].department_code, base[1].department_name, common)
 
 
 def _common_int(raw: Mapping[str, Any], key: str, default: int, where: str, problems: list[Problem]) -> int:
@@ -217,7 +217,7 @@ def _source(name: str, raw: dict[str, Any], base: tuple[Path, GatewaySettings],
     if isinstance(poll, bool) or not isinstance(poll, int | float) or poll <= 0:
         problems.append(Problem(f"{where}.poll_interval_s", f"expected a positive number, got {poll!r}"))
     batch_size = _common_int(raw, "batch_size", 1000, where, problems)
-    adapter = _adapter(SOURCE_GROUP, raw, where, SOURCE_KEYS, _context(name, where, base), problems)
+    adapter = _adapter(SOURCE_GROUP, raw, where, SOURCE_KEYS, _context(name, where, base, SOURCE_KEYS), problems)
     if len(problems) > before or mapping is None:
         return None
     return SourceConfig(name, str(raw["type"]), {mapping.dataset.name: mapping}, float(poll), batch_size, adapter)
@@ -261,18 +261,26 @@ def _target(name: str, raw: dict[str, Any], base: tuple[Path, GatewaySettings], 
         problems.append(Problem(f"{where}.external", "expected true or false"))
     if external is True and personal == "full":
         problems.append(Problem(f"{where}.personal_ids", "full ID numbers are not allowed on an external target"))
-    retry, found = parse_settings(RetrySettings, raw.get("retry", {}), f"{where}.retry")
-    problems += found
-    circuit, found = parse_settings(CircuitSettings, raw.get("circuit", {}), f"{where}.circuit")
-    problems += found
+    retry = _subtable(RetrySettings, raw, "retry", where, problems)
+    circuit = _subtable(CircuitSettings, raw, "circuit", where, problems)
     batch_size = _common_int(raw, "batch_size", 500, where, problems)
     in_flight = _common_int(raw, "max_in_flight", 2, where, problems)
-    adapter = _adapter(SINK_GROUP, raw, where, TARGET_KEYS, _context(name, where, base), problems)
+    adapter = _adapter(SINK_GROUP, raw, where, TARGET_KEYS, _context(name, where, base, TARGET_KEYS), problems)
     secrets += list(getattr(adapter, "secrets", ()))
     if len(problems) > before or retry is None or circuit is None:
         return None
     return TargetConfig(name, str(raw["type"]), mappings, batch_size, in_flight, str(personal), bool(external),
                         retry, circuit, adapter)
+
+
+def _subtable(cls: type[Any], raw: Mapping[str, Any], key: str, where: str, problems: list[Problem]) -> Any:
+    table = raw.get(key, {})
+    if not isinstance(table, dict):
+        problems.append(Problem(f"{where}.{key}", f"must be a table ([{where}.{key}]), got {table!r}"))
+        return None
+    value, found = parse_settings(cls, table, f"{where}.{key}")
+    problems += found
+    return value
 
 
 def _route_problems(sources: Mapping[str, SourceConfig], targets: Mapping[str, TargetConfig]) -> list[Problem]:

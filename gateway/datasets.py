@@ -175,7 +175,7 @@ def _check_value(spec: FieldSpec, value: FieldValue, today: dt.date) -> Problem 
         return _check_text(spec, value) if spec.check or len(value) > spec.max_len > 0 else None
     if spec.kind == "date" and not isinstance(value, dt.date):
         return Problem(name, f"expected a date, got {value!r}")
-    if spec.kind == "decimal" and not (isinstance(value, Decimal) and value >= 0):
+    if spec.kind == "decimal" and not (isinstance(value, Decimal) and value.is_finite() and value >= 0):
         return Problem(name, f"expected a non-negative amount, got {value!r}")
     if spec.kind == "list":
         items = value if isinstance(value, list) else [str(value)]
@@ -227,15 +227,22 @@ def _not_before(name: str, earlier: str) -> Checker:
     return check
 
 
-def _subject_codes(fields: Fields, today: dt.date) -> Problem | None:
-    category = fields.get("subject_category")
-    if category in (ORGANISATION, INDIVIDUAL_BUSINESS) and not fields.get("uscc"):
-        return Problem("uscc", f"required for {category}")
-    if category == ORGANISATION and not fields.get("legal_rep"):
-        return Problem("legal_rep", f"required for {category}")
-    if category == NATURAL_PERSON and not (fields.get("id_type") and fields.get("id_no")):
-        return Problem("id_no", "id_type and id_no are required for 自然人")
-    return None
+def _required_for(name: str, categories: tuple[str, ...], message: str = "") -> Checker:
+    def check(fields: Fields, today: dt.date) -> Problem | None:
+        category = fields.get("subject_category")
+        if category in categories and not fields.get(name):
+            return Problem(name, message or f"required for {category}")
+        return None
+
+    return check
+
+
+_SUBJECT_RULES: tuple[Checker, ...] = (
+    _required_for("uscc", (ORGANISATION, INDIVIDUAL_BUSINESS)),
+    _required_for("legal_rep", (ORGANISATION,)),
+    _required_for("id_type", (NATURAL_PERSON,)),
+    _required_for("id_no", (NATURAL_PERSON,)),
+)
 
 
 def _id_number(type_field: str, number_field: str) -> Checker:
@@ -257,7 +264,7 @@ class _Compiled:
 
 
 def _compile(dataset: Dataset) -> _Compiled:
-    cross: list[Checker] = [_subject_codes, _id_number("id_type", "id_no"),
+    cross: list[Checker] = [*_SUBJECT_RULES, _id_number("id_type", "id_no"),
                             _id_number("legal_rep_id_type", "legal_rep_id_no"), _future_date(dataset.date_field)]
     dates = {"license": [("valid_to", "valid_from")],
              "penalty": [("valid_until", "decision_date"), ("publicity_end", "decision_date")]}

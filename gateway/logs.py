@@ -40,9 +40,23 @@ class Redactor(logging.Filter):
         record.msg = redact(record.getMessage(), self.secrets)
         record.args = None
         for key, value in list(vars(record).items()):
-            if key not in _RESERVED and isinstance(value, str):
-                setattr(record, key, redact(value, self.secrets))
+            if key not in _RESERVED:
+                setattr(record, key, self._clean(value))
+        if record.exc_info:  # tracebacks quote messages and values: render them now, redacted
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info), self.secrets)
+            record.exc_info = None
+        elif record.exc_text:
+            record.exc_text = redact(record.exc_text, self.secrets)
         return True
+
+    def _clean(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return redact(value, self.secrets)
+        if isinstance(value, dict):
+            return {k: self._clean(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._clean(v) for v in value]
+        return value
 
 
 class JsonFormatter(logging.Formatter):
@@ -55,6 +69,8 @@ class JsonFormatter(logging.Formatter):
         out.update({k: v for k, v in vars(record).items() if k not in _RESERVED})
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            out["exc"] = record.exc_text
         return orjson.dumps(out, default=str).decode()
 
 
@@ -63,7 +79,9 @@ class TextFormatter(logging.Formatter):
         extra = " ".join(f"{k}={v}" for k, v in vars(record).items() if k not in _RESERVED)
         stamp = dt.datetime.fromtimestamp(record.created, dt.UTC).strftime("%H:%M:%S")
         line = f"{stamp} {record.levelname.lower():7} {record.getMessage()}" + (f"  {extra}" if extra else "")
-        return line + ("\n" + self.formatException(record.exc_info) if record.exc_info else "")
+        if record.exc_info:
+            return line + "\n" + self.formatException(record.exc_info)
+        return line + ("\n" + record.exc_text if record.exc_text else "")
 
 
 def setup_logging(level: str = "info", fmt: str = "json", secrets: Iterable[str] = (),

@@ -71,14 +71,17 @@ UNITS: Mapping[str, Decimal] = {
 
 
 def to_decimal(v: Any) -> Decimal:
-    if isinstance(v, Decimal):
+    if isinstance(v, Decimal) and v.is_finite():
         return v
     if isinstance(v, bool):
         raise MappingError(f"expected a number, got {v!r}")
     try:
-        return Decimal(str(v).replace(",", "").strip())
+        value = Decimal(str(v).replace(",", "").strip())
     except InvalidOperation:
         raise MappingError(f"expected a number, got {v!r}") from None
+    if not value.is_finite():
+        raise MappingError(f"expected a finite number, got {v!r}")
+    return value
 
 
 _FAST_FORMATS = {"%Y-%m-%d": "-", "%Y/%m/%d": "/", "%Y.%m.%d": "."}
@@ -188,9 +191,9 @@ def _parse_code_value(value: Any, where: str, problems: list[Problem]) -> tuple[
 
 
 def _opt_date(v: Any, where: str, problems: list[Problem]) -> dt.date | None:
-    if v is None or isinstance(v, dt.date):
+    if v is None or (isinstance(v, dt.date) and not isinstance(v, dt.datetime)):
         return v
-    problems.append(Problem(where, "expected a TOML date (YYYY-MM-DD, unquoted)"))
+    problems.append(Problem(where, "expected a TOML date (YYYY-MM-DD, unquoted, no time)"))
     return None
 
 
@@ -373,7 +376,7 @@ def _inbound_kind_step(spec: FieldSpec, raw: dict[str, Any], ctx: _Ctx) -> Dated
         factor = UNITS.get(unit_name, Decimal(1))
         return lambda v, on: (to_decimal(v) * factor).normalize() if factor != 1 else to_decimal(v)
     if spec.kind == "list":
-        return _list_step(str(raw.get("split", ";；,，")), table)
+        return _list_step(str(raw.get("split", ";；,，、")), table)
     if table is not None:
         return lambda v, on: table.lookup(_plain(v), on)
     return lambda v, on: _plain(v)
@@ -438,7 +441,8 @@ def _compile_outbound_field(raw: dict[str, Any], ctx: _Ctx, kind: str) -> Conver
     fetch = _fetcher(raw, ctx)
     table = ctx.code_table(raw)
     steps = ctx.transforms(raw, [])
-    render = _renderer(kind, str(raw.get("date_format", "%Y-%m-%d")), str(raw.get("join", ";")), raw.get("decimals"))
+    render = _renderer(kind, str(raw.get("date_format", "%Y-%m-%d")), str(raw.get("join", ";")), raw.get("decimals"),
+                       _unit(raw, ctx))
     default = raw.get("default")
 
     def run(record: Mapping[str, Any], on: dt.date | None) -> Any:
@@ -457,7 +461,18 @@ def _compile_outbound_field(raw: dict[str, Any], ctx: _Ctx, kind: str) -> Conver
     return run
 
 
-def _renderer(kind: str, date_format: str, joiner: str, decimals: Any) -> Step:
+def _unit(raw: dict[str, Any], ctx: _Ctx) -> Decimal:
+    name = raw.get("unit", "none")
+    if name not in UNITS:
+        ctx.problem("unit", f"unknown unit {name!r}; allowed: {', '.join(UNITS)}")
+        return Decimal(1)
+    return UNITS[name]
+
+
+def _renderer(kind: str, date_format: str, joiner: str, decimals: Any, factor: Decimal) -> Step:
+    if kind == "decimal" and factor != 1:
+        places = None if decimals is None else int(decimals)
+        return lambda v: _decimal_text(to_decimal(v) * factor, places)
     if kind == "date":
         if date_format == "%Y-%m-%d":
             return lambda v: v if isinstance(v, str) else _render(v, date_format, joiner, decimals)
@@ -467,6 +482,10 @@ def _renderer(kind: str, date_format: str, joiner: str, decimals: Any) -> Step:
         places = int(decimals)
         return lambda v: f"{Decimal(str(v)):.{places}f}"
     return lambda v: _render(v, date_format, joiner, decimals)
+
+
+def _decimal_text(value: Decimal, places: int | None) -> str:
+    return f"{value:.{places}f}" if places is not None else format(value.normalize(), "f")
 
 
 def _render(value: Any, date_format: str, joiner: str, decimals: Any) -> Any:
@@ -498,14 +517,18 @@ def _operation_converter(raw: Any, ctx: _Ctx) -> Converter:
     return run
 
 
-def _conditions(name: str, raw: dict[str, Any], ctx: _Ctx) -> list[tuple[str, str, frozenset[str]]]:
+def _conditions(name: str, raw: dict[str, Any], ctx: _Ctx,
+                fields: Mapping[str, FieldSpec]) -> list[tuple[str, str, frozenset[str]]]:
     cond = raw.get("required_if")
     if cond is None:
         return []
     if not isinstance(cond, dict) or not cond:
         ctx.problem("required_if", 'expected a table like { subject_category = "自然人" }')
         return []
-    return [(name, when, frozenset([v] if isinstance(v, str) else v)) for when, v in cond.items()]
+    for when in cond:
+        if when not in fields:
+            ctx.problem(f"required_if.{when}", "not a field of the dataset")
+    return [(name, when, frozenset([v] if isinstance(v, str) else v)) for when, v in cond.items() if when in fields]
 
 
 # ---------------------------------------------------------------- loading
@@ -536,7 +559,13 @@ def _looks_gbk(data: bytes) -> bool:
 
 def _load_code_tables(doc: dict[str, Any], path: Path, problems: list[Problem]) -> dict[str, CodeTable]:
     tables: dict[str, CodeTable] = {}
-    for i, inc in enumerate(doc.get("mapping", {}).get("include", [])):
+    includes = doc.get("mapping", {}).get("include", [])
+    if isinstance(includes, str):
+        includes = [includes]
+    if not isinstance(includes, list):
+        problems.append(Problem("mapping.include", "expected a list of file names"))
+        includes = []
+    for i, inc in enumerate(includes):
         inc_path = (path.parent / str(inc)).resolve()
         try:
             included = _read_toml(inc_path)
@@ -573,7 +602,7 @@ def load_mapping(path: str | Path) -> Mapping_:
     kind = head.get("kind")
     if kind not in ("inbound", "outbound"):
         problems.append(Problem("mapping.kind", "must be 'inbound' or 'outbound'"))
-    if dataset is None or problems:
+    if dataset is None or kind not in ("inbound", "outbound"):
         raise ConfigError(problems, str(path))
     compiled: Mapping_ = (_compile_inbound(path, doc, dataset, codes, problems) if kind == "inbound"
                           else _compile_outbound(path, doc, dataset, codes, problems))
@@ -618,7 +647,7 @@ def _compile_inbound(path: Path, doc: dict[str, Any], dataset: Dataset, codes: M
             ctx.problem("", f"not a field of dataset {dataset.name}; fields: {', '.join(specs)}")
             continue
         converters.append((name, _compile_inbound_field(specs[name], raw, ctx)))
-        conditions += _conditions(name, raw, ctx)
+        conditions += _conditions(name, raw, ctx, specs)
         if raw.get("required") is True:
             conditions.append((name, "@always", frozenset({"@always"})))
     missing = [f.name for f in dataset.fields if f.required and f.name not in dict(converters)]

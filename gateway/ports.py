@@ -82,6 +82,7 @@ class AdapterContext:
     base_dir: Path  # relative paths in settings are relative to the config file
     department_code: str
     department_name: str
+    common_keys: frozenset[str] = frozenset()  # keys the engine takes itself (listed as known in problems)
 
 
 @runtime_checkable

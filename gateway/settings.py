@@ -9,6 +9,7 @@ Field metadata can add checks (``url``, ``positive``, ``choices``) and a help te
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import types
 import typing
@@ -32,13 +33,19 @@ def setting(default: Any = dataclasses.MISSING, *, help: str = "", check: str = 
 
 
 def parse_settings(cls: type[T], raw: Mapping[str, Any], path: str,
-                   ignore: frozenset[str] = frozenset()) -> tuple[T | None, list[Problem]]:
-    """Build ``cls`` from a TOML table; return (instance, []) or (None, problems)."""
+                   also_known: frozenset[str] = frozenset()) -> tuple[T | None, list[Problem]]:
+    """Build ``cls`` from a TOML table; return (instance, []) or (None, problems).
+
+    ``also_known`` are keys of the same table that someone else takes (the engine's common keys): they
+    are listed and suggested in "unknown setting" problems.
+    """
     problems: list[Problem] = []
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    for key in sorted(set(raw) - known - ignore):
-        problems.append(Problem(f"{path}.{key}", f"unknown setting; known: {', '.join(sorted(known))}"))
+    known = {f.name for f in dataclasses.fields(cls)} | set(also_known)  # type: ignore[arg-type]
+    for key in sorted(set(raw) - known):
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        problems.append(Problem(f"{path}.{key}", f"unknown setting; {hint}known: {', '.join(sorted(known))}"))
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         where = f"{path}.{f.name}"

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -262,12 +263,23 @@ def _sqlite_pragmas(engine: AsyncEngine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")  # take the write lock up front: no upgrade deadlocks
 
 
+def _make_parent(url: str) -> None:
+    """The embedded store lives in a directory (spool/ by default) that may not exist yet."""
+    database = make_url(url).database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        try:
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"store.url: cannot create {Path(database).parent}: {exc.strerror}") from exc
+
+
 async def open_store(url: str, *, migrate: bool = True) -> Store:
     """Open (and by default create or migrate) the store at ``url`` (sqlite:///… or postgresql://…)."""
     full = _async_url(url)
     kwargs: dict[str, Any] = {}
     if full.startswith("sqlite"):
         kwargs = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 120}
+        _make_parent(full)
     try:
         engine = create_async_engine(full, **kwargs)
     except (SQLAlchemyError, ImportError, ValueError) as exc:

@@ -19,7 +19,7 @@ OPEN_STATES = ("pending", "leased")
 
 
 def _rows(result: Any) -> list[dict[str, Any]]:
-    return [dict(row._mapping) for row in result]
+    return [{str(k): v for k, v in row._mapping.items()} for row in result]  # plain str keys for JSON
 
 
 class Store(DeliveryMixin, StoreBase):
