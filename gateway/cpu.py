@@ -23,7 +23,7 @@ from gateway.store import Reject
 Rows = Sequence[tuple[str, Mapping[str, Any]]]
 Mapped = tuple[list[LedgerEntry], list[Reject]]
 
-_COMPILED: dict[str, InboundMapping] = {}
+_COMPILED: dict[tuple[str, int], InboundMapping] = {}  # (path, mtime_ns): an edited file is compiled again
 
 
 def map_rows(mapping: InboundMapping, source: str, rows: Rows, today: dt.date) -> Mapped:
@@ -43,13 +43,14 @@ def _raw(row: Mapping[str, Any]) -> dict[str, Any]:
     return {k: (v.isoformat() if isinstance(v, dt.date | dt.datetime) else v) for k, v in row.items()}
 
 
-def _map_in_worker(path: str, source: str, rows: Rows, today: dt.date) -> Mapped:
-    mapping = _COMPILED.get(path)
+def _map_in_worker(path: str, version: int, source: str, rows: Rows, today: dt.date) -> Mapped:
+    mapping = _COMPILED.get((path, version))
     if mapping is None:
         loaded = load_mapping(path)
         if not isinstance(loaded, InboundMapping):
             raise TypeError(f"{path} is not an inbound mapping")
-        mapping = _COMPILED[path] = loaded
+        _COMPILED.clear()
+        mapping = _COMPILED[(path, version)] = loaded
     return map_rows(mapping, source, rows, today)
 
 
@@ -65,7 +66,8 @@ class MapPool:
         if self._pool is None or len(rows) < self.min_rows:
             return map_rows(mapping, source, rows, today)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, _map_in_worker, mapping.path, source, list(rows), today)
+        return await loop.run_in_executor(self._pool, _map_in_worker, mapping.path, mapping.version, source,
+                                          list(rows), today)
 
     def close(self) -> None:
         if self._pool is not None:

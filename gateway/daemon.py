@@ -20,7 +20,8 @@ from typing import Any
 from gateway.config import Config
 from gateway.cpu import MapPool
 from gateway.engine import Intake, TargetWorker
-from gateway.errors import GatewayError
+from gateway.errors import ConfigError, GatewayError
+from gateway.mapping import load_mapping, mapping_version
 from gateway.scheduler import Scheduler
 from gateway.store import open_store
 from gateway.store_ops import Store
@@ -42,6 +43,7 @@ class Gateway:
         self.intakes = {name: Intake(s, store, routes, self.sem, d.adapter_timeout_s, self._wake_all, pool=self.pool)
                         for name, s in config.sources.items()}
         self.stopping = asyncio.Event()
+        self._refused: dict[str, int] = {}  # mapping file → version that failed to compile
         self.started_at = time.time()
         self._stack = contextlib.AsyncExitStack()
 
@@ -70,6 +72,7 @@ class Gateway:
         for name, intake in self.intakes.items():
             scheduler.every(f"poll:{name}", self.config.sources[name].poll_interval_s, self._poller(intake))
         scheduler.every("heartbeat", self.config.daemon.heartbeat_s, self.beat)
+        scheduler.every("reload", self.config.daemon.reload_check_s, self.reload_mappings)
         scheduler.start()
         workers = [asyncio.create_task(w.run(self.stopping), name=f"worker {n}") for n, w in self.workers.items()]
         log.info("gateway started", extra={"sources": list(self.intakes), "targets": list(self.workers),
@@ -97,6 +100,34 @@ class Gateway:
                 log.error("poll failed", extra={"source": intake.cfg.name, "error": str(exc)})
 
         return poll
+
+    async def reload_mappings(self) -> None:
+        """Recompile mapping files that changed; a broken one is refused and the one in force stays."""
+        tables: list[dict[str, Any]] = [i.mappings for i in self.intakes.values()]
+        tables += [w.mappings for w in self.workers.values()]
+        for table in tables:
+            for dataset, mapping in list(table.items()):
+                fresh = self._reloaded(mapping)
+                if fresh is not None:
+                    table[dataset] = fresh
+
+    def _reloaded(self, mapping: Any) -> Any:
+        version = mapping_version(mapping.path)
+        if version in (mapping.version, self._refused.get(mapping.path)):
+            return None
+        try:
+            fresh = load_mapping(mapping.path)
+        except ConfigError as exc:
+            self._refused[mapping.path] = version
+            log.error("mapping refused; the previous version stays in force",
+                      extra={"file": mapping.path, "problems": [str(p) for p in exc.problems]})
+            return None
+        if type(fresh) is not type(mapping) or fresh.dataset is not mapping.dataset:
+            log.error("mapping refused: its kind or dataset changed; restart to apply", extra={"file": mapping.path})
+            self._refused[mapping.path] = version
+            return None
+        log.info("mapping reloaded", extra={"file": mapping.path})
+        return fresh
 
     async def beat(self, state: str = "running") -> None:
         circuits = {n: {"circuit": w.circuit.state, "in_flight": len(w.inflight)} for n, w in self.workers.items()}

@@ -24,7 +24,7 @@ from gateway.config import RetrySettings, SourceConfig, TargetConfig
 from gateway.cpu import Mapped, MapPool
 from gateway.errors import GatewayError, PermanentError, RetryableError
 from gateway.identifiers import mask_id
-from gateway.mapping import MappingError, OutboundMapping
+from gateway.mapping import InboundMapping, MappingError, OutboundMapping
 from gateway.ports import OutgoingBatch, SourceBatch, TargetRecord
 from gateway.records import LedgerEntry
 from gateway.store import Reject
@@ -66,6 +66,7 @@ class Intake:
                  today: Callable[[], dt.date] = china_today, pool: MapPool | None = None) -> None:
         self.cfg, self.store, self.routes = cfg, store, routes
         self.pool = pool or MapPool(0)
+        self.mappings: dict[str, InboundMapping] = dict(cfg.mappings)  # replaced when a file is reloaded
         self.sem, self.timeout_s, self.on_commit, self.today = sem, timeout_s, on_commit, today
         self.stats = IntakeStats()
 
@@ -122,7 +123,7 @@ class Intake:
         rows = [(row.key, row.data) for row in batch.rows]
         accepted: list[LedgerEntry] = []
         rejects: list[Reject] = []
-        for mapping in self.cfg.mappings.values():
+        for mapping in self.mappings.values():
             ok, bad = await self.pool.map(mapping, self.cfg.name, rows, today)
             accepted += ok
             rejects += bad
@@ -190,6 +191,7 @@ class TargetWorker:
         self.stats = DeliveryStats()
         self._wake = asyncio.Event()
         self._personal = {ds: m.dataset.personal_id_fields for ds, m in cfg.mappings.items()}
+        self.mappings: dict[str, OutboundMapping] = dict(cfg.mappings)  # replaced when a file is reloaded
 
     def wake(self) -> None:
         self._wake.set()
@@ -226,7 +228,7 @@ class TargetWorker:
         for due in await self.store.due_batches(self.cfg.name, free, exclude=list(self.inflight)):
             self._start(due)
             started += 1
-        for dataset in self.cfg.mappings:
+        for dataset in self.mappings:
             encoder = functools.partial(self.encode, dataset)
             while started < free:
                 batch = await self.store.lease_batch(self.cfg.name, dataset, self.cfg.batch_size, encoder)
@@ -258,7 +260,7 @@ class TargetWorker:
     # ------------------------------------------------------------ encode
 
     def encode(self, dataset: str, leased: Sequence[LeasedRecord]) -> EncodedBatch:
-        mapping = self.cfg.mappings[dataset]
+        mapping = self.mappings[dataset]
         batch_id = f"b-{uuid.uuid4().hex}"
         records: list[TargetRecord] = []
         included: list[LeasedRecord] = []

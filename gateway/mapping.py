@@ -14,6 +14,7 @@ file and the TOML path; :func:`load_mapping` collects them all before raising.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import tomllib
 import unicodedata
@@ -224,6 +225,7 @@ class InboundMapping:
     converters: tuple[tuple[str, Converter], ...]
     operation: Converter
     conditions: tuple[tuple[str, str, frozenset[str]], ...]  # (field, when-field, when-values)
+    version: int = 0  # the newest mtime (ns) of the file and its includes, when it was compiled
 
     def map_row(self, row: Mapping[str, Any], today: dt.date, source: str = "", source_key: str = "") -> MappedRow:
         fields, problems = self._convert(row)
@@ -280,6 +282,7 @@ class OutboundMapping:
     table_code: str
     table_version: str
     converters: tuple[tuple[str, Converter], ...]
+    version: int = 0  # the newest mtime (ns) of the file and its includes, when it was compiled
 
     def map_record(self, record: Record, fields: Mapping[str, FieldValue] | None = None) -> dict[str, Any]:
         """Target fields for one record (``fields`` overrides the record's, e.g. after masking)."""
@@ -608,7 +611,26 @@ def load_mapping(path: str | Path) -> Mapping_:
                           else _compile_outbound(path, doc, dataset, codes, problems))
     if problems:
         raise ConfigError(problems, str(path))
-    return compiled
+    return dataclasses.replace(compiled, version=mapping_version(path))
+
+
+def mapping_files(path: str | Path) -> list[Path]:
+    """A mapping file and the code-table files it includes."""
+    path = Path(path)
+    try:
+        includes = _read_toml(path).get("mapping", {}).get("include", [])
+    except ConfigError:
+        return [path]
+    includes = [includes] if isinstance(includes, str) else includes if isinstance(includes, list) else []
+    return [path, *((path.parent / str(i)).resolve() for i in includes)]
+
+
+def mapping_version(path: str | Path) -> int:
+    """The newest modification time (ns) of a mapping file and its includes; 0 where one is missing."""
+    try:
+        return max(p.stat().st_mtime_ns for p in mapping_files(path))
+    except OSError:
+        return 0
 
 
 def _dataset_of(head: dict[str, Any], problems: list[Problem]) -> Dataset | None:
