@@ -49,7 +49,8 @@ class TestReload:
         codes = mappings / "codes" / "department-codes.toml"
         intake = next(iter(gw.intakes.values()))
         old = intake.mappings["penalty"]
-        _bump(codes, codes.read_text(encoding="utf-8").replace('"3" = "个体工商户"', '"3" = "个体工商户"\n"8" = "自然人"'))
+        text = codes.read_text(encoding="utf-8")
+        _bump(codes, text.replace('"3" = "个体工商户"', '"3" = "个体工商户"\n"8" = "自然人"'))
         await gw.reload_mappings()
         fresh = intake.mappings["penalty"]
         assert fresh is not old and fresh.version > old.version
