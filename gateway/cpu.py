@@ -10,8 +10,14 @@ round trip would cost more than it saves.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import datetime as dt
 import multiprocessing
+import os
+import signal
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
@@ -54,12 +60,32 @@ def _map_in_worker(path: str, version: int, source: str, rows: Rows, today: dt.d
     return map_rows(mapping, source, rows, today)
 
 
+def _die_with_parent(parent: int) -> None:
+    """Worker initializer: a worker must not outlive a daemon that was killed (SIGKILL gives it no chance)."""
+    with contextlib.suppress(OSError, AttributeError):  # Linux: the kernel signals us when the parent dies
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before the line above took effect
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="parent-watch").start()
+
+
+def _watch_parent(parent: int) -> None:
+    """Elsewhere (or as a second line of defence): poll for re-parenting."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
 class MapPool:
     """A small process pool for mapping pages of rows (``workers=0`` maps in-process)."""
 
     def __init__(self, workers: int, min_rows: int = 200) -> None:
         self.min_rows = min_rows
-        self._pool = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        self._pool = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                          initializer=_die_with_parent, initargs=(os.getpid(),))
                       if workers > 0 else None)
 
     async def map(self, mapping: InboundMapping, source: str, rows: Rows, today: dt.date) -> Mapped:

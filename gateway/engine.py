@@ -228,12 +228,16 @@ class TargetWorker:
         for due in await self.store.due_batches(self.cfg.name, free, exclude=list(self.inflight)):
             self._start(due)
             started += 1
-        for dataset in self.mappings:
-            encoder = functools.partial(self.encode, dataset)
-            while started < free:
-                batch = await self.store.lease_batch(self.cfg.name, dataset, self.cfg.batch_size, encoder)
+        waiting = list(self.mappings)
+        while started < free and waiting:  # round robin: one dataset's backlog does not hold up another's
+            for dataset in list(waiting):
+                batch = None
+                if started < free:
+                    batch = await self.store.lease_batch(self.cfg.name, dataset, self.cfg.batch_size,
+                                                         functools.partial(self.encode, dataset))
                 if batch is None:
-                    break
+                    waiting.remove(dataset)
+                    continue
                 self._start(batch)
                 started += 1
         return started
