@@ -11,9 +11,11 @@ the rows, so the watermark only advances after the intake commit.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from types import TracebackType
 from typing import Any, Self
 
@@ -27,6 +29,7 @@ from gateway.errors import ConfigError, Problem, RetryableError
 from gateway.ports import AdapterContext, SourceBatch, SourceRow
 from gateway.settings import parse_settings, read_secret, setting
 
+log = logging.getLogger("adapters.sql_source")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 _DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
 
@@ -52,6 +55,7 @@ class SqlSource:
         self._engine: AsyncEngine | None = None
         self._cols = [settings.update_column, *settings.key_columns]
         self._draining = False  # the look-back window is re-read once per poll, not on every page
+        self._null_rows = 0
 
     @classmethod
     def from_settings(cls, raw: Mapping[str, Any], ctx: AdapterContext) -> tuple[SqlSource | None, list[Problem]]:
@@ -88,6 +92,8 @@ class SqlSource:
         sql, params = self._select(cursor, limit)
         try:
             async with self._connect() as conn:
+                if not self._draining:
+                    await self._warn_null_rows(conn)
                 result = await conn.execute(text(sql), params)
                 keys = list(result.keys())
                 rows = [dict(zip(keys, row, strict=True)) for row in result.all()]
@@ -99,6 +105,16 @@ class SqlSource:
             return SourceBatch([], cursor, False)
         new_cursor = [_jsonable(rows[-1][c]) for c in self._cols]
         return SourceBatch([SourceRow(self._row_key(r), r) for r in rows], new_cursor, self._draining)
+
+    async def _warn_null_rows(self, conn: Any) -> None:
+        """Rows whose update column is NULL cannot be placed after the watermark: say so, once per change."""
+        col = self.settings.update_column
+        count = (await conn.execute(text(
+            f"SELECT COUNT(*) FROM ({self._from()}) AS src WHERE {col} IS NULL"))).scalar()  # noqa: S608
+        if count and count != self._null_rows:
+            log.warning("rows without an update value are not read", extra={
+                "source": self.name, "column": col, "rows": count})
+        self._null_rows = int(count or 0)
 
     async def ack(self, cursor: Any) -> None:
         """Nothing to do: the cursor lives in the gateway's store, committed with the rows."""
@@ -116,17 +132,19 @@ class SqlSource:
     def _select(self, cursor: Any, limit: int) -> tuple[str, dict[str, Any]]:
         cols = self._cols
         order = ", ".join(cols)
+        present = f"{cols[0]} IS NOT NULL"  # rows without an update value cannot be placed: see null_rows()
         if not cursor:
-            return f"SELECT * FROM ({self._from()}) AS src ORDER BY {order} LIMIT :limit", {"limit": limit}  # noqa: S608
+            return (f"SELECT * FROM ({self._from()}) AS src WHERE {present} ORDER BY {order} LIMIT :limit",  # noqa: S608
+                    {"limit": limit})
         params: dict[str, Any] = {"limit": limit}
-        params.update({f"c{i}": v for i, v in enumerate(cursor)})
+        params.update({f"c{i}": _typed(v) for i, v in enumerate(cursor)})
         if self.settings.lookback_s and not self._draining:
-            params["c0"] = _minus(cursor[0], self.settings.lookback_s)
+            params["c0"] = _minus(_typed(cursor[0]), self.settings.lookback_s)
             where = f"{cols[0]} >= :c0"
         else:
             where = _after(cols)
-        return (f"SELECT * FROM ({self._from()}) AS src WHERE {where} ORDER BY {order} LIMIT :limit",  # noqa: S608
-                params)
+        return (f"SELECT * FROM ({self._from()}) AS src WHERE {present} AND ({where}) "  # noqa: S608
+                f"ORDER BY {order} LIMIT :limit", params)
 
     def _row_key(self, row: Mapping[str, Any]) -> str:
         return "/".join(str(row[c]) for c in self.settings.key_columns)
@@ -142,17 +160,36 @@ def _after(cols: Sequence[str]) -> str:
 
 
 def _jsonable(value: Any) -> Any:
-    if isinstance(value, dt.datetime | dt.date):
-        return value.isoformat()
+    """A cursor value for the store (JSON), tagged so it is bound back with its own type (asyncpg insists)."""
+    if isinstance(value, dt.datetime):
+        return {"datetime": value.isoformat()}
+    if isinstance(value, dt.date):
+        return {"date": value.isoformat()}
+    if isinstance(value, Decimal):
+        return {"decimal": str(value)}
     return value
 
 
+def _typed(value: Any) -> Any:
+    if not (isinstance(value, dict) and len(value) == 1):
+        return value
+    kind, text = next(iter(value.items()))
+    if kind == "datetime":
+        return dt.datetime.fromisoformat(text)
+    if kind == "date":
+        return dt.date.fromisoformat(text)
+    return Decimal(text) if kind == "decimal" else value
+
+
 def _minus(value: Any, seconds: float) -> Any:
-    """The watermark moved back by the look-back window (ISO timestamps as strings, or numbers)."""
-    if isinstance(value, int | float):
-        return value - seconds
+    """The watermark moved back by the look-back window (datetimes, ISO text timestamps, or numbers)."""
+    if isinstance(value, int | float | Decimal):
+        return value - type(value)(seconds) if isinstance(value, Decimal) else value - seconds
+    if isinstance(value, dt.datetime):
+        return value - dt.timedelta(seconds=seconds)
     parsed = dt.datetime.fromisoformat(str(value))
-    return (parsed - dt.timedelta(seconds=seconds)).isoformat(sep=" ")
+    text = (parsed - dt.timedelta(seconds=seconds)).isoformat(sep=" ")
+    return text
 
 
 def _check_identifiers(settings: SqlSourceSettings, where: str) -> list[Problem]:
@@ -178,7 +215,7 @@ def _resolve_url(settings: SqlSourceSettings, ctx: AdapterContext) -> tuple[str,
     except ArgumentError:
         return "", Problem(f"{ctx.path}.url", f"not a database URL: {settings.url!r}")
     driver = _DRIVERS.get(url.drivername, url.drivername)
-    if "+" not in driver:
+    if driver not in _DRIVERS.values():
         return "", Problem(f"{ctx.path}.url", f"unsupported database {url.drivername!r}; use sqlite or postgresql")
     if settings.password_env:
         password, problem = read_secret(settings.password_env, None, f"{ctx.path}.password", ctx.base_dir)

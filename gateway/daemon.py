@@ -36,7 +36,8 @@ class Gateway:
         self.config, self.store = config, store
         d = config.daemon
         self.sem = asyncio.Semaphore(d.max_concurrency)
-        self.workers = {name: TargetWorker(t, store, self.sem, d.adapter_timeout_s, d.idle_check_s)
+        self.workers = {name: TargetWorker(t, store, self.sem, d.adapter_timeout_s, d.idle_check_s,
+                                           config.gateway.instance)
                         for name, t in config.targets.items()}
         routes = config.routes()
         self.pool = MapPool(d.map_workers)
@@ -52,6 +53,9 @@ class Gateway:
             worker.wake()
 
     async def __aenter__(self) -> Gateway:
+        released = await self.store.release_claims(self.config.gateway.instance)
+        if released:
+            log.info("batches of an earlier run are due again", extra={"batches": released})
         for src in self.config.sources.values():
             await self._stack.enter_async_context(src.adapter)
         for tgt in self.config.targets.values():
@@ -145,7 +149,8 @@ class Gateway:
             for intake in self.intakes.values():
                 await asyncio.wait_for(intake.poll(), max(0.0, deadline - time.monotonic()))
             while time.monotonic() < deadline:
-                if not any(w.inflight for w in self.workers.values()) and not await self._backlog():
+                if not any(w.inflight for w in self.workers.values()) and not await self.store.has_backlog(
+                        list(self.workers)):
                     return True
                 await asyncio.sleep(check_s)  # a progress check, not synchronisation: workers wake on events
         except TimeoutError:
@@ -156,10 +161,6 @@ class Gateway:
             await asyncio.gather(*(w.drain_inflight(self.config.daemon.shutdown_grace_s)
                                    for w in self.workers.values()))
         return False
-
-    async def _backlog(self) -> int:
-        status = await self.store.target_status()
-        return sum(row["backlog"] for row in status if row["target"] in self.workers)
 
 
 async def serve(config: Config) -> int:

@@ -12,6 +12,7 @@ import asyncio
 import datetime as dt
 import functools
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -163,7 +164,7 @@ class Circuit:
 
 def backoff_s(retry: RetrySettings, attempt: int) -> float:
     """Exponential backoff with jitter (tenacity's strategy) for the given attempt number (1-based)."""
-    wait = tenacity.wait_exponential_jitter(initial=retry.initial_s, max=retry.max_s, exp_base=retry.multiplier,
+    wait = tenacity.wait_exponential_jitter(multiplier=retry.initial_s, max=retry.max_s, exp_base=retry.multiplier,
                                             jitter=retry.jitter_s)
     state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
     state.attempt_number = attempt
@@ -184,8 +185,11 @@ class TargetWorker:
     """Keeps one target supplied with batches, retries due ones, and records every answer."""
 
     def __init__(self, cfg: TargetConfig, store: Store, sem: asyncio.Semaphore, timeout_s: float,
-                 idle_s: float = 1.0) -> None:
+                 idle_s: float = 1.0, instance: str = "gateway") -> None:
         self.cfg, self.store, self.sem, self.timeout_s, self.idle_s = cfg, store, sem, timeout_s, idle_s
+        # A batch being sent is claimed for longer than a send can take, so no other instance sends it too.
+        self.claimant = f"{instance}:{os.getpid()}"
+        self.claim_s = timeout_s + 30.0
         self.circuit = Circuit(cfg.circuit.failure_threshold, cfg.circuit.reset_s)
         self.inflight: dict[str, asyncio.Task[None]] = {}
         self.stats = DeliveryStats()
@@ -225,16 +229,18 @@ class TargetWorker:
         started = 0
         if free <= 0:
             return 0
-        for due in await self.store.due_batches(self.cfg.name, free, exclude=list(self.inflight)):
-            self._start(due)
-            started += 1
+        for due in await self.store.claim_due(self.cfg.name, free, self.claimant, self.claim_s):
+            if due.id not in self.inflight:
+                self._start(due)
+                started += 1
         waiting = list(self.mappings)
         while started < free and waiting:  # round robin: one dataset's backlog does not hold up another's
             for dataset in list(waiting):
                 batch = None
                 if started < free:
                     batch = await self.store.lease_batch(self.cfg.name, dataset, self.cfg.batch_size,
-                                                         functools.partial(self.encode, dataset))
+                                                         functools.partial(self.encode, dataset),
+                                                         claimant=self.claimant, claim_s=self.claim_s)
                 if batch is None:
                     waiting.remove(dataset)
                     continue
@@ -309,7 +315,12 @@ class TargetWorker:
             log.exception("adapter raised an untranslated exception", extra={"target": self.cfg.name})
             await self._failed(batch, f"untranslated {type(exc).__name__}: {exc}", None, started, permanent=False)
         else:
-            await self._delivered(batch, receipt, started)
+            try:
+                await self._delivered(batch, receipt, started)
+            except GatewayError as exc:  # the store failed: the batch stays open and is sent again later
+                log.error("could not record a delivery", extra={"target": self.cfg.name, "batch": batch.id,
+                                                               "error": str(exc)})
+                self.circuit.failure()
 
     async def _delivered(self, batch: Batch, receipt: Any, started: float) -> None:
         outcomes = [Outcome(r.key, r.version, r.status, r.code, r.message) for r in receipt.results]
@@ -336,7 +347,12 @@ class TargetWorker:
         dead = permanent or attempt >= self.cfg.retry.max_attempts or age >= self.cfg.retry.max_age_s
         delay = retry_after if retry_after is not None else backoff_s(self.cfg.retry, attempt)
         ms = (time.monotonic() - started) * 1000
-        await self.store.fail_attempt(batch, error, time.time() + delay, dead, ms)
+        try:
+            await self.store.fail_attempt(batch, error, time.time() + delay, dead, ms)
+        except GatewayError as exc:  # the store failed too: the batch stays open; its claim expires, then retry
+            log.error("could not record a failed attempt", extra={"target": self.cfg.name, "batch": batch.id,
+                                                                 "error": str(exc)})
+            return
         if dead:
             self.stats.dead += 1
             log.error("batch dead-lettered", extra={"target": self.cfg.name, "batch": batch.id,

@@ -8,12 +8,14 @@ at any point leaves the store either before or after it. No transaction spans ne
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 from sqlalchemy import Table, and_, bindparam, event, select, update
@@ -30,6 +32,8 @@ if TYPE_CHECKING:
     from gateway.store_ops import Store
 
 log = logging.getLogger("gateway.store")
+T = TypeVar("T")
+C = TypeVar("C")
 CHUNK = 500  # keys per IN (...) list: well under SQLite's and asyncpg's parameter limits
 
 
@@ -68,6 +72,31 @@ def _async_url(url: str) -> str:
     return parsed.set(drivername=driver).render_as_string(hide_password=False) if driver else url
 
 
+def _translated(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    @functools.wraps(fn)
+    async def call(*args: Any, **kwargs: Any) -> T:
+        try:
+            return await fn(*args, **kwargs)
+        except SQLAlchemyError as exc:
+            orig = getattr(exc, "orig", None)
+            detail = str(orig) if orig is not None else str(exc).splitlines()[0]
+            raise StoreError(f"store: {fn.__name__} failed: {type(exc).__name__}: {detail}") from exc
+        except OSError as exc:
+            raise StoreError(f"store: {fn.__name__} failed: {exc}") from exc
+
+    return call
+
+
+def translate_errors(cls: type[C]) -> type[C]:
+    """Class decorator: database and OS errors of every public coroutine become StoreError (the daemon's
+    loops catch GatewayError; a raw SQLAlchemy error would escape them)."""
+    for name, member in list(vars(cls).items()):
+        if not name.startswith("_") and inspect.iscoroutinefunction(member):
+            setattr(cls, name, _translated(member))
+    return cls
+
+
+@translate_errors
 class StoreBase:
     """Engine, lifecycle and intake; see :class:`Store` for the whole surface."""
 

@@ -20,7 +20,7 @@ from sqlalchemy import and_, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import schema as s
-from gateway.store import StoreBase, _chunks, _json
+from gateway.store import StoreBase, _chunks, _json, translate_errors
 
 ACK_STATUSES = frozenset({"accepted", "duplicate", "stale"})
 
@@ -81,11 +81,16 @@ def body_digest(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
+@translate_errors
 class DeliveryMixin(StoreBase):
     """Leasing and completing batches."""
 
-    async def lease_batch(self, target: str, dataset: str, limit: int, encode: Encoder) -> Batch | None:
-        """Lease up to ``limit`` pending rows of one target and dataset into a new open batch."""
+    async def lease_batch(self, target: str, dataset: str, limit: int, encode: Encoder, *, claimant: str = "",
+                          claim_s: float = 0.0) -> Batch | None:
+        """Lease up to ``limit`` pending rows of one target and dataset into a new open batch.
+
+        The batch is claimed by ``claimant`` for ``claim_s`` seconds: no other sender takes it meanwhile.
+        """
         now = time.time()
         async with self.tx() as conn:
             leased = await self._candidates(conn, target, dataset, limit)
@@ -96,7 +101,7 @@ class DeliveryMixin(StoreBase):
                 await self._reject_unencodable(conn, target, dataset, encoded.failed, now)
             if not encoded.included:
                 return None
-            return await self._open_batch(conn, target, dataset, encoded, now)
+            return await self._open_batch(conn, target, dataset, encoded, now, claimant, claim_s)
 
     async def _candidates(self, conn: AsyncConnection, target: str, dataset: str,
                           limit: int) -> list[LeasedRecord]:
@@ -118,12 +123,12 @@ class DeliveryMixin(StoreBase):
                 for row in rows if row[5] == row[2]]
 
     async def _open_batch(self, conn: AsyncConnection, target: str, dataset: str, encoded: EncodedBatch,
-                          now: float) -> Batch:
+                          now: float, claimant: str, claim_s: float) -> Batch:
         digest = body_digest(encoded.body)
         await conn.execute(s.batches.insert().values(
             id=encoded.batch_id, target=target, dataset=dataset, state="open", record_count=len(encoded.included),
-            body=zlib.compress(encoded.body, 1), body_sha256=digest, attempts=0, next_attempt_at=now,
-            created_at=now))
+            body=zlib.compress(encoded.body, 1), body_sha256=digest, attempts=0, next_attempt_at=now + claim_s,
+            claimed_by=claimant or None, created_at=now))
         o = s.outbox.c
         for chunk in _chunks([rec.outbox_id for rec in encoded.included]):
             await conn.execute(update(s.outbox).where(o.id.in_(chunk)).values(
@@ -149,6 +154,33 @@ class DeliveryMixin(StoreBase):
             rows = (await conn.execute(stmt)).all()
         return [Batch(r[0], r[1], r[2], zlib.decompress(r[3]), r[4], r[5], r[6], r[7]) for r in rows]
 
+    async def claim_due(self, target: str, limit: int, claimant: str, claim_s: float) -> list[Batch]:
+        """Take open batches whose next attempt is due: each is claimed for ``claim_s`` by one sender only."""
+        b = s.batches.c
+        now = time.time()
+        stmt = (select(b.id).where(and_(b.target == target, b.state == "open", b.next_attempt_at <= now))
+                .order_by(b.created_at).limit(limit))
+        if self.dialect == "postgresql":
+            stmt = stmt.with_for_update(skip_locked=True)
+        async with self.tx() as conn:
+            ids = [row[0] for row in await conn.execute(stmt)]
+            if not ids:
+                return []
+            await conn.execute(update(s.batches).where(b.id.in_(ids)).values(
+                next_attempt_at=now + claim_s, claimed_by=claimant))
+            rows = (await conn.execute(select(
+                b.id, b.target, b.dataset, b.body, b.body_sha256, b.record_count, b.attempts, b.created_at)
+                .where(b.id.in_(ids)).order_by(b.created_at))).all()
+        return [Batch(r[0], r[1], r[2], zlib.decompress(r[3]), r[4], r[5], r[6], r[7]) for r in rows]
+
+    async def release_claims(self, instance: str) -> int:
+        """At start-up: batches an earlier run of this instance had claimed are due again now."""
+        b = s.batches.c
+        async with self.tx() as conn:
+            result = await conn.execute(update(s.batches).where(and_(
+                b.state == "open", b.claimed_by.like(f"{instance}:%"))).values(next_attempt_at=time.time()))
+        return int(result.rowcount or 0)
+
     async def next_due_at(self, target: str) -> float | None:
         b = s.batches.c
         async with self.engine.connect() as conn:
@@ -161,6 +193,8 @@ class DeliveryMixin(StoreBase):
         """Record the peer's answer: acknowledged rows delivered, rejected rows quarantined, receipt kept."""
         now = time.time()
         async with self.tx() as conn:
+            if not await self._still_open(conn, batch.id):
+                return DeliveryResult(0, 0, 0)  # another sender recorded this batch's answer first
             rows = await self._batch_rows(conn, batch.id)
             result = await self._apply_outcomes(conn, batch, rows, outcomes, now)
             await conn.execute(update(s.batches).where(s.batches.c.id == batch.id).values(
@@ -172,6 +206,12 @@ class DeliveryMixin(StoreBase):
                 batch_id=batch.id, at=now, outcome="ok", duration_ms=duration_ms,
                 detail=f"delivered {result.delivered}, rejected {result.rejected}, requeued {result.requeued}"))
         return result
+
+    async def _still_open(self, conn: AsyncConnection, batch_id: str) -> bool:
+        stmt = select(s.batches.c.state).where(s.batches.c.id == batch_id)
+        if self.dialect == "postgresql":
+            stmt = stmt.with_for_update()
+        return (await conn.execute(stmt)).scalar() == "open"
 
     async def _batch_rows(self, conn: AsyncConnection, batch_id: str) -> dict[tuple[str, int], LeasedRecord]:
         o = s.outbox.c
@@ -224,6 +264,8 @@ class DeliveryMixin(StoreBase):
         now = time.time()
         async with self.tx() as conn:
             b = s.batches.c
+            if not await self._still_open(conn, batch.id):
+                return  # answered meanwhile (by another sender): a late failure must not reopen it
             await conn.execute(update(s.batches).where(b.id == batch.id).values(
                 state="dead" if dead else "open", attempts=b.attempts + 1, next_attempt_at=next_attempt_at,
                 last_error=error[:2000], completed_at=now if dead else None))

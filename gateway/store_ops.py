@@ -12,7 +12,7 @@ from sqlalchemy import and_, case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import schema as s
-from gateway.store import StoreBase, _chunks, _json
+from gateway.store import StoreBase, _chunks, _json, translate_errors
 from gateway.store_delivery import DeliveryMixin
 
 OPEN_STATES = ("pending", "leased")
@@ -22,6 +22,7 @@ def _rows(result: Any) -> list[dict[str, Any]]:
     return [{str(k): v for k, v in row._mapping.items()} for row in result]  # plain str keys for JSON
 
 
+@translate_errors
 class Store(DeliveryMixin, StoreBase):
     """All durable state of one gateway (or several, on PostgreSQL)."""
 
@@ -54,6 +55,19 @@ class Store(DeliveryMixin, StoreBase):
             for key in ("backlog", "dead", "delivered", "rejected"):
                 row[key] = int(row[key] or 0)
         return backlog
+
+    async def has_backlog(self, targets: Sequence[str]) -> bool:
+        """Anything pending or in an open batch for these targets (cheap: two indexed look-ups)."""
+        o, b = s.outbox.c, s.batches.c
+        async with self.engine.connect() as conn:
+            for target in targets:
+                pending = select(o.id).where(and_(o.target == target, o.state == "pending")).limit(1)
+                if (await conn.execute(pending)).first() is not None:
+                    return True
+                open_batch = select(b.id).where(and_(b.target == target, b.state == "open")).limit(1)
+                if (await conn.execute(open_batch)).first() is not None:
+                    return True
+        return False
 
     async def counts(self) -> dict[str, Any]:
         """Ledger size per dataset and open quarantine per stage."""
