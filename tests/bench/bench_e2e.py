@@ -72,7 +72,7 @@ personal_ids = "mask"
 def sandbox_process(workdir: Path, token: str) -> Iterator[str]:
     ready = workdir / "sandbox.url"
     (workdir / "sandbox.tok").write_text(token, encoding="utf-8")
-    proc = subprocess.Popen(  # noqa: S603 - our own module
+    proc = subprocess.Popen(
         [sys.executable, "-m", "gateway.sandbox", "--port", "0", "--token-file", str(workdir / "sandbox.tok"),
          "--db", str(workdir / "sandbox.db"), "--ready-file", str(ready)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -135,11 +135,11 @@ def run_one(rows: int) -> dict[str, Any]:
     workdir.mkdir(parents=True)
     token = secrets.token_urlsafe(16)
     # Build the department database in a child process so its memory is not counted as the gateway's.
-    subprocess.run([sys.executable, "-m", "gateway.sampledata", str(workdir / "department.db"),  # noqa: S603
+    subprocess.run([sys.executable, "-m", "gateway.sampledata", str(workdir / "department.db"),
                     "--licences", "0", "--penalties", str(rows)], check=True, stdout=subprocess.DEVNULL)
     with sandbox_process(workdir, token) as url:
         config = prepare(workdir, 0, url, token, poll=5.0)
-        out = subprocess.run([sys.executable, "-m", "tests.bench.bench_e2e", "--child", str(config)],  # noqa: S603
+        out = subprocess.run([sys.executable, "-m", "tests.bench.bench_e2e", "--child", str(config)],
                              check=True, capture_output=True, text=True, cwd=ROOT)
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     shutil.rmtree(workdir, ignore_errors=True)
