@@ -32,6 +32,7 @@ Errors name what failed and never echo key material. Nothing is returned when an
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 from collections.abc import Callable, Sequence
@@ -132,13 +133,25 @@ def resolve_now(now: datetime | None) -> datetime:
     return now.astimezone(UTC)
 
 
+_CORRUPT = (ValueError, x509.InvalidVersion, x509.DuplicateExtension, x509.UnsupportedGeneralNameType)
+
+
+def _read_fully(cert: x509.Certificate) -> x509.Certificate:
+    """cryptography parses lazily: read every field now, so a corrupt certificate fails here and not later."""
+    _ = (cert.subject.rfc4514_string(), cert.issuer.rfc4514_string(), cert.serial_number, cert.not_valid_after_utc,
+         cert.not_valid_before_utc, cert.signature_algorithm_oid, list(cert.extensions))
+    with contextlib.suppress(UnsupportedAlgorithm):  # SM2 keys are read by gateway.envelope_sm
+        cert.public_key()
+    return cert
+
+
 def load_certificates(data: bytes, what: str) -> list[x509.Certificate]:
     """Every certificate in ``data`` (one DER certificate, or one or more PEM blocks), first one first."""
     try:
         if b"-----BEGIN" in data:
-            return x509.load_pem_x509_certificates(data)
-        return [x509.load_der_x509_certificate(data)]
-    except ValueError as exc:
+            return [_read_fully(cert) for cert in x509.load_pem_x509_certificates(data)]
+        return [_read_fully(x509.load_der_x509_certificate(data))]
+    except _CORRUPT as exc:
         raise CertificateError(f"{what}: not a readable X.509 certificate ({exc})") from exc
 
 

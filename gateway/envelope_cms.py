@@ -34,7 +34,7 @@ from typing import Any
 
 from asn1crypto import cms  # type: ignore[import-untyped]
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.ciphers import algorithms
@@ -54,6 +54,7 @@ from gateway.envelope import (
     check_usage,
     check_validity,
     describe,
+    load_certificate,
     load_signer,
     load_trusted,
     opened,
@@ -90,7 +91,7 @@ class CmsProfile:
         when = resolve_now(now)
         inner = _decrypt(sealed, load_signer(ours))
         result = _verify_signed_data(inner, None, peer.trusted_ca_pems, when)
-        check_expected_signer(result.signer, x509.load_pem_x509_certificate(peer.cert_pem))
+        check_expected_signer(result.signer, load_certificate(peer.cert_pem, "peer certificate"))
         return opened(result.content, result.signer, result.signature)
 
 
@@ -118,7 +119,7 @@ def _decrypt(sealed: bytes, signer: Signer) -> bytes:
         raise DecryptError(f"cms: the envelope uses {cipher}; the cms profile accepts {_ENVELOPE_CIPHER} only")
     try:
         return pkcs7.pkcs7_decrypt_der(sealed, signer.cert, signer.key, [])
-    except ValueError as exc:
+    except (ValueError, UnsupportedAlgorithm) as exc:
         raise DecryptError(f"cms: cannot decrypt the envelope with our key for {describe(signer.cert)}: "
                            f"{exc}") from exc
 
@@ -144,7 +145,8 @@ class _Parsed:
     digest: str
     signed_attrs: dict[str, bytes | str] | None
     signed_attrs_der: bytes
-    signature_algo: Any
+    signature_kind: str
+    pss: tuple[padding.PSS, hashes.HashAlgorithm] | None
     signature: bytes
 
 
@@ -187,15 +189,17 @@ def _parse(der: bytes, detached: bytes | None) -> _Parsed:
     signer_info = infos[0]
     certs = [c.chosen for c in signed["certificates"] if c.name == "certificate"] if signed["certificates"] else []
     attrs = signer_info["signed_attrs"]
+    kind = str(signer_info["signature_algorithm"].signature_algo)
     return _Parsed(
         content=_content(signed["encap_content_info"], detached),
         content_type=str(signed["encap_content_info"]["content_type"].native),
-        certs=[x509.load_der_x509_certificate(c.dump()) for c in certs],
+        certs=[load_certificate(c.dump(), "certificate in the SignedData") for c in certs],
         signer=_find_signer(signer_info["sid"], certs),
         digest=str(signer_info["digest_algorithm"]["algorithm"].native),
         signed_attrs=_attributes(attrs) if len(attrs) else None,
         signed_attrs_der=b"\x31" + attrs.dump()[1:] if len(attrs) else b"",
-        signature_algo=signer_info["signature_algorithm"],
+        signature_kind=kind,
+        pss=_pss(signer_info["signature_algorithm"]) if kind == "rsassa_pss" else None,
         signature=bytes(signer_info["signature"].native),
     )
 
@@ -218,7 +222,7 @@ def _find_signer(sid: Any, certs: list[Any]) -> x509.Certificate:
         else:
             found = cert.key_identifier == sid.chosen.native
         if found:
-            return x509.load_der_x509_certificate(cert.dump())
+            return load_certificate(cert.dump(), "signer certificate")
     raise SignatureError("cms: the signer's certificate is not in the SignedData")
 
 
@@ -251,16 +255,16 @@ def _signed_bytes(parsed: _Parsed) -> bytes:
 
 
 def _check_signature(parsed: _Parsed, data: bytes) -> None:
-    key = parsed.signer.public_key()
-    algo = parsed.signature_algo
-    hash_type = _HASHES[parsed.digest]
-    kind = algo.signature_algo
+    try:
+        key = parsed.signer.public_key()
+    except (UnsupportedAlgorithm, ValueError) as exc:
+        raise SignatureError(f"cms: the signer's key type is not supported here ({exc})") from exc
+    hash_type, kind = _HASHES[parsed.digest], parsed.signature_kind
     try:
         if kind == "rsassa_pkcs1v15" and isinstance(key, rsa.RSAPublicKey):
             key.verify(parsed.signature, data, padding.PKCS1v15(), hash_type())
-        elif kind == "rsassa_pss" and isinstance(key, rsa.RSAPublicKey):
-            pss, pss_hash = _pss(algo)
-            key.verify(parsed.signature, data, pss, pss_hash)
+        elif kind == "rsassa_pss" and parsed.pss is not None and isinstance(key, rsa.RSAPublicKey):
+            key.verify(parsed.signature, data, *parsed.pss)
         elif kind == "ecdsa" and isinstance(key, ec.EllipticCurvePublicKey):
             key.verify(parsed.signature, data, ec.ECDSA(hash_type()))
         else:

@@ -202,11 +202,15 @@ def sm2_decrypt(ciphertext: bytes, signer: Sm2Signer) -> bytes:
 
 @functools.lru_cache(maxsize=256)
 def _point_of(cert_der: bytes) -> bytes | None:
-    spki = asn1_x509.Certificate.load(cert_der)["tbs_certificate"]["subject_public_key_info"]
-    params = spki["algorithm"]["parameters"]
-    if spki["algorithm"]["algorithm"].native != "ec" or params.name != "named" or params.chosen.dotted != SM2_CURVE_OID:
+    try:
+        spki = asn1_x509.Certificate.load(cert_der)["tbs_certificate"]["subject_public_key_info"]
+        params = spki["algorithm"]["parameters"]
+        if spki["algorithm"]["algorithm"].native != "ec" or params.name != "named" \
+                or params.chosen.dotted != SM2_CURVE_OID:
+            return None
+        point = bytes(spki["public_key"].native)
+    except (ValueError, TypeError, KeyError):
         return None
-    point = bytes(spki["public_key"].native)
     return point[1:] if len(point) == 65 and point[0] == 4 and _on_curve(point[1:]) else None
 
 

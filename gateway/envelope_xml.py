@@ -1,7 +1,7 @@
 """The ``xmldsig`` envelope profile: an enveloped XML Signature over the whole XML body, as ``xmlsec1`` checks it.
 
 Seal adds one ``ds:Signature`` as the last child of the root element: ``Reference URI=""`` (the whole document)
-with the enveloped-signature transform, exclusive-or-inclusive C14N 1.1 as signxml chooses, SHA-256 digest,
+with the enveloped-signature transform, Canonical XML 1.1 (signxml's default), SHA-256 digest,
 RSA-SHA256 or ECDSA-SHA256 (by our key), and our certificate (plus intermediates) in ``KeyInfo/X509Data``.
 A platform checks it with ``xmlsec1 --verify --trusted-pem ca.pem signed.xml``.
 
@@ -23,6 +23,7 @@ import dataclasses
 from datetime import datetime
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import rsa
 from lxml import etree  # type: ignore[import-untyped]
 from signxml.algorithms import DigestAlgorithm, SignatureConstructionMethod, SignatureMethod
@@ -117,10 +118,10 @@ def _signer_certificates(root: etree._Element) -> tuple[x509.Certificate, list[x
     if not texts:
         raise SignatureError("xmldsig: the signature carries no X509Certificate in its KeyInfo")
     try:
-        certs = [x509.load_der_x509_certificate(base64.b64decode("".join(text.split()), validate=True))
-                 for text in texts]
+        ders = [base64.b64decode("".join(text.split()), validate=True) for text in texts]
     except (ValueError, binascii.Error) as exc:
-        raise CertificateError(f"xmldsig: an X509Certificate in KeyInfo is unreadable ({exc})") from exc
+        raise CertificateError(f"xmldsig: an X509Certificate in KeyInfo is not base64 ({exc})") from exc
+    certs = [load_certificate(der, "X509Certificate in KeyInfo") for der in ders]
     return certs[0], certs[1:]
 
 
@@ -134,7 +135,7 @@ def _verify(root: etree._Element, signer: x509.Certificate, now: datetime) -> Op
         assert isinstance(result, VerifyResult)  # one reference expected, so one result
     except InvalidCertificate as exc:
         raise CertificateError(f"xmldsig: signer certificate refused: {exc}") from exc
-    except (SignXMLException, InvalidInput) as exc:
+    except (SignXMLException, InvalidInput, UnsupportedAlgorithm, ValueError, TypeError, etree.LxmlError) as exc:
         raise SignatureError(f"xmldsig: the signature does not verify (document or signature altered): "
                              f"{exc}") from exc
     value = result.signature_xml.findtext("ds:SignatureValue", default="", namespaces=_NS)

@@ -23,6 +23,11 @@ BEHIND_ONE_MODULE = {
     "apscheduler": ("scheduler.py",),
     "tenacity": ("engine.py",),
     "aiohttp": ("sandbox*.py",),
+    "cryptography": ("envelope*.py",),
+    "asn1crypto": ("envelope*.py",),
+    "pysmx": ("envelope_sm.py",),
+    "signxml": ("envelope_xml.py",),
+    "lxml": ("envelope_xml.py",),
 }
 
 

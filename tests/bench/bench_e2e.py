@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
+TUNING = {"source_batch": 2000, "target_batch": 1000, "in_flight": 3}
 WORK = ROOT / ".bench"
 
 CONFIG = """\
@@ -55,15 +56,15 @@ key_columns = ["id"]
 update_column = "gxsj"
 mapping = "{mappings}/department-penalty.toml"
 poll_interval_s = {poll}
-batch_size = 2000
+batch_size = {source_batch}
 
 [targets.platform]
 type = "credit_platform"
 url = "{url}"
 token_file = "sandbox.token"
 datasets = {{ penalty = "{mappings}/platform-2019-penalty.toml" }}
-batch_size = 1000
-max_in_flight = 3
+batch_size = {target_batch}
+max_in_flight = {in_flight}
 personal_ids = "mask"
 """
 
@@ -96,7 +97,8 @@ def prepare(workdir: Path, rows: int, url: str, token: str, poll: float) -> Path
         create_department_db(workdir / "department.db", SampleSpec(licences=0, penalties=rows))
     (workdir / "sandbox.token").write_text(token, encoding="utf-8")
     path = workdir / "config.toml"
-    path.write_text(CONFIG.format(mappings=(ROOT / "mappings").as_posix(), url=url, poll=poll), encoding="utf-8")
+    path.write_text(CONFIG.format(mappings=(ROOT / "mappings").as_posix(), url=url, poll=poll, **TUNING),
+                    encoding="utf-8")
     return path
 
 
