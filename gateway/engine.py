@@ -216,8 +216,8 @@ class TargetWorker:
         """Until the next due retry, the circuit's trial, or the idle tick, whichever comes first."""
         wait = self.idle_s
         reopen = self.circuit.reopens_in()
-        if reopen > 0:
-            wait = min(wait, reopen)
+        if reopen > 0:  # nothing can be sent before the circuit lets a trial batch through
+            return min(wait, reopen)
         due = await self.store.next_due_at(self.cfg.name)
         if due is not None and len(self.inflight) < self.cfg.max_in_flight:
             wait = min(wait, max(0.01, due - time.time()))
