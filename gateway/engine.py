@@ -29,7 +29,7 @@ from gateway.mapping import InboundMapping, MappingError, OutboundMapping
 from gateway.ports import OutgoingBatch, SourceBatch, TargetRecord
 from gateway.records import LedgerEntry
 from gateway.store import Reject
-from gateway.store_delivery import Batch, EncodedBatch, LeasedRecord, Outcome
+from gateway.store_delivery import Batch, EncodedBatch, LeasedRecord
 from gateway.store_ops import Store
 
 log = logging.getLogger("gateway.engine")
@@ -323,7 +323,7 @@ class TargetWorker:
                 self.circuit.failure()
 
     async def _delivered(self, batch: Batch, receipt: Any, started: float) -> None:
-        outcomes = [Outcome(r.key, r.version, r.status, r.code, r.message) for r in receipt.results]
+        outcomes = list(receipt.results)
         ms = (time.monotonic() - started) * 1000
         result = await self.store.complete_batch(batch, outcomes, dict(receipt.raw), receipt.receipt_id, ms)
         self.circuit.success()
@@ -336,7 +336,7 @@ class TargetWorker:
         for out in outcomes:
             if out.status == "rejected":
                 log.warning("record rejected by target", extra={
-                    "target": self.cfg.name, "key": out.record_key, "version": out.version,
+                    "target": self.cfg.name, "key": out.key, "version": out.version,
                     "code": out.code, "reason": out.message})
 
     async def _failed(self, batch: Batch, error: str, retry_after: float | None, started: float,

@@ -20,6 +20,7 @@ from sqlalchemy import and_, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import schema as s
+from gateway.ports import RecordResult
 from gateway.store import StoreBase, _chunks, _json, translate_errors
 
 ACK_STATUSES = frozenset({"accepted", "duplicate", "stale"})
@@ -46,15 +47,7 @@ class Batch:
     created_at: float
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What the peer said about one record of a batch."""
-
-    record_key: str
-    version: int
-    status: str  # accepted | duplicate | stale | rejected
-    code: str = ""
-    message: str = ""
+Outcome = RecordResult  # what the peer said about one record of a batch (key, version, status, code, message)
 
 
 @dataclass(frozen=True)
@@ -234,7 +227,7 @@ class DeliveryMixin(StoreBase):
         ok: list[tuple[LeasedRecord, Outcome]] = []
         bad: list[tuple[LeasedRecord, Outcome]] = []
         for out in outcomes:
-            rec = rows.pop((out.record_key, out.version), None)
+            rec = rows.pop((out.key, out.version), None)
             if rec is not None:
                 (ok if out.status in ACK_STATUSES else bad).append((rec, out))
         o = s.outbox.c

@@ -333,7 +333,7 @@ class TestCompleteBatch:
         keys = [k for k, _ in await leased_keys(store, batch)]
         outcomes = [Outcome(keys[0], 1, "accepted"), Outcome(keys[1], 1, "duplicate"), Outcome(keys[2], 1, "stale"),
                     Outcome(keys[3], 1, "rejected", "7099", "模拟拒收")]
-        receipt = {"errorCode": "200", "results": [o.record_key for o in outcomes], "receipt": {"receiptId": "r-9"}}
+        receipt = {"errorCode": "200", "results": [o.key for o in outcomes], "receipt": {"receiptId": "r-9"}}
         result = await store.complete_batch(batch, outcomes, receipt, "r-9", 42.0)
         assert result == DeliveryResult(delivered=3, rejected=1, requeued=1)
         by_key = {r["record_key"]: r for r in await outbox(store)}
