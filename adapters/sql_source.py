@@ -10,6 +10,7 @@ the rows, so the watermark only advances after the intake commit.
 
 from __future__ import annotations
 
+import codecs
 import datetime as dt
 import logging
 import re
@@ -19,7 +20,7 @@ from decimal import Decimal
 from types import TracebackType
 from typing import Any, Self
 
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -43,6 +44,7 @@ class SqlSourceSettings:
     update_column: str = setting("gxsj", help="column that grows on every change (timestamp or sequence)")
     lookback_s: float = setting(0.0, help="re-read this many seconds before the watermark (timestamps only)")
     password_env: str = setting("", help="environment variable holding the database password")
+    encoding: str = setting("utf-8", help="text encoding of a SQLite database's TEXT columns (utf-8, gbk, gb18030)")
 
 
 class SqlSource:
@@ -63,6 +65,10 @@ class SqlSource:
         if settings is None:
             return None, problems
         problems += _check_identifiers(settings, ctx.path)
+        try:
+            codecs.lookup(settings.encoding)
+        except LookupError:
+            problems.append(Problem(f"{ctx.path}.encoding", f"unknown encoding {settings.encoding!r}"))
         url, problem = _resolve_url(settings, ctx)
         if problem:
             problems.append(problem)
@@ -73,6 +79,8 @@ class SqlSource:
             self._engine = create_async_engine(self._url)
         except (ArgumentError, ImportError) as exc:
             raise ConfigError([Problem("url", str(exc))], f"source {self.name}") from exc
+        if self._engine.dialect.name == "sqlite":  # SQLite stores whatever bytes it was given: decode them here
+            event.listen(self._engine.sync_engine, "connect", _text_as_bytes)
         return self
 
     async def __aexit__(self, t: type[BaseException] | None, e: BaseException | None,
@@ -103,8 +111,21 @@ class SqlSource:
         self._draining = len(rows) >= limit
         if not rows:
             return SourceBatch([], cursor, False)
+        decoded = [self._decoded(r) for r in rows]
         new_cursor = [_jsonable(rows[-1][c]) for c in self._cols]
-        return SourceBatch([SourceRow(self._row_key(r), r) for r in rows], new_cursor, self._draining)
+        return SourceBatch(decoded, new_cursor, self._draining)
+
+    def _decoded(self, row: dict[str, Any]) -> SourceRow:
+        """TEXT read as bytes (SQLite) decoded with the source's encoding; undecodable columns are problems."""
+        problems = []
+        for column, value in row.items():
+            if isinstance(value, bytes):
+                try:
+                    row[column] = value.decode(self.settings.encoding)
+                except UnicodeDecodeError as exc:
+                    row[column] = value.decode(self.settings.encoding, "replace")
+                    problems.append(Problem(column, _decode_reason(value, self.settings.encoding, exc)))
+        return SourceRow(self._row_key(row), row, tuple(problems))
 
     async def _warn_null_rows(self, conn: Any) -> None:
         """Rows whose update column is NULL cannot be placed after the watermark: say so, once per change."""
@@ -148,6 +169,21 @@ class SqlSource:
 
     def _row_key(self, row: Mapping[str, Any]) -> str:
         return "/".join(str(row[c]) for c in self.settings.key_columns)
+
+
+def _text_as_bytes(dbapi_conn: Any, record: Any) -> None:
+    record.driver_connection.text_factory = bytes
+
+
+def _decode_reason(value: bytes, encoding: str, exc: UnicodeDecodeError) -> str:
+    hint = ""
+    if encoding.replace("-", "").lower() == "utf8":
+        try:
+            value.decode("gb18030")
+            hint = ' (it decodes as GBK: set encoding = "gbk" for this source if the whole database is GBK)'
+        except UnicodeDecodeError:
+            pass
+    return f"not {encoding} at byte {exc.start}: {value[max(0, exc.start - 4):exc.start + 4]!r}{hint}"
 
 
 def _after(cols: Sequence[str]) -> str:

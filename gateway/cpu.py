@@ -22,11 +22,12 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
+from gateway.errors import Problem
 from gateway.mapping import InboundMapping, load_mapping
 from gateway.records import LedgerEntry
 from gateway.store import Reject
 
-Rows = Sequence[tuple[str, Mapping[str, Any]]]
+Rows = Sequence[tuple[str, Mapping[str, Any], tuple[Problem, ...]]]
 Mapped = tuple[list[LedgerEntry], list[Reject]]
 
 _COMPILED: dict[tuple[str, int], InboundMapping] = {}  # (path, mtime_ns): an edited file is compiled again
@@ -36,12 +37,13 @@ def map_rows(mapping: InboundMapping, source: str, rows: Rows, today: dt.date) -
     """Map and validate rows: ledger entries for valid ones, rejects with every problem for the rest."""
     accepted: list[LedgerEntry] = []
     rejects: list[Reject] = []
-    for key, data in rows:
+    for key, data, read_problems in rows:
         mapped = mapping.map_row(data, today, source, key)
-        if mapped.record is not None:
+        if mapped.record is not None and not read_problems:
             accepted.append(mapped.record.entry())
         else:
-            rejects.append(Reject(source, key, mapping.dataset.name, mapped.key, mapped.problems, _raw(data)))
+            problems = [*read_problems, *mapped.problems]
+            rejects.append(Reject(source, key, mapping.dataset.name, mapped.key, problems, _raw(data)))
     return accepted, rejects
 
 

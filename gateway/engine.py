@@ -121,7 +121,7 @@ class Intake:
 
     async def map_rows(self, batch: SourceBatch) -> Mapped:
         today = self.today()
-        rows = [(row.key, row.data) for row in batch.rows]
+        rows = [(row.key, row.data, row.problems) for row in batch.rows]
         accepted: list[LedgerEntry] = []
         rejects: list[Reject] = []
         for mapping in self.mappings.values():

@@ -28,6 +28,7 @@ class SourceRow:
 
     key: str
     data: Mapping[str, Any]
+    problems: tuple[Problem, ...] = ()  # found while reading (e.g. bytes not in the source's encoding)
 
 
 @dataclass(frozen=True, slots=True)
