@@ -20,7 +20,7 @@ from decimal import Decimal
 from types import TracebackType
 from typing import Any, Self
 
-from sqlalchemy import event, text
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -58,6 +58,8 @@ class SqlSource:
         self._cols = [settings.update_column, *settings.key_columns]
         self._draining = False  # the look-back window is re-read once per poll, not on every page
         self._null_rows = 0
+        self._sqlite = False
+        self._always_bytes = False
 
     @classmethod
     def from_settings(cls, raw: Mapping[str, Any], ctx: AdapterContext) -> tuple[SqlSource | None, list[Problem]]:
@@ -79,8 +81,11 @@ class SqlSource:
             self._engine = create_async_engine(self._url)
         except (ArgumentError, ImportError) as exc:
             raise ConfigError([Problem("url", str(exc))], f"source {self.name}") from exc
-        if self._engine.dialect.name == "sqlite":  # SQLite stores whatever bytes it was given: decode them here
-            event.listen(self._engine.sync_engine, "connect", _text_as_bytes)
+        # SQLite stores whatever bytes it was given. UTF-8 databases are read as text (fast, in C); a page
+        # with a value that is not UTF-8 is read again as bytes and decoded here, row by row. Databases in
+        # another encoding are always read as bytes.
+        self._sqlite = self._engine.dialect.name == "sqlite"
+        self._always_bytes = self._sqlite and codecs.lookup(self.settings.encoding).name != "utf-8"
         return self
 
     async def __aexit__(self, t: type[BaseException] | None, e: BaseException | None,
@@ -98,22 +103,39 @@ class SqlSource:
 
     async def fetch(self, cursor: Any, limit: int) -> SourceBatch:
         sql, params = self._select(cursor, limit)
+        as_bytes = self._always_bytes
+        try:
+            rows = await self._query(sql, params, as_bytes)
+        except SQLAlchemyError as exc:
+            if not (self._sqlite and "decode" in str(exc)):
+                detail = exc.args[0] if exc.args else ""
+                raise RetryableError(f"source {self.name}: {type(exc).__name__}: {detail}") from exc
+            as_bytes = True
+            rows = await self._query(sql, params, as_bytes)
+        self._draining = len(rows) >= limit
+        if not rows:
+            return SourceBatch([], cursor, False)
+        out = [self._decoded(r) for r in rows] if as_bytes else [SourceRow(self._row_key(r), r) for r in rows]
+        new_cursor = [_jsonable(rows[-1][c]) for c in self._cols]
+        return SourceBatch(out, new_cursor, self._draining)
+
+    async def _query(self, sql: str, params: dict[str, Any], as_bytes: bool) -> list[dict[str, Any]]:
         try:
             async with self._connect() as conn:
                 if not self._draining:
                     await self._warn_null_rows(conn)
-                result = await conn.execute(text(sql), params)
-                keys = list(result.keys())
-                rows = [dict(zip(keys, row, strict=True)) for row in result.all()]
-        except SQLAlchemyError as exc:
-            detail = exc.args[0] if exc.args else ""
-            raise RetryableError(f"source {self.name}: {type(exc).__name__}: {detail}") from exc
-        self._draining = len(rows) >= limit
-        if not rows:
-            return SourceBatch([], cursor, False)
-        decoded = [self._decoded(r) for r in rows]
-        new_cursor = [_jsonable(rows[-1][c]) for c in self._cols]
-        return SourceBatch(decoded, new_cursor, self._draining)
+                raw = await conn.get_raw_connection() if as_bytes else None
+                if raw is not None:
+                    raw.driver_connection.text_factory = bytes
+                try:
+                    result = await conn.execute(text(sql), params)
+                    keys = list(result.keys())
+                    return [dict(zip(keys, row, strict=True)) for row in result.all()]
+                finally:
+                    if raw is not None:
+                        raw.driver_connection.text_factory = str
+        except (OSError, ValueError) as exc:
+            raise RetryableError(f"source {self.name}: {exc}") from exc
 
     def _decoded(self, row: dict[str, Any]) -> SourceRow:
         """TEXT read as bytes (SQLite) decoded with the source's encoding; undecodable columns are problems."""
@@ -169,10 +191,6 @@ class SqlSource:
 
     def _row_key(self, row: Mapping[str, Any]) -> str:
         return "/".join(str(row[c]) for c in self.settings.key_columns)
-
-
-def _text_as_bytes(dbapi_conn: Any, record: Any) -> None:
-    record.driver_connection.text_factory = bytes
 
 
 def _decode_reason(value: bytes, encoding: str, exc: UnicodeDecodeError) -> str:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.config import Config
-from gateway.cpu import MapPool
+from gateway.cpu import MapPool, tune_gc
 from gateway.engine import Intake, TargetWorker
 from gateway.errors import ConfigError, GatewayError
 from gateway.mapping import load_mapping, mapping_version
@@ -41,6 +41,7 @@ class Gateway:
                         for name, t in config.targets.items()}
         routes = config.routes()
         self.pool = MapPool(d.map_workers)
+        tune_gc()
         self.intakes = {name: Intake(s, store, routes, self.sem, d.adapter_timeout_s, self._wake_all, pool=self.pool)
                         for name, s in config.sources.items()}
         self.stopping = asyncio.Event()
