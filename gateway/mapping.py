@@ -226,6 +226,7 @@ class InboundMapping:
     operation: Converter
     conditions: tuple[tuple[str, str, frozenset[str]], ...]  # (field, when-field, when-values)
     version: int = 0  # the newest mtime (ns) of the file and its includes, when it was compiled
+    plain: tuple[tuple[str, str], ...] = ()  # (field, column) text copied stripped: most fields, done inline
 
     def map_row(self, row: Mapping[str, Any], today: dt.date, source: str = "", source_key: str = "") -> MappedRow:
         fields, problems = self._convert(row)
@@ -241,6 +242,14 @@ class InboundMapping:
         fields: dict[str, FieldValue] = {}
         problems: list[Problem] = []
         on: dt.date | None = None
+        for name, column in self.plain:
+            value = row.get(column)
+            if value.__class__ is str:
+                value = value.strip()
+                if value:
+                    fields[name] = value
+            elif value is not None:
+                fields[name] = _plain(value)
         for name, convert in self.converters:
             try:
                 value = convert(row, on)
@@ -283,6 +292,7 @@ class OutboundMapping:
     table_version: str
     converters: tuple[tuple[str, Converter], ...]
     version: int = 0  # the newest mtime (ns) of the file and its includes, when it was compiled
+    renames: tuple[tuple[str, str], ...] = ()  # (target, canonical) fields copied as they are: the common case
 
     def map_record(self, record: Record, fields: Mapping[str, FieldValue] | None = None) -> dict[str, Any]:
         """Target fields for one record (``fields`` overrides the record's, e.g. after masking)."""
@@ -292,10 +302,10 @@ class OutboundMapping:
 
     def map_payload(self, payload: Mapping[str, Any], operation: str, key: str, version: int) -> dict[str, Any]:
         """Target fields from a canonical payload as the ledger stores it (JSON values)."""
+        out: dict[str, Any] = {t: v for t, s in self.renames if (v := payload.get(s)) is not None and v != ""}
         source: dict[str, Any] = dict(payload)
         source["@operation"], source["@key"], source["@version"] = operation, key, version
         source["@dataset"] = self.dataset.name
-        out: dict[str, Any] = {}
         for name, convert in self.converters:
             value = convert(source, None)
             if value is not None and value != "":
@@ -663,21 +673,27 @@ def _compile_inbound(path: Path, doc: dict[str, Any], dataset: Dataset, codes: M
     specs = dataset.by_name()
     converters: list[tuple[str, Converter]] = []
     conditions: list[tuple[str, str, frozenset[str]]] = []
+    plain: list[tuple[str, str]] = []
     for name, raw in _field_tables(doc, problems).items():
         ctx = _Ctx(f"fields.{name}", codes, problems)
         if name not in specs:
             ctx.problem("", f"not a field of dataset {dataset.name}; fields: {', '.join(specs)}")
             continue
-        converters.append((name, _compile_inbound_field(specs[name], raw, ctx)))
+        if specs[name].kind == "text" and set(raw) <= {"from", "description", "required", "required_if"} \
+                and isinstance(raw.get("from"), str):
+            plain.append((name, raw["from"]))
+        else:
+            converters.append((name, _compile_inbound_field(specs[name], raw, ctx)))
         conditions += _conditions(name, raw, ctx, specs)
         if raw.get("required") is True:
             conditions.append((name, "@always", frozenset({"@always"})))
-    missing = [f.name for f in dataset.fields if f.required and f.name not in dict(converters)]
+    mapped = {name for name, _ in converters} | {name for name, _ in plain}
+    missing = [f.name for f in dataset.fields if f.required and f.name not in mapped]
     if missing:
         problems.append(Problem("fields", f"required field(s) not mapped: {', '.join(missing)}"))
     converters.sort(key=lambda item: item[0] != dataset.date_field)  # the date first: code tables use it
     operation = _operation_converter(doc.get("operation"), _Ctx("", codes, problems))
-    return InboundMapping(str(path), dataset, tuple(converters), operation, tuple(conditions))
+    return InboundMapping(str(path), dataset, tuple(converters), operation, tuple(conditions), plain=tuple(plain))
 
 
 def _compile_outbound(path: Path, doc: dict[str, Any], dataset: Dataset, codes: Mapping[str, CodeTable],
@@ -685,18 +701,29 @@ def _compile_outbound(path: Path, doc: dict[str, Any], dataset: Dataset, codes: 
     head = doc["mapping"]
     specs = dataset.by_name()
     converters = []
+    renames = []
     for name, raw in _field_tables(doc, problems).items():
         ctx = _Ctx(f"fields.{name}", codes, problems)
         src = raw.get("from")
         if isinstance(src, str) and src not in specs and src not in _SPECIAL:
             ctx.problem("from", f"{src!r} is not a field of dataset {dataset.name} nor one of {', '.join(_SPECIAL)}")
         kind = specs[src].kind if isinstance(src, str) and src in specs else "text"
-        converters.append((name, _compile_outbound_field(raw, ctx, kind)))
+        if isinstance(src, str) and src in specs and _is_rename(raw, kind):
+            renames.append((name, src))
+        else:
+            converters.append((name, _compile_outbound_field(raw, ctx, kind)))
     table_code = head.get("table_code")
     if not isinstance(table_code, str) or not table_code:
         problems.append(Problem("mapping.table_code", "required for outbound mappings (e.g. XZCF)"))
     return OutboundMapping(str(path), dataset, str(table_code), str(head.get("table_version", "")),
-                           tuple(converters))
+                           tuple(converters), renames=tuple(renames))
+
+
+def _is_rename(raw: dict[str, Any], kind: str) -> bool:
+    """A field whose payload value (JSON: text, ISO date, decimal string) is already the target's value."""
+    if set(raw) - {"from", "description", "date_format"}:
+        return False
+    return kind in ("text", "code", "decimal") or (kind == "date" and raw.get("date_format", "%Y-%m-%d") == "%Y-%m-%d")
 
 
 def source_columns(path: str | Path) -> set[str]:
