@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import operator
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -130,7 +131,9 @@ class StoreBase:
         marks = (", ".join("?" for _ in columns) if self.engine.dialect.paramstyle == "qmark"
                  else ", ".join(f"${i}" for i in range(1, len(columns) + 1)))
         sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks})"  # noqa: S608 - our own names
-        await conn.exec_driver_sql(sql, [tuple(row[c] for c in columns) for row in rows])
+        values = operator.itemgetter(*columns)  # a tuple per row, in C (one column would give a bare value)
+        params = [values(row) for row in rows] if len(columns) > 1 else [(row[columns[0]],) for row in rows]
+        await conn.exec_driver_sql(sql, params)
 
     def tx(self) -> Any:
         """A write transaction (``async with store.tx() as conn``)."""
