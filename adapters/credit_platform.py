@@ -95,7 +95,7 @@ class CreditPlatformSink:
     async def _post(self, batch: OutgoingBatch) -> tuple[int, Mapping[str, str], dict[str, Any]]:
         if self._session is None:
             raise RuntimeError("sink used outside `async with`")
-        headers = {"Authorization": f"Bearer {self._token}", "Content-Type": "application/json",
+        headers = {"Authorization": f"Bearer {self._token}", "Content-Type": batch.content_type,
                    "Idempotency-Key": batch.id}
         try:
             async with self._session.post(self.settings.url, data=batch.body, headers=headers) as resp:

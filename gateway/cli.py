@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -49,6 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(p)
     p.add_argument("--max-heartbeat-age", type=float, default=60.0, help="seconds")
     p.add_argument("--max-pending-age", type=float, default=0.0, help="seconds; 0 = do not check")
+
+    p = sub.add_parser("timeliness", help="on-time, late and at-risk records (due 7 working days after decision)")
+    _config_arg(p)
+    p.add_argument("--dataset", help="only this dataset (license, penalty)")
+    p.add_argument("--target", help="count deliveries to this target only (default: the first to any target)")
+    p.add_argument("--at-risk-days", type=int, default=2, help="undelivered and due within this many working days")
+    p.add_argument("--today", type=dt.date.fromisoformat, help="report as of this date (default: today in China)")
+    p.add_argument("--json", action="store_true")
 
     _spool_parser(sub)
     _quarantine_parser(sub)
@@ -115,6 +124,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
     "run": cli_ops.cmd_run,
     "status": cli_ops.cmd_status,
     "health": cli_ops.cmd_health,
+    "timeliness": cli_ops.cmd_timeliness,
     "spool": cli_ops.cmd_spool,
     "quarantine": cli_ops.cmd_quarantine,
     "mapping": cli_ops.cmd_mapping,

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from gateway.calendar import WorkCalendar
 from gateway.config import Config, load_config
 from gateway.daemon import Gateway, serve
 from gateway.engine import china_today
@@ -23,6 +24,7 @@ from gateway.mapping import InboundMapping, OutboundMapping, load_mapping, sourc
 from gateway.records import Operation, Record, from_payload
 from gateway.store import Reject, open_store
 from gateway.store_ops import Store
+from gateway.timeliness import TimelinessReport, timeliness_report
 
 
 def out(line: str = "") -> None:
@@ -118,7 +120,7 @@ async def _run_until_idle(config: Config, timeout_s: float) -> int:
     try:
         async with Gateway(config, store) as gw:
             done = await gw.run_until_idle(timeout_s)
-        await print_status(store)
+        await print_status(store, WorkCalendar.from_settings(config.calendar))
     finally:
         await store.aclose()
     return 0 if done else 1
@@ -133,19 +135,23 @@ async def cmd_status(args: argparse.Namespace) -> int:
         if args.json:
             status = {"targets": await store.target_status(), "counts": await store.counts(),
                       "instances": await store.heartbeats()}
+            status["timeliness"] = (await timeliness_report(
+                store, WorkCalendar.from_settings(config.calendar), today=china_today())).as_json()
             out(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode())
         else:
-            await print_status(store)
+            await print_status(store, WorkCalendar.from_settings(config.calendar))
     finally:
         await store.aclose()
     return 0
 
 
-async def print_status(store: Store) -> None:
+async def print_status(store: Store, calendar: WorkCalendar | None = None) -> None:
     counts = await store.counts()
     ledger = ", ".join(f"{k} {v}" for k, v in sorted(counts["ledger"].items())) or "empty"
     quarantine = ", ".join(f"{k} {v}" for k, v in sorted(counts["quarantine"].items())) or "none"
     out(f"rows read {counts['rows_read']}; ledger: {ledger}; open quarantine: {quarantine}")
+    for line in (await timeliness_report(store, calendar or WorkCalendar(), today=china_today())).status_lines():
+        out(line)
     rows = [{**r, "oldest pending": _age(r["oldest_pending_s"]), "last success": r["last_success"]}
             for r in await store.target_status()]
     table(rows, ["target", "backlog", "oldest pending", "delivered", "rejected", "dead", "open_batches",
@@ -183,6 +189,45 @@ async def _health_problems(store: Store, config: Config, max_beat: float, max_pe
         if max_pending and (row["oldest_pending_s"] or 0) > max_pending:
             problems.append(f"target {row['target']}: oldest pending record is {_age(row['oldest_pending_s'])} old")
     return problems
+
+
+# ---------------------------------------------------------------- timeliness
+
+async def cmd_timeliness(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    datasets = [args.dataset] if args.dataset else None
+    if args.target:
+        target = config.targets.get(args.target)
+        if target is None:
+            raise ConfigError([Problem("--target", f"unknown target {args.target!r}; configured: "
+                                                   f"{', '.join(sorted(config.targets)) or 'none'}")], str(config.path))
+        datasets = [d for d in target.mappings if d in (datasets or target.mappings)]
+    store = await _with_store(config)
+    try:
+        report = await timeliness_report(store, WorkCalendar.from_settings(config.calendar),
+                                         today=args.today or china_today(),
+                                         datasets=datasets, target=args.target, at_risk_days=args.at_risk_days)
+    finally:
+        await store.aclose()
+    if args.json:
+        out(orjson.dumps(report.as_json(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        print_timeliness(report)
+    return 0
+
+
+def print_timeliness(report: TimelinessReport) -> None:
+    out(f"due 7 working days after the decision date; as of {report.today}; first delivery to "
+        f"{report.target or 'any target'}; at risk: due within {report.at_risk_days} working day(s)")
+    table([{"dataset": g.dataset, "department": g.department or "-", "on time": g.counts["on_time"],
+            "late": g.counts["late"], "at risk": g.counts["at_risk"], "pending": g.counts["pending"],
+            "no calendar": g.counts["uncovered"]} for g in report.groups],
+          ["dataset", "department", "on time", "late", "at risk", "pending", "no calendar"])
+    for g in (g for g in report.groups if g.late_keys):
+        more = " …" if g.counts["late"] > len(g.late_keys) else ""
+        out(f"late {g.dataset} {g.department or '-'}: {', '.join(g.late_keys)}{more}")
+    for message in report.uncovered:
+        out(f"no calendar: {message}")
 
 
 # ---------------------------------------------------------------- spool

@@ -6,15 +6,18 @@ Loading collects every problem (with the file and its TOML path) before raising 
 
 from __future__ import annotations
 
+import datetime as dt
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.calendar import parse_overrides
 from gateway.errors import ConfigError, Problem
 from gateway.mapping import InboundMapping, OutboundMapping, load_mapping
 from gateway.ports import SINK_GROUP, SOURCE_GROUP, AdapterContext, load_adapter
+from gateway.sealing import Sealing, load_sealing
 from gateway.settings import parse_settings, setting
 
 
@@ -62,6 +65,15 @@ class CircuitSettings:
 
 
 @dataclass(frozen=True)
+class CalendarSettings:
+    """``[calendar]``: the official schedule for years the calendar package does not cover yet (gateway.calendar)."""
+
+    holidays: tuple[dt.date, ...] = setting((), help="days off (放假), weekend days inside a holiday included")
+    workdays: tuple[dt.date, ...] = setting((), help="adjusted working Saturdays and Sundays (调休上班)")
+    covered_until: dt.date | None = setting(None, help="the last date the lists cover; later dates are refused")
+
+
+@dataclass(frozen=True)
 class SourceConfig:
     name: str
     type: str
@@ -83,6 +95,7 @@ class TargetConfig:
     retry: RetrySettings
     circuit: CircuitSettings
     adapter: Any
+    sealing: Sealing = field(default_factory=lambda: Sealing("none"))
 
 
 @dataclass(frozen=True)
@@ -94,6 +107,7 @@ class Config:
     sources: Mapping[str, SourceConfig]
     targets: Mapping[str, TargetConfig]
     secrets: tuple[str, ...] = field(default=(), repr=False)
+    calendar: CalendarSettings = field(default_factory=CalendarSettings)
 
     def routes(self) -> dict[str, list[str]]:
         """dataset → targets that receive it."""
@@ -117,7 +131,7 @@ def resolve_store_url(url: str, base: Path) -> str:
 
 SOURCE_KEYS = frozenset({"type", "mapping", "poll_interval_s", "batch_size"})
 TARGET_KEYS = frozenset({"type", "datasets", "batch_size", "max_in_flight", "personal_ids", "external",
-                         "retry", "circuit"})
+                         "retry", "circuit", "envelope"})
 
 
 def load_config(path: str | Path) -> Config:
@@ -125,11 +139,12 @@ def load_config(path: str | Path) -> Config:
     path = Path(path).resolve()
     doc = _read(path)
     problems: list[Problem] = []
-    unknown = set(doc) - {"gateway", "store", "daemon", "sources", "targets"}
+    unknown = set(doc) - {"gateway", "store", "daemon", "sources", "targets", "calendar"}
     problems += [Problem(k, "unknown section") for k in sorted(unknown)]
     gw = _section(GatewaySettings, doc, "gateway", problems)
     store = _section(StoreSettings, doc, "store", problems)
     daemon = _section(DaemonSettings, doc, "daemon", problems)
+    calendar = _calendar(doc, problems)
     secrets: list[str] = []
     # A broken [gateway] must not hide the sources' and targets' problems: check those against a stand-in.
     ctx_base = (path.parent, gw or GatewaySettings(department_code="", department_name=""))
@@ -142,7 +157,7 @@ def load_config(path: str | Path) -> Config:
         problems += _route_problems(sources, targets)
     if problems or gw is None or store is None or daemon is None:
         raise ConfigError(problems, str(path))
-    return Config(path, gw, store, daemon, sources, targets, tuple(secrets))
+    return Config(path, gw, store, daemon, sources, targets, tuple(secrets), calendar=calendar)
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -164,6 +179,16 @@ def _section(cls: type[Any], doc: Mapping[str, Any], name: str, problems: list[P
     value, found = parse_settings(cls, raw, name)
     problems += found
     return value
+
+
+def _calendar(doc: Mapping[str, Any], problems: list[Problem]) -> CalendarSettings:
+    raw = doc.get("calendar", {})
+    if not isinstance(raw, dict):
+        problems.append(Problem("calendar", "must be a table"))
+        return CalendarSettings()
+    values, found = parse_overrides(raw, "calendar")
+    problems += found
+    return CalendarSettings(**values) if not found else CalendarSettings()
 
 
 def _tables(doc: Mapping[str, Any], name: str, problems: list[Problem]) -> dict[str, dict[str, Any]]:
@@ -264,14 +289,16 @@ def _target(name: str, raw: dict[str, Any], base: tuple[Path, GatewaySettings], 
         problems.append(Problem(f"{where}.personal_ids", "full ID numbers are not allowed on an external target"))
     retry = _subtable(RetrySettings, raw, "retry", where, problems)
     circuit = _subtable(CircuitSettings, raw, "circuit", where, problems)
+    sealing, found = load_sealing(raw.get("envelope"), f"{where}.envelope", base[0])
+    problems += found
     batch_size = _common_int(raw, "batch_size", 500, where, problems)
     in_flight = _common_int(raw, "max_in_flight", 2, where, problems)
     adapter = _adapter(SINK_GROUP, raw, where, TARGET_KEYS, _context(name, where, base, TARGET_KEYS), problems)
     secrets += list(getattr(adapter, "secrets", ()))
-    if len(problems) > before or retry is None or circuit is None:
+    if len(problems) > before or retry is None or circuit is None or sealing is None:
         return None
     return TargetConfig(name, str(raw["type"]), mappings, batch_size, in_flight, str(personal), bool(external),
-                        retry, circuit, adapter)
+                        retry, circuit, adapter, sealing)
 
 
 def _subtable(cls: type[Any], raw: Mapping[str, Any], key: str, where: str, problems: list[Problem]) -> Any:

@@ -282,6 +282,8 @@ class TargetWorker:
             except (MappingError, ValueError, KeyError) as exc:
                 failed.append((rec, f"cannot encode for {self.cfg.name}: {exc}"))
         body = self.cfg.adapter.encode(batch_id, dataset, mapping.table_code, records) if records else b""
+        if body:
+            body = self.cfg.sealing.seal(body)  # sealed once: the stored, resent and evidenced bytes
         return EncodedBatch(batch_id, body, included, failed)
 
     def _target_record(self, mapping: OutboundMapping, dataset: str, rec: LeasedRecord) -> TargetRecord:
@@ -301,7 +303,8 @@ class TargetWorker:
 
     async def _send(self, batch: Batch) -> None:
         started = time.monotonic()
-        outgoing = OutgoingBatch(batch.id, batch.dataset, batch.body, batch.record_count)
+        outgoing = OutgoingBatch(batch.id, batch.dataset, batch.body, batch.record_count,
+                                 self.cfg.sealing.content_type)
         try:
             receipt = await bounded(self.cfg.adapter.deliver(outgoing), self.sem, self.timeout_s,
                                     f"target {self.cfg.name}")
@@ -315,6 +318,11 @@ class TargetWorker:
             log.exception("adapter raised an untranslated exception", extra={"target": self.cfg.name})
             await self._failed(batch, f"untranslated {type(exc).__name__}: {exc}", None, started, permanent=False)
         else:
+            try:
+                self.cfg.sealing.verify_receipt(receipt.raw)
+            except GatewayError as exc:  # not proof of delivery: try again (the peer applies a batch once)
+                await self._failed(batch, f"receipt refused: {exc}", None, started, permanent=False)
+                return
             try:
                 await self._delivered(batch, receipt, started)
             except GatewayError as exc:  # the store failed: the batch stays open and is sent again later

@@ -18,7 +18,8 @@ import orjson
 
 from gateway.identifiers import mask_id
 
-_ID_RUN = re.compile(r"(?<![0-9A-Za-z])\d{17}[\dXx](?![0-9A-Za-z])")
+# 18 characters, not part of a longer token; not after a decimal point (the digits of a float are no ID).
+_ID_RUN = re.compile(r"(?<![0-9A-Za-z.])\d{17}[\dXx](?![0-9A-Za-z])")
 _RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
 
 

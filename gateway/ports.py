@@ -54,6 +54,7 @@ class OutgoingBatch:
     dataset: str
     body: bytes
     record_count: int
+    content_type: str = "application/json"  # or a sealed envelope's type (application/pkcs7-mime, …)
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import logging
 import math
@@ -50,14 +51,17 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from gateway.envelope import Credentials, EnvelopeError, get_profile, sign_detached
 from gateway.errors import ConfigError, Problem
 from gateway.sandbox_store import TABLES, Outcome, Platform, SandboxStore, error_body
+from gateway.sealing import Sealing, load_sealing
 
 log = logging.getLogger("gateway.sandbox")
 
@@ -140,6 +144,8 @@ class SandboxConfig:
     platform_name: str = "sandbox"
     max_body_bytes: int = 32 * 1024 * 1024
     faults: Faults = Faults()
+    sealing: Sealing | None = None  # the platform's side: its key and certificate, the gateway's as peer
+    receipt_credentials: Credentials | None = None  # signs receipts (default: the sealing credentials)
 
     def __post_init__(self) -> None:
         problems = []
@@ -211,7 +217,9 @@ class Sandbox:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sandbox-db")
         try:
             config = self.config
-            self._platform = await self._in_db(Platform, config.db_path, config.departments, config.platform_name)
+            signer = self._receipt_signer()
+            self._platform = await self._in_db(Platform, config.db_path, config.departments, config.platform_name,
+                                               signer)
             self._held = Counter(await self._in_db(self._platform.store.held_counts))
             self._runner = web.AppRunner(self._build_app(), access_log=None, shutdown_timeout=5.0)
             await self._runner.setup()
@@ -276,6 +284,13 @@ class Sandbox:
         """recordKey -> how many times a version of it was applied (accepted)."""
         return self._in_db_now(self._store().applied_counts, table_code)
 
+    def _receipt_signer(self) -> Callable[[bytes], bytes] | None:
+        sealing = self.config.sealing
+        ours = self.config.receipt_credentials or (sealing.ours if sealing is not None and sealing.active else None)
+        if ours is None:
+            return None
+        return lambda data: sign_detached(data, ours)
+
     def _platform_(self) -> Platform:
         if self._platform is None:
             raise RuntimeError("sandbox not started")
@@ -325,13 +340,31 @@ class Sandbox:
         except web.HTTPRequestEntityTooLarge:
             return self._too_large()
         faults, key = self._faults, request.headers.get("Idempotency-Key")
-        outcome = await self._in_db(self._platform_().upload, body, key, faults.reject_rate, faults.seed)
+        sent_sha256 = None
+        sealing = self.config.sealing
+        if sealing is not None and sealing.active:
+            sent_sha256 = hashlib.sha256(body).hexdigest()
+            try:
+                body = await self._in_db(self._open_sealed, body)
+            except EnvelopeError as exc:
+                self._stats["refused"] += 1
+                return _error(400, "8001", f"信封校验失败: {exc}")
+        outcome = await self._in_db(self._platform_().upload, body, key, faults.reject_rate, faults.seed,
+                                    sent_sha256)
         self._note(outcome)
         return self._inject_after(request, outcome) or _json_bytes(outcome.status, outcome.body)
 
+    def _open_sealed(self, sealed: bytes) -> bytes:
+        sealing = self.config.sealing
+        if sealing is None or sealing.ours is None or sealing.peer is None:
+            raise EnvelopeError("the sandbox has no credentials to open envelopes")
+        return get_profile(sealing.profile).open(sealed, sealing.ours, sealing.peer).body
+
     def _check_headers(self, request: web.Request) -> web.Response | None:
-        if request.content_type != "application/json":
-            return _error(415, "415", "Content-Type 必须为 application/json")
+        sealing = self.config.sealing
+        expected = sealing.content_type if sealing is not None else "application/json"
+        if request.content_type != expected:
+            return _error(415, "415", f"Content-Type 必须为 {expected}")
         length = request.content_length
         if length is not None and length > self.config.max_body_bytes:
             return self._too_large()
@@ -495,6 +528,12 @@ def build_arg_parser(parser: argparse.ArgumentParser) -> None:
     add("--department", action="append", default=None, help="registered department code (repeatable; none = any)")
     add("--name", default="sandbox", help="platform name written in receipts")
     add("--ready-file", help="once listening, write the URL into this file (atomically)")
+    env = parser.add_argument_group("envelope (sealed uploads, signed receipts)")
+    env.add_argument("--envelope", default="none", help="profile the gateway seals with: cms | sm | none")
+    env.add_argument("--key", help="the platform's private key (PEM)")
+    env.add_argument("--cert", help="the platform's certificate (PEM)")
+    env.add_argument("--peer-cert", help="the gateway's certificate (PEM)")
+    env.add_argument("--trusted-ca", action="append", default=None, help="CA certificate (repeatable)")
     faults = parser.add_argument_group("faults")
     for flag, name, kind, help_text in _FAULT_FLAGS:
         metavar = "RATE" if name.endswith("_rate") else "SECONDS" if name.endswith("_s") else None
@@ -515,10 +554,24 @@ def config_from_args(args: argparse.Namespace) -> SandboxConfig:
     except ConfigError as exc:
         flags = {name: flag for flag, name, _, _ in _FAULT_FLAGS}
         problems += [Problem(flags.get(p.path, p.path), p.message) for p in exc.problems]
+    sealing, found = _sealing_from_args(args)
+    problems += found
     if problems:
         raise ConfigError(problems, source="sandbox options")
     return SandboxConfig(host=args.host, port=args.port, token=token, db_path=args.db,
-                         departments=tuple(args.department or ()), platform_name=args.name, faults=faults)
+                         departments=tuple(args.department or ()), platform_name=args.name, faults=faults,
+                         sealing=sealing)
+
+
+def _sealing_from_args(args: argparse.Namespace) -> tuple[Sealing | None, list[Problem]]:
+    profile = getattr(args, "envelope", "none") or "none"
+    if profile == "none":
+        return None, []
+    raw = {"profile": profile, "key": args.key or "", "cert": args.cert or "", "peer_cert": args.peer_cert or "",
+           "trusted_cas": list(args.trusted_ca or [])}
+    sealing, problems = load_sealing(raw, "--envelope", Path.cwd())
+    flags = {"key": "--key", "cert": "--cert", "peer_cert": "--peer-cert", "trusted_cas": "--trusted-ca"}
+    return sealing, [Problem(flags.get(p.path.split(".")[-1].split("[")[0], p.path), p.message) for p in problems]
 
 
 def _token_from_args(args: argparse.Namespace) -> str:

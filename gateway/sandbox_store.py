@@ -15,13 +15,14 @@ Tables::
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import re
 import sqlite3
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -484,19 +485,25 @@ class Platform:
     Create, use and close it in one thread; ``reject_rate`` and ``seed`` drive simulated rejections.
     """
 
-    def __init__(self, db_path: str, departments: Sequence[str] = (), name: str = "sandbox") -> None:
+    def __init__(self, db_path: str, departments: Sequence[str] = (), name: str = "sandbox",
+                 signer: Callable[[bytes], bytes] | None = None) -> None:
         self.store = SandboxStore(db_path)
         self._departments = frozenset(departments)
         self._name = name
+        self._signer = signer  # signs receipts (detached), when the platform has credentials
 
-    def upload(self, body: bytes, idem_key: str | None, reject_rate: float = 0.0, seed: int = 0) -> Outcome:
-        """Answer one upload: refuse it, replay the stored answer, or apply it in one transaction."""
+    def upload(self, body: bytes, idem_key: str | None, reject_rate: float = 0.0, seed: int = 0,
+               sent_sha256: str | None = None) -> Outcome:
+        """Answer one upload: refuse it, replay the stored answer, or apply it in one transaction.
+
+        ``sent_sha256`` is the digest of the bytes as sent when they were a sealed envelope around ``body``.
+        """
         try:
             envelope = parse_envelope(body, self._departments)
         except _BatchError as exc:
             return Outcome(400, error_body(exc.code, exc.message), "refused")
         key = idem_key or envelope.batch_id or f"b-{uuid.uuid4()}"
-        body_sha256 = hashlib.sha256(body).hexdigest()
+        body_sha256 = sent_sha256 or hashlib.sha256(body).hexdigest()
         with self.store.transaction():
             stored = self.store.find_batch(key)
             if stored is None:
@@ -514,9 +521,14 @@ class Platform:
         counts = Counter(result["status"] for result in verdicts.results)
         total, failed = len(envelope.records), counts["rejected"]
         receipt = build_receipt(batch_id, body_sha256, self._name, total - failed, failed)
-        response = orjson.dumps({
+        receipt["resultsSha256"] = hashlib.sha256(orjson.dumps(verdicts.results)).hexdigest()
+        answer: dict[str, Any] = {
             "errorCode": "200", "errorMsg": "成功", "batchId": batch_id, "totalSize": total,
             "successSize": total - failed, "failSize": failed, "results": verdicts.results, "receipt": receipt,
-        })
+        }
+        if self._signer is not None:  # the signature covers the receipt as JSON with sorted keys
+            signature = self._signer(orjson.dumps(receipt, option=orjson.OPT_SORT_KEYS))
+            answer["receiptSignature"] = base64.b64encode(signature).decode()
+        response = orjson.dumps(answer)
         self.store.save_batch(key, body_sha256, response, batch_id, orjson.dumps(receipt))
         return Outcome(200, response, "applied", batch_id, table, counts, new_keys, verdicts.simulated_rejects)

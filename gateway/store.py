@@ -8,12 +8,13 @@ at any point leaves the store either before or after it. No transaction spans ne
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
 import operator
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -114,7 +115,7 @@ class StoreBase:
     async def migrate(self) -> int:
         """Create or upgrade the schema; returns the schema version now in force."""
         try:
-            async with self.engine.begin() as conn:
+            async with self.tx() as conn:
                 await conn.run_sync(s.metadata.create_all)
                 row = (await conn.execute(select(s.meta.c.value).where(s.meta.c.name == "schema_version"))).first()
                 if row is None:
@@ -135,9 +136,15 @@ class StoreBase:
         params = [values(row) for row in rows] if len(columns) > 1 else [(row[columns[0]],) for row in rows]
         await conn.exec_driver_sql(sql, params)
 
-    def tx(self) -> Any:
-        """A write transaction (``async with store.tx() as conn``)."""
-        return self.engine.begin()
+    @contextlib.asynccontextmanager
+    async def tx(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction (``async with store.tx() as conn``). On SQLite it takes the write lock when it
+        begins (``BEGIN IMMEDIATE``), so it never deadlocks upgrading a read lock; reads elsewhere use plain
+        connections with deferred transactions and never hold the daemon's writes up."""
+        async with self.engine.connect() as conn:
+            conn = await conn.execution_options(cg_write=True)
+            async with conn.begin():
+                yield conn
 
     # ------------------------------------------------------------ watermarks and intake
 
@@ -292,7 +299,8 @@ def _sqlite_pragmas(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")  # take the write lock up front: no upgrade deadlocks
+        write = conn.get_execution_options().get("cg_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
 def _make_parent(url: str) -> None:

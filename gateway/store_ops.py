@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, case, func, select, update
+from sqlalchemy import JSON, and_, case, cast, func, select, type_coerce, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import schema as s
@@ -16,6 +16,7 @@ from gateway.store import StoreBase, _chunks, _json, translate_errors
 from gateway.store_delivery import DeliveryMixin
 
 OPEN_STATES = ("pending", "leased")
+PAGE = 5000  # ledger rows fetched at a time when a report streams the ledger
 
 
 def _rows(result: Any) -> list[dict[str, Any]]:
@@ -102,6 +103,59 @@ class Store(DeliveryMixin, StoreBase):
         async with self.engine.connect() as conn:
             return _rows(await conn.execute(stmt))
 
+    # ------------------------------------------------------------ timeliness
+
+    async def timeliness_rows(self, deadline: Callable[[str | None], float | None],
+                              datasets: Sequence[str] | None = None,
+                              target: str | None = None) -> list[tuple[Any, ...]]:
+        """Per department and decision date: (dataset, authority, decision_date, records, delivered, in time).
+
+        A record is delivered once a receipt acknowledged a version of it (to any target, or to ``target``),
+        in time when its first receipt is earlier than ``deadline(decision_date)`` (epoch seconds; None: not
+        known), asked once per distinct date. ``authority`` is the payload's deciding body. The ledger is
+        streamed a page at a time and counted here: memory holds the groups, not the records (a GROUP BY
+        would make SQLite sort every record in memory, as the store keeps temp_store=MEMORY).
+        """
+        groups: dict[tuple[Any, Any, Any], list[int]] = {}
+        deadlines: dict[str | None, float | None] = {}
+        async with self.engine.connect() as conn:
+            stmt = await self._timeliness_select(conn, datasets, target)
+            result = await conn.stream(stmt.execution_options(yield_per=PAGE))
+            async for page in result.partitions():
+                for dataset, authority, decision, first_at, _key in page:
+                    counts = groups.setdefault((dataset, authority, decision), [0, 0, 0])
+                    counts[0] += 1
+                    if first_at is None:
+                        continue
+                    if decision not in deadlines:
+                        deadlines[decision] = deadline(decision)
+                    counts[1] += 1
+                    if (due_at := deadlines[decision]) is not None and first_at < due_at:
+                        counts[2] += 1
+        return [(*key, *counts) for key, counts in groups.items()]
+
+    async def timeliness_keys(self, dates: Sequence[str], datasets: Sequence[str] | None = None,
+                              target: str | None = None) -> list[tuple[Any, ...]]:
+        """The records decided on ``dates``: (dataset, authority, decision_date, first receipt or None, key)."""
+        found: list[tuple[Any, ...]] = []
+        async with self.engine.connect() as conn:
+            stmt = await self._timeliness_select(conn, datasets, target)
+            for chunk in _chunks(list(dates)):
+                found += [tuple(row) for row in await conn.execute(stmt.where(s.records.c.decision_date.in_(chunk)))]
+        return found
+
+    async def _timeliness_select(self, conn: AsyncConnection, datasets: Sequence[str] | None,
+                                 target: str | None) -> Any:
+        """Each record with its authority and the time of its first receipt (an indexed look-up per record)."""
+        o, rc, r = s.outbox.c, s.receipts.c, s.records.c
+        targets = [target] if target else list((await conn.execute(select(rc.target).distinct())).scalars())
+        first = (select(func.min(rc.received_at)).select_from(s.outbox).join(s.receipts, rc.batch_id == o.batch_id)
+                 .where(and_(o.target.in_(targets), o.dataset == r.dataset, o.record_key == r.record_key,
+                             o.state == "delivered")).scalar_subquery())  # target first: ix_outbox_key
+        payload = type_coerce(r.payload, JSON) if self.dialect == "sqlite" else cast(r.payload, JSON)
+        stmt = select(r.dataset, payload["authority"].as_string(), r.decision_date, first, r.record_key)
+        return stmt.where(r.dataset.in_(list(datasets))) if datasets is not None else stmt
+
     # ------------------------------------------------------------ spool
 
     async def list_batches(self, target: str | None = None, state: str | None = None,
@@ -123,7 +177,11 @@ class Store(DeliveryMixin, StoreBase):
             if row is None:
                 return None
             batch = dict(row._mapping)
-            batch["body"] = zlib.decompress(batch["body"]).decode()
+            batch["body_bytes"] = zlib.decompress(batch["body"])
+            try:
+                batch["body"] = batch["body_bytes"].decode()
+            except UnicodeDecodeError:  # a sealed envelope (DER): not text
+                batch["body"] = f"<{len(batch['body_bytes'])} bytes, sealed>"
             batch["attempt_log"] = _rows(await conn.execute(
                 select(s.attempts).where(s.attempts.c.batch_id == batch_id).order_by(s.attempts.c.id)))
             receipt = (await conn.execute(select(s.receipts).where(s.receipts.c.batch_id == batch_id))).first()

@@ -28,6 +28,7 @@ BEHIND_ONE_MODULE = {
     "pysmx": ("envelope_sm.py",),
     "signxml": ("envelope_xml.py",),
     "lxml": ("envelope_xml.py",),
+    "chinese_calendar": ("calendar.py",),
 }
 
 
