@@ -51,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-heartbeat-age", type=float, default=60.0, help="seconds")
     p.add_argument("--max-pending-age", type=float, default=0.0, help="seconds; 0 = do not check")
 
+    p = sub.add_parser("verify", help="check an evidence file offline: digests, results, receipt signature")
+    p.add_argument("file")
+    p.add_argument("--trusted-ca", action="append", default=[], help="CA certificate (PEM) to check the signature")
+    p.add_argument("--signer", default="", help="expected signer subject, e.g. 'CN=platform'")
+
     p = sub.add_parser("timeliness", help="on-time, late and at-risk records (due 7 working days after decision)")
     _config_arg(p)
     p.add_argument("--dataset", help="only this dataset (license, penalty)")
@@ -93,6 +98,9 @@ def _spool_parser(sub: Any) -> None:
     show = s.add_parser("show")
     show.add_argument("batch")
     show.add_argument("--body", action="store_true", help="print the request body too")
+    ev = s.add_parser("evidence", help="write a batch's evidence (what was sent, the signed receipt) to a file")
+    ev.add_argument("batch")
+    ev.add_argument("-o", "--output", required=True, help="the evidence file to write (a ZIP archive)")
     for name, text in (("retry", "make open batches due now"), ("replay", "queue dead-lettered records again")):
         r = s.add_parser(name, help=text)
         g = r.add_mutually_exclusive_group(required=True)
@@ -125,6 +133,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
     "status": cli_ops.cmd_status,
     "health": cli_ops.cmd_health,
     "timeliness": cli_ops.cmd_timeliness,
+    "verify": cli_ops.cmd_verify,
     "spool": cli_ops.cmd_spool,
     "quarantine": cli_ops.cmd_quarantine,
     "mapping": cli_ops.cmd_mapping,

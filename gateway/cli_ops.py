@@ -19,6 +19,7 @@ from gateway.config import Config, load_config
 from gateway.daemon import Gateway, serve
 from gateway.engine import china_today
 from gateway.errors import ConfigError, GatewayError, Problem
+from gateway.evidence import build_evidence, verify_evidence
 from gateway.logs import redact, setup_logging
 from gateway.mapping import InboundMapping, OutboundMapping, load_mapping, source_columns
 from gateway.records import Operation, Record, from_payload
@@ -236,22 +237,24 @@ async def cmd_spool(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     store = await _with_store(config)
     try:
-        return await _spool(store, args)
+        return await _spool(store, args, config)
     finally:
         await store.aclose()
 
 
-async def _spool(store: Store, args: argparse.Namespace) -> int:
+async def _spool(store: Store, args: argparse.Namespace, config: Config) -> int:
     cmd = args.spool_command
     if cmd == "list":
         rows = await store.list_batches(args.target, args.state, args.limit)
         table(rows, ["id", "target", "dataset", "state", "record_count", "attempts", "created_at", "last_error"])
         return 0
-    if cmd == "show":
+    if cmd in ("show", "evidence"):
         batch = await store.show_batch(args.batch)
         if batch is None:
             out(f"no batch {args.batch}")
             return 1
+        if cmd == "evidence":
+            return _write_evidence(batch, config, Path(args.output))
         _print_batch(batch, args.body)
         return 0
     target = None if args.all else args.target
@@ -262,6 +265,32 @@ async def _spool(store: Store, args: argparse.Namespace) -> int:
         n = await store.replay_dead(args.batch, target)
         out(f"{n} record(s) queued again")
     return 0
+
+
+def _write_evidence(batch: dict[str, Any], config: Config, path: Path) -> int:
+    target = config.targets.get(batch["target"])
+    sealing = target.sealing if target else None
+    data = build_evidence(batch, sealing.content_type if sealing else "application/json",
+                          sealing.profile if sealing else "none")
+    path.write_bytes(data)
+    out(f"evidence for batch {batch['id']} written to {path} ({len(data)} bytes)")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Check an evidence file; exit 0 only if every check passes."""
+    cas = []
+    for ca in args.trusted_ca:
+        try:
+            cas.append(Path(ca).read_bytes())
+        except OSError as exc:
+            raise ConfigError([Problem("--trusted-ca", f"cannot read {ca}: {exc.strerror}")]) from None
+    verdict = verify_evidence(Path(args.file), cas, args.signer)
+    out(f"batch {verdict.batch_id}")
+    for name, passed, detail in verdict.checks:
+        out(f"  {'ok  ' if passed else 'FAIL'} {name}" + (f" ({detail})" if detail else ""))
+    out("verified" if verdict.ok else "NOT verified")
+    return 0 if verdict.ok else 1
 
 
 def _print_batch(batch: dict[str, Any], with_body: bool) -> None:

@@ -93,3 +93,24 @@ class TestOpenssl:
         bad.write_bytes(b"not a zip")
         with pytest.raises(EvidenceError, match=r"bad\.zip"):
             verify_evidence(bad)
+
+
+class TestCommands:
+    async def test_spool_evidence_then_verify(self, tmp_path: Path) -> None:
+        """`spool evidence` writes the file; `verify` passes with the CA and fails (exit 1) without it."""
+        import sys
+
+        sandbox, batches, done = await _run(tmp_path, "cms", "rsa", rows=10)
+        await sandbox.aclose()
+        assert done
+        cli = [sys.executable, "-m", "gateway"]
+        out = tmp_path / "e.zip"
+        written = subprocess.run([*cli, "-c", str(tmp_path / "credit-gateway.toml"), "spool", "evidence",  # noqa: ASYNC221
+                                  batches[0]["id"], "-o", str(out)], capture_output=True, text=True, check=False)
+        assert written.returncode == 0 and out.exists(), written.stderr
+        ca = next((tmp_path / "pki").glob("*ca*.crt"))
+        good = subprocess.run([*cli, "verify", str(out), "--trusted-ca", str(ca)],  # noqa: ASYNC221
+                              capture_output=True, text=True, check=False)
+        assert good.returncode == 0 and "verified" in good.stdout
+        bare = subprocess.run([*cli, "verify", str(out)], capture_output=True, text=True, check=False)  # noqa: ASYNC221
+        assert bare.returncode == 1 and "FAIL receipt signature" in bare.stdout
