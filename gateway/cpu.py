@@ -64,11 +64,12 @@ def _map_in_worker(path: str, version: int, source: str, rows: Rows, today: dt.d
 
 
 def tune_gc() -> None:
-    """The pipeline allocates millions of short-lived dicts and hardly any cycles: the default thresholds
-    run a collection every 700 allocations, about a tenth of the daemon's time. Collect far less often,
-    and leave everything loaded at start-up out of it."""
+    """The pipeline allocates millions of short-lived dicts and few cycles: the default thresholds run a
+    collection every 700 allocations, about a tenth of the daemon's time. Collect less often (measured: higher
+    thresholds than these let garbage pile up between full collections at a million rows), and leave
+    everything loaded at start-up out of it."""
     gc.freeze()
-    gc.set_threshold(200_000, 50, 100)
+    gc.set_threshold(10_000, 10, 10)
 
 
 def _die_with_parent(parent: int) -> None:

@@ -16,7 +16,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import tenacity
@@ -178,7 +178,6 @@ class DeliveryStats:
     rejected: int = 0
     retries: int = 0
     dead: int = 0
-    latencies_ms: list[float] = field(default_factory=list)
 
 
 class TargetWorker:
