@@ -9,6 +9,7 @@ summary, and checks the sandbox holds exactly the records it should. Exit 0 when
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import shutil
 import time
@@ -177,12 +178,11 @@ def _reasons(mapping_q: list[dict[str, Any]], target_q: list[dict[str, Any]]) ->
 
 
 def _shape(message: str) -> str:
-    """A reason without the row-specific value, so equal reasons group together."""
-    for sep in (": ", "："):
-        if sep in message:
-            head, _, tail = message.partition(sep)
-            return f"{head.split(' ')[0]}{sep}{tail}" if head.startswith(("USCC", "ID")) else message
-    return message
+    """A reason without the row-specific values, so equal reasons group together."""
+    message = re.sub(r"^(USCC|ID) [0-9A-Za-z*]+: ", r"\1: ", message)
+    message = re.sub(r"should be \w, not \w", "is wrong", message)
+    message = re.sub(r"\d{4}-\d{2}-\d{2}", "<date>", message)
+    return re.sub(r"^\d+ characters, at most", "longer than", message)
 
 
 def _verify(sandbox: Sandbox, sample: SampleResult, status: dict[str, Any], done: bool, refused: int) -> bool:
