@@ -51,6 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-heartbeat-age", type=float, default=60.0, help="seconds")
     p.add_argument("--max-pending-age", type=float, default=0.0, help="seconds; 0 = do not check")
 
+    p = sub.add_parser("certs", help="credentials: make a development PKI, list what the config uses")
+    csub = p.add_subparsers(dest="certs_command", required=True)
+    ci = csub.add_parser("init", help="development CA, gateway and sandbox-peer keys/certificates per key type")
+    ci.add_argument("--dir", default="certs", help="where to write them (default: certs/)")
+    ci.add_argument("--kinds", default="rsa,ec,sm2", help="comma-separated key types: rsa, ec, sm2")
+    cl = csub.add_parser("list", help="every key, certificate and token the config uses, with expiry")
+    _config_arg(cl)
+
     p = sub.add_parser("verify", help="check an evidence file offline: digests, results, receipt signature")
     p.add_argument("file")
     p.add_argument("--trusted-ca", action="append", default=[], help="CA certificate (PEM) to check the signature")
@@ -134,6 +142,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
     "health": cli_ops.cmd_health,
     "timeliness": cli_ops.cmd_timeliness,
     "verify": cli_ops.cmd_verify,
+    "certs": cli_ops.cmd_certs,
     "spool": cli_ops.cmd_spool,
     "quarantine": cli_ops.cmd_quarantine,
     "mapping": cli_ops.cmd_mapping,

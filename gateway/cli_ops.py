@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from gateway.calendar import WorkCalendar
+from gateway.certs import expiry_warnings, init_dev_pki, inventory
 from gateway.config import Config, load_config
 from gateway.daemon import Gateway, serve
 from gateway.engine import china_today
@@ -138,9 +139,12 @@ async def cmd_status(args: argparse.Namespace) -> int:
                       "instances": await store.heartbeats()}
             status["timeliness"] = (await timeliness_report(
                 store, WorkCalendar.from_settings(config.calendar), today=china_today())).as_json()
+            status["certificates"] = expiry_warnings(config)
             out(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode())
         else:
             await print_status(store, WorkCalendar.from_settings(config.calendar))
+            for warning in expiry_warnings(config):
+                out(f"certificate {warning}")
     finally:
         await store.aclose()
     return 0
@@ -275,6 +279,24 @@ def _write_evidence(batch: dict[str, Any], config: Config, path: Path) -> int:
     path.write_bytes(data)
     out(f"evidence for batch {batch['id']} written to {path} ({len(data)} bytes)")
     return 0
+
+
+def cmd_certs(args: argparse.Namespace) -> int:
+    if args.certs_command == "init":
+        kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+        for directory in init_dev_pki(Path(args.dir), kinds):
+            out(f"{directory}: ca.crt, gateway.key/.crt, platform.key/.crt (development only)")
+        out("Use them in [targets.NAME.envelope] (key/cert = gateway, peer_cert = platform, trusted_cas = ca.crt)")
+        out("and for the sandbox: --key platform.key --cert platform.crt --peer-cert gateway.crt --trusted-ca ca.crt")
+        return 0
+    config = load_config(args.config)
+    now = dt.datetime.now(dt.UTC)
+    rows = [{"where": c.where, "kind": c.kind, "subject": c.subject or c.detail,
+             "not after": f"{c.not_after:%Y-%m-%d}" if c.not_after else "-",
+             "days left": f"{c.days_left(now):.0f}" if c.not_after else "-", "status": c.status(now)}
+            for c in inventory(config)]
+    table(rows, ["where", "kind", "subject", "not after", "days left", "status"])
+    return 1 if any(r["status"] == "EXPIRED" for r in rows) else 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from gateway.certs import expiry_warnings
 from gateway.config import Config
 from gateway.cpu import MapPool, tune_gc
 from gateway.engine import Intake, TargetWorker
@@ -82,6 +83,8 @@ class Gateway:
         workers = [asyncio.create_task(w.run(self.stopping), name=f"worker {n}") for n, w in self.workers.items()]
         log.info("gateway started", extra={"sources": list(self.intakes), "targets": list(self.workers),
                                            "pid": os.getpid()})
+        for warning in expiry_warnings(self.config):
+            log.warning("certificate expiring", extra={"certificate": warning})
         await self.stopping.wait()
         log.info("stopping: finishing in-flight work", extra={"grace_s": self.config.daemon.shutdown_grace_s})
         await self._shutdown(scheduler, workers)
