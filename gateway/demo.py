@@ -17,12 +17,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from gateway.certs import init_dev_pki
 from gateway.cli_ops import out, table
 from gateway.config import load_config
 from gateway.daemon import Gateway
+from gateway.evidence import build_evidence, verify_evidence
 from gateway.logs import setup_logging
 from gateway.sampledata import SampleResult, SampleSpec, create_department_db
 from gateway.sandbox import Faults, Sandbox, SandboxConfig
+from gateway.sealing import load_sealing
 from gateway.store import open_store
 from gateway.store_ops import Store
 
@@ -71,6 +74,13 @@ max_in_flight = 2
 personal_ids = "mask"
 external = true
 
+[targets.sandbox.envelope]            # batches sealed with CMS (signed, AES-256 encrypted); receipts signed
+profile = "cms"
+key = "certs/rsa/gateway.key"
+cert = "certs/rsa/gateway.crt"
+peer_cert = "certs/rsa/platform.crt"
+trusted_cas = ["certs/rsa/ca.crt"]
+
 [targets.sandbox.retry]
 initial_s = 0.1
 max_s = 2.0
@@ -98,6 +108,7 @@ def prepare(workdir: Path, licences: int, penalties: int) -> tuple[SampleResult,
     sample = create_department_db(workdir / "department.db", SampleSpec(licences=licences, penalties=penalties))
     token = secrets.token_urlsafe(24)
     (workdir / "sandbox.token").write_text(token + "\n", encoding="utf-8")
+    init_dev_pki(workdir / "certs", ["rsa"])  # a development CA, the gateway's and the platform's certificates
     return sample, token
 
 
@@ -117,10 +128,14 @@ def run_demo(workdir: Path, licences: int = 1500, penalties: int = 1500) -> int:
 
 
 async def _demo(workdir: Path, sample: SampleResult, token: str) -> int:
-    cfg = SandboxConfig(token=token, db_path=str(workdir / "sandbox.db"), faults=DEMO_FAULTS)
+    pki = workdir / "certs" / "rsa"
+    sealing, _problems = load_sealing({"profile": "cms", "key": "platform.key", "cert": "platform.crt",
+                                       "peer_cert": "gateway.crt", "trusted_cas": ["ca.crt"]}, "sandbox", pki)
+    cfg = SandboxConfig(token=token, db_path=str(workdir / "sandbox.db"), faults=DEMO_FAULTS, sealing=sealing)
     async with Sandbox(cfg) as sandbox:
         out(f"  platform sandbox on {sandbox.url} (injecting: 15% failed requests, 5% dropped connections, "
             "0.5% refused records)")
+        out("  batches are sealed with CMS (signed + AES-256), the sandbox signs its receipts (certs/rsa)")
         config = load_config(write_config(workdir, sandbox.upload_url))
         setup_logging(config.daemon.log_level, config.daemon.log_format, config.secrets)
         store = await open_store(config.store_url())
@@ -131,6 +146,7 @@ async def _demo(workdir: Path, sample: SampleResult, token: str) -> int:
                 retries = sum(w.stats.retries for w in gw.workers.values())
             elapsed = time.monotonic() - started
             ok = await _summary(store, sandbox, sample, retries, elapsed, done)
+            ok = await _check_evidence(store, config, workdir) and ok
         finally:
             await store.aclose()
     _next_steps(workdir)
@@ -161,6 +177,24 @@ async def _summary(store: Store, sandbox: Sandbox, sample: SampleResult, retries
         f"sandbox counted {stats['faults_injected']}")
     _reasons(mapping_q, target_q)
     return _verify(sandbox, sample, status, done, len(target_q))
+
+
+async def _check_evidence(store: Store, config: Any, workdir: Path) -> bool:
+    """Export one delivered batch's evidence and check it offline, as a platform operator would."""
+    done = await store.list_batches("sandbox", "done", limit=1)
+    if not done:
+        return False
+    batch = await store.show_batch(done[0]["id"])
+    if batch is None:
+        return False
+    sealing = config.targets["sandbox"].sealing
+    path = workdir / "evidence.zip"
+    path.write_bytes(build_evidence(batch, sealing.content_type, sealing.profile))
+    verdict = verify_evidence(path, [(workdir / "certs" / "rsa" / "ca.crt").read_bytes()])
+    out(f"Evidence: batch {verdict.batch_id} → {path.name}: "
+        + ("sent bytes, results and the platform's receipt signature verified" if verdict.ok else
+           "NOT verified: " + "; ".join(n for n, passed, _ in verdict.checks if not passed)))
+    return verdict.ok
 
 
 def _reasons(mapping_q: list[dict[str, Any]], target_q: list[dict[str, Any]]) -> None:
@@ -210,5 +244,8 @@ def _next_steps(workdir: Path) -> None:
     for cmd, what in (("status", "backlog, delivered, dead letters per target"),
                       ("quarantine list", "every rejected row with its reasons"),
                       ("spool list", "batches, attempts and receipts"),
-                      ("spool show BATCH --body", "one batch: attempts, receipt, body")):
+                      ("spool show BATCH --body", "one batch: attempts, receipt, body"),
+                      ("timeliness", "on time / late / at risk (7 working days)"),
+                      ("certs list", "keys and certificates in use, with expiry")):
         out(f"  .venv/bin/credit-gateway -c {cfg} {cmd:26} # {what}")
+    out(f"  .venv/bin/credit-gateway verify {workdir / 'evidence.zip'} --trusted-ca {workdir / 'certs/rsa/ca.crt'}")
