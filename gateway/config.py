@@ -96,6 +96,7 @@ class TargetConfig:
     circuit: CircuitSettings
     adapter: Any
     sealing: Sealing = field(default_factory=lambda: Sealing("none"))
+    omit_fields: frozenset[str] = frozenset()  # canonical fields this route may not receive
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ def resolve_store_url(url: str, base: Path) -> str:
 
 SOURCE_KEYS = frozenset({"type", "mapping", "poll_interval_s", "batch_size"})
 TARGET_KEYS = frozenset({"type", "datasets", "batch_size", "max_in_flight", "personal_ids", "external",
-                         "retry", "circuit", "envelope"})
+                         "retry", "circuit", "envelope", "omit_fields"})
 
 
 def load_config(path: str | Path) -> Config:
@@ -287,6 +288,7 @@ def _target(name: str, raw: dict[str, Any], base: tuple[Path, GatewaySettings], 
         problems.append(Problem(f"{where}.external", "expected true or false"))
     if external is True and personal == "full":
         problems.append(Problem(f"{where}.personal_ids", "full ID numbers are not allowed on an external target"))
+    omit = _omit_fields(raw.get("omit_fields", []), mappings, where, problems)
     retry = _subtable(RetrySettings, raw, "retry", where, problems)
     circuit = _subtable(CircuitSettings, raw, "circuit", where, problems)
     sealing, found = load_sealing(raw.get("envelope"), f"{where}.envelope", base[0])
@@ -298,7 +300,20 @@ def _target(name: str, raw: dict[str, Any], base: tuple[Path, GatewaySettings], 
     if len(problems) > before or retry is None or circuit is None or sealing is None:
         return None
     return TargetConfig(name, str(raw["type"]), mappings, batch_size, in_flight, str(personal), bool(external),
-                        retry, circuit, adapter, sealing)
+                        retry, circuit, adapter, sealing, omit)
+
+
+def _omit_fields(raw: Any, mappings: Mapping[str, OutboundMapping], where: str,
+                 problems: list[Problem]) -> frozenset[str]:
+    """The route's field policy: canonical fields never sent to this target (e.g. remarks, legal_rep_id_no)."""
+    if not isinstance(raw, list) or not all(isinstance(v, str) for v in raw):
+        problems.append(Problem(f"{where}.omit_fields", "expected a list of canonical field names"))
+        return frozenset()
+    known = {f.name for m in mappings.values() for f in m.dataset.fields}
+    for i, name in enumerate(raw):
+        if known and name not in known:
+            problems.append(Problem(f"{where}.omit_fields[{i}]", f"{name!r} is not a field of the target's datasets"))
+    return frozenset(raw)
 
 
 def _subtable(cls: type[Any], raw: Mapping[str, Any], key: str, where: str, problems: list[Problem]) -> Any:

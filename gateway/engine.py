@@ -287,6 +287,8 @@ class TargetWorker:
 
     def _target_record(self, mapping: OutboundMapping, dataset: str, rec: LeasedRecord) -> TargetRecord:
         payload = rec.payload
+        if self.cfg.omit_fields & payload.keys():  # the route's field policy
+            payload = {k: v for k, v in payload.items() if k not in self.cfg.omit_fields}
         personal = self._personal[dataset] & payload.keys()
         if personal:
             payload = dict(payload)
