@@ -141,11 +141,8 @@ class DeliveryMixin(StoreBase):
         cond = and_(b.target == target, b.state == "open", b.next_attempt_at <= (now or time.time()))
         if exclude:
             cond = and_(cond, b.id.notin_(list(exclude)))
-        stmt = (select(b.id, b.target, b.dataset, b.body, b.body_sha256, b.record_count, b.attempts, b.created_at)
-                .where(cond).order_by(b.created_at).limit(limit))
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(stmt)).all()
-        return [Batch(r[0], r[1], r[2], zlib.decompress(r[3]), r[4], r[5], r[6], r[7]) for r in rows]
+            return await _load_batches(conn, cond, limit)
 
     async def claim_due(self, target: str, limit: int, claimant: str, claim_s: float) -> list[Batch]:
         """Take open batches whose next attempt is due: each is claimed for ``claim_s`` by one sender only."""
@@ -161,10 +158,7 @@ class DeliveryMixin(StoreBase):
                 return []
             await conn.execute(update(s.batches).where(b.id.in_(ids)).values(
                 next_attempt_at=now + claim_s, claimed_by=claimant))
-            rows = (await conn.execute(select(
-                b.id, b.target, b.dataset, b.body, b.body_sha256, b.record_count, b.attempts, b.created_at)
-                .where(b.id.in_(ids)).order_by(b.created_at))).all()
-        return [Batch(r[0], r[1], r[2], zlib.decompress(r[3]), r[4], r[5], r[6], r[7]) for r in rows]
+            return await _load_batches(conn, b.id.in_(ids), len(ids))
 
     async def release_claims(self, instance: str) -> int:
         """At start-up: batches an earlier run of this instance had claimed are due again now."""
@@ -272,6 +266,15 @@ class DeliveryMixin(StoreBase):
             await conn.execute(s.attempts.insert().values(
                 batch_id=batch.id, at=now, outcome="dead" if dead else "retry", detail=error[:2000],
                 duration_ms=duration_ms))
+
+
+async def _load_batches(conn: AsyncConnection, cond: Any, limit: int) -> list[Batch]:
+    """Batches matching ``cond``, oldest first, with their bodies as sent."""
+    b = s.batches.c
+    rows = (await conn.execute(
+        select(b.id, b.target, b.dataset, b.body, b.body_sha256, b.record_count, b.attempts, b.created_at)
+        .where(cond).order_by(b.created_at).limit(limit))).all()
+    return [Batch(r[0], r[1], r[2], zlib.decompress(r[3]), r[4], r[5], r[6], r[7]) for r in rows]
 
 
 def _target_reject(target: str, dataset: str, rec: LeasedRecord, code: str, message: str,
