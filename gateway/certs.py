@@ -19,6 +19,7 @@ from gateway.envelope import EnvelopeError, load_certificates
 from gateway.envelope_pki import KINDS, make_ca
 
 WARN_DAYS = (60, 30, 7)
+RETIRED = "retired (key rotation)"
 
 
 @dataclass(frozen=True)
@@ -65,16 +66,22 @@ def _sealing_credentials(where: str, sealing: Any) -> list[Credential]:
     out += _certificates(f"{where}.peer_cert", sealing.peer.cert_pem)
     for i, pem in enumerate(sealing.peer.trusted_ca_pems):
         out += _certificates(f"{where}.trusted_cas[{i}]", pem)
+    until = f"until {sealing.overlap_until:%Y-%m-%d %H:%M} UTC" if sealing.overlap_until else ""
+    retired = f"{RETIRED}: honoured {until}" if sealing.in_overlap() else f"{RETIRED}: no longer honoured"
+    for i, pem in enumerate(sealing.retired_peer_pems):
+        out += _certificates(f"{where}.previous_peer_certs[{i}]", pem, retired)
+    if sealing.previous is not None:
+        out += _certificates(f"{where}.previous_cert", sealing.previous.cert_pem, retired)
     return out
 
 
-def _certificates(where: str, pem: bytes) -> list[Credential]:
+def _certificates(where: str, pem: bytes, detail: str = "") -> list[Credential]:
     try:
         certs = load_certificates(pem, where)
     except EnvelopeError as exc:
         return [Credential(where, "certificate", detail=f"unreadable: {exc}")]
     return [Credential(where if i == 0 else f"{where} (#{i + 1})", "certificate", c.subject.rfc4514_string(),
-                       c.not_valid_after_utc) for i, c in enumerate(certs)]
+                       c.not_valid_after_utc, detail) for i, c in enumerate(certs)]
 
 
 def _token(where: str, adapter: Any) -> list[Credential]:
@@ -90,7 +97,8 @@ def expiry_warnings(config: Config, now: dt.datetime | None = None) -> list[str]
     """One line per certificate that is expired or due within 60 days."""
     now = now or dt.datetime.now(dt.UTC)
     return [f"{c.where}: {c.subject} {c.status(now)} (not after {c.not_after:%Y-%m-%d})"
-            for c in inventory(config) if c.not_after is not None and c.status(now) != "ok"]
+            for c in inventory(config)
+            if c.not_after is not None and c.status(now) != "ok" and not c.detail.startswith(RETIRED)]
 
 
 def init_dev_pki(directory: Path, kinds: Sequence[str] = KINDS) -> list[Path]:

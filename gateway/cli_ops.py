@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from gateway.calendar import WorkCalendar
-from gateway.certs import expiry_warnings, init_dev_pki, inventory
+from gateway.certs import RETIRED, expiry_warnings, init_dev_pki, inventory
 from gateway.config import Config, load_config
 from gateway.daemon import Gateway, serve
 from gateway.engine import china_today
@@ -293,7 +293,8 @@ def cmd_certs(args: argparse.Namespace) -> int:
     now = dt.datetime.now(dt.UTC)
     rows = [{"where": c.where, "kind": c.kind, "subject": c.subject or c.detail,
              "not after": f"{c.not_after:%Y-%m-%d}" if c.not_after else "-",
-             "days left": f"{c.days_left(now):.0f}" if c.not_after else "-", "status": c.status(now)}
+             "days left": f"{c.days_left(now):.0f}" if c.not_after else "-",
+             "status": c.detail if c.detail.startswith(RETIRED) else c.status(now)}
             for c in inventory(config)]
     table(rows, ["where", "kind", "subject", "not after", "days left", "status"])
     return 1 if any(r["status"] == "EXPIRED" for r in rows) else 0

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.calendar import parse_overrides
+from gateway.envelope import get_profile
 from gateway.errors import ConfigError, Problem
 from gateway.mapping import InboundMapping, OutboundMapping, load_mapping
 from gateway.ports import SINK_GROUP, SOURCE_GROUP, AdapterContext, load_adapter
@@ -293,6 +294,10 @@ def _target(name: str, raw: dict[str, Any], base: tuple[Path, GatewaySettings], 
     circuit = _subtable(CircuitSettings, raw, "circuit", where, problems)
     sealing, found = load_sealing(raw.get("envelope"), f"{where}.envelope", base[0])
     problems += found
+    if sealing is not None and external is True and not get_profile(sealing.profile).external_ok:
+        problems.append(Problem(f"{where}.envelope.profile", f"profile {sealing.profile!r} sends batches unsigned and "
+                                "unencrypted: configure cms, sm or xmldsig for an external target, or set "
+                                "external = false for an internal link"))
     batch_size = _common_int(raw, "batch_size", 500, where, problems)
     in_flight = _common_int(raw, "max_in_flight", 2, where, problems)
     adapter = _adapter(SINK_GROUP, raw, where, TARGET_KEYS, _context(name, where, base, TARGET_KEYS), problems)

@@ -58,7 +58,7 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway.envelope import Credentials, EnvelopeError, get_profile, sign_detached
+from gateway.envelope import Credentials, EnvelopeError, sign_detached
 from gateway.errors import ConfigError, Problem
 from gateway.sandbox_store import TABLES, Outcome, Platform, SandboxStore, error_body
 from gateway.sealing import Sealing, load_sealing
@@ -356,9 +356,9 @@ class Sandbox:
 
     def _open_sealed(self, sealed: bytes) -> bytes:
         sealing = self.config.sealing
-        if sealing is None or sealing.ours is None or sealing.peer is None:
+        if sealing is None:
             raise EnvelopeError("the sandbox has no credentials to open envelopes")
-        return get_profile(sealing.profile).open(sealed, sealing.ours, sealing.peer).body
+        return sealing.open(sealed).body
 
     def _check_headers(self, request: web.Request) -> web.Response | None:
         sealing = self.config.sealing

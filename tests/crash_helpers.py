@@ -88,8 +88,8 @@ datasets = {{ penalty = "{mappings}/platform-2019-penalty.toml", license = "{map
 batch_size = 200
 max_in_flight = 2
 personal_ids = "mask"
-external = true
-
+external = {external}
+{envelope}
 [targets.sandbox.retry]
 initial_s = 0.05
 max_s = 0.5
@@ -102,9 +102,16 @@ reset_s = 0.2
 """
 
 
-def write_config(path: Path, *, store: Path, department: Path, url: str, token_file: Path) -> Path:
+def write_config(path: Path, *, store: Path, department: Path, url: str, token_file: Path,
+                 pki: Path | None = None, profile: str = "none") -> Path:
+    """The daemon's config; with a profile other than none the target seals with the PKI in ``pki``."""
+    envelope = ""
+    if profile != "none" and pki is not None:
+        envelope = (f'\n[targets.sandbox.envelope]\nprofile = "{profile}"\nkey = "{pki}/gateway.key"\n'
+                    f'cert = "{pki}/gateway.crt"\npeer_cert = "{pki}/platform.crt"\ntrusted_cas = ["{pki}/ca.crt"]\n')
     path.write_text(CONFIG.format(store=store.as_posix(), department=department.as_posix(), url=url,
-                                  token_file=token_file.as_posix(), mappings=MAPPINGS.as_posix()),
+                                  token_file=token_file.as_posix(), mappings=MAPPINGS.as_posix(),
+                                  external="true" if envelope else "false", envelope=envelope),
                     encoding="utf-8")
     return path
 
@@ -269,8 +276,13 @@ def start_daemon(workdir: Path, config: Path, run: int) -> Process:
                    workdir / f"daemon-{run}.log")
 
 
-def start_sandbox(workdir: Path, token_file: Path, db: Path, ready: Path, faults: Mapping[str, str]) -> Process:
+def start_sandbox(workdir: Path, token_file: Path, db: Path, ready: Path, faults: Mapping[str, str],
+                  pki: Path | None = None, profile: str = "none") -> Process:
+    """The sandbox process; with a profile it opens sealed uploads and signs receipts with the PKI in ``pki``."""
     flags = [item for flag, value in faults.items() for item in (flag, value)]
+    if profile != "none" and pki is not None:
+        flags += ["--envelope", profile, "--key", f"{pki}/platform.key", "--cert", f"{pki}/platform.crt",
+                  "--peer-cert", f"{pki}/gateway.crt", "--trusted-ca", f"{pki}/ca.crt"]
     cmd = python_cmd("-m", "gateway.sandbox", "--port", "0", "--ready-file", str(ready), "--token-file",
                      str(token_file), "--db", str(db), *flags)
     return Process("sandbox", cmd, workdir, workdir / "sandbox.log")

@@ -217,7 +217,7 @@ DEFAULTS: dict[str, Any] = {
     "instance": "test", "department": DEPARTMENT_CODE, "adapter_timeout_s": 10.0, "shutdown_grace_s": 5.0,
     "idle_check_s": 0.05, "source": SOURCE, "poll_interval_s": 1.0, "source_batch_size": 100,
     "target": "platform", "timeout_s": 5.0, "batch_size": 25, "max_in_flight": 2, "personal_ids": "mask",
-    "external": "true", "initial_s": 0.05, "max_s": 0.2, "jitter_s": 0.02, "max_attempts": 30,
+    "external": "false", "initial_s": 0.05, "max_s": 0.2, "jitter_s": 0.02, "max_attempts": 30,
     "failure_threshold": 100, "reset_s": 0.5,
 }
 

@@ -83,6 +83,7 @@ type = "credit_platform"
 url = "{url}/api/v1/upload"
 token_file = "sandbox.token"
 datasets = {{ penalty = "mappings/platform-2019-penalty.toml" }}
+external = false                     # the test sandbox link is unsealed
 
 [targets.sandbox.retry]
 initial_s = 0.1

@@ -64,7 +64,7 @@ datasets = {{ penalty = "{mappings}/platform-2019-penalty.toml", license = "{map
 batch_size = 250
 max_in_flight = 2
 personal_ids = "mask"
-external = true
+external = false
 
 [targets.t.retry]
 initial_s = 0.1
@@ -174,7 +174,7 @@ class TestGoodConfig:
 
     def test_full_ids_allowed_on_an_internal_target(self, tmp_path: Path) -> None:
         """personal_ids = "full" is fine when the target is not external."""
-        text = edit('personal_ids = "mask"\nexternal = true', 'personal_ids = "full"\nexternal = false')
+        text = edit('personal_ids = "mask"', 'personal_ids = "full"')
         assert load_config(write_config(tmp_path, text)).targets["t"].personal_ids == "full"
 
 
@@ -240,8 +240,16 @@ class TestProblems:
 
     def test_full_ids_on_external_target(self, tmp_path: Path) -> None:
         """personal_ids = "full" on an external target is refused."""
-        error = config_errors(tmp_path, edit('personal_ids = "mask"', 'personal_ids = "full"'))
+        error = config_errors(tmp_path, edit('personal_ids = "mask"\nexternal = false',
+                                             'personal_ids = "full"\nexternal = true'))
         problem_at(error, "targets.t.personal_ids")
+
+    def test_no_envelope_on_an_external_target(self, tmp_path: Path) -> None:
+        """An external target without an envelope (profile none) is refused at its envelope.profile."""
+        error = config_errors(tmp_path, edit("external = false", "external = true"))
+        assert "external = false" in problem_at(error, "targets.t.envelope.profile")
+        error = config_errors(tmp_path, edit("external = false", 'external = true\nenvelope = { profile = "none" }'))
+        problem_at(error, "targets.t.envelope.profile")
 
     def test_mapping_file_that_does_not_exist(self, tmp_path: Path) -> None:
         """A mapping path that does not exist is named with the file."""
@@ -309,7 +317,7 @@ class TestProblems:
     def test_retry_that_is_not_a_table(self, tmp_path: Path) -> None:
         """`retry = 5` instead of a [retry] table is a ConfigError at targets.t.retry, not a crash."""
         text = edit("[targets.t.retry]\ninitial_s = 0.1\nmax_s = 2.0\njitter_s = 0.1\nmax_attempts = 30\n", "")
-        text = edit("external = true", "external = true\nretry = 5", text)
+        text = edit("external = false", "external = false\nretry = 5", text)
         assert any(p.path.startswith("targets.t.retry") for p in config_errors(tmp_path, text).problems)
 
     def test_typo_of_a_common_target_setting_lists_it_as_known(self, tmp_path: Path) -> None:
@@ -360,3 +368,18 @@ class TestAllProblemsTogether:
         text = edit("max_in_flight = 2", "max_in_flight = -1", text)
         paths = {p.path for p in config_errors(tmp_path, text).problems}
         assert {"sources.penalties.batch_size", "sources.licences.table", "targets.t.max_in_flight"} <= paths
+
+
+class TestExampleConfig:
+    def test_the_shipped_example_loads(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """config.example.toml is valid as shipped, once `certs init` has made the PKI it names."""
+        from gateway.certs import init_dev_pki
+
+        shutil.copy(ROOT / "config.example.toml", tmp_path / "credit-gateway.toml")
+        shutil.copytree(ROOT / "mappings", tmp_path / "mappings")
+        init_dev_pki(tmp_path / "certs", ["rsa"])
+        monkeypatch.setenv("CG_PROVINCE_TOKEN", "example-token")
+        config = load_config(tmp_path / "credit-gateway.toml")
+        province = config.targets["province"]
+        assert province.external and province.sealing.profile == "cms" and province.sealing.require_signed_receipts
+        assert set(config.sources) == {"penalties", "licences"}

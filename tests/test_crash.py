@@ -20,8 +20,9 @@ Then: the platform holds every valid record exactly once at the ledger's current
 every application the platform made is accounted for by exactly one stored receipt, no version arrived
 in two different batches, and every invalid row sits in the gateway's quarantine. Also checked: no
 error lines while running, a SIGKILLed daemon leaves no process behind (its mapping worker pool), and
-``credit-gateway status --json`` reads the store afterwards. The scenario runs once (a module fixture,
-about a minute); each property is its own test so one failure does not hide the others.
+``credit-gateway status --json`` reads the store afterwards. The scenario runs twice (a module fixture,
+about a minute each): unsealed, and with the ``cms`` profile (batches signed and encrypted, receipts signed
+and verified); each property is its own test so one failure does not hide the others.
 
 A separate test sends SIGTERM in the middle of an intake: the running poll finishes, exit 0, no error
 lines, and the saved cursor covers exactly the rows in the ledger and quarantine.
@@ -40,6 +41,7 @@ from typing import Any
 
 import pytest
 
+from gateway.certs import init_dev_pki
 from gateway.engine import china_today
 from gateway.sampledata import SampleSpec, apply_changes, create_department_db, insert_rows
 from tests.crash_helpers import (
@@ -110,20 +112,23 @@ class CrashRun:
     # ------------------------------------------------------------ set-up and processes
 
     def setup(self, licences: int = LICENCES, penalties: int = PENALTIES,
-              faults: dict[str, str] | None = None) -> None:
+              faults: dict[str, str] | None = None, profile: str = "none") -> None:
         (self.dir / "spool").mkdir()
+        pki = None
+        if profile != "none":  # a development CA, the gateway's and the platform's keys (cms: RSA, sm: SM2)
+            pki = init_dev_pki(self.dir / "certs", ["sm2" if profile == "sm" else "rsa"])[0]
         create_department_db(self.department, SampleSpec(licences=licences, penalties=penalties))
         token_file = self.dir / "sandbox.token"
         token_file.write_text(TOKEN + "\n", encoding="utf-8")
         ready = self.dir / "sandbox.url"
         self.sandbox = start_sandbox(self.dir, token_file, self.dir / "sandbox.db", ready,
-                                     FAULTS if faults is None else faults)
+                                     FAULTS if faults is None else faults, pki, profile)
         self.processes.append(self.sandbox)
         url = wait_until(lambda: ready.read_text().strip() if ready.exists() else None, 60,
                          "the sandbox's ready file", alive=self.sandbox.check_alive)
         self.client = SandboxClient(url, TOKEN)
         write_config(self.config, store=self.store.path, department=self.department,
-                     url=url + "/api/v1/upload", token_file=token_file)
+                     url=url + "/api/v1/upload", token_file=token_file, pki=pki, profile=profile)
         self.total = len(expected_state(self.department, china_today()).valid)
 
     def start(self) -> Process:
@@ -398,12 +403,13 @@ def report(problems: list[str], what: str) -> str:
 
 # ---------------------------------------------------------------- the tests
 
-@pytest.fixture(scope="module")
-def crashed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outcome]:
-    """The whole scenario, run once for the checks below; every process is ended even if it fails."""
-    run = CrashRun(tmp_path_factory.mktemp("crash"))
+@pytest.fixture(scope="module", params=["none", "cms"])
+def crashed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outcome]:
+    """The whole scenario, run once per envelope profile (unsealed; CMS signed and encrypted batches with signed
+    receipts) for the checks below; every process is ended even if it fails."""
+    run = CrashRun(tmp_path_factory.mktemp(f"crash-{request.param}"))
     try:
-        run.setup()
+        run.setup(profile=request.param)
         run.scenario()
         outcome = run.collect()
         print(f"valid records {len(outcome.expected.valid)}, invalid rows {len(outcome.expected.invalid)}, "

@@ -16,7 +16,7 @@ from tests.helpers import make_department_db, write_config
 
 
 def _with_policy(path: Path, policy: str) -> Path:
-    text = path.read_text(encoding="utf-8").replace("external = true", f"external = true\nomit_fields = {policy}")
+    text = path.read_text(encoding="utf-8").replace("external = false", f"external = false\nomit_fields = {policy}")
     path.write_text(text, encoding="utf-8")
     return path
 
