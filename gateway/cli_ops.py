@@ -24,9 +24,9 @@ from gateway.evidence import build_evidence, verify_evidence
 from gateway.logs import redact, setup_logging
 from gateway.mapping import InboundMapping, OutboundMapping, load_mapping, source_columns
 from gateway.records import Operation, Record, from_payload
+from gateway.sanctions import sanctions_report
 from gateway.store import Reject, open_store
 from gateway.store_ops import Store
-from gateway.sanctions import sanctions_report
 from gateway.timeliness import TimelinessReport, timeliness_report
 
 
