@@ -67,11 +67,15 @@ def _resolve(base: Path, path: str) -> Path:
 def _write_atomically(path: Path, data: bytes) -> None:
     """Temporary file, fsync, rename: a reader sees the whole file under its name, or nothing."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def _fsync_dir(directory: Path) -> None:
