@@ -197,8 +197,8 @@ class TestSourceReadiness:
     async def test_rename_convention_skips_part_files(self, tmp_path: Path) -> None:
         """With ready = "rename", a .part file is not read; after the rename it is."""
         inbox = tmp_path / "inbox"
-        part = drop(inbox, "fk-002.csv.part", f"{FEEDBACK_HEADER}\nAJ-1,M1,S1,事项,1,2026-11-20,部门,X,320500\n".encode(),
-                    marker=False)
+        row = "AJ-1,M1,S1,事项,1,2026-11-20,部门,X,320500"
+        part = drop(inbox, "fk-002.csv.part", f"{FEEDBACK_HEADER}\n{row}\n".encode(), marker=False)
         source = make_source(tmp_path, ready="rename")
         assert (await drain(source))[0] == []
         part.rename(inbox / "fk-002.csv")
@@ -236,7 +236,8 @@ class TestSourceEncodingAndErrors:
 
     async def test_csv_row_with_wrong_field_count(self, tmp_path: Path) -> None:
         """A CSV row with more fields than the header is named by file and line."""
-        text = f"{FEEDBACK_HEADER}\nAJ-1,M1,S1,事项,1,2026-11-20,部门,X,320500\nAJ-2,M1,S1,事项,1,extra,2026-11-20,部门,X,320500\n"
+        text = (f"{FEEDBACK_HEADER}\nAJ-1,M1,S1,事项,1,2026-11-20,部门,X,320500\n"
+                "AJ-2,M1,S1,事项,1,extra,2026-11-20,部门,X,320500\n")
         drop(tmp_path / "inbox", "c.csv", text.encode())
         rows, _ = await drain(make_source(tmp_path))
         error = (tmp_path / "inbox" / "rejected" / "c.csv.error").read_text(encoding="utf-8")
