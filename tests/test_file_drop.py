@@ -317,7 +317,7 @@ idle_check_s = 0.05
 type = "file_drop"
 inbox = "inbox"
 encoding = "gbk"
-mapping = "{mappings}/department-feedback.toml"
+mapping = "{mappings}/department-sanction-feedback.toml"
 
 [targets.drop]
 type = "file_drop"

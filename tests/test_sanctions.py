@@ -79,7 +79,7 @@ url = "{sandbox}/api/v1/sanctions/cases"
 token_file = "sandbox.token"
 peer_cert = "{pki}/platform.crt"
 trusted_cas = ["{pki}/ca.crt"]
-mapping = "{mappings}/platform-cases.toml"
+mapping = "{mappings}/platform-sanction-case.toml"
 poll_interval_s = 1
 
 [sources.feedback_db]
@@ -88,13 +88,13 @@ url = "sqlite:///{dept_db}"
 table = "lhjc_fk"
 key_columns = ["id"]
 update_column = "gxsj"
-mapping = "{mappings}/department-feedback.toml"
+mapping = "{mappings}/department-sanction-feedback.toml"
 
 [sources.feedback_files]
 type = "file_drop"
 inbox = "dept/inbox"
 encoding = "gbk"
-mapping = "{mappings}/department-feedback.toml"
+mapping = "{mappings}/department-sanction-feedback.toml"
 
 [targets.department]
 type = "file_drop"
