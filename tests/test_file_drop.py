@@ -7,6 +7,7 @@ import csv
 import hashlib
 import io
 import os
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -351,3 +352,16 @@ class TestThroughTheGateway:
         assert sorted(r["FK_AJBH"] for r in delivered) == ["AJ-1", "AJ-2"]
         assert {r["FK_JG"] for r in delivered} == {"已惩戒"} and {r["FK_SXMC"] for r in delivered} == {"行政许可申请"}
         assert (tmp_path / "inbox" / "done" / "fk-20261120.csv").exists()
+
+
+class TestRegistration:
+    @pytest.mark.parametrize("group", ["credit_gateway.sources", "credit_gateway.sinks"])
+    def test_file_drop_is_registered_in_both_groups(self, group: str) -> None:
+        """`type = "file_drop"` names the source and the sink through entry points, like any adapter."""
+        ep = next(ep for ep in entry_points(group=group) if ep.name == "file_drop")
+        assert ep.load() is (FileDropSource if group.endswith("sources") else FileDropSink)
+
+    def test_platform_cases_source_is_registered(self) -> None:
+        """`type = "platform_cases"` names the case-feed source."""
+        ep = next(ep for ep in entry_points(group="credit_gateway.sources") if ep.name == "platform_cases")
+        assert callable(getattr(ep.load(), "from_settings", None))

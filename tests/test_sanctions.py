@@ -22,9 +22,11 @@ from gateway.calendar import CalendarError, Official, WorkCalendar
 from gateway.cli import main
 from gateway.config import Config, load_config
 from gateway.daemon import Gateway
+from gateway.datasets import SANCTION_CASE, SANCTION_FEEDBACK
 from gateway.engine import china_today
 from gateway.envelope import Credentials
 from gateway.errors import PermanentError
+from gateway.mapping import InboundMapping, load_mapping
 from gateway.sanctions import ANSWERED, NO_CALENDAR, OPEN, OVERDUE, REVOKED, classify, sanctions_report
 from gateway.sandbox import Sandbox, SandboxConfig
 from gateway.sealing import load_sealing
@@ -438,3 +440,50 @@ class TestDueDates:
         """A year without an official schedule is refused, not guessed."""
         with pytest.raises(CalendarError, match="2027"):
             classify(dt.date(2027, 3, 1), dt.date(2027, 3, 2), None, False, self.CAL, 10)
+
+
+# ---------------------------------------------------------------- the canonical datasets
+
+class TestDatasets:
+    CASES = load_mapping(MAPPINGS / "platform-sanction-case.toml")
+    FEEDBACK = load_mapping(MAPPINGS / "department-sanction-feedback.toml")
+    TODAY = dt.date(2026, 11, 21)
+
+    def _case(self, **changes: str) -> list[str]:
+        assert isinstance(self.CASES, InboundMapping)
+        mapped = self.CASES.map_row({**CASE_PERSON, "operation": "upsert", **changes}, self.TODAY)
+        return sorted(p.path for p in mapped.problems)
+
+    def test_a_platform_case_maps_to_a_valid_record(self) -> None:
+        """The shipped mapping turns a platform case into a sanction_case keyed by its case id."""
+        assert isinstance(self.CASES, InboundMapping)
+        mapped = self.CASES.map_row({**CASE_ORG, "operation": "revoke"}, self.TODAY)
+        assert mapped.record is not None and mapped.key == "LH-2026-0001"
+        assert mapped.record.operation.value == "revoke"
+        assert mapped.record.fields["period_to"] == dt.date(2029, 11, 19)
+
+    def test_case_rules(self) -> None:
+        """A natural person needs an ID number with a valid check character; the period cannot end before it
+        starts; an organisation needs its USCC but (unlike 双公示) no legal representative."""
+        assert self._case() == []
+        assert self._case(LH_ZJHM="") == ["id_no"]
+        assert self._case(LH_ZJHM="110105194912310021") == ["id_no"]
+        assert self._case(LH_XZQZI="2026-01-01") == ["period_to"]
+        assert self._case(LH_ZTLB="法人及非法人组织", LH_ZJLX="", LH_ZJHM="") == ["uscc"]
+        assert self._case(LH_ZTLB="法人及非法人组织", LH_ZJLX="", LH_ZJHM="", LH_TYSHXYDM="91320500MA1MABCD0P") == []
+
+    def test_case_id_number_is_personal(self) -> None:
+        """Only the ID number is masked on routes that do not allow personal IDs."""
+        assert SANCTION_CASE.personal_id_fields == frozenset({"id_no"})
+        assert SANCTION_FEEDBACK.personal_id_fields == frozenset({"id_no"})
+
+    def test_feedback_rules(self) -> None:
+        """Feedback results come from the code list; the executing department's code is a USCC."""
+        assert isinstance(self.FEEDBACK, InboundMapping)
+        row = feedback_row({"ajbh": "LH-1", "csbm": "cs-017", "csmc": "限制", "ztmc": "某"}, "s-1", "事项", "2")
+        mapped = self.FEEDBACK.map_row(row, self.TODAY)
+        assert mapped.record is not None and mapped.key == "LH-1|CS-017|S-1"
+        assert mapped.record.fields["result"] == "未惩戒"
+        bad = self.FEEDBACK.map_row({**row, "jg": "9", "zxbmdm": "11320500014117422K", "zxrq": "2026-12-01"},
+                                    self.TODAY)
+        assert sorted(p.path for p in bad.problems) == ["executed_date", "executing_dept_code", "result"]
