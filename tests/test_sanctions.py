@@ -324,7 +324,9 @@ class TestClosedLoop:
         text = capsys.readouterr().out
         assert "LH-2026-0003" in text and "LH-2026-0001" not in text
         assert await cli("-c", str(world.config_path), "status") == 0
-        assert "sanctions: 3 case(s): open 1, answered 2, overdue 0" in capsys.readouterr().out
+        status = capsys.readouterr().out
+        assert "sanctions: 3 case(s): open 1, answered 2, overdue 0" in status
+        assert "timeliness sanction" not in status  # the 7-working-day rule is for 双公示 records only
 
     async def test_overdue_with_injected_today(self, world: World, capsys: pytest.CaptureFixture[str]) -> None:
         """A case without feedback is open up to its due date and overdue the day after (today injected)."""
