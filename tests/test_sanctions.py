@@ -386,11 +386,21 @@ class TestFeedTrust:
 
 class TestSandboxDesk:
     async def test_feed_pages_and_feedback_rules(self, world: World) -> None:
-        """The feed pages after a cursor; feedback naming another measure is refused with 7102."""
+        """Cases issued by the control endpoint; the feed pages after a cursor and only shows the department's
+        cases; feedback naming another measure than its case's is refused with 7102."""
         world.sandbox.sanctions.issue([CASE_ORG, CASE_PERSON, CASE_QUIET], department=DEPT)
-        world.sandbox.sanctions.issue([case("LH-OTHER", "别处公司", uscc="91320500MA1MABCD0P")], department="X")
         headers = {"Authorization": f"Bearer {TOKEN}"}
         async with aiohttp.ClientSession(headers=headers) as http:
+            control = world.sandbox.url + "/_sandbox/sanctions/cases"
+            other = {"department": "X", "cases": [case("LH-OTHER", "别处公司", uscc="91320500MA1MABCD0P")]}
+            async with http.post(control, json=other) as resp:
+                assert (await resp.json())["issued"] == [{"caseId": "LH-OTHER", "seq": 4}]
+            async with http.post(control, json={"cases": [{"LH_ZTMC": "无编号"}]}) as resp:
+                assert resp.status == 400 and "LH_AJBH" in (await resp.json())["errorMsg"]
+            async with http.get(world.sandbox.url + "/_sandbox/sanctions") as resp:
+                shown = {c["caseId"]: c["state"] for c in (await resp.json())["cases"]}
+            assert shown == {"LH-2026-0001": "issued", "LH-2026-0002": "issued", "LH-2026-0003": "issued",
+                             "LH-OTHER": "issued"}
             feed = world.sandbox.url + "/api/v1/sanctions/cases"
             async with http.get(feed, params={"departmentCode": DEPT, "after": "0", "limit": "2"}) as resp:
                 first = await resp.json()
