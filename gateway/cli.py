@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway import cli_ops
+from gateway import cli_ops, cli_sanctions
 from gateway.errors import ConfigError, GatewayError
 
 DEFAULT_CONFIG = "credit-gateway.toml"
@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="only this dataset (license, penalty)")
     p.add_argument("--target", help="count deliveries to this target only (default: the first to any target)")
     p.add_argument("--at-risk-days", type=int, default=2, help="undelivered and due within this many working days")
+    p.add_argument("--today", type=dt.date.fromisoformat, help="report as of this date (default: today in China)")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("sanctions", help="joint-sanction cases: received, pushed, feedback collected and delivered")
+    _config_arg(p)
+    p.add_argument("--state", choices=["open", "answered", "overdue", "revoked", "no_calendar"])
     p.add_argument("--today", type=dt.date.fromisoformat, help="report as of this date (default: today in China)")
     p.add_argument("--json", action="store_true")
 
@@ -141,6 +147,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
     "status": cli_ops.cmd_status,
     "health": cli_ops.cmd_health,
     "timeliness": cli_ops.cmd_timeliness,
+    "sanctions": cli_sanctions.cmd_sanctions,
     "verify": cli_ops.cmd_verify,
     "certs": cli_ops.cmd_certs,
     "spool": cli_ops.cmd_spool,

@@ -24,6 +24,7 @@ from gateway.evidence import build_evidence, verify_evidence
 from gateway.logs import redact, setup_logging
 from gateway.mapping import InboundMapping, OutboundMapping, load_mapping, source_columns
 from gateway.records import Operation, Record, from_payload
+from gateway.sanctions import sanctions_report
 from gateway.store import Reject, open_store
 from gateway.store_ops import Store
 from gateway.timeliness import TimelinessReport, timeliness_report
@@ -122,7 +123,8 @@ async def _run_until_idle(config: Config, timeout_s: float) -> int:
     try:
         async with Gateway(config, store) as gw:
             done = await gw.run_until_idle(timeout_s)
-        await print_status(store, WorkCalendar.from_settings(config.calendar))
+        await print_status(store, WorkCalendar.from_settings(config.calendar),
+                           config.sanctions.feedback_due_working_days)
     finally:
         await store.aclose()
     return 0 if done else 1
@@ -140,9 +142,13 @@ async def cmd_status(args: argparse.Namespace) -> int:
             status["timeliness"] = (await timeliness_report(
                 store, WorkCalendar.from_settings(config.calendar), today=china_today())).as_json()
             status["certificates"] = expiry_warnings(config)
+            status["sanctions"] = (await sanctions_report(
+                store, WorkCalendar.from_settings(config.calendar), today=china_today(),
+                due_working_days=config.sanctions.feedback_due_working_days)).counts()
             out(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode())
         else:
-            await print_status(store, WorkCalendar.from_settings(config.calendar))
+            await print_status(store, WorkCalendar.from_settings(config.calendar),
+                               config.sanctions.feedback_due_working_days)
             for warning in expiry_warnings(config):
                 out(f"certificate {warning}")
     finally:
@@ -150,12 +156,15 @@ async def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-async def print_status(store: Store, calendar: WorkCalendar | None = None) -> None:
+async def print_status(store: Store, calendar: WorkCalendar | None = None, sanctions_due_days: int = 10) -> None:
     counts = await store.counts()
     ledger = ", ".join(f"{k} {v}" for k, v in sorted(counts["ledger"].items())) or "empty"
     quarantine = ", ".join(f"{k} {v}" for k, v in sorted(counts["quarantine"].items())) or "none"
     out(f"rows read {counts['rows_read']}; ledger: {ledger}; open quarantine: {quarantine}")
     for line in (await timeliness_report(store, calendar or WorkCalendar(), today=china_today())).status_lines():
+        out(line)
+    for line in (await sanctions_report(store, calendar or WorkCalendar(), today=china_today(),
+                                        due_working_days=sanctions_due_days)).status_lines():
         out(line)
     rows = [{**r, "oldest pending": _age(r["oldest_pending_s"]), "last success": r["last_success"]}
             for r in await store.target_status()]

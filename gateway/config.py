@@ -75,6 +75,15 @@ class CalendarSettings:
 
 
 @dataclass(frozen=True)
+class SanctionsSettings:
+    """``[sanctions]``: the joint-sanction (联合奖惩) loop (gateway.sanctions)."""
+
+    feedback_due_working_days: int = setting(10, check="positive",
+                                             help="a case with no feedback delivered this many working days after "
+                                                  "its receipt is overdue")
+
+
+@dataclass(frozen=True)
 class SourceConfig:
     name: str
     type: str
@@ -110,6 +119,7 @@ class Config:
     targets: Mapping[str, TargetConfig]
     secrets: tuple[str, ...] = field(default=(), repr=False)
     calendar: CalendarSettings = field(default_factory=CalendarSettings)
+    sanctions: SanctionsSettings = field(default_factory=SanctionsSettings)
 
     def routes(self) -> dict[str, list[str]]:
         """dataset → targets that receive it."""
@@ -141,12 +151,13 @@ def load_config(path: str | Path) -> Config:
     path = Path(path).resolve()
     doc = _read(path)
     problems: list[Problem] = []
-    unknown = set(doc) - {"gateway", "store", "daemon", "sources", "targets", "calendar"}
+    unknown = set(doc) - {"gateway", "store", "daemon", "sources", "targets", "calendar", "sanctions"}
     problems += [Problem(k, "unknown section") for k in sorted(unknown)]
     gw = _section(GatewaySettings, doc, "gateway", problems)
     store = _section(StoreSettings, doc, "store", problems)
     daemon = _section(DaemonSettings, doc, "daemon", problems)
     calendar = _calendar(doc, problems)
+    sanctions = _section(SanctionsSettings, doc, "sanctions", problems)
     secrets: list[str] = []
     # A broken [gateway] must not hide the sources' and targets' problems: check those against a stand-in.
     ctx_base = (path.parent, gw or GatewaySettings(department_code="", department_name=""))
@@ -157,9 +168,9 @@ def load_config(path: str | Path) -> Config:
                if (tgt := _target(name, raw, ctx_base, problems, secrets)) is not None}
     if len(targets) == len(target_tables):  # a broken target would make every route look missing
         problems += _route_problems(sources, targets)
-    if problems or gw is None or store is None or daemon is None:
+    if problems or gw is None or store is None or daemon is None or sanctions is None:
         raise ConfigError(problems, str(path))
-    return Config(path, gw, store, daemon, sources, targets, tuple(secrets), calendar=calendar)
+    return Config(path, gw, store, daemon, sources, targets, tuple(secrets), calendar=calendar, sanctions=sanctions)
 
 
 def _read(path: Path) -> dict[str, Any]:

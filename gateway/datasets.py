@@ -150,7 +150,71 @@ PENALTY = Dataset(
     ),
 )
 
-DATASETS: Mapping[str, Dataset] = {d.name: d for d in (LICENSE, PENALTY)}
+# ---------------------------------------------------------------- 联合奖惩 (joint sanctions), domain.md §3
+# No national schema or 措施清单 code list exists: field names follow what platforms were seen to exchange
+# (Zhejiang feedback: itemCode/itemName, type, result, amount, district, dept, disciplinaryTime), and the
+# measure codes come from the platform's cases as they are.
+
+SANCTION_KINDS = ("惩戒", "激励")
+# 执行结果 of one measure on one business matter; "其他-…" carries anything else.
+FEEDBACK_RESULTS = ("已惩戒", "未惩戒", "未涉及", "已激励", "其他")
+
+SANCTION_CASE = Dataset(
+    name="sanction_case",
+    label="联合奖惩案件 (platform → department)",
+    key_fields=("case_id",),  # one subject and one measure per case; no ID number in the key
+    date_field="issued_date",
+    fields=(
+        FieldSpec("case_id", "案件编号", required=True, max_len=64),
+        FieldSpec("sanction_kind", "奖惩类型", kind="code", codes=SANCTION_KINDS),
+        FieldSpec("memorandum_code", "合作备忘录编码", max_len=64),
+        FieldSpec("memorandum_name", "合作备忘录名称", required=True, max_len=256),
+        FieldSpec("measure_code", "措施编码 (措施清单)", required=True, max_len=64),
+        FieldSpec("measure_name", "措施名称", required=True, max_len=256),
+        FieldSpec("measure_detail", "措施细则", max_len=4000),
+        FieldSpec("legal_basis", "法律及政策依据", required=True, max_len=4000),
+        FieldSpec("subject_name", "主体名称", required=True, max_len=200),
+        FieldSpec("subject_category", "主体类别", kind="code", required=True, codes=SUBJECT_CATEGORIES),
+        FieldSpec("uscc", "统一社会信用代码", max_len=18, check="uscc"),
+        FieldSpec("legal_rep", "法定代表人", max_len=50),
+        FieldSpec("id_type", "证件类型", kind="code", codes=ID_TYPES),
+        FieldSpec("id_no", "证件号码", max_len=64, personal_id=True),
+        FieldSpec("initiating_dept", "发起部门", required=True, max_len=200),
+        FieldSpec("initiating_dept_code", "发起部门统一社会信用代码", max_len=18, check="uscc"),
+        FieldSpec("period_from", "限制期限自", kind="date", required=True),
+        FieldSpec("period_to", "限制期限至 (empty: 长期)", kind="date"),
+        FieldSpec("issued_date", "发起日期", kind="date", required=True),
+        FieldSpec("region_code", "行政区划代码 (GB/T 2260)", max_len=6),
+        FieldSpec("remarks", "备注", max_len=4000),
+    ),
+)
+
+SANCTION_FEEDBACK = Dataset(
+    name="sanction_feedback",
+    label="联合奖惩执行反馈 (department → platform)",
+    key_fields=("case_id", "measure_code", "matter_code"),
+    date_field="executed_date",
+    fields=(
+        FieldSpec("case_id", "案件编号", required=True, max_len=64),
+        FieldSpec("measure_code", "措施编码", required=True, max_len=64),
+        FieldSpec("measure_name", "措施名称", max_len=256),
+        FieldSpec("matter_code", "事项编码 (e.g. a licence application's 事项)", required=True, max_len=64),
+        FieldSpec("matter_name", "事项名称", required=True, max_len=256),
+        FieldSpec("result", "执行结果", kind="code", required=True, codes=FEEDBACK_RESULTS),
+        FieldSpec("result_detail", "执行情况说明", max_len=2000),
+        FieldSpec("amount", "涉及金额（元）", kind="decimal"),
+        FieldSpec("executed_date", "执行日期", kind="date", required=True),
+        FieldSpec("executing_dept", "执行部门名称", required=True, max_len=200),
+        FieldSpec("executing_dept_code", "执行部门编码 (统一社会信用代码)", required=True, max_len=18, check="uscc"),
+        FieldSpec("region_code", "行政区划代码 (GB/T 2260)", required=True, max_len=6),
+        FieldSpec("subject_name", "主体名称", max_len=200),
+        FieldSpec("uscc", "统一社会信用代码", max_len=18, check="uscc"),
+        FieldSpec("id_no", "证件号码", max_len=64, personal_id=True),
+        FieldSpec("remarks", "备注", max_len=4000),
+    ),
+)
+
+DATASETS: Mapping[str, Dataset] = {d.name: d for d in (LICENSE, PENALTY, SANCTION_CASE, SANCTION_FEEDBACK)}
 
 Fields = Mapping[str, FieldValue]
 Checker = Callable[[Fields, dt.date], Problem | None]
@@ -243,6 +307,12 @@ _SUBJECT_RULES: tuple[Checker, ...] = (
     _required_for("id_type", (NATURAL_PERSON,)),
     _required_for("id_no", (NATURAL_PERSON,)),
 )
+# A sanction case names the subject without its legal representative: no 法定代表人 rule there.
+_CASE_SUBJECT_RULES: tuple[Checker, ...] = (
+    _required_for("uscc", (ORGANISATION, INDIVIDUAL_BUSINESS)),
+    _required_for("id_type", (NATURAL_PERSON,)),
+    _required_for("id_no", (NATURAL_PERSON,)),
+)
 
 
 def _id_number(type_field: str, number_field: str) -> Checker:
@@ -264,10 +334,12 @@ class _Compiled:
 
 
 def _compile(dataset: Dataset) -> _Compiled:
-    cross: list[Checker] = [*_SUBJECT_RULES, _id_number("id_type", "id_no"),
+    subject = _CASE_SUBJECT_RULES if dataset.name == "sanction_case" else _SUBJECT_RULES
+    cross: list[Checker] = [*subject, _id_number("id_type", "id_no"),
                             _id_number("legal_rep_id_type", "legal_rep_id_no"), _future_date(dataset.date_field)]
     dates = {"license": [("valid_to", "valid_from")],
-             "penalty": [("valid_until", "decision_date"), ("publicity_end", "decision_date")]}
+             "penalty": [("valid_until", "decision_date"), ("publicity_end", "decision_date")],
+             "sanction_case": [("period_to", "period_from")]}
     cross += [_not_before(later, earlier) for later, earlier in dates.get(dataset.name, [])]
     return _Compiled(dataset.by_name(), tuple(f.name for f in dataset.fields if f.required), tuple(cross))
 

@@ -19,6 +19,8 @@ else 401 ``{"errorCode": "401", ...}``)::
     GET  /_sandbox/records?tableCode=&limit=&offset=   held records with applied/received counts
     GET  /_sandbox/records/{tableCode}/{recordKey}     one held record (recordKey URL-encoded)
     POST /_sandbox/reset         forget records, batches, receipts and counters (faults stay)
+    GET  /api/v1/sanctions/cases, POST /_sandbox/sanctions/cases, GET /_sandbox/sanctions
+                                 joint-sanction cases and their feedback (table LHJC_FK): gateway.sandbox_sanctions
     GET  /healthz                {"ok": true}
 
 Record status: ``accepted`` (newer than the held version: applied), ``duplicate`` (same version: not
@@ -60,6 +62,7 @@ from aiohttp.typedefs import Handler
 
 from gateway.envelope import Credentials, EnvelopeError, sign_detached
 from gateway.errors import ConfigError, Problem
+from gateway.sandbox_sanctions import SanctionsDesk
 from gateway.sandbox_store import TABLES, Outcome, Platform, SandboxStore, error_body
 from gateway.sealing import Sealing, load_sealing
 
@@ -208,6 +211,7 @@ class Sandbox:
         self._platform: Platform | None = None
         self._runner: web.AppRunner | None = None
         self._url = ""
+        self.sanctions = SanctionsDesk(self._in_db, self._in_db_now)  # 联合奖惩: cases out, feedback in
 
     async def start(self) -> None:
         """Open the database and listen; afterwards ``url`` names the bound port."""
@@ -221,6 +225,7 @@ class Sandbox:
             self._platform = await self._in_db(Platform, config.db_path, config.departments, config.platform_name,
                                                signer)
             self._held = Counter(await self._in_db(self._platform.store.held_counts))
+            await self.sanctions.attach(self._platform, config.platform_name, signer, config.departments)
             self._runner = web.AppRunner(self._build_app(), access_log=None, shutdown_timeout=5.0)
             await self._runner.setup()
             await web.TCPSite(self._runner, self.config.host, self.config.port).start()
@@ -320,6 +325,7 @@ class Sandbox:
         app.router.add_get("/_sandbox/records", self._list_records)
         app.router.add_get("/_sandbox/records/{tableCode}/{recordKey:.+}", self._get_record)
         app.router.add_post("/_sandbox/reset", self._reset)
+        self.sanctions.add_routes(app)
         return app
 
     @web.middleware
@@ -467,6 +473,7 @@ class Sandbox:
 
     async def _reset(self, _request: web.Request) -> web.Response:
         await self._in_db(self._store().reset)
+        await self.sanctions.reset()
         self._stats.clear()
         self._injected.clear()
         self._held.clear()

@@ -123,6 +123,11 @@ class SandboxStore:
     def close(self) -> None:
         self._db.close()
 
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The database connection, for platform modules that keep their own tables (e.g. sanction cases)."""
+        return self._db
+
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """Everything inside commits together or not at all."""
@@ -440,12 +445,19 @@ class _Verdicts:
             self.results[position].update(status=status, errorCode="200", errorMsg=_STATUS_MESSAGES[status])
 
 
-def judge_records(spec: TableSpec, records: Sequence[dict[str, Any]], reject_rate: float, seed: int) -> _Verdicts:
-    """Validate every record; the valid ones become items for the store to judge by version."""
+RecordCheck = Callable[[dict[str, Any]], RecordProblem | None]
+
+
+def judge_records(spec: TableSpec, records: Sequence[dict[str, Any]], reject_rate: float, seed: int,
+                  extra: RecordCheck | None = None) -> _Verdicts:
+    """Validate every record (``extra``: a table's own rule, e.g. feedback must name a known case); the valid
+    ones become items for the store to judge by version."""
     verdicts = _Verdicts()
     for record in records:
         result: dict[str, Any] = {"recordKey": record.get("recordKey"), "version": record.get("version")}
         problem = validate_record(spec, record)
+        if problem is None and extra is not None:
+            problem = extra(record)
         if problem is None:
             problem = verdicts.admit(record, len(verdicts.results), reject_rate, seed)
         if problem is not None:
@@ -491,6 +503,7 @@ class Platform:
         self._departments = frozenset(departments)
         self._name = name
         self._signer = signer  # signs receipts (detached), when the platform has credentials
+        self.record_checks: dict[str, RecordCheck] = {}  # tableCode → extra rule, run in this thread
 
     def upload(self, body: bytes, idem_key: str | None, reject_rate: float = 0.0, seed: int = 0,
                sent_sha256: str | None = None) -> Outcome:
@@ -507,7 +520,8 @@ class Platform:
         with self.store.transaction():
             stored = self.store.find_batch(key)
             if stored is None:
-                verdicts = judge_records(envelope.table, envelope.records, reject_rate, seed)
+                verdicts = judge_records(envelope.table, envelope.records, reject_rate, seed,
+                                         self.record_checks.get(envelope.table.code))
                 return self._apply(envelope, verdicts, key, body_sha256)
         if stored[0] != body_sha256:
             return Outcome(409, error_body("409", f"幂等键已用于不同的请求体: {key}"), "conflicts", batch_id=key)

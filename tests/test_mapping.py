@@ -859,11 +859,14 @@ class TestCompileErrors:
 class TestShippedMappings:
     @pytest.mark.parametrize("path", sorted(MAPPINGS.glob("*.toml")), ids=lambda p: p.name)
     def test_shipped_mapping_loads(self, path: Path) -> None:
-        """Every mapping file in mappings/ compiles; department-* are inbound, platform-* outbound."""
+        """Every mapping file in mappings/ compiles and names its dataset; for 双公示, department-* are inbound and
+        platform-* outbound; in the sanction loop cases come from the platform and feedback from the department."""
         mapping = load_mapping(path)
-        expected = InboundMapping if path.name.startswith("department-") else OutboundMapping
-        assert isinstance(mapping, expected)
-        assert mapping.dataset.name in path.stem
+        inbound = path.name.startswith("department-")
+        if mapping.dataset.name.startswith("sanction_"):
+            inbound = path.stem in ("platform-sanction-case", "department-sanction-feedback")
+        assert isinstance(mapping, InboundMapping if inbound else OutboundMapping)
+        assert mapping.dataset.name.replace("_", "-") in path.stem
 
     def test_there_are_shipped_mappings(self) -> None:
         """The parametrised test above has files to check."""
