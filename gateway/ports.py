@@ -10,7 +10,7 @@ registered the same way as a third party's. Adapters raise only :mod:`gateway.er
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 from types import TracebackType
@@ -32,10 +32,26 @@ class SourceRow:
 
 
 @dataclass(frozen=True, slots=True)
+class SnapshotPage:
+    """Marks a page as part of a full snapshot of one scope (e.g. one credit list) of a dataset.
+
+    Every key the page's rows map to is noted under ``snapshot_id``; on the ``final`` page, keys of the
+    scope (ledger keys whose first key part is ``scope``) that no page of this snapshot named are
+    withdrawn, in the same transaction. A snapshot may span any number of pages and restarts.
+    """
+
+    dataset: str
+    scope: str
+    snapshot_id: str
+    final: bool
+
+
+@dataclass(frozen=True, slots=True)
 class SourceBatch:
     rows: Sequence[SourceRow]
     cursor: Any  # JSON-serialisable position after these rows; saved in the intake transaction
     more: bool  # the source has more rows right now
+    snapshot: SnapshotPage | None = None  # these rows belong to a full snapshot (committed even when empty)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +101,8 @@ class AdapterContext:
     department_code: str
     department_name: str
     common_keys: frozenset[str] = frozenset()  # keys the engine takes itself (listed as known in problems)
+    # A target's datasets → the field names its outbound mapping produces (e.g. a table sink's columns).
+    fields: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -120,6 +138,27 @@ class Sink(Protocol):
 
     async def deliver(self, batch: OutgoingBatch) -> Receipt:
         """Send one batch; raise RetryableError / PermanentError, or return the per-record results."""
+        ...
+
+
+@runtime_checkable
+class Holdings(Protocol):
+    """Optional sink capability: read back what the target holds, to compare and repair drift.
+
+    ``identity`` and ``digest`` turn a target record (as the engine would send it) into the row identity and
+    content digest the target would hold after applying it; ``held`` reads the target's rows of a scope (target
+    field → value, e.g. one list's code) and returns the same identity → digest. ``digest`` is None when
+    the target should not hold the record at all (e.g. a withdraw the sink applies as a delete).
+    """
+
+    def identity(self, dataset: str, fields: Mapping[str, Any]) -> str: ...
+
+    def digest(self, dataset: str, record: TargetRecord) -> str | None: ...
+
+    async def held(self, dataset: str, scope: Mapping[str, Any]) -> Mapping[str, str]: ...
+
+    async def discard(self, dataset: str, identities: Sequence[str]) -> int:
+        """Remove rows the gateway never sent (unknown to the ledger); returns how many went."""
         ...
 
 
