@@ -143,23 +143,20 @@ class Sink(Protocol):
 
 @runtime_checkable
 class Holdings(Protocol):
-    """Optional sink capability: read back what the target holds, to compare and repair drift.
+    """Optional sink capability: read back what the target holds, to compare it and repair drift.
 
-    ``identity`` and ``digest`` turn a target record (as the engine would send it) into the row identity and
-    content digest the target would hold after applying it; ``held`` reads the target's rows of a scope (target
-    field → value, e.g. one list's code) and returns the same identity → digest. ``digest`` is None when
-    the target should not hold the record at all (e.g. a withdraw the sink applies as a delete).
+    ``expected`` says, for target records as the engine would send them, which row identity each becomes at
+    the target and the digest of that row's content, or None when the target should not hold it at all
+    (e.g. a withdraw applied as a delete). ``held`` reads the target's rows of one scope (target field →
+    value, e.g. a list's code) as identity → digest, computed the same way. ``discard`` removes rows of
+    the target the gateway never sent.
     """
 
-    def identity(self, dataset: str, fields: Mapping[str, Any]) -> str: ...
-
-    def digest(self, dataset: str, record: TargetRecord) -> str | None: ...
+    async def expected(self, dataset: str, records: Sequence[TargetRecord]) -> list[tuple[str, str | None]]: ...
 
     async def held(self, dataset: str, scope: Mapping[str, Any]) -> Mapping[str, str]: ...
 
-    async def discard(self, dataset: str, identities: Sequence[str]) -> int:
-        """Remove rows the gateway never sent (unknown to the ledger); returns how many went."""
-        ...
+    async def discard(self, dataset: str, identities: Sequence[str]) -> int: ...
 
 
 class AdapterFactory(Protocol):

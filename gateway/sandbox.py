@@ -60,6 +60,7 @@ from aiohttp.typedefs import Handler
 
 from gateway.envelope import Credentials, EnvelopeError, get_profile, sign_detached
 from gateway.errors import ConfigError, Problem
+from gateway.sandbox_lists import ListPlatform, add_list_routes
 from gateway.sandbox_store import TABLES, Outcome, Platform, SandboxStore, error_body
 from gateway.sealing import Sealing, load_sealing
 
@@ -208,6 +209,7 @@ class Sandbox:
         self._platform: Platform | None = None
         self._runner: web.AppRunner | None = None
         self._url = ""
+        self.lists = ListPlatform()  # credit lists the platform publishes (gateway.sandbox_lists)
 
     async def start(self) -> None:
         """Open the database and listen; afterwards ``url`` names the bound port."""
@@ -320,6 +322,7 @@ class Sandbox:
         app.router.add_get("/_sandbox/records", self._list_records)
         app.router.add_get("/_sandbox/records/{tableCode}/{recordKey:.+}", self._get_record)
         app.router.add_post("/_sandbox/reset", self._reset)
+        add_list_routes(app, self.lists, self._receipt_signer())
         return app
 
     @web.middleware
