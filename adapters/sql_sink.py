@@ -59,8 +59,8 @@ class SqlSinkSettings:
 @dataclass(frozen=True)
 class TableSettings:
     table: str = setting(help="the department's table for this dataset")
-    schema: str = setting("", help="its schema (PostgreSQL), if not the connection's default")
     key_columns: list[str] = setting(help="mapped columns that identify a row (upserts and deletes match on them)")
+    schema: str = setting("", help="its schema (PostgreSQL), if not the connection's default")
     on_withdraw: str = setting("delete", choices=("delete", "mark"), help="delete the row, or mark it withdrawn")
     status_column: str = setting("", help="on_withdraw = mark: column set to withdrawn_value / active_value")
     active_value: str = setting("1", help="status_column value of a listed (upserted) row")

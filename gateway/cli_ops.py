@@ -140,6 +140,9 @@ async def cmd_status(args: argparse.Namespace) -> int:
             status["timeliness"] = (await timeliness_report(
                 store, WorkCalendar.from_settings(config.calendar), today=china_today())).as_json()
             status["certificates"] = expiry_warnings(config)
+            entries = await store.list_entries()
+            status["lists"] = {"entries": sum(1 for e in entries if e.active),
+                               "conflicts": sum(1 for e in entries if e.held)}
             out(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode())
         else:
             await print_status(store, WorkCalendar.from_settings(config.calendar))
@@ -155,6 +158,10 @@ async def print_status(store: Store, calendar: WorkCalendar | None = None) -> No
     ledger = ", ".join(f"{k} {v}" for k, v in sorted(counts["ledger"].items())) or "empty"
     quarantine = ", ".join(f"{k} {v}" for k, v in sorted(counts["quarantine"].items())) or "none"
     out(f"rows read {counts['rows_read']}; ledger: {ledger}; open quarantine: {quarantine}")
+    from gateway.cli_lists import status_line  # cli_lists imports this module
+
+    if (lists := await status_line(store)) is not None:
+        out(lists)
     for line in (await timeliness_report(store, calendar or WorkCalendar(), today=china_today())).status_lines():
         out(line)
     rows = [{**r, "oldest pending": _age(r["oldest_pending_s"]), "last success": r["last_success"]}

@@ -21,6 +21,7 @@ left out of the comparison: the target should not receive them while the conflic
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from collections.abc import Iterable, Mapping, Sequence
@@ -185,18 +186,18 @@ def _judge(view: TargetView, key: str, digest: str | None, held: str | None) -> 
         view.changed.append(key)
 
 
-async def list_status(config: Config, store: Store, *, with_targets: bool = True) -> list[ListView]:
-    """Every list's version and digest at the platform, in the ledger and at each target (adapters opened here
-    unless the caller has them open already: pass ``with_targets=False`` and call :func:`compare` yourself)."""
+async def list_status(config: Config, store: Store, *, adapters_open: bool = False) -> list[ListView]:
+    """Every list's version and digest at the platform, in the ledger and at each target (the target adapters
+    are opened here unless ``adapters_open``: a running gateway has them open already)."""
     cursors = {name: await store.load_cursor(name) for name, src in config.sources.items() if DATASET in src.mappings}
     entries = await store.list_entries()
     views = _ledger_views(entries, announced(cursors))
-    if not with_targets:
-        return list(views.values())
     held = {e.record_key for e in entries if e.held}
     for target in list_targets(config):
         try:
-            async with target.adapter:
+            async with contextlib.AsyncExitStack() as stack:
+                if not adapters_open:
+                    await stack.enter_async_context(target.adapter)
                 for view in views.values():
                     view.targets.append(await compare(store, target, view.list_code, held))
         except GatewayError as exc:
@@ -247,11 +248,9 @@ async def reconcile(config: Config, store: Store, *, dry_run: bool = False,
     repairs: list[Repair] = []
     for target in list_targets(config):
         try:
-            if adapters_open:
-                repairs += await reconcile_target(store, target, codes, discard_unknown=config.lists.discard_unknown,
-                                                  dry_run=dry_run)
-                continue
-            async with target.adapter:
+            async with contextlib.AsyncExitStack() as stack:
+                if not adapters_open:
+                    await stack.enter_async_context(target.adapter)
                 repairs += await reconcile_target(store, target, codes, discard_unknown=config.lists.discard_unknown,
                                                   dry_run=dry_run)
         except GatewayError as exc:

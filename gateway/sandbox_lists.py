@@ -26,6 +26,7 @@ as JSON with sorted keys, exactly like a receipt's)::
 from __future__ import annotations
 
 import base64
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,6 +70,7 @@ class ListPlatform:
 
     def __init__(self) -> None:
         self.lists: dict[str, PlatformList] = {}
+        self.served: Counter[str] = Counter()  # answers given: catalogue, snapshot, delta, gone, moved
 
     def publish(self, code: str, list_type: str, upsert: Sequence[Mapping[str, Any]] = (),
                 remove: Sequence[str] = (), removal: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -172,6 +174,7 @@ class _Routes:
         return None if code in self.platform.lists else _fail(404, "404", f"名单不存在: {code}")
 
     async def catalogue(self, _request: web.Request) -> web.Response:
+        self.platform.served["catalogue"] += 1
         return _answer(self.platform.catalogue(), self.signer)
 
     async def snapshot(self, request: web.Request) -> web.Response:
@@ -185,6 +188,7 @@ class _Routes:
         except ValueError as exc:
             return _fail(400, "400", f"参数无效: {exc}")
         page = self.platform.snapshot(code, offset, limit, version)
+        self.platform.served["snapshot" if page is not None else "moved"] += 1
         if page is None:
             return _fail(409, "snapshot_moved", "名单已更新，请重新获取快照", version=self.platform.lists[code].version)
         return _answer(page, self.signer)
@@ -201,6 +205,7 @@ class _Routes:
         if since is None or since > self.platform.lists[code].version:
             return _fail(400, "400", "since 缺失或超过当前版本")
         page = self.platform.delta(code, since, limit)
+        self.platform.served["delta" if page is not None else "gone"] += 1
         if page is None:
             return _fail(410, "gone", "增量历史已不可用，请重新获取快照", oldest=self.platform.lists[code].history_from)
         return _answer(page, self.signer)
