@@ -290,6 +290,8 @@ class SqlSink:
             raise PermanentError(f"{self._where(dataset)}: table {self._qualified(settings)} not found") from None
         except SQLAlchemyError as exc:
             raise RetryableError(f"{self._where(dataset)}: {_message(exc)}") from exc
+        except OSError as exc:  # refused, unreachable
+            raise RetryableError(f"{self._where(dataset)}: {exc}") from exc
         by_lower = {str(c["name"]).lower(): _Column(str(c["name"]), _python_type(c["type"])) for c in found}
         missing = [f for f in self._fields.get(dataset, ()) if f.lower() not in by_lower]
         if settings.status_column and settings.status_column.lower() not in by_lower:

@@ -4,7 +4,7 @@ Each list (红名单 / 严重失信主体名单 / 重点关注名单) has a code
 publication, and a digest of its membership (:func:`gateway.lists.membership_digest`: SHA-256 over the
 sorted subject identifiers, USCC or ID number). Items use the platform's field names (``MDBM`` list code,
 ``MDLX`` list type, ``ZTLB``, ``ZTMC``, ``TYSHXYDM``, ``ZJLX``, ``ZJHM``, ``FDDBR``, ``LRSY``, ``RDWH``,
-``RDDW``, ``RDRQ``, ``YXQZ``, ``YCRQ``, ``YCYY``); ``mappings/platform-lists.toml`` maps them. The state
+``RDDW``, ``RDRQ``, ``YXQZ``, ``YCRQ``, ``YCYY``); ``mappings/platform-credit_list.toml`` maps them. State
 lives in memory: the sandbox is for tests and the demo.
 
 Protocol (bearer token as for uploads; answers ``{"errorCode": "200", "data": {...}, "signature": "…"}``,

@@ -128,14 +128,14 @@ reconcile_interval_s = 0
 type = "platform_lists"
 url = "{url}/api/v1"
 token_file = "sandbox.token"
-mapping = "{mappings}/platform-lists.toml"
+mapping = "{mappings}/platform-credit_list.toml"
 batch_size = {batch_size}
 {source_extra}
 
 [targets.department]
 type = "sql"
 url = "sqlite:///{dept}"
-datasets = {{ credit_list = "{mappings}/department-lists.toml" }}
+datasets = {{ credit_list = "{mappings}/department-credit_list.toml" }}
 batch_size = 50
 personal_ids = "full"
 external = false

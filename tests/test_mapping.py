@@ -859,9 +859,11 @@ class TestCompileErrors:
 class TestShippedMappings:
     @pytest.mark.parametrize("path", sorted(MAPPINGS.glob("*.toml")), ids=lambda p: p.name)
     def test_shipped_mapping_loads(self, path: Path) -> None:
-        """Every mapping file in mappings/ compiles; department-* are inbound, platform-* outbound."""
+        """Every mapping file in mappings/ compiles; department-* are inbound, platform-* outbound (the other way
+        round for datasets the platform sends to the department, such as credit lists)."""
         mapping = load_mapping(path)
-        expected = InboundMapping if path.name.startswith("department-") else OutboundMapping
+        inbound_prefix = "platform-" if mapping.dataset.name in ("credit_list",) else "department-"
+        expected = InboundMapping if path.name.startswith(inbound_prefix) else OutboundMapping
         assert isinstance(mapping, expected)
         assert mapping.dataset.name in path.stem
 
