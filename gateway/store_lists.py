@@ -227,7 +227,7 @@ class ListsMixin(StoreBase):
             for chunk in _chunks(sorted(set(keys))):
                 busy.update(row[0] for row in await conn.execute(select(o.record_key).where(and_(
                     o.target == target, o.dataset == dataset, o.record_key.in_(chunk),
-                    o.state.in_(("pending", "leased", HELD))))))
+                    o.state.in_(("pending", "leased"))))))
         return busy
 
     # ------------------------------------------------------------ repair

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from gateway.calendar import CalendarError, WorkCalendar
+from gateway.datasets import DATASETS
 from gateway.engine import CHINA
 from gateway.store_ops import Store
 
@@ -127,7 +128,12 @@ class Classifier:
 async def timeliness_report(store: Store, calendar: WorkCalendar, *, today: dt.date,
                             datasets: Sequence[str] | None = None, target: str | None = None,
                             at_risk_days: int = 2) -> TimelinessReport:
-    """Classify every ledger record (of ``datasets``; delivered to ``target`` or to any target)."""
+    """Classify every ledger record (of ``datasets``; delivered to ``target`` or to any target).
+
+    By default only datasets dated by a decision (licences, penalties): credit lists have no 7-day rule.
+    """
+    if datasets is None:
+        datasets = [name for name, d in DATASETS.items() if d.date_field == "decision_date"]
     classifier = Classifier(calendar, today, at_risk_days)
     groups: dict[tuple[str, str], Group] = {}
     late: dict[tuple[str, str], list[tuple[str, int]]] = {}  # group → (decision date, late records)
