@@ -235,7 +235,9 @@ class ListsMixin(StoreBase):
     async def requeue_for_repair(self, target: str, dataset: str, keys: Sequence[str], reason: str) -> int:
         """Queue the ledger's current version of ``keys`` for ``target`` again, even if it was delivered.
 
-        Keys already waiting or in flight for the target, and red entries held back, are left alone.
+        Keys already waiting or in flight for the target, red entries held back, and keys whose current version
+        the target refused or that went to the dead letters (quarantine and ``spool replay`` deal with those:
+        sending them again on every pass would only repeat the refusal) are left alone.
         """
         if not keys:
             return 0
@@ -249,11 +251,15 @@ class ListsMixin(StoreBase):
                     o.state.in_(("pending", "leased", HELD)))))}
                 held = {row[0] for row in await conn.execute(select(le.record_key).where(and_(
                     le.record_key.in_(chunk), le.held == 1)))}
+                refused = {(row[0], row[1]) for row in await conn.execute(select(o.record_key, o.version).where(and_(
+                    o.target == target, o.dataset == dataset, o.record_key.in_(chunk),
+                    o.state.in_(("rejected", "dead")))))}
                 current = await conn.execute(select(r.record_key, r.version).where(and_(
                     r.dataset == dataset, r.record_key.in_(chunk))))
                 rows = [{"target": target, "dataset": dataset, "record_key": key, "version": version,
                          "state": "pending", "enqueued_at": now, "updated_at": now}
-                        for key, version in current if key not in busy and key not in held]
+                        for key, version in current
+                        if key not in busy and key not in held and (key, version) not in refused]
                 if rows:
                     await conn.execute(s.outbox.insert(), rows)
                     queued += len(rows)

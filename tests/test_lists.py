@@ -157,6 +157,24 @@ class TestSnapshotDeltasDrift:
         assert await select_rows(store, s.snapshot_seen, order=s.snapshot_seen.c.record_key) == []
 
 
+class TestRefusedByTheDepartment:
+    async def test_refused_row_is_quarantined_and_not_resent_by_reconciliation(
+            self, sandbox: Sandbox, store: Store, config: Config, dept: Path) -> None:
+        """A row the department's database refuses carries its message to the quarantine; reconciliation reports
+        it as missing but leaves it to the quarantine instead of sending it again on every pass."""
+        dept_sql(dept, "CREATE TRIGGER refuse BEFORE INSERT ON dept_credit_list WHEN NEW.subject_name LIKE '%拒%' "
+                       "BEGIN SELECT RAISE(ABORT, 'refused by the department'); END")
+        sandbox.lists.publish(RED, RED_LIST, [org_item(1), org_item(2, ZTMC="拒收企业")])
+        await run(config, store)
+        assert set(dept_rows(dept)) == {key(RED, 1)}
+        [entry] = await store.list_quarantine("open", "target")
+        assert entry["record_key"] == key(RED, 2) and "refused by the department" in entry["reasons"][0]["message"]
+        [repair] = await reconcile(config, store)
+        assert repair.requeued == 0
+        [view] = (await views(config, store)).values()
+        assert view.targets[0].missing == [key(RED, 2)]
+
+
 class TestSnapshotStore:
     @staticmethod
     def entry(code: str, n: int, op: Operation = Operation.UPSERT) -> Record:
