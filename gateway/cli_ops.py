@@ -145,6 +145,9 @@ async def cmd_status(args: argparse.Namespace) -> int:
             status["sanctions"] = (await sanctions_report(
                 store, WorkCalendar.from_settings(config.calendar), today=china_today(),
                 due_working_days=config.sanctions.feedback_due_working_days)).counts()
+            entries = await store.list_entries()
+            status["lists"] = {"entries": sum(1 for e in entries if e.active),
+                               "conflicts": sum(1 for e in entries if e.held)}
             out(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode())
         else:
             await print_status(store, WorkCalendar.from_settings(config.calendar),
@@ -161,6 +164,10 @@ async def print_status(store: Store, calendar: WorkCalendar | None = None, sanct
     ledger = ", ".join(f"{k} {v}" for k, v in sorted(counts["ledger"].items())) or "empty"
     quarantine = ", ".join(f"{k} {v}" for k, v in sorted(counts["quarantine"].items())) or "none"
     out(f"rows read {counts['rows_read']}; ledger: {ledger}; open quarantine: {quarantine}")
+    from gateway.cli_lists import status_line  # cli_lists imports this module
+
+    if (lists := await status_line(store)) is not None:
+        out(lists)
     for line in (await timeliness_report(store, calendar or WorkCalendar(), today=china_today())).status_lines():
         out(line)
     for line in (await sanctions_report(store, calendar or WorkCalendar(), today=china_today(),

@@ -6,6 +6,7 @@ Loading collects every problem (with the file and its TOML path) before raising 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import tomllib
 from collections.abc import Mapping
@@ -84,6 +85,16 @@ class SanctionsSettings:
 
 
 @dataclass(frozen=True)
+class ListsSettings:
+    """``[lists]``: credit lists (gateway.lists): drift checks against targets that can read back what they hold."""
+
+    reconcile_interval_s: float = setting(3600.0, help="how often the daemon compares each target with the "
+                                                       "ledger and re-sends the difference; 0 = never")
+    discard_unknown: bool = setting(True, help="reconciliation removes rows of a list at a target that the "
+                                               "gateway never sent")
+
+
+@dataclass(frozen=True)
 class SourceConfig:
     name: str
     type: str
@@ -120,6 +131,7 @@ class Config:
     secrets: tuple[str, ...] = field(default=(), repr=False)
     calendar: CalendarSettings = field(default_factory=CalendarSettings)
     sanctions: SanctionsSettings = field(default_factory=SanctionsSettings)
+    lists: ListsSettings = field(default_factory=ListsSettings)
 
     def routes(self) -> dict[str, list[str]]:
         """dataset → targets that receive it."""
@@ -151,13 +163,14 @@ def load_config(path: str | Path) -> Config:
     path = Path(path).resolve()
     doc = _read(path)
     problems: list[Problem] = []
-    unknown = set(doc) - {"gateway", "store", "daemon", "sources", "targets", "calendar", "sanctions"}
+    unknown = set(doc) - {"gateway", "store", "daemon", "sources", "targets", "calendar", "sanctions", "lists"}
     problems += [Problem(k, "unknown section") for k in sorted(unknown)]
     gw = _section(GatewaySettings, doc, "gateway", problems)
     store = _section(StoreSettings, doc, "store", problems)
     daemon = _section(DaemonSettings, doc, "daemon", problems)
     calendar = _calendar(doc, problems)
     sanctions = _section(SanctionsSettings, doc, "sanctions", problems)
+    lists = _section(ListsSettings, doc, "lists", problems)
     secrets: list[str] = []
     # A broken [gateway] must not hide the sources' and targets' problems: check those against a stand-in.
     ctx_base = (path.parent, gw or GatewaySettings(department_code="", department_name=""))
@@ -170,7 +183,8 @@ def load_config(path: str | Path) -> Config:
         problems += _route_problems(sources, targets)
     if problems or gw is None or store is None or daemon is None or sanctions is None:
         raise ConfigError(problems, str(path))
-    return Config(path, gw, store, daemon, sources, targets, tuple(secrets), calendar=calendar, sanctions=sanctions)
+    return Config(path, gw, store, daemon, sources, targets, tuple(secrets), calendar=calendar, sanctions=sanctions,
+                  lists=lists or ListsSettings())
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -311,7 +325,9 @@ def _target(name: str, raw: dict[str, Any], base: tuple[Path, GatewaySettings], 
                                 "external = false for an internal link"))
     batch_size = _common_int(raw, "batch_size", 500, where, problems)
     in_flight = _common_int(raw, "max_in_flight", 2, where, problems)
-    adapter = _adapter(SINK_GROUP, raw, where, TARGET_KEYS, _context(name, where, base, TARGET_KEYS), problems)
+    ctx = dataclasses.replace(_context(name, where, base, TARGET_KEYS),
+                              fields={ds: m.target_fields for ds, m in mappings.items()})
+    adapter = _adapter(SINK_GROUP, raw, where, TARGET_KEYS, ctx, problems)
     secrets += list(getattr(adapter, "secrets", ()))
     if len(problems) > before or retry is None or circuit is None or sealing is None:
         return None

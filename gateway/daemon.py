@@ -22,6 +22,7 @@ from gateway.config import Config
 from gateway.cpu import MapPool, tune_gc
 from gateway.engine import Intake, TargetWorker
 from gateway.errors import ConfigError, GatewayError
+from gateway.lists import list_targets, reconcile
 from gateway.mapping import load_mapping, mapping_version
 from gateway.scheduler import Scheduler
 from gateway.store import open_store
@@ -79,6 +80,8 @@ class Gateway:
             scheduler.every(f"poll:{name}", self.config.sources[name].poll_interval_s, self._poller(intake))
         scheduler.every("heartbeat", self.config.daemon.heartbeat_s, self.beat)
         scheduler.every("reload", self.config.daemon.reload_check_s, self.reload_mappings)
+        if self.config.lists.reconcile_interval_s > 0 and list_targets(self.config):
+            scheduler.every("lists:reconcile", self.config.lists.reconcile_interval_s, self.reconcile_lists)
         scheduler.start()
         workers = [asyncio.create_task(w.run(self.stopping), name=f"worker {n}") for n, w in self.workers.items()]
         log.info("gateway started", extra={"sources": list(self.intakes), "targets": list(self.workers),
@@ -136,6 +139,18 @@ class Gateway:
             return None
         log.info("mapping reloaded", extra={"file": mapping.path})
         return fresh
+
+    async def reconcile_lists(self) -> None:
+        """Compare list targets with the ledger and queue only the difference (gateway.lists)."""
+        if self.stopping.is_set():
+            return
+        try:
+            repairs = await reconcile(self.config, self.store, adapters_open=True)
+        except GatewayError as exc:
+            log.error("list reconciliation failed", extra={"error": str(exc)})
+            return
+        if any(r.requeued for r in repairs):
+            self._wake_all()
 
     async def beat(self, state: str = "running") -> None:
         circuits = {n: {"circuit": w.circuit.state, "in_flight": len(w.inflight)} for n, w in self.workers.items()}

@@ -31,6 +31,10 @@ LICENSE_CATEGORIES = ("普通", "特许", "认可", "核准", "登记", "其他"
 PENALTY_TYPES = ("警告", "通报批评", "罚款", "没收违法所得", "没收非法财物", "暂扣许可证件", "降低资质等级",
                  "吊销许可证件", "限制开展生产经营活动", "责令停产停业", "责令关闭", "限制从业", "行政拘留", "其他")
 SEVERITIES = ("一般", "较重", "严重")
+RED_LIST = "红名单"
+BLACK_LIST = "严重失信主体名单"
+WATCH_LIST = "重点关注名单"
+LIST_TYPES = (RED_LIST, BLACK_LIST, WATCH_LIST)
 USAGE_SCOPES = ("公示", "政府内部共享", "授权查询")
 
 
@@ -214,7 +218,34 @@ SANCTION_FEEDBACK = Dataset(
     ),
 )
 
-DATASETS: Mapping[str, Dataset] = {d.name: d for d in (LICENSE, PENALTY, SANCTION_CASE, SANCTION_FEEDBACK)}
+# Credit lists (domain.md §2): no national field standard exists, so the canonical names are ours; labels
+# name the columns seen in platform list tables (ES_SXY YW_L_HEIMINGDAN / HONGMINGDAN, YW_P_GR…).
+CREDIT_LIST = Dataset(
+    name="credit_list",
+    label="信用名单 (红名单 / 严重失信主体名单 / 重点关注名单)",
+    key_fields=("list_code", "uscc", "id_no"),  # one entry per subject and list: USCC, or ID number for persons
+    date_field="listing_date",
+    fields=(
+        FieldSpec("list_code", "名单编码 (the platform's list identifier)", required=True, max_len=64),
+        FieldSpec("list_type", "名单类型", kind="code", required=True, codes=LIST_TYPES),
+        FieldSpec("subject_category", "主体类别", kind="code", required=True, codes=SUBJECT_CATEGORIES),
+        FieldSpec("subject_name", "主体名称 JGQC / XM", required=True, max_len=200),
+        FieldSpec("uscc", "统一社会信用代码 TYSHXYDM", max_len=18, check="uscc"),
+        FieldSpec("id_type", "证件类型 ZJLX", kind="code", codes=ID_TYPES),
+        FieldSpec("id_no", "证件号码 SFZH", max_len=64, personal_id=True),
+        FieldSpec("legal_rep", "法定代表人 FDDBR", max_len=50),
+        FieldSpec("reason", "列入事由: 主要失信事实 ZYSXSS / 荣誉事项 RYSX", required=True, max_len=4000),
+        FieldSpec("basis", "认定文号 RDWH", required=True, max_len=128),
+        FieldSpec("deciding_body", "认定单位 RDDW", required=True, max_len=200),
+        FieldSpec("listing_date", "列入日期 (认定日期 RDRQ)", kind="date", required=True),
+        FieldSpec("expiry_date", "有效期至 / 公示截止期 GSJZQ", kind="date"),
+        FieldSpec("removal_date", "移出日期", kind="date"),
+        FieldSpec("removal_reason", "移出原因", max_len=500),
+        *_COMMON_TAIL,
+    ),
+)
+
+DATASETS: Mapping[str, Dataset] = {d.name: d for d in (LICENSE, PENALTY, CREDIT_LIST, SANCTION_CASE, SANCTION_FEEDBACK)}
 
 Fields = Mapping[str, FieldValue]
 Checker = Callable[[Fields, dt.date], Problem | None]
@@ -333,13 +364,29 @@ class _Compiled:
     cross: tuple[Checker, ...]
 
 
+def _subject_identified(fields: Fields, today: dt.date) -> Problem | None:
+    """A list entry names its subject by USCC or by ID number: the list's natural key needs one of them."""
+    if not fields.get("uscc") and not fields.get("id_no"):
+        return Problem("uscc", "a list entry needs the subject's USCC or ID number")
+    return None
+
+
+_LIST_RULES: tuple[Checker, ...] = (
+    _required_for("uscc", (ORGANISATION, INDIVIDUAL_BUSINESS)),
+    _required_for("id_type", (NATURAL_PERSON,)),
+    _required_for("id_no", (NATURAL_PERSON,)),
+    _subject_identified,
+)
+
+
 def _compile(dataset: Dataset) -> _Compiled:
-    subject = _CASE_SUBJECT_RULES if dataset.name == "sanction_case" else _SUBJECT_RULES
-    cross: list[Checker] = [*subject, _id_number("id_type", "id_no"),
+    subject_rules = {"credit_list": _LIST_RULES, "sanction_case": _CASE_SUBJECT_RULES}.get(dataset.name, _SUBJECT_RULES)
+    cross: list[Checker] = [*subject_rules, _id_number("id_type", "id_no"),
                             _id_number("legal_rep_id_type", "legal_rep_id_no"), _future_date(dataset.date_field)]
     dates = {"license": [("valid_to", "valid_from")],
              "penalty": [("valid_until", "decision_date"), ("publicity_end", "decision_date")],
-             "sanction_case": [("period_to", "period_from")]}
+             "sanction_case": [("period_to", "period_from")],
+             "credit_list": [("expiry_date", "listing_date"), ("removal_date", "listing_date")]}
     cross += [_not_before(later, earlier) for later, earlier in dates.get(dataset.name, [])]
     return _Compiled(dataset.by_name(), tuple(f.name for f in dataset.fields if f.required), tuple(cross))
 

@@ -94,7 +94,9 @@ class Intake:
             while True:
                 batch: SourceBatch = await bounded(self.cfg.adapter.fetch(cursor, self.cfg.batch_size), self.sem,
                                                    self.timeout_s, f"source {self.cfg.name}")
-                if batch.rows:
+                # A snapshot page or a moved cursor is committed even without rows (a snapshot's last page
+                # withdraws what it did not name; an empty delta still advances the source's position).
+                if batch.rows or batch.snapshot is not None or batch.cursor != cursor:
                     await pages.put((batch, await self.map_rows(batch)))
                     cursor = batch.cursor
                 if not batch.more:
@@ -105,7 +107,7 @@ class Intake:
     async def _commit(self, batch: SourceBatch, mapped: Mapped) -> None:
         accepted, rejects = mapped
         result = await self.store.commit_intake(self.cfg.name, accepted, rejects, batch.cursor, self.routes,
-                                                len(batch.rows))
+                                                len(batch.rows), snapshot=batch.snapshot)
         s = self.stats
         s.rows += len(batch.rows)
         s.accepted, s.unchanged, s.quarantined = (s.accepted + result.accepted, s.unchanged + result.unchanged,
@@ -286,19 +288,7 @@ class TargetWorker:
         return EncodedBatch(batch_id, body, included, failed)
 
     def _target_record(self, mapping: OutboundMapping, dataset: str, rec: LeasedRecord) -> TargetRecord:
-        payload = rec.payload
-        if self.cfg.omit_fields & payload.keys():  # the route's field policy
-            payload = {k: v for k, v in payload.items() if k not in self.cfg.omit_fields}
-        personal = self._personal[dataset] & payload.keys()
-        if personal:
-            payload = dict(payload)
-            for name in personal:
-                if self.cfg.personal_ids == "omit":
-                    del payload[name]
-                elif self.cfg.personal_ids == "mask":
-                    payload[name] = mask_id(str(payload[name]))
-        fields = mapping.map_payload(payload, rec.operation, rec.record_key, rec.version)
-        return TargetRecord(rec.record_key, rec.version, rec.operation, fields)
+        return route_record(self.cfg, mapping, self._personal[dataset], rec)
 
     # ------------------------------------------------------------ send
 
@@ -371,6 +361,24 @@ class TargetWorker:
             log.warning("batch will be retried", extra={"target": self.cfg.name, "batch": batch.id,
                                                         "attempt": attempt, "retry_in_s": round(delay, 2),
                                                         "error": error, "circuit": self.circuit.state})
+
+
+def route_record(cfg: TargetConfig, mapping: OutboundMapping, personal_fields: frozenset[str],
+                 rec: LeasedRecord) -> TargetRecord:
+    """A ledger record as this target receives it: the route's field policy, ID masking, outbound mapping."""
+    payload = rec.payload
+    if cfg.omit_fields & payload.keys():  # the route's field policy
+        payload = {k: v for k, v in payload.items() if k not in cfg.omit_fields}
+    personal = personal_fields & payload.keys()
+    if personal:
+        payload = dict(payload)
+        for name in personal:
+            if cfg.personal_ids == "omit":
+                del payload[name]
+            elif cfg.personal_ids == "mask":
+                payload[name] = mask_id(str(payload[name]))
+    fields = mapping.map_payload(payload, rec.operation, rec.record_key, rec.version)
+    return TargetRecord(rec.record_key, rec.version, rec.operation, fields)
 
 
 async def _wait_any(wake: asyncio.Event, stopping: asyncio.Event, timeout_s: float) -> None:

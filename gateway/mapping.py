@@ -294,6 +294,15 @@ class OutboundMapping:
     version: int = 0  # the newest mtime (ns) of the file and its includes, when it was compiled
     renames: tuple[tuple[str, str], ...] = ()  # (target, canonical) fields copied as they are: the common case
 
+    @property
+    def target_fields(self) -> tuple[str, ...]:
+        """Every field name this mapping can produce (a table sink's columns)."""
+        return tuple(t for t, _ in self.renames) + tuple(name for name, _ in self.converters)
+
+    def sources_of(self, canonical: str) -> tuple[str, ...]:
+        """Target fields that are a plain copy of one canonical field (e.g. the column holding a list's code)."""
+        return tuple(t for t, s in self.renames if s == canonical)
+
     def map_record(self, record: Record, fields: Mapping[str, FieldValue] | None = None) -> dict[str, Any]:
         """Target fields for one record (``fields`` overrides the record's, e.g. after masking)."""
         payload = {k: to_json_value(v) for k, v in (fields if fields is not None else record.fields).items()

@@ -10,7 +10,7 @@ registered the same way as a third party's. Adapters raise only :mod:`gateway.er
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 from types import TracebackType
@@ -32,10 +32,26 @@ class SourceRow:
 
 
 @dataclass(frozen=True, slots=True)
+class SnapshotPage:
+    """Marks a page as part of a full snapshot of one scope (e.g. one credit list) of a dataset.
+
+    Every key the page's rows map to is noted under ``snapshot_id``; on the ``final`` page, keys of the
+    scope (ledger keys whose first key part is ``scope``) that no page of this snapshot named are
+    withdrawn, in the same transaction. A snapshot may span any number of pages and restarts.
+    """
+
+    dataset: str
+    scope: str
+    snapshot_id: str
+    final: bool
+
+
+@dataclass(frozen=True, slots=True)
 class SourceBatch:
     rows: Sequence[SourceRow]
     cursor: Any  # JSON-serialisable position after these rows; saved in the intake transaction
     more: bool  # the source has more rows right now
+    snapshot: SnapshotPage | None = None  # these rows belong to a full snapshot (committed even when empty)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +101,8 @@ class AdapterContext:
     department_code: str
     department_name: str
     common_keys: frozenset[str] = frozenset()  # keys the engine takes itself (listed as known in problems)
+    # A target's datasets → the field names its outbound mapping produces (e.g. a table sink's columns).
+    fields: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -121,6 +139,24 @@ class Sink(Protocol):
     async def deliver(self, batch: OutgoingBatch) -> Receipt:
         """Send one batch; raise RetryableError / PermanentError, or return the per-record results."""
         ...
+
+
+@runtime_checkable
+class Holdings(Protocol):
+    """Optional sink capability: read back what the target holds, to compare it and repair drift.
+
+    ``expected`` says, for target records as the engine would send them, which row identity each becomes at
+    the target and the digest of that row's content, or None when the target should not hold it at all
+    (e.g. a withdraw applied as a delete). ``held`` reads the target's rows of one scope (target field →
+    value, e.g. a list's code) as identity → digest, computed the same way. ``discard`` removes rows of
+    the target the gateway never sent.
+    """
+
+    async def expected(self, dataset: str, records: Sequence[TargetRecord]) -> list[tuple[str, str | None]]: ...
+
+    async def held(self, dataset: str, scope: Mapping[str, Any]) -> Mapping[str, str]: ...
+
+    async def discard(self, dataset: str, identities: Sequence[str]) -> int: ...
 
 
 class AdapterFactory(Protocol):

@@ -62,6 +62,7 @@ from aiohttp.typedefs import Handler
 
 from gateway.envelope import Credentials, EnvelopeError, sign_detached
 from gateway.errors import ConfigError, Problem
+from gateway.sandbox_lists import ListPlatform, add_list_routes
 from gateway.sandbox_sanctions import SanctionsDesk
 from gateway.sandbox_store import TABLES, Outcome, Platform, SandboxStore, error_body
 from gateway.sealing import Sealing, load_sealing
@@ -212,6 +213,7 @@ class Sandbox:
         self._runner: web.AppRunner | None = None
         self._url = ""
         self.sanctions = SanctionsDesk(self._in_db, self._in_db_now)  # 联合奖惩: cases out, feedback in
+        self.lists = ListPlatform()  # credit lists the platform publishes (gateway.sandbox_lists)
 
     async def start(self) -> None:
         """Open the database and listen; afterwards ``url`` names the bound port."""
@@ -326,6 +328,7 @@ class Sandbox:
         app.router.add_get("/_sandbox/records/{tableCode}/{recordKey:.+}", self._get_record)
         app.router.add_post("/_sandbox/reset", self._reset)
         self.sanctions.add_routes(app)
+        add_list_routes(app, self.lists, self._receipt_signer())
         return app
 
     @web.middleware

@@ -169,3 +169,29 @@ heartbeats = Table(
     Column("beat_at", Float, nullable=False),
     Column("state", Text, nullable=False),  # JSON: circuits, in-flight counts
 )
+
+# Full snapshots in progress (gateway.ports.SnapshotPage): the keys each page named, so the final page can
+# withdraw the scope's keys no page named. Rows of a scope are deleted when its snapshot completes.
+snapshot_seen = Table(
+    "cg_snapshot_seen", metadata,
+    Column("source", String(128), primary_key=True),
+    Column("scope", String(128), primary_key=True),
+    Column("record_key", String(400), primary_key=True),
+    Column("snapshot_id", String(64), nullable=False),
+)
+
+# Credit-list entries by subject (gateway.lists): which list and type each ledger key is on, whether it is
+# still listed, and whether a red-list entry is held back because its subject is on a black list.
+list_entries = Table(
+    "cg_list_entries", metadata,
+    Column("record_key", String(400), primary_key=True),  # a credit_list ledger key
+    Column("list_code", String(64), nullable=False),
+    Column("list_type", String(32), nullable=False),
+    Column("subject", String(64), nullable=False),  # USCC, or the ID number of a natural person
+    Column("active", Integer, nullable=False),  # 1 while listed (the ledger's operation is not withdraw)
+    Column("held", Integer, nullable=False),  # 1: a red entry held back from targets (black-list conflict)
+    Column("held_by", String(400), nullable=True),  # the black-list key that holds it back
+    Column("updated_at", Float, nullable=False),
+    Index("ix_list_entries_subject", "subject"),
+    Index("ix_list_entries_list", "list_code"),
+)

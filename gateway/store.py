@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from gateway import schema as s
 from gateway.errors import Problem, StoreError
+from gateway.ports import SnapshotPage
 from gateway.records import LedgerEntry, Record
 
 if TYPE_CHECKING:
@@ -154,12 +155,19 @@ class StoreBase:
         return orjson.loads(row[0]) if row else None
 
     async def commit_intake(self, source: str, accepted: Sequence[Record | LedgerEntry], rejects: Sequence[Reject],
-                            cursor: Any, routes: Mapping[str, Sequence[str]], rows: int) -> IntakeResult:
-        """One transaction: ledger versions, outbox rows per routed target, quarantine, cursor, intake log."""
+                            cursor: Any, routes: Mapping[str, Sequence[str]], rows: int,
+                            snapshot: SnapshotPage | None = None) -> IntakeResult:
+        """One transaction: ledger versions, outbox rows per routed target, quarantine, cursor, intake log.
+
+        A page of a full ``snapshot`` also notes its keys; its final page withdraws the scope's unnamed keys.
+        """
         now = time.time()
         async with self.tx() as conn:
             changed, unchanged = await self._write_ledger(conn, accepted, now)
+            if snapshot is not None:
+                changed += await self._snapshot_page(conn, source, snapshot, accepted, rejects, now)
             enqueued = await self._enqueue(conn, changed, routes, now)
+            await self._ledger_changed(conn, changed, now)
             await self._quarantine_rejects(conn, rejects, now)
             keys = [item.source_key for item in accepted]
             await self._resolve_mapping_quarantine(conn, source, keys, now)
@@ -169,6 +177,16 @@ class StoreBase:
                 source=source, at=now, rows=rows, accepted=len(changed), unchanged=unchanged,
                 quarantined=len(rejects), cursor=_json(cursor)))
         return IntakeResult(len(changed), unchanged, len(rejects), enqueued)
+
+    async def _snapshot_page(self, conn: AsyncConnection, source: str, snapshot: SnapshotPage,
+                             accepted: Sequence[Record | LedgerEntry], rejects: Sequence[Reject],
+                             now: float) -> list[tuple[LedgerEntry, int]]:
+        """Hook (gateway.store_lists): note a snapshot page's keys; on its final page, withdraw the others."""
+        return []
+
+    async def _ledger_changed(self, conn: AsyncConnection, changed: Sequence[tuple[LedgerEntry, int]],
+                              now: float) -> None:
+        """Hook, inside the intake transaction after the outbox rows are queued (gateway.store_lists: lists)."""
 
     async def _existing(self, conn: AsyncConnection, dataset: str,
                         keys: Sequence[str]) -> dict[str, tuple[int, int, str]]:

@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from gateway.calendar import CalendarError, WorkCalendar
+from gateway.datasets import DATASETS
 from gateway.engine import CHINA
 from gateway.store_ops import Store
 
 WORKDAYS = 7  # 自作出决定之日起7个工作日内
-DATASETS = ("license", "penalty")  # the 双公示 datasets the rule applies to (not sanction cases or feedback)
+
 CLASSES = ("on_time", "late", "at_risk", "pending", "uncovered")
 ON_TIME, LATE, AT_RISK, PENDING, UNCOVERED = CLASSES
 LATE_KEYS = 20  # late record keys listed per department and dataset
@@ -128,10 +129,13 @@ class Classifier:
 async def timeliness_report(store: Store, calendar: WorkCalendar, *, today: dt.date,
                             datasets: Sequence[str] | None = None, target: str | None = None,
                             at_risk_days: int = 2) -> TimelinessReport:
-    """Classify every ledger record (of ``datasets``, by default the 双公示 ones; delivered to ``target`` or to any
-    target)."""
+    """Classify every ledger record (of ``datasets``; delivered to ``target`` or to any target).
+
+    By default only datasets dated by a decision (licences, penalties): credit lists have no 7-day rule.
+    """
+    if datasets is None:
+        datasets = [name for name, d in DATASETS.items() if d.date_field == "decision_date"]
     classifier = Classifier(calendar, today, at_risk_days)
-    datasets = DATASETS if datasets is None else datasets
     groups: dict[tuple[str, str], Group] = {}
     late: dict[tuple[str, str], list[tuple[str, int]]] = {}  # group → (decision date, late records)
     for dataset, authority, decision, records, delivered, in_time in await store.timeliness_rows(

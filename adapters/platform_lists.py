@@ -1,0 +1,252 @@
+"""Platform credit lists source: full snapshots first, then deltas, per list, from the platform's list API.
+
+The platform publishes each list (红名单 / 严重失信主体名单 / 重点关注名单) with a version and a
+membership digest (gateway/sandbox_lists.py documents the protocol). For every list in the catalogue:
+
+* never seen, or the platform answers ``410 gone`` to a delta (its history no longer reaches back): take a
+  **snapshot**, page by page at one version (``409 snapshot_moved`` mid-way: start it again). Each page is
+  marked as part of the snapshot (:class:`gateway.ports.SnapshotPage`), so the engine withdraws the
+  list's subjects that no page named once the last page is committed;
+* behind the announced version: ask for the **delta** since the applied version; ``upsert`` changes become
+  rows with ``op = "upsert"``, ``remove`` changes rows with ``op = "remove"`` (the inbound mapping turns
+  that into a withdraw).
+
+The cursor, saved with each page in the intake transaction, is
+``{"versions": {code: applied version}, "announced": {code: {listType, version, digest, count}},
+"snapshot": {list, id, version, offset} | null}``; `credit-gateway lists status` reads it.
+
+When ``peer_cert`` is set, every answer must carry the platform's detached signature over its ``data``
+(JSON, sorted keys; the same form as signed receipts) by that certificate, chaining to ``trusted_cas``;
+an unsigned or badly signed answer is refused and nothing of it is taken.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+
+from gateway.datasets import CREDIT_LIST
+from gateway.envelope import EnvelopeError, load_certificate, verify_detached
+from gateway.errors import PermanentError, Problem, RetryableError
+from gateway.ports import AdapterContext, SnapshotPage, SourceBatch, SourceRow
+from gateway.sealing import receipt_bytes
+from gateway.settings import parse_settings, read_secret, setting
+
+RETRYABLE_STATUS = frozenset({404, 408, 425, 429, 500, 502, 503, 504})
+MAX_RESTARTS = 3  # a list that moves on under every snapshot attempt: try again at the next poll
+
+
+@dataclass(frozen=True)
+class PlatformListsSettings:
+    url: str = setting(check="url", help="the platform's API base, e.g. https://credit.example.gov.cn/api/v1")
+    token_env: str = setting("", help="environment variable holding the API token")
+    token_file: str = setting("", help="file holding the API token (first line)")
+    lists: list[str] = setting([], help="list codes to take (default: every list in the catalogue)")
+    timeout_s: float = setting(60.0, check="positive", help="total time for one request")
+    peer_cert: str = setting("", help="the platform's certificate: answers must be signed by it")
+    trusted_cas: list[str] = setting([], help="CA certificates that may issue the platform's certificate")
+    require_signed: bool = setting(True, help="with peer_cert: refuse answers without a valid signature")
+
+
+@dataclass
+class _Cursor:
+    versions: dict[str, int] = field(default_factory=dict)
+    announced: dict[str, dict[str, Any]] = field(default_factory=dict)
+    snapshot: dict[str, Any] | None = None
+
+    @classmethod
+    def load(cls, raw: Any) -> _Cursor:
+        if not isinstance(raw, dict):
+            return cls()
+        snap = raw.get("snapshot")
+        return cls(dict(raw.get("versions") or {}), dict(raw.get("announced") or {}),
+                   dict(snap) if isinstance(snap, dict) else None)
+
+    def dump(self) -> dict[str, Any]:
+        return {"versions": dict(self.versions), "announced": dict(self.announced),
+                "snapshot": dict(self.snapshot) if self.snapshot else None}
+
+
+class _Gone(Exception):
+    """The platform cannot answer a delta (410) or a snapshot moved on (409)."""
+
+
+class PlatformListsSource:
+    """Reads credit lists from the platform's list API."""
+
+    def __init__(self, settings: PlatformListsSettings, token: str, name: str, peer: tuple[bytes, tuple[bytes, ...]]
+                 | None) -> None:
+        self.settings, self.name = settings, name
+        self._token = token
+        self._peer = peer
+        self._session: aiohttp.ClientSession | None = None
+        self.secrets = (token,)
+
+    @classmethod
+    def from_settings(cls, raw: Mapping[str, Any],
+                      ctx: AdapterContext) -> tuple[PlatformListsSource | None, list[Problem]]:
+        settings, problems = parse_settings(PlatformListsSettings, raw, ctx.path, ctx.common_keys)
+        if settings is None:
+            return None, problems
+        token, problem = read_secret(settings.token_env or None, settings.token_file or None,
+                                     f"{ctx.path}.token", ctx.base_dir)
+        if problem or token is None:
+            return None, [problem or Problem(f"{ctx.path}.token_env", "give token_env or token_file")]
+        peer = _read_peer(settings, ctx, problems)
+        return (cls(settings, token, ctx.name, peer), []) if not problems else (None, problems)
+
+    async def __aenter__(self) -> Self:
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.settings.timeout_s))
+        return self
+
+    async def __aexit__(self, t: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def ack(self, cursor: Any) -> None:
+        """Nothing to do: the cursor lives in the gateway's store, committed with the rows."""
+
+    # ------------------------------------------------------------ fetch
+
+    async def fetch(self, cursor: Any, limit: int) -> SourceBatch:
+        state = _Cursor.load(cursor)
+        catalogue = await self._get("/lists")
+        wanted = set(self.settings.lists)
+        state.announced = {str(c["listCode"]): {"listType": c.get("listType"), "version": int(c["version"]),
+                                                "digest": c.get("digest"), "count": c.get("count")}
+                           for c in catalogue.get("lists") or [] if not wanted or c.get("listCode") in wanted}
+        if state.snapshot is not None:
+            return await self._snapshot_page(state, limit)
+        for code in sorted(state.announced):
+            applied = state.versions.get(code)
+            if applied is None:
+                state.snapshot = _new_snapshot(code)
+                return await self._snapshot_page(state, limit)
+            if applied < state.announced[code]["version"]:
+                try:
+                    return await self._delta_page(state, code, applied, limit)
+                except _Gone:
+                    state.snapshot = _new_snapshot(code)
+                    return await self._snapshot_page(state, limit)
+        return SourceBatch([], state.dump(), False)
+
+    async def _snapshot_page(self, state: _Cursor, limit: int) -> SourceBatch:
+        snap = state.snapshot
+        assert snap is not None
+        code = str(snap["list"])
+        for _ in range(MAX_RESTARTS):
+            query = {"offset": str(snap["offset"]), "limit": str(limit)}
+            if snap.get("version") is not None:
+                query["version"] = str(snap["version"])
+            try:
+                data = await self._get(f"/lists/{quote(code, safe='')}/snapshot", query)
+                break
+            except _Gone:  # the list moved on mid-snapshot: start again (the sweep waits for a whole one)
+                snap = state.snapshot = _new_snapshot(code)
+        else:
+            raise RetryableError(f"list {code} changed under {MAX_RESTARTS} snapshot attempts; trying again later")
+        items = data.get("items") or []
+        rows = [_row(code, item, "upsert") for item in items]
+        more = bool(data.get("more"))
+        page = SnapshotPage(CREDIT_LIST.name, code, str(snap["id"]), final=not more)
+        if more:
+            state.snapshot = {**snap, "version": int(data["version"]), "offset": int(snap["offset"]) + len(items)}
+        else:
+            state.versions[code], state.snapshot = int(data["version"]), None
+        return SourceBatch(rows, state.dump(), True, snapshot=page)
+
+    async def _delta_page(self, state: _Cursor, code: str, since: int, limit: int) -> SourceBatch:
+        data = await self._get(f"/lists/{quote(code, safe='')}/delta", {"since": str(since), "limit": str(limit)})
+        rows = [_row(code, change.get("item") or {}, str(change.get("op"))) for change in data.get("changes") or []]
+        state.versions[code] = int(data["version"])
+        return SourceBatch(rows, state.dump(), True)
+
+    # ------------------------------------------------------------ HTTP
+
+    async def _get(self, path: str, query: Mapping[str, str] | None = None) -> dict[str, Any]:
+        if self._session is None:
+            raise RuntimeError("source used outside `async with`")
+        url = self.settings.url.rstrip("/") + path
+        try:
+            async with self._session.get(url, params=query, headers={"Authorization": f"Bearer {self._token}"}) as r:
+                status, raw = r.status, await r.read()
+        except TimeoutError as exc:
+            raise RetryableError(f"{url}: no answer within {self.settings.timeout_s:g}s") from exc
+        except aiohttp.ClientError as exc:
+            raise RetryableError(f"{url}: {type(exc).__name__}: {exc}") from exc
+        body = _parse(raw, url)
+        if status in (409, 410):
+            raise _Gone(str(body.get("errorMsg")))
+        if status != 200:
+            message = f"{url}: HTTP {status} {body.get('errorCode', '')} {body.get('errorMsg', '')}".strip()
+            raise (RetryableError if status in RETRYABLE_STATUS else PermanentError)(message)
+        data = body.get("data")
+        if not isinstance(data, dict):
+            raise RetryableError(f"{url}: the answer has no data object")
+        self._verify(data, body.get("signature"), url)
+        return data
+
+    def _verify(self, data: Mapping[str, Any], signature: Any, url: str) -> None:
+        """The platform's signature over the answer's data, when a peer certificate is configured."""
+        if self._peer is None:
+            return
+        if not signature:
+            if self.settings.require_signed:
+                raise PermanentError(f"{url}: list answer refused: it is not signed")
+            return
+        cert_pem, cas = self._peer
+        try:
+            opened = verify_detached(receipt_bytes(data), base64.b64decode(str(signature), validate=True), cas)
+            expected = load_certificate(cert_pem, "the platform certificate").subject.rfc4514_string()
+        except (EnvelopeError, ValueError) as exc:
+            raise PermanentError(f"{url}: list answer refused: {exc}") from exc
+        if opened.signer_subject != expected:
+            raise PermanentError(f"{url}: list answer refused: signed by '{opened.signer_subject}', "
+                                 f"not by the platform '{expected}'")
+
+
+def _new_snapshot(code: str) -> dict[str, Any]:
+    return {"list": code, "id": f"s-{uuid.uuid4().hex}", "version": None, "offset": 0}
+
+
+def _row(code: str, item: Mapping[str, Any], op: str) -> SourceRow:
+    subject = str(item.get("TYSHXYDM") or item.get("ZJHM") or "")
+    return SourceRow(f"{code}/{subject}", {**item, "op": op})
+
+
+def _parse(raw: bytes, url: str) -> dict[str, Any]:
+    try:
+        body = orjson.loads(raw) if raw else {}
+    except orjson.JSONDecodeError:
+        raise RetryableError(f"{url}: the answer is not JSON") from None
+    return body if isinstance(body, dict) else {}
+
+
+def _read_peer(settings: PlatformListsSettings, ctx: AdapterContext,
+               problems: list[Problem]) -> tuple[bytes, tuple[bytes, ...]] | None:
+    if not settings.peer_cert:
+        if settings.trusted_cas:
+            problems.append(Problem(f"{ctx.path}.peer_cert", "trusted_cas is set: give the platform's certificate"))
+        return None
+    if not settings.trusted_cas:
+        problems.append(Problem(f"{ctx.path}.trusted_cas", "at least one CA certificate is needed to check answers"))
+    files: list[bytes] = []
+    for where, name in [("peer_cert", settings.peer_cert),
+                        *((f"trusted_cas[{i}]", ca) for i, ca in enumerate(settings.trusted_cas))]:
+        path = Path(name) if Path(name).is_absolute() else ctx.base_dir / name
+        try:
+            files.append(path.read_bytes())
+        except OSError as exc:
+            problems.append(Problem(f"{ctx.path}.{where}", f"cannot read {path}: {exc.strerror}"))
+    return (files[0], tuple(files[1:])) if len(files) == 1 + len(settings.trusted_cas) else None
