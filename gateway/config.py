@@ -19,6 +19,7 @@ from gateway.mapping import InboundMapping, OutboundMapping, load_mapping
 from gateway.ports import SINK_GROUP, SOURCE_GROUP, AdapterContext, load_adapter
 from gateway.sealing import Sealing, load_sealing
 from gateway.settings import parse_settings, setting
+from gateway.web_config import AdminConfig, InboundConfig, load_admin, load_inbound
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,8 @@ class Config:
     targets: Mapping[str, TargetConfig]
     secrets: tuple[str, ...] = field(default=(), repr=False)
     calendar: CalendarSettings = field(default_factory=CalendarSettings)
+    inbound: InboundConfig | None = None  # the inbound HTTP endpoint, when [inbound] is configured
+    admin: AdminConfig | None = None  # the admin HTTP API, when [admin] is configured
 
     def routes(self) -> dict[str, list[str]]:
         """dataset → targets that receive it."""
@@ -140,7 +143,7 @@ def load_config(path: str | Path) -> Config:
     path = Path(path).resolve()
     doc = _read(path)
     problems: list[Problem] = []
-    unknown = set(doc) - {"gateway", "store", "daemon", "sources", "targets", "calendar"}
+    unknown = set(doc) - {"gateway", "store", "daemon", "sources", "targets", "calendar", "inbound", "admin"}
     problems += [Problem(k, "unknown section") for k in sorted(unknown)]
     gw = _section(GatewaySettings, doc, "gateway", problems)
     store = _section(StoreSettings, doc, "store", problems)
@@ -156,9 +159,14 @@ def load_config(path: str | Path) -> Config:
                if (tgt := _target(name, raw, ctx_base, problems, secrets)) is not None}
     if len(targets) == len(target_tables):  # a broken target would make every route look missing
         problems += _route_problems(sources, targets)
+    inbound, found = load_inbound(doc.get("inbound"), path.parent)
+    admin, found_admin = load_admin(doc.get("admin"), path.parent)
+    problems += found + found_admin
+    secrets += [t.token for t in admin.tokens] if admin else []
     if problems or gw is None or store is None or daemon is None:
         raise ConfigError(problems, str(path))
-    return Config(path, gw, store, daemon, sources, targets, tuple(secrets), calendar=calendar)
+    return Config(path, gw, store, daemon, sources, targets, tuple(secrets), calendar=calendar, inbound=inbound,
+                  admin=admin)
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway import schema as s
 from gateway.store import StoreBase, _chunks, _json, translate_errors
 from gateway.store_delivery import DeliveryMixin
+from gateway.store_inbound import InboundMixin
 
 OPEN_STATES = ("pending", "leased")
 PAGE = 5000  # ledger rows fetched at a time when a report streams the ledger
@@ -24,7 +25,7 @@ def _rows(result: Any) -> list[dict[str, Any]]:
 
 
 @translate_errors
-class Store(DeliveryMixin, StoreBase):
+class Store(InboundMixin, DeliveryMixin, StoreBase):
     """All durable state of one gateway (or several, on PostgreSQL)."""
 
     # ------------------------------------------------------------ status
