@@ -23,8 +23,9 @@ from gateway.errors import ConfigError, GatewayError, Problem
 from gateway.evidence import build_evidence, verify_evidence
 from gateway.logs import redact, setup_logging
 from gateway.mapping import InboundMapping, OutboundMapping, load_mapping, source_columns
+from gateway.operations import age, cell, replay_entries, status_json, status_lines, table_lines
 from gateway.records import Operation, Record, from_payload
-from gateway.store import Reject, open_store
+from gateway.store import open_store
 from gateway.store_ops import Store
 from gateway.timeliness import TimelinessReport, timeliness_report
 
@@ -35,36 +36,11 @@ def out(line: str = "") -> None:
 
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
     """Print rows as an aligned text table."""
-    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
-    widths = [max([_width(c)] + [_width(r[i]) for r in cells]) for i, c in enumerate(columns)]
-    out("  ".join(_pad(c, w) for c, w in zip(columns, widths, strict=True)))
-    for r in cells:
-        out("  ".join(_pad(v, w) for v, w in zip(r, widths, strict=True)))
+    for line in table_lines(rows, columns):
+        out(line)
 
 
-def _cell(value: Any) -> str:
-    if isinstance(value, float) and value > 1_000_000_000:  # an epoch timestamp
-        return dt.datetime.fromtimestamp(value, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-    if isinstance(value, float):
-        return f"{value:.1f}"
-    return "-" if value is None else str(value)
-
-
-def _width(text: str) -> int:
-    return sum(2 if ord(ch) > 0x2E80 else 1 for ch in text)  # CJK characters take two columns
-
-
-def _pad(text: str, width: int) -> str:
-    return text + " " * (width - _width(text))
-
-
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f}{unit}"
-    return f"{seconds:.0f}s"
+_cell, _age = cell, age
 
 
 async def _with_store(config: Config) -> Store:
@@ -135,12 +111,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
     store = await _with_store(config)
     try:
         if args.json:
-            status = {"targets": await store.target_status(), "counts": await store.counts(),
-                      "instances": await store.heartbeats()}
-            status["timeliness"] = (await timeliness_report(
-                store, WorkCalendar.from_settings(config.calendar), today=china_today())).as_json()
-            status["certificates"] = expiry_warnings(config)
-            out(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode())
+            out(orjson.dumps(await status_json(store, config), option=orjson.OPT_INDENT_2).decode())
         else:
             await print_status(store, WorkCalendar.from_settings(config.calendar))
             for warning in expiry_warnings(config):
@@ -151,20 +122,8 @@ async def cmd_status(args: argparse.Namespace) -> int:
 
 
 async def print_status(store: Store, calendar: WorkCalendar | None = None) -> None:
-    counts = await store.counts()
-    ledger = ", ".join(f"{k} {v}" for k, v in sorted(counts["ledger"].items())) or "empty"
-    quarantine = ", ".join(f"{k} {v}" for k, v in sorted(counts["quarantine"].items())) or "none"
-    out(f"rows read {counts['rows_read']}; ledger: {ledger}; open quarantine: {quarantine}")
-    for line in (await timeliness_report(store, calendar or WorkCalendar(), today=china_today())).status_lines():
+    for line in await status_lines(store, calendar):
         out(line)
-    rows = [{**r, "oldest pending": _age(r["oldest_pending_s"]), "last success": r["last_success"]}
-            for r in await store.target_status()]
-    table(rows, ["target", "backlog", "oldest pending", "delivered", "rejected", "dead", "open_batches",
-                 "retrying", "last success"])
-    for beat in await store.heartbeats():
-        age = time.time() - beat["beat_at"]
-        out(f"instance {beat['instance']} pid {beat['pid']}: {beat['state'].get('state')}, "
-            f"last heartbeat {_age(age)} ago")
 
 
 async def cmd_health(args: argparse.Namespace) -> int:
@@ -372,25 +331,11 @@ def _reason(r: dict[str, Any]) -> str:
 
 async def replay_quarantine(store: Store, config: Config, entries: Sequence[dict[str, Any]]) -> int:
     """Mapping rejects are mapped again with today's mapping; target rejects are sent again."""
-    target_entries = [e for e in entries if e["stage"] != "mapping"]
-    requeued = await store.requeue_rejected(target_entries) if target_entries else 0
-    fixed = still = 0
-    routes = config.routes()
-    for e in (e for e in entries if e["stage"] == "mapping"):
-        src = config.sources.get(e["source"])
-        mapping = src.mappings.get(e["dataset"]) if src else None
-        if mapping is None:
-            out(f"entry {e['id']}: source {e['source']} / dataset {e['dataset']} is no longer configured")
-            still += 1
-            continue
-        mapped = mapping.map_row(e["raw"], china_today(), e["source"], e["source_key"])
-        rejects = [] if mapped.record else [Reject(e["source"], e["source_key"], e["dataset"], mapped.key,
-                                                   mapped.problems, e["raw"])]
-        await store.commit_intake(e["source"], [mapped.record] if mapped.record else [], rejects, None, routes, 0)
-        fixed, still = (fixed + 1, still) if mapped.record else (fixed, still + 1)
-    out(f"replayed: {fixed} row(s) now valid and queued, {still} still failing, "
-        f"{requeued} target rejection(s) queued again")
-    return 0 if not still else 1
+    result = await replay_entries(store, config, entries)
+    for note in result.notes or []:
+        out(note)
+    out(result.summary())
+    return 0 if not result.still else 1
 
 
 # ---------------------------------------------------------------- mapping test
