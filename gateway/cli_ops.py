@@ -7,6 +7,7 @@ import asyncio
 import csv
 import datetime as dt
 import io
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from gateway.admin_client import AdminClient, read_token
 from gateway.calendar import WorkCalendar
 from gateway.certs import expiry_warnings, init_dev_pki, inventory
 from gateway.config import Config, load_config
@@ -106,7 +108,25 @@ async def _run_until_idle(config: Config, timeout_s: float) -> int:
 
 # ---------------------------------------------------------------- status / health
 
+def _admin(args: argparse.Namespace) -> AdminClient | None:
+    """The admin API client when ``--admin-url`` (or ``$CG_ADMIN_URL``) is given."""
+    url = getattr(args, "admin_url", None) or os.environ.get("CG_ADMIN_URL")
+    if not url:
+        return None
+    return AdminClient(url, read_token(getattr(args, "token_file", None)), getattr(args, "admin_ca", None))
+
+
 async def cmd_status(args: argparse.Namespace) -> int:
+    admin = _admin(args)
+    if admin is not None:
+        status = await admin.get("/status")
+        lines = status.pop("lines")
+        if args.json:
+            out(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode())
+            return 0
+        for line in lines + [f"certificate {w}" for w in status["certificates"]]:
+            out(line)
+        return 0
     config = load_config(args.config)
     store = await _with_store(config)
     try:
@@ -197,6 +217,9 @@ def print_timeliness(report: TimelinessReport) -> None:
 # ---------------------------------------------------------------- spool
 
 async def cmd_spool(args: argparse.Namespace) -> int:
+    admin = _admin(args)
+    if admin is not None:
+        return await _remote_spool(admin, args)
     config = load_config(args.config)
     store = await _with_store(config)
     try:
@@ -209,7 +232,7 @@ async def _spool(store: Store, args: argparse.Namespace, config: Config) -> int:
     cmd = args.spool_command
     if cmd == "list":
         rows = await store.list_batches(args.target, args.state, args.limit)
-        table(rows, ["id", "target", "dataset", "state", "record_count", "attempts", "created_at", "last_error"])
+        table(rows, SPOOL_COLUMNS)
         return 0
     if cmd in ("show", "evidence"):
         batch = await store.show_batch(args.batch)
@@ -293,6 +316,9 @@ def _print_batch(batch: dict[str, Any], with_body: bool) -> None:
 # ---------------------------------------------------------------- quarantine
 
 async def cmd_quarantine(args: argparse.Namespace) -> int:
+    admin = _admin(args)
+    if admin is not None:
+        return await _remote_quarantine(admin, args)
     config = load_config(args.config)
     store = await _with_store(config)
     try:
@@ -305,9 +331,7 @@ async def _quarantine(store: Store, config: Config, args: argparse.Namespace) ->
     cmd = args.quarantine_command
     if cmd == "list":
         rows = await store.list_quarantine(args.state, args.stage, args.limit)
-        table([{**r, "key": r["record_key"] or r["source_key"], "where": r["target"] or r["source"],
-                "reasons": "; ".join(_reason(x) for x in r["reasons"])} for r in rows],
-              ["id", "stage", "where", "dataset", "key", "hits", "reasons"])
+        table(_quarantine_rows(rows), QUARANTINE_COLUMNS)
         return 0
     if cmd == "show":
         rows = await store.list_quarantine(None, ids=[args.id])
@@ -322,6 +346,55 @@ async def _quarantine(store: Store, config: Config, args: argparse.Namespace) ->
         out(f"{len(entries)} entr(y/ies) resolved")
         return 0
     return await replay_quarantine(store, config, entries)
+
+
+# ---------------------------------------------------------------- the same, through the admin API
+
+SPOOL_COLUMNS = ["id", "target", "dataset", "state", "record_count", "attempts", "created_at", "last_error"]
+QUARANTINE_COLUMNS = ["id", "stage", "where", "dataset", "key", "hits", "reasons"]
+
+
+async def _remote_spool(admin: AdminClient, args: argparse.Namespace) -> int:
+    cmd = args.spool_command
+    if cmd == "list":
+        table(await admin.get("/spool", {"target": args.target, "state": args.state, "limit": args.limit}),
+              SPOOL_COLUMNS)
+        return 0
+    if cmd == "show":
+        out(orjson.dumps(await admin.get(f"/spool/{args.batch}", {"body": "1" if args.body else None}),
+                         option=orjson.OPT_INDENT_2).decode())
+        return 0
+    if cmd == "evidence":
+        raise ConfigError([Problem("--admin-url", "spool evidence reads the local store; run it on the gateway")])
+    selection = {"all": True} if args.all else {"target": args.target} if args.target else {"batch": args.batch}
+    answer = await admin.post(f"/spool/{cmd}", selection)
+    out(f"{answer['batches']} open batch(es) due now" if cmd == "retry" else f"{answer['records']} record(s) "
+                                                                             "queued again")
+    return 0
+
+
+async def _remote_quarantine(admin: AdminClient, args: argparse.Namespace) -> int:
+    cmd = args.quarantine_command
+    if cmd == "list":
+        rows = await admin.get("/quarantine", {"state": args.state, "stage": args.stage, "limit": args.limit})
+        table(_quarantine_rows(rows), QUARANTINE_COLUMNS)
+        return 0
+    if cmd == "show":
+        out(orjson.dumps(await admin.get(f"/quarantine/{args.id}"), option=orjson.OPT_INDENT_2).decode())
+        return 0
+    answer = await admin.post(f"/quarantine/{cmd}", {"all": True} if args.all else {"ids": args.ids})
+    if cmd == "resolve":
+        out(f"{answer['resolved']} entr(y/ies) resolved")
+        return 0
+    for note in answer["notes"]:
+        out(note)
+    out(answer["summary"])
+    return 0 if not answer["still"] else 1
+
+
+def _quarantine_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{**r, "key": r["record_key"] or r["source_key"], "where": r["target"] or r["source"],
+             "reasons": "; ".join(_reason(x) for x in r["reasons"])} for r in rows]
 
 
 def _reason(r: dict[str, Any]) -> str:

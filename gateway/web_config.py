@@ -47,8 +47,8 @@ class InboundSettings:
 @dataclass(frozen=True)
 class ChannelSettings:
     mapping: str = setting(help="inbound mapping file: the partner's field names → the canonical dataset")
-    dataset: str = setting("", help="optional: the dataset the mapping must produce")
     profile: str = setting(choices=profile_names(), help="cms | sm | xmldsig | none (none: mutual TLS, internal)")
+    dataset: str = setting("", help="optional: the dataset the mapping must produce")
     key: str = setting("", help="our private key (PEM): opens envelopes and signs receipts")
     cert: str = setting("", help="our certificate (PEM)")
     passphrase_env: str = setting("", help="environment variable with the key's passphrase")
