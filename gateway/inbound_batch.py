@@ -19,6 +19,7 @@ retry idempotent. Record values are text, numbers or booleans (XML: text); neste
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import re
@@ -145,6 +146,12 @@ def _sent_at(text: str) -> dt.datetime:
 def batch_json(batch: InboundBatch) -> bytes:
     return orjson.dumps({"batchId": batch.batch_id, "channel": batch.channel, "dataset": batch.dataset,
                          "sentAt": utc_text(batch.sent_at), "nonce": batch.nonce, "records": list(batch.records)})
+
+
+def as_xml_text(batch: InboundBatch) -> InboundBatch:
+    """The batch as the receiver reads it back from XML: every value is text (None is empty)."""
+    records = [{str(k): "" if v is None else str(v) for k, v in record.items()} for record in batch.records]
+    return dataclasses.replace(batch, records=records)
 
 
 def batch_xml(batch: InboundBatch) -> bytes:

@@ -25,7 +25,7 @@ import orjson
 
 from gateway.envelope import Credentials, EnvelopeError, Peer, get_profile
 from gateway.errors import GatewayError
-from gateway.inbound_batch import InboundBatch, batch_json, batch_xml, new_nonce
+from gateway.inbound_batch import InboundBatch, as_xml_text, batch_json, batch_xml, new_nonce
 from gateway.sealing import CONTENT_TYPES, Sealing
 
 
@@ -73,8 +73,12 @@ class InboundClient:
             return "application/xml" if self.xml else "application/json"
         return CONTENT_TYPES[self.profile]
 
+    @property
+    def sends_xml(self) -> bool:
+        return self.xml or self.profile == "xmldsig"
+
     def seal(self, batch: InboundBatch) -> bytes:
-        body = batch_xml(batch) if self.xml or self.profile == "xmldsig" else batch_json(batch)
+        body = batch_xml(batch) if self.sends_xml else batch_json(batch)
         if self.profile == "none":
             return body
         if self.ours is None or self.gateway is None:
@@ -115,7 +119,8 @@ class InboundClient:
         receipt = answer.get("receipt")
         if not isinstance(receipt, dict) or receipt.get("batchId") != batch.batch_id:
             raise PushRefused(200, "receipt", f"the receipt does not name batch {batch.batch_id}")
-        if receipt.get("contentSha256") != batch.content_sha256():
+        sent = as_xml_text(batch) if self.sends_xml else batch
+        if receipt.get("contentSha256") != sent.content_sha256():
             raise PushRefused(200, "receipt", "the receipt names other records than the batch sent")
         if self.profile != "none" or answer.get("receiptSignature"):
             try:
