@@ -149,7 +149,6 @@ class AdminServer:
             log.warning("admin request refused: read-only token", extra={"path": request.path, "token": token.name})
             return json_response(403, {"error": "forbidden", "message": f"token {token.name} has role "
                                                                         f"{token.role}; this needs operator"})
-        request["token"] = token.name
         if request.method != "GET":
             log.info("admin action", extra={"path": request.path, "token": token.name})
         return await handler(request)

@@ -103,7 +103,8 @@ class TestRefused:
 class TestAccepted:
     def test_plain_document(self) -> None:
         """Ordinary UTF-8 XML with Chinese text parses, with its text intact."""
-        root = parse_xml('<?xml version="1.0" encoding="UTF-8"?><batch n="1"><f>苏市监罚〔2026〕1号</f></batch>'.encode())
+        text = '<?xml version="1.0" encoding="UTF-8"?><batch n="1"><f>苏市监罚〔2026〕1号</f></batch>'
+        root = parse_xml(text.encode())
         assert root.tag == "batch" and root.findtext("f") == "苏市监罚〔2026〕1号" and root.get("n") == "1"
 
     def test_predefined_entities(self) -> None:
