@@ -173,6 +173,16 @@ def load_trusted(pems: Sequence[bytes]) -> list[x509.Certificate]:
     return anchors
 
 
+def normalise_subject(text: str) -> str:
+    """An RFC 4514 subject as :attr:`Opened.signer_subject` spells it; ValueError when it is not one."""
+    return x509.Name.from_rfc4514_string(text).rfc4514_string()
+
+
+def certificate_subject(der: bytes) -> str:
+    """The subject of a DER certificate (a TLS peer's), RFC 4514."""
+    return x509.load_der_x509_certificate(der).subject.rfc4514_string()
+
+
 def describe(cert: x509.Certificate) -> str:
     """``'CN=...,O=...' (serial 0x...)`` for error messages."""
     return f"'{cert.subject.rfc4514_string()}' (serial {cert.serial_number:#x})"

@@ -29,10 +29,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from lxml import etree  # type: ignore[import-untyped]
 
 from gateway.errors import GatewayError
-from gateway.xmlsafe import parse_xml
+from gateway.xmlsafe import parse_xml, write_records
 
 MAX_RECORDS = 10_000
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
@@ -98,8 +97,8 @@ def _from_json(body: bytes) -> InboundBatch:
 
 def _from_xml(body: bytes) -> InboundBatch:
     root = parse_xml(body, "batch")
-    if etree.QName(root).localname != "batch":
-        raise BatchError(f"the XML root must be <batch>, not <{etree.QName(root).localname}>")
+    if root.tag != "batch":
+        raise BatchError(f"the XML root must be <batch> (no namespace), not <{root.tag}>")
     records = []
     for i, node in enumerate(root.iterchildren("record"), start=1):
         fields: dict[str, Any] = {}
@@ -155,10 +154,6 @@ def as_xml_text(batch: InboundBatch) -> InboundBatch:
 
 
 def batch_xml(batch: InboundBatch) -> bytes:
-    root = etree.Element("batch", batchId=batch.batch_id, channel=batch.channel, dataset=batch.dataset,
-                         sentAt=utc_text(batch.sent_at), nonce=batch.nonce)
-    for record in batch.records:
-        node = etree.SubElement(root, "record")
-        for name, value in record.items():
-            etree.SubElement(node, "field", name=str(name)).text = "" if value is None else str(value)
-    return bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8"))
+    attributes = {"batchId": batch.batch_id, "channel": batch.channel, "dataset": batch.dataset,
+                  "sentAt": utc_text(batch.sent_at), "nonce": batch.nonce}
+    return write_records("batch", attributes, batch.records)

@@ -19,9 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-
-from gateway.envelope import Credentials, EnvelopeError, Peer, load_certificates, profile_names
+from gateway.envelope import Credentials, EnvelopeError, Peer, load_certificates, normalise_subject, profile_names
 from gateway.errors import ConfigError, Problem
 from gateway.mapping import InboundMapping, load_mapping
 from gateway.sealing import CONTENT_TYPES
@@ -291,7 +289,7 @@ def _allowed_peers(settings: ChannelSettings, where: str, base: Path,
     subjects: list[str] = []
     for i, text in enumerate(settings.peers):
         try:
-            subjects.append(x509.Name.from_rfc4514_string(text).rfc4514_string())
+            subjects.append(normalise_subject(text))
         except ValueError as exc:
             problems.append(Problem(f"{where}.peers[{i}]", f"not an RFC 4514 subject like 'CN=x,O=y,C=CN': {exc}"))
     files: list[tuple[str, bytes]] = []

@@ -16,8 +16,8 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from cryptography import x509
 
+from gateway.envelope import certificate_subject
 from gateway.errors import GatewayError
 from gateway.inbound import InboundRefused, InboundService
 from gateway.web_config import InboundConfig
@@ -35,7 +35,7 @@ def tls_subject(request: web.Request) -> str | None:
     """The subject of the client's TLS certificate (mutual TLS), or None."""
     ssl_object = request.transport.get_extra_info("ssl_object") if request.transport is not None else None
     der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-    return x509.load_der_x509_certificate(der).subject.rfc4514_string() if der else None
+    return certificate_subject(der) if der else None
 
 
 def check_content_type(request: web.Request, service: InboundService, name: str) -> None:
