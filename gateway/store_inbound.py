@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, delete, select
+from sqlalchemy import and_, delete, func, select
 
 from gateway import schema as s
 from gateway.errors import GatewayError
@@ -118,7 +118,7 @@ class InboundMixin(StoreBase):
     async def nonce_count(self) -> int:
         """Nonces held (for tests and status)."""
         async with self.engine.connect() as conn:
-            return len((await conn.execute(select(s.inbound_nonces.c.nonce))).all())
+            return int((await conn.execute(select(func.count()).select_from(s.inbound_nonces))).scalar() or 0)
 
     async def prune_nonces(self, retention_s: float, now: float | None = None) -> int:
         """Forget nonces older than the retention period; returns how many went."""

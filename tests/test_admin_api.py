@@ -201,3 +201,21 @@ class TestConfig:
 
     def test_no_tokens(self, tmp_path: Path) -> None:
         assert "admin.tokens: at least one" in self._problems(tmp_path, "\n[admin]\nport = 8472\n")
+
+
+async def test_inbound_receipts_are_shown(tmp_path: Path) -> None:
+    """A pushed batch and our signed answer to it can be listed and shown through the API."""
+    from tests.inbound_helpers import client, endpoint, sample_rows
+
+    pki = make_pki(tmp_path / "pki", "rsa")
+    path = write_config(tmp_path, f"sqlite:///{tmp_path / 's.db'}", pki, extra=_admin_toml(tmp_path))
+    async with endpoint(path) as (config, store, server):
+        answer = await client(server.url, pki, "cms").send(sample_rows(tmp_path, 2))
+        assert config.admin is not None
+        async with AdminServer(config, config.admin, store) as admin:
+            status, listed, _ = await _call(admin.url, "GET", "/inbound", READ_TOKEN)
+            assert status == 200 and [b["batch_id"] for b in listed] == [answer["batchId"]]
+            status, shown, _ = await _call(admin.url, "GET", f"/inbound/platform/{answer['batchId']}", READ_TOKEN)
+            assert status == 200 and shown["answer"]["receiptSignature"] == answer["receiptSignature"]
+            status, _missing, _ = await _call(admin.url, "GET", "/inbound/platform/b-none", READ_TOKEN)
+            assert status == 404
