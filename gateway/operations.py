@@ -170,7 +170,7 @@ def _mapped_names(path: Path, personal: frozenset[str], *, inbound: bool) -> set
 def mask_personal(value: Any, keys: frozenset[str], key: str = "") -> Any:
     """``value`` with personal ID fields masked and ID numbers in any text masked."""
     if isinstance(value, dict):
-        return {k: mask_personal(v, keys, str(k)) for k, v in value.items()}
+        return {str(k): mask_personal(v, keys, str(k)) for k, v in value.items()}  # str: orjson takes no subclasses
     if isinstance(value, list | tuple):
         return [mask_personal(v, keys, key) for v in value]
     if isinstance(value, str):

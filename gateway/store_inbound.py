@@ -93,7 +93,7 @@ class InboundMixin(StoreBase):
         b = s.inbound_batches.c
         row = (await conn.execute(select(s.inbound_batches).where(
             and_(b.channel == channel, b.batch_id == batch_id)))).first()
-        return dict(row._mapping) if row is not None else None
+        return {str(k): v for k, v in row._mapping.items()} if row is not None else None
 
     async def list_inbound(self, channel: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         """Inbound batches, newest first (without bodies and answers)."""
