@@ -54,7 +54,44 @@ def inventory(config: Config) -> list[Credential]:
     for name, target in config.targets.items():
         out += _sealing_credentials(f"targets.{name}.envelope", target.sealing)
         out += _token(f"targets.{name}", target.adapter)
+    out += _inbound_credentials(config)
+    if config.admin is not None:
+        out += [Credential(t.where, "token", detail=f"role {t.role}, from {t.origin}") for t in config.admin.tokens]
+        out += _tls_credentials("admin", config.admin.tls)
     return out
+
+
+def _inbound_credentials(config: Config) -> list[Credential]:
+    """The inbound endpoint's TLS certificate and client CA, each channel's key, certificate, CAs and peers."""
+    if config.inbound is None:
+        return []
+    out = _tls_credentials("inbound", config.inbound.tls)
+    for name, channel in config.inbound.channels.items():
+        where = f"inbound.channels.{name}"
+        if channel.ours is not None:
+            encrypted = b"ENCRYPTED" in channel.ours.key_pem
+            out.append(Credential(f"{where}.key", "key", detail="encrypted" if encrypted else "not encrypted"))
+            out += _certificates(f"{where}.cert", channel.ours.cert_pem)
+        for i, pem in enumerate(channel.peer.trusted_ca_pems):
+            out += _certificates(f"{where}.trusted_cas[{i}]", pem)
+        for label, pem in channel.peer_files:
+            out += _certificates(label, pem)
+    return out
+
+
+def _tls_credentials(section: str, tls: Any) -> list[Credential]:
+    if tls is None:
+        return []
+    out = [Credential(f"{section}.tls_key", "key", detail=str(tls.key))]
+    out += _read_certificates(f"{section}.tls_cert", tls.cert)
+    return out + (_read_certificates(f"{section}.client_ca", tls.client_ca) if tls.client_ca else [])
+
+
+def _read_certificates(where: str, path: Path) -> list[Credential]:
+    try:
+        return _certificates(where, path.read_bytes())
+    except OSError as exc:
+        return [Credential(where, "certificate", detail=f"unreadable: {exc.strerror}")]
 
 
 def _sealing_credentials(where: str, sealing: Any) -> list[Credential]:
@@ -111,7 +148,7 @@ def init_dev_pki(directory: Path, kinds: Sequence[str] = KINDS) -> list[Path]:
         if (target / "ca.crt").exists():
             raise EnvelopeError(f"{target} already holds a PKI; remove it first to make a new one")
         ca = make_ca(target, kind, common_name=f"credit-gateway development CA ({kind})")
-        ca.issue("gateway")
+        ca.issue("gateway", hosts=("localhost", "127.0.0.1"))  # also usable as the inbound endpoint's TLS cert
         ca.issue("platform")
         made.append(target)
     return made

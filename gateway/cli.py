@@ -28,6 +28,14 @@ def _config_arg(p: argparse.ArgumentParser, top: bool = False) -> None:
                    help="configuration file (default: $CG_CONFIG or ./credit-gateway.toml)")
 
 
+def _admin_args(p: argparse.ArgumentParser) -> None:
+    """``--admin-url``: ask a running gateway's admin API instead of opening the store."""
+    p.add_argument("--admin-url", default=argparse.SUPPRESS,
+                   help="use the admin API at this URL (default: $CG_ADMIN_URL; none = the local store)")
+    p.add_argument("--token-file", default=argparse.SUPPRESS, help="admin token file (default: $CG_ADMIN_TOKEN)")
+    p.add_argument("--admin-ca", default=argparse.SUPPRESS, help="CA certificate to trust for an https admin URL")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="credit-gateway", description=__doc__.splitlines()[0] if __doc__ else "")
     _config_arg(parser, top=True)
@@ -44,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="backlog per target, oldest pending age, last success, dead letters")
     _config_arg(p)
+    _admin_args(p)
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("health", help="exit 0 if the daemon is alive and delivering, 1 if not")
@@ -105,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _spool_parser(sub: Any) -> None:
     p = sub.add_parser("spool", help="batches in the spool: list, show, retry, replay dead letters")
     _config_arg(p)
+    _admin_args(p)
     s = p.add_subparsers(dest="spool_command", required=True)
     ls = s.add_parser("list")
     ls.add_argument("--target")
@@ -127,6 +137,7 @@ def _spool_parser(sub: Any) -> None:
 def _quarantine_parser(sub: Any) -> None:
     p = sub.add_parser("quarantine", help="rejected rows with reasons: list, show, replay, resolve")
     _config_arg(p)
+    _admin_args(p)
     s = p.add_subparsers(dest="quarantine_command", required=True)
     ls = s.add_parser("list")
     ls.add_argument("--stage", choices=["mapping", "target"])

@@ -12,7 +12,6 @@ from gateway.cli_ops import out, table
 from gateway.config import load_config
 from gateway.lists import Conflict, ListView, Repair, conflicts, list_status, reconcile
 from gateway.store import open_store
-from gateway.store_ops import Store
 
 
 def add_parser(sub: Any, config_arg: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -44,17 +43,6 @@ async def cmd_lists(args: argparse.Namespace) -> int:
         return 0
     finally:
         await store.aclose()
-
-
-async def status_line(store: Store) -> str | None:
-    """One line for ``credit-gateway status``: lists, listed entries, conflicts (None without lists)."""
-    entries = await store.list_entries()
-    if not entries:
-        return None
-    codes = {e.list_code for e in entries}
-    listed = sum(1 for e in entries if e.active)
-    held = sum(1 for e in entries if e.held)
-    return f"credit lists: {len(codes)} list(s), {listed} entries listed, {held} red/black conflict(s) held back"
 
 
 def _short(digest: str | None) -> str:

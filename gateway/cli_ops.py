@@ -7,6 +7,7 @@ import asyncio
 import csv
 import datetime as dt
 import io
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from gateway.admin_client import AdminClient, read_token
 from gateway.calendar import WorkCalendar
 from gateway.certs import RETIRED, expiry_warnings, init_dev_pki, inventory
 from gateway.config import Config, load_config
@@ -23,9 +25,9 @@ from gateway.errors import ConfigError, GatewayError, Problem
 from gateway.evidence import build_evidence, verify_evidence
 from gateway.logs import redact, setup_logging
 from gateway.mapping import InboundMapping, OutboundMapping, load_mapping, source_columns
+from gateway.operations import age, cell, replay_entries, status_json, status_lines, table_lines
 from gateway.records import Operation, Record, from_payload
-from gateway.sanctions import sanctions_report
-from gateway.store import Reject, open_store
+from gateway.store import open_store
 from gateway.store_ops import Store
 from gateway.timeliness import TimelinessReport, timeliness_report
 
@@ -36,36 +38,11 @@ def out(line: str = "") -> None:
 
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
     """Print rows as an aligned text table."""
-    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
-    widths = [max([_width(c)] + [_width(r[i]) for r in cells]) for i, c in enumerate(columns)]
-    out("  ".join(_pad(c, w) for c, w in zip(columns, widths, strict=True)))
-    for r in cells:
-        out("  ".join(_pad(v, w) for v, w in zip(r, widths, strict=True)))
+    for line in table_lines(rows, columns):
+        out(line)
 
 
-def _cell(value: Any) -> str:
-    if isinstance(value, float) and value > 1_000_000_000:  # an epoch timestamp
-        return dt.datetime.fromtimestamp(value, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-    if isinstance(value, float):
-        return f"{value:.1f}"
-    return "-" if value is None else str(value)
-
-
-def _width(text: str) -> int:
-    return sum(2 if ord(ch) > 0x2E80 else 1 for ch in text)  # CJK characters take two columns
-
-
-def _pad(text: str, width: int) -> str:
-    return text + " " * (width - _width(text))
-
-
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f}{unit}"
-    return f"{seconds:.0f}s"
+_cell, _age = cell, age
 
 
 async def _with_store(config: Config) -> Store:
@@ -87,6 +64,12 @@ async def cmd_check(args: argparse.Namespace) -> int:
         out(f"  source   {s.name} ({s.type}) → {', '.join(s.mappings)} every {s.poll_interval_s:g}s")
     for t in config.targets.values():
         out(f"  target   {t.name} ({t.type}) ← {', '.join(t.mappings)}; personal IDs: {t.personal_ids}")
+    if config.inbound is not None:
+        for c in config.inbound.channels.values():
+            out(f"  inbound  {c.name} ({c.profile}) → {c.dataset} from {'; '.join(c.peer.allowed_signers) or 'TLS'}")
+    if config.admin is not None:
+        out(f"  admin    {config.admin.settings.host}:{config.admin.settings.port}, "
+            f"tokens: {', '.join(f'{t.name} ({t.role})' for t in config.admin.tokens)}")
     return 0
 
 
@@ -132,23 +115,30 @@ async def _run_until_idle(config: Config, timeout_s: float) -> int:
 
 # ---------------------------------------------------------------- status / health
 
+def _admin(args: argparse.Namespace) -> AdminClient | None:
+    """The admin API client when ``--admin-url`` (or ``$CG_ADMIN_URL``) is given."""
+    url = getattr(args, "admin_url", None) or os.environ.get("CG_ADMIN_URL")
+    if not url:
+        return None
+    return AdminClient(url, read_token(getattr(args, "token_file", None)), getattr(args, "admin_ca", None))
+
+
 async def cmd_status(args: argparse.Namespace) -> int:
+    admin = _admin(args)
+    if admin is not None:
+        status = await admin.get("/status")
+        lines = status.pop("lines")
+        if args.json:
+            out(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode())
+            return 0
+        for line in lines + [f"certificate {w}" for w in status["certificates"]]:
+            out(line)
+        return 0
     config = load_config(args.config)
     store = await _with_store(config)
     try:
         if args.json:
-            status = {"targets": await store.target_status(), "counts": await store.counts(),
-                      "instances": await store.heartbeats()}
-            status["timeliness"] = (await timeliness_report(
-                store, WorkCalendar.from_settings(config.calendar), today=china_today())).as_json()
-            status["certificates"] = expiry_warnings(config)
-            status["sanctions"] = (await sanctions_report(
-                store, WorkCalendar.from_settings(config.calendar), today=china_today(),
-                due_working_days=config.sanctions.feedback_due_working_days)).counts()
-            entries = await store.list_entries()
-            status["lists"] = {"entries": sum(1 for e in entries if e.active),
-                               "conflicts": sum(1 for e in entries if e.held)}
-            out(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode())
+            out(orjson.dumps(await status_json(store, config), option=orjson.OPT_INDENT_2).decode())
         else:
             await print_status(store, WorkCalendar.from_settings(config.calendar),
                                config.sanctions.feedback_due_working_days)
@@ -160,27 +150,8 @@ async def cmd_status(args: argparse.Namespace) -> int:
 
 
 async def print_status(store: Store, calendar: WorkCalendar | None = None, sanctions_due_days: int = 10) -> None:
-    counts = await store.counts()
-    ledger = ", ".join(f"{k} {v}" for k, v in sorted(counts["ledger"].items())) or "empty"
-    quarantine = ", ".join(f"{k} {v}" for k, v in sorted(counts["quarantine"].items())) or "none"
-    out(f"rows read {counts['rows_read']}; ledger: {ledger}; open quarantine: {quarantine}")
-    from gateway.cli_lists import status_line  # cli_lists imports this module
-
-    if (lists := await status_line(store)) is not None:
-        out(lists)
-    for line in (await timeliness_report(store, calendar or WorkCalendar(), today=china_today())).status_lines():
+    for line in await status_lines(store, calendar, sanctions_due_days):
         out(line)
-    for line in (await sanctions_report(store, calendar or WorkCalendar(), today=china_today(),
-                                        due_working_days=sanctions_due_days)).status_lines():
-        out(line)
-    rows = [{**r, "oldest pending": _age(r["oldest_pending_s"]), "last success": r["last_success"]}
-            for r in await store.target_status()]
-    table(rows, ["target", "backlog", "oldest pending", "delivered", "rejected", "dead", "open_batches",
-                 "retrying", "last success"])
-    for beat in await store.heartbeats():
-        age = time.time() - beat["beat_at"]
-        out(f"instance {beat['instance']} pid {beat['pid']}: {beat['state'].get('state')}, "
-            f"last heartbeat {_age(age)} ago")
 
 
 async def cmd_health(args: argparse.Namespace) -> int:
@@ -254,6 +225,9 @@ def print_timeliness(report: TimelinessReport) -> None:
 # ---------------------------------------------------------------- spool
 
 async def cmd_spool(args: argparse.Namespace) -> int:
+    admin = _admin(args)
+    if admin is not None:
+        return await _remote_spool(admin, args)
     config = load_config(args.config)
     store = await _with_store(config)
     try:
@@ -266,7 +240,7 @@ async def _spool(store: Store, args: argparse.Namespace, config: Config) -> int:
     cmd = args.spool_command
     if cmd == "list":
         rows = await store.list_batches(args.target, args.state, args.limit)
-        table(rows, ["id", "target", "dataset", "state", "record_count", "attempts", "created_at", "last_error"])
+        table(rows, SPOOL_COLUMNS)
         return 0
     if cmd in ("show", "evidence"):
         batch = await store.show_batch(args.batch)
@@ -351,6 +325,9 @@ def _print_batch(batch: dict[str, Any], with_body: bool) -> None:
 # ---------------------------------------------------------------- quarantine
 
 async def cmd_quarantine(args: argparse.Namespace) -> int:
+    admin = _admin(args)
+    if admin is not None:
+        return await _remote_quarantine(admin, args)
     config = load_config(args.config)
     store = await _with_store(config)
     try:
@@ -363,9 +340,7 @@ async def _quarantine(store: Store, config: Config, args: argparse.Namespace) ->
     cmd = args.quarantine_command
     if cmd == "list":
         rows = await store.list_quarantine(args.state, args.stage, args.limit)
-        table([{**r, "key": r["record_key"] or r["source_key"], "where": r["target"] or r["source"],
-                "reasons": "; ".join(_reason(x) for x in r["reasons"])} for r in rows],
-              ["id", "stage", "where", "dataset", "key", "hits", "reasons"])
+        table(_quarantine_rows(rows), QUARANTINE_COLUMNS)
         return 0
     if cmd == "show":
         rows = await store.list_quarantine(None, ids=[args.id])
@@ -382,6 +357,55 @@ async def _quarantine(store: Store, config: Config, args: argparse.Namespace) ->
     return await replay_quarantine(store, config, entries)
 
 
+# ---------------------------------------------------------------- the same, through the admin API
+
+SPOOL_COLUMNS = ["id", "target", "dataset", "state", "record_count", "attempts", "created_at", "last_error"]
+QUARANTINE_COLUMNS = ["id", "stage", "where", "dataset", "key", "hits", "reasons"]
+
+
+async def _remote_spool(admin: AdminClient, args: argparse.Namespace) -> int:
+    cmd = args.spool_command
+    if cmd == "list":
+        table(await admin.get("/spool", {"target": args.target, "state": args.state, "limit": args.limit}),
+              SPOOL_COLUMNS)
+        return 0
+    if cmd == "show":
+        out(orjson.dumps(await admin.get(f"/spool/{args.batch}", {"body": "1" if args.body else None}),
+                         option=orjson.OPT_INDENT_2).decode())
+        return 0
+    if cmd == "evidence":
+        raise ConfigError([Problem("--admin-url", "spool evidence reads the local store; run it on the gateway")])
+    selection = {"all": True} if args.all else {"target": args.target} if args.target else {"batch": args.batch}
+    answer = await admin.post(f"/spool/{cmd}", selection)
+    out(f"{answer['batches']} open batch(es) due now" if cmd == "retry" else f"{answer['records']} record(s) "
+                                                                             "queued again")
+    return 0
+
+
+async def _remote_quarantine(admin: AdminClient, args: argparse.Namespace) -> int:
+    cmd = args.quarantine_command
+    if cmd == "list":
+        rows = await admin.get("/quarantine", {"state": args.state, "stage": args.stage, "limit": args.limit})
+        table(_quarantine_rows(rows), QUARANTINE_COLUMNS)
+        return 0
+    if cmd == "show":
+        out(orjson.dumps(await admin.get(f"/quarantine/{args.id}"), option=orjson.OPT_INDENT_2).decode())
+        return 0
+    answer = await admin.post(f"/quarantine/{cmd}", {"all": True} if args.all else {"ids": args.ids})
+    if cmd == "resolve":
+        out(f"{answer['resolved']} entr(y/ies) resolved")
+        return 0
+    for note in answer["notes"]:
+        out(note)
+    out(answer["summary"])
+    return 0 if not answer["still"] else 1
+
+
+def _quarantine_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{**r, "key": r["record_key"] or r["source_key"], "where": r["target"] or r["source"],
+             "reasons": "; ".join(_reason(x) for x in r["reasons"])} for r in rows]
+
+
 def _reason(r: dict[str, Any]) -> str:
     head = r.get("field") or r.get("code") or ""
     return f"{head}: {r.get('message')}" if head else str(r.get("message"))
@@ -389,25 +413,11 @@ def _reason(r: dict[str, Any]) -> str:
 
 async def replay_quarantine(store: Store, config: Config, entries: Sequence[dict[str, Any]]) -> int:
     """Mapping rejects are mapped again with today's mapping; target rejects are sent again."""
-    target_entries = [e for e in entries if e["stage"] != "mapping"]
-    requeued = await store.requeue_rejected(target_entries) if target_entries else 0
-    fixed = still = 0
-    routes = config.routes()
-    for e in (e for e in entries if e["stage"] == "mapping"):
-        src = config.sources.get(e["source"])
-        mapping = src.mappings.get(e["dataset"]) if src else None
-        if mapping is None:
-            out(f"entry {e['id']}: source {e['source']} / dataset {e['dataset']} is no longer configured")
-            still += 1
-            continue
-        mapped = mapping.map_row(e["raw"], china_today(), e["source"], e["source_key"])
-        rejects = [] if mapped.record else [Reject(e["source"], e["source_key"], e["dataset"], mapped.key,
-                                                   mapped.problems, e["raw"])]
-        await store.commit_intake(e["source"], [mapped.record] if mapped.record else [], rejects, None, routes, 0)
-        fixed, still = (fixed + 1, still) if mapped.record else (fixed, still + 1)
-    out(f"replayed: {fixed} row(s) now valid and queued, {still} still failing, "
-        f"{requeued} target rejection(s) queued again")
-    return 0 if not still else 1
+    result = await replay_entries(store, config, entries)
+    for note in result.notes or []:
+        out(note)
+    out(result.summary())
+    return 0 if not result.still else 1
 
 
 # ---------------------------------------------------------------- mapping test

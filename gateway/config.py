@@ -21,6 +21,7 @@ from gateway.mapping import InboundMapping, OutboundMapping, load_mapping
 from gateway.ports import SINK_GROUP, SOURCE_GROUP, AdapterContext, load_adapter
 from gateway.sealing import Sealing, load_sealing
 from gateway.settings import parse_settings, setting
+from gateway.web_config import AdminConfig, InboundConfig, load_admin, load_inbound
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,8 @@ class Config:
     calendar: CalendarSettings = field(default_factory=CalendarSettings)
     sanctions: SanctionsSettings = field(default_factory=SanctionsSettings)
     lists: ListsSettings = field(default_factory=ListsSettings)
+    inbound: InboundConfig | None = None  # the inbound HTTP endpoint, when [inbound] is configured
+    admin: AdminConfig | None = None  # the admin HTTP API, when [admin] is configured
 
     def routes(self) -> dict[str, list[str]]:
         """dataset → targets that receive it."""
@@ -163,7 +166,8 @@ def load_config(path: str | Path) -> Config:
     path = Path(path).resolve()
     doc = _read(path)
     problems: list[Problem] = []
-    unknown = set(doc) - {"gateway", "store", "daemon", "sources", "targets", "calendar", "sanctions", "lists"}
+    unknown = set(doc) - {"gateway", "store", "daemon", "sources", "targets", "calendar", "sanctions", "lists",
+                          "inbound", "admin"}
     problems += [Problem(k, "unknown section") for k in sorted(unknown)]
     gw = _section(GatewaySettings, doc, "gateway", problems)
     store = _section(StoreSettings, doc, "store", problems)
@@ -181,10 +185,14 @@ def load_config(path: str | Path) -> Config:
                if (tgt := _target(name, raw, ctx_base, problems, secrets)) is not None}
     if len(targets) == len(target_tables):  # a broken target would make every route look missing
         problems += _route_problems(sources, targets)
+    inbound, found = load_inbound(doc.get("inbound"), path.parent)
+    admin, found_admin = load_admin(doc.get("admin"), path.parent)
+    problems += found + found_admin
+    secrets += [t.token for t in admin.tokens] if admin else []
     if problems or gw is None or store is None or daemon is None or sanctions is None:
         raise ConfigError(problems, str(path))
     return Config(path, gw, store, daemon, sources, targets, tuple(secrets), calendar=calendar, sanctions=sanctions,
-                  lists=lists or ListsSettings())
+                  lists=lists or ListsSettings(), inbound=inbound, admin=admin)
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from gateway.mapping import load_mapping, mapping_version
 from gateway.scheduler import Scheduler
 from gateway.store import open_store
 from gateway.store_ops import Store
+from gateway.web import WebServers, start_web
 
 log = logging.getLogger("gateway.daemon")
 
@@ -50,6 +51,7 @@ class Gateway:
         self._refused: dict[str, int] = {}  # mapping file → version that failed to compile
         self.started_at = time.time()
         self._stack = contextlib.AsyncExitStack()
+        self.web = WebServers()  # the inbound endpoint and the admin API, when configured (started by run)
 
     def _wake_all(self) -> None:
         for worker in self.workers.values():
@@ -84,6 +86,12 @@ class Gateway:
             scheduler.every("lists:reconcile", self.config.lists.reconcile_interval_s, self.reconcile_lists)
         scheduler.start()
         workers = [asyncio.create_task(w.run(self.stopping), name=f"worker {n}") for n, w in self.workers.items()]
+        try:
+            self.web = await start_web(self.config, self.store, self._wake_all)
+        except BaseException:
+            self.stopping.set()
+            await self._shutdown(scheduler, workers)
+            raise
         log.info("gateway started", extra={"sources": list(self.intakes), "targets": list(self.workers),
                                            "pid": os.getpid()})
         for warning in expiry_warnings(self.config):
@@ -94,6 +102,7 @@ class Gateway:
 
     async def _shutdown(self, scheduler: Scheduler, workers: list[asyncio.Task[None]]) -> None:
         grace = self.config.daemon.shutdown_grace_s
+        await self.web.aclose()  # stop taking pushes first: what was accepted is committed
         await scheduler.aclose(grace)
         await asyncio.gather(*workers, return_exceptions=True)
         await asyncio.gather(*(w.drain_inflight(grace) for w in self.workers.values()))
@@ -116,6 +125,7 @@ class Gateway:
         """Recompile mapping files that changed; a broken one is refused and the one in force stays."""
         tables: list[dict[str, Any]] = [i.mappings for i in self.intakes.values()]
         tables += [w.mappings for w in self.workers.values()]
+        tables += self.web.mapping_tables()
         for table in tables:
             for dataset, mapping in list(table.items()):
                 fresh = self._reloaded(mapping)

@@ -93,10 +93,15 @@ class Credentials:
 
 @dataclass(frozen=True)
 class Peer:
-    """The other side: the certificate we encrypt to, and the CAs that may issue its signing certificates."""
+    """The other side: the certificate we encrypt to, and the CAs that may issue its signing certificates.
+
+    ``allowed_signers`` (RFC 4514 subjects) replaces the one expected signer (``cert_pem``'s subject) when
+    opening: an inbound channel accepts batches from several partners, and encrypts to none of them.
+    """
 
     cert_pem: bytes
     trusted_ca_pems: tuple[bytes, ...]
+    allowed_signers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -166,6 +171,16 @@ def load_trusted(pems: Sequence[bytes]) -> list[x509.Certificate]:
     if not anchors:
         raise CertificateError("no trusted CA certificate is configured for this peer")
     return anchors
+
+
+def normalise_subject(text: str) -> str:
+    """An RFC 4514 subject as :attr:`Opened.signer_subject` spells it; ValueError when it is not one."""
+    return x509.Name.from_rfc4514_string(text).rfc4514_string()
+
+
+def certificate_subject(der: bytes) -> str:
+    """The subject of a DER certificate (a TLS peer's), RFC 4514."""
+    return x509.load_der_x509_certificate(der).subject.rfc4514_string()
 
 
 def describe(cert: x509.Certificate) -> str:
@@ -269,6 +284,17 @@ def check_expected_signer(signer: x509.Certificate, peer_cert: x509.Certificate)
     if signer.subject != peer_cert.subject:
         raise CertificateError(f"wrong signer: signed by {describe(signer)}, expected the peer "
                                f"'{peer_cert.subject.rfc4514_string()}'")
+
+
+def check_peer_signer(signer: x509.Certificate, peer: Peer) -> None:
+    """The signer must be one of ``peer.allowed_signers`` when given, else the peer of ``peer.cert_pem``."""
+    if not peer.allowed_signers:
+        check_expected_signer(signer, load_certificate(peer.cert_pem, "peer certificate"))
+        return
+    subject = signer.subject.rfc4514_string()
+    if subject not in peer.allowed_signers:
+        raise CertificateError(f"wrong signer: signed by {describe(signer)}, which is not an allowed peer "
+                               f"({'; '.join(repr(s) for s in peer.allowed_signers)})")
 
 
 def opened(body: bytes, signer: x509.Certificate, signature: bytes) -> Opened:

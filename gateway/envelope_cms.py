@@ -49,8 +49,8 @@ from gateway.envelope import (
     SignatureError,
     Signer,
     check_chain,
-    check_expected_signer,
     check_peer_for_sealing,
+    check_peer_signer,
     check_usage,
     check_validity,
     describe,
@@ -91,7 +91,7 @@ class CmsProfile:
         when = resolve_now(now)
         inner = _decrypt(sealed, load_signer(ours))
         result = _verify_signed_data(inner, None, peer.trusted_ca_pems, when)
-        check_expected_signer(result.signer, load_certificate(peer.cert_pem, "peer certificate"))
+        check_peer_signer(result.signer, peer)
         return opened(result.content, result.signer, result.signature)
 
 

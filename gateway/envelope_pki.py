@@ -19,6 +19,7 @@ Every credential is written as PEM files beside the bytes, so tests can hand the
 
 from __future__ import annotations
 
+import ipaddress
 import subprocess
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -83,13 +84,15 @@ class CA:
         passphrase: bytes | None = None,
         kind: str | None = None,
         common_name: str | None = None,
+        hosts: tuple[str, ...] = (),
     ) -> Issued:
         """A leaf certificate (files ``name.key``, ``name.crt``) for ``CN=common_name`` (default: ``name``),
-        signed by this CA; ``kind`` picks another key type than the CA's (not for SM2)."""
+        signed by this CA; ``kind`` picks another key type than the CA's (not for SM2); ``hosts`` (DNS names
+        or IP addresses) go into subjectAltName, for a TLS server certificate (RSA and EC only)."""
         window = _window(not_before, not_after)
         if self.kind == "sm2":
             return _sm2_sign(self, self.directory, name, common_name or name, window, passphrase)
-        return _x509_issue(self, name, common_name or name, kind or self.kind, window, passphrase)
+        return _x509_issue(self, name, common_name or name, kind or self.kind, window, passphrase, hosts)
 
 
 # --- RSA and EC, with cryptography -------------------------------------------------------------------------
@@ -151,14 +154,27 @@ def _key_usage(*, ca: bool) -> x509.KeyUsage:
     )
 
 
+def _alt_names(hosts: tuple[str, ...]) -> x509.SubjectAlternativeName:
+    names: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    return x509.SubjectAlternativeName(names)
+
+
 def _x509_issue(ca: CA, name: str, common_name: str, kind: str, window: tuple[datetime, datetime],
-                passphrase: bytes | None) -> Issued:
+                passphrase: bytes | None, hosts: tuple[str, ...] = ()) -> Issued:
     start, end = window
     ca_key = serialization.load_pem_private_key(ca.root.key_pem, None)
     ca_cert = x509.load_pem_x509_certificate(ca.root.cert_pem)
     key = _new_key(kind)
+    builder = _builder(common_name, ca_cert.subject, key.public_key(), start, end)
+    if hosts:
+        builder = builder.add_extension(_alt_names(hosts), critical=False)
     cert = (
-        _builder(common_name, ca_cert.subject, key.public_key(), start, end)
+        builder
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_key_usage(ca=False), critical=True)
         .add_extension(

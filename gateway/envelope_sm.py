@@ -69,8 +69,8 @@ from gateway.envelope import (
     Peer,
     SignatureError,
     check_chain,
-    check_expected_signer,
     check_peer_for_sealing,
+    check_peer_signer,
     check_usage,
     check_validity,
     describe,
@@ -362,7 +362,7 @@ class SmProfile:
         except (ValueError, TypeError) as exc:
             raise SignatureError(f"sm: the decrypted content is not an SmSignedContent ({exc})") from exc
         signer, raw = _verify(content, signature, peer.trusted_ca_pems, when)
-        check_expected_signer(signer, load_certificate(peer.cert_pem, "peer certificate"))
+        check_peer_signer(signer, peer)
         return opened(content, signer, raw)
 
 

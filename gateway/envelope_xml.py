@@ -31,6 +31,7 @@ from signxml.exceptions import InvalidCertificate, InvalidInput, SignXMLExceptio
 from signxml.signer import XMLSigner
 from signxml.verifier import SignatureConfiguration, VerifyResult, XMLVerifier
 
+from gateway import xmlsafe
 from gateway.envelope import (
     CertificateError,
     Credentials,
@@ -39,8 +40,8 @@ from gateway.envelope import (
     Peer,
     SignatureError,
     check_chain,
-    check_expected_signer,
     check_peer_for_sealing,
+    check_peer_signer,
     check_usage,
     check_validity,
     load_certificate,
@@ -63,19 +64,11 @@ _ACCEPTED = SignatureConfiguration(
 
 
 def parse_xml(data: bytes, what: str) -> etree._Element:
-    """Parse untrusted XML: no DTD, no entity expansion, no network access, bounded tree size."""
-    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False,
-                             huge_tree=False, remove_blank_text=False)
+    """Parse untrusted XML with :func:`gateway.xmlsafe.parse_xml` (no DTD, no entities, no network, bounded)."""
     try:
-        root = etree.fromstring(data, parser=parser)
-    except etree.XMLSyntaxError as exc:
-        raise EnvelopeError(f"xmldsig: the {what} is not well-formed XML ({exc})") from exc
-    docinfo = root.getroottree().docinfo
-    if docinfo.internalDTD is not None or docinfo.externalDTD is not None or docinfo.doctype:
-        raise EnvelopeError(f"xmldsig: the {what} has a DTD (DOCTYPE); XML with a DTD is refused")
-    if any(isinstance(node, etree._Entity) for node in root.iter()):
-        raise EnvelopeError(f"xmldsig: the {what} uses entities; refused")
-    return root
+        return xmlsafe.parse_xml(data, what)
+    except xmlsafe.XmlRefused as exc:
+        raise EnvelopeError(f"xmldsig: {exc}") from exc
 
 
 class XmlDsigProfile:
@@ -105,7 +98,7 @@ class XmlDsigProfile:
         signer, others = _signer_certificates(root)
         check_chain(signer, others, load_trusted(peer.trusted_ca_pems), when, role="signer")
         check_usage(signer, "signer", signing=True)
-        check_expected_signer(signer, load_certificate(peer.cert_pem, "peer certificate"))
+        check_peer_signer(signer, peer)
         return _verify(root, signer, when)
 
 

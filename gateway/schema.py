@@ -195,3 +195,33 @@ list_entries = Table(
     Index("ix_list_entries_subject", "subject"),
     Index("ix_list_entries_list", "list_code"),
 )
+
+# The inbound endpoint: nonces seen within the retention period (a second use is a replay), and every batch
+# accepted with the answer we gave (our signed receipt), so a retry of a batch gets the same answer.
+inbound_nonces = Table(
+    "cg_inbound_nonces", metadata,
+    Column("channel", String(128), primary_key=True),
+    Column("nonce", String(128), primary_key=True),
+    Column("batch_id", String(128), nullable=False),
+    Column("seen_at", Float, nullable=False, index=True),
+)
+
+inbound_batches = Table(
+    "cg_inbound_batches", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("channel", String(128), nullable=False),
+    Column("batch_id", String(128), nullable=False),
+    Column("dataset", String(32), nullable=False),
+    Column("signer", String(1000), nullable=False),  # subject of the certificate that signed the batch
+    Column("content_sha256", String(64), nullable=False),  # the batch's records (canonical JSON): retries match it
+    Column("body_sha256", String(64), nullable=False),  # the request body as received (the sealed envelope)
+    Column("body", LargeBinary, nullable=False),  # zlib-compressed request body: the partner's signed batch
+    Column("received_at", Float, nullable=False),
+    Column("records", Integer, nullable=False),
+    Column("accepted", Integer, nullable=False),
+    Column("unchanged", Integer, nullable=False),
+    Column("rejected", Integer, nullable=False),
+    Column("answer", Text, nullable=False),  # our answer (JSON): per-record results, receipt, its signature
+    UniqueConstraint("channel", "batch_id", name="uq_inbound_batch"),
+    Index("ix_inbound_received", "received_at"),
+)

@@ -161,22 +161,31 @@ class StoreBase:
 
         A page of a full ``snapshot`` also notes its keys; its final page withdraws the scope's unnamed keys.
         """
-        now = time.time()
         async with self.tx() as conn:
-            changed, unchanged = await self._write_ledger(conn, accepted, now)
-            if snapshot is not None:
-                changed += await self._snapshot_page(conn, source, snapshot, accepted, rejects, now)
-            enqueued = await self._enqueue(conn, changed, routes, now)
-            await self._ledger_changed(conn, changed, now)
-            await self._quarantine_rejects(conn, rejects, now)
-            keys = [item.source_key for item in accepted]
-            await self._resolve_mapping_quarantine(conn, source, keys, now)
-            if cursor is not None:  # None: a replay from quarantine, the source position is unchanged
-                await self._save_cursor(conn, source, cursor, now)
-            await conn.execute(s.intake.insert().values(
-                source=source, at=now, rows=rows, accepted=len(changed), unchanged=unchanged,
-                quarantined=len(rejects), cursor=_json(cursor)))
-        return IntakeResult(len(changed), unchanged, len(rejects), enqueued)
+            result, _changed = await self.intake_in(conn, source, accepted, rejects, cursor, routes, rows, snapshot)
+        return result
+
+    async def intake_in(self, conn: AsyncConnection, source: str, accepted: Sequence[Record | LedgerEntry],
+                        rejects: Sequence[Reject], cursor: Any, routes: Mapping[str, Sequence[str]],
+                        rows: int, snapshot: SnapshotPage | None = None
+                        ) -> tuple[IntakeResult, list[tuple[LedgerEntry, int]]]:
+        """:meth:`commit_intake` inside the caller's transaction (the inbound endpoint adds its nonce and
+        receipt to it); also returns the ledger entries that made a new version, with that version."""
+        now = time.time()
+        changed, unchanged = await self._write_ledger(conn, accepted, now)
+        if snapshot is not None:
+            changed += await self._snapshot_page(conn, source, snapshot, accepted, rejects, now)
+        enqueued = await self._enqueue(conn, changed, routes, now)
+        await self._ledger_changed(conn, changed, now)
+        await self._quarantine_rejects(conn, rejects, now)
+        keys = [item.source_key for item in accepted]
+        await self._resolve_mapping_quarantine(conn, source, keys, now)
+        if cursor is not None:  # None: a replay from quarantine, the source position is unchanged
+            await self._save_cursor(conn, source, cursor, now)
+        await conn.execute(s.intake.insert().values(
+            source=source, at=now, rows=rows, accepted=len(changed), unchanged=unchanged,
+            quarantined=len(rejects), cursor=_json(cursor)))
+        return IntakeResult(len(changed), unchanged, len(rejects), enqueued), changed
 
     async def _snapshot_page(self, conn: AsyncConnection, source: str, snapshot: SnapshotPage,
                              accepted: Sequence[Record | LedgerEntry], rejects: Sequence[Reject],

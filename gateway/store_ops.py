@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from gateway import schema as s
 from gateway.store import StoreBase, _chunks, _json, translate_errors
 from gateway.store_delivery import DeliveryMixin
+from gateway.store_inbound import InboundMixin
 from gateway.store_lists import ListsMixin
 
 OPEN_STATES = ("pending", "leased")
@@ -25,7 +26,7 @@ def _rows(result: Any) -> list[dict[str, Any]]:
 
 
 @translate_errors
-class Store(ListsMixin, DeliveryMixin, StoreBase):
+class Store(InboundMixin, ListsMixin, DeliveryMixin, StoreBase):
     """All durable state of one gateway (or several, on PostgreSQL)."""
 
     # ------------------------------------------------------------ status

@@ -1,0 +1,201 @@
+"""Operations shared by the CLI and the admin API: the status report, quarantine replay, ID masking.
+
+Both the local ``credit-gateway status`` and ``GET /api/v1/status`` build their text here, so a remote
+``status --admin-url`` prints exactly what a local one does. Everything the admin API returns passes
+:func:`mask_personal`: personal ID fields (canonical names, the columns inbound mappings read them from and the
+names outbound mappings write them to) are masked, and any 18-character ID number in any text too.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import tomllib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway.calendar import WorkCalendar
+from gateway.certs import expiry_warnings
+from gateway.config import Config
+from gateway.engine import china_today
+from gateway.identifiers import mask_id
+from gateway.logs import redact
+from gateway.mapping import InboundMapping
+from gateway.sanctions import sanctions_report
+from gateway.store import Reject
+from gateway.store_ops import Store
+from gateway.timeliness import timeliness_report
+
+# ---------------------------------------------------------------- text tables and ages
+
+def cell(value: Any) -> str:
+    if isinstance(value, float) and value > 1_000_000_000:  # an epoch timestamp
+        return dt.datetime.fromtimestamp(value, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return "-" if value is None else str(value)
+
+
+def _width(text: str) -> int:
+    return sum(2 if ord(ch) > 0x2E80 else 1 for ch in text)  # CJK characters take two columns
+
+
+def _pad(text: str, width: int) -> str:
+    return text + " " * (width - _width(text))
+
+
+def table_lines(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> list[str]:
+    """Rows as an aligned text table."""
+    cells = [[cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max([_width(c)] + [_width(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(_pad(c, w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(_pad(v, w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    return lines
+
+
+def age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+# ---------------------------------------------------------------- status
+
+async def status_lines(store: Store, calendar: WorkCalendar | None = None, sanctions_due_days: int = 10
+                       ) -> list[str]:
+    """What ``credit-gateway status`` prints (without the certificate warnings)."""
+    calendar = calendar or WorkCalendar()
+    counts = await store.counts()
+    ledger = ", ".join(f"{k} {v}" for k, v in sorted(counts["ledger"].items())) or "empty"
+    quarantine = ", ".join(f"{k} {v}" for k, v in sorted(counts["quarantine"].items())) or "none"
+    lines = [f"rows read {counts['rows_read']}; ledger: {ledger}; open quarantine: {quarantine}"]
+    if (lists := await lists_line(store)) is not None:
+        lines.append(lists)
+    lines += (await timeliness_report(store, calendar, today=china_today())).status_lines()
+    lines += (await sanctions_report(store, calendar, today=china_today(),
+                                     due_working_days=sanctions_due_days)).status_lines()
+    rows = [{**r, "oldest pending": age(r["oldest_pending_s"]), "last success": r["last_success"]}
+            for r in await store.target_status()]
+    lines += table_lines(rows, ["target", "backlog", "oldest pending", "delivered", "rejected", "dead",
+                                "open_batches", "retrying", "last success"])
+    for beat in await store.heartbeats():
+        lines.append(f"instance {beat['instance']} pid {beat['pid']}: {beat['state'].get('state')}, "
+                     f"last heartbeat {age(time.time() - beat['beat_at'])} ago")
+    return lines
+
+
+async def status_json(store: Store, config: Config) -> dict[str, Any]:
+    """What ``credit-gateway status --json`` prints."""
+    status: dict[str, Any] = {"targets": await store.target_status(), "counts": await store.counts(),
+                              "instances": await store.heartbeats()}
+    status["timeliness"] = (await timeliness_report(
+        store, WorkCalendar.from_settings(config.calendar), today=china_today())).as_json()
+    status["certificates"] = expiry_warnings(config)
+    status["sanctions"] = (await sanctions_report(
+        store, WorkCalendar.from_settings(config.calendar), today=china_today(),
+        due_working_days=config.sanctions.feedback_due_working_days)).counts()
+    entries = await store.list_entries()
+    status["lists"] = {"entries": sum(1 for e in entries if e.active), "conflicts": sum(1 for e in entries if e.held)}
+    return status
+
+
+async def lists_line(store: Store) -> str | None:
+    """One status line for credit lists: lists, listed entries, conflicts (None without lists)."""
+    entries = await store.list_entries()
+    if not entries:
+        return None
+    codes = {e.list_code for e in entries}
+    listed = sum(1 for e in entries if e.active)
+    held = sum(1 for e in entries if e.held)
+    return f"credit lists: {len(codes)} list(s), {listed} entries listed, {held} red/black conflict(s) held back"
+
+
+# ---------------------------------------------------------------- quarantine replay
+
+@dataclass
+class ReplayResult:
+    fixed: int = 0  # mapping rejects that map now and were queued
+    still: int = 0  # still failing (or their source is gone)
+    requeued: int = 0  # target rejects queued again
+    notes: list[str] | None = None
+
+    def summary(self) -> str:
+        return (f"replayed: {self.fixed} row(s) now valid and queued, {self.still} still failing, "
+                f"{self.requeued} target rejection(s) queued again")
+
+
+def replay_mapping(config: Config, source: str, dataset: str) -> InboundMapping | None:
+    """The mapping a quarantined row of ``source`` is mapped with now: a source's, or an inbound channel's."""
+    src = config.sources.get(source)
+    if src is not None:
+        return src.mappings.get(dataset)
+    if config.inbound is not None and source.startswith("inbound."):
+        channel = config.inbound.channels.get(source.removeprefix("inbound."))
+        if channel is not None and channel.dataset == dataset:
+            return channel.mapping
+    return None
+
+
+async def replay_entries(store: Store, config: Config, entries: Sequence[dict[str, Any]]) -> ReplayResult:
+    """Mapping rejects are mapped again with today's mapping; target rejects are sent again."""
+    target_entries = [e for e in entries if e["stage"] != "mapping"]
+    result = ReplayResult(requeued=await store.requeue_rejected(target_entries) if target_entries else 0, notes=[])
+    routes = config.routes()
+    for e in (e for e in entries if e["stage"] == "mapping"):
+        mapping = replay_mapping(config, e["source"], e["dataset"])
+        if mapping is None:
+            result.notes = [*(result.notes or []), f"entry {e['id']}: source {e['source']} / dataset "
+                                                   f"{e['dataset']} is no longer configured"]
+            result.still += 1
+            continue
+        mapped = mapping.map_row(e["raw"], china_today(), e["source"], e["source_key"])
+        rejects = [] if mapped.record else [Reject(e["source"], e["source_key"], e["dataset"], mapped.key,
+                                                   mapped.problems, e["raw"])]
+        await store.commit_intake(e["source"], [mapped.record] if mapped.record else [], rejects, None, routes, 0)
+        if mapped.record:
+            result.fixed += 1
+        else:
+            result.still += 1
+    return result
+
+
+# ---------------------------------------------------------------- masking personal ID numbers
+
+def personal_keys(config: Config) -> frozenset[str]:
+    """Every name a personal ID number can appear under: canonical fields, source columns, target fields."""
+    keys: set[str] = set()
+    mappings: list[Any] = [m for s in config.sources.values() for m in s.mappings.values()]
+    mappings += [m for t in config.targets.values() for m in t.mappings.values()]
+    mappings += [c.mapping for c in config.inbound.channels.values()] if config.inbound else []
+    for mapping in mappings:
+        personal = mapping.dataset.personal_id_fields
+        keys |= personal
+        keys |= _mapped_names(Path(mapping.path), personal, inbound=isinstance(mapping, InboundMapping))
+    return frozenset(keys)
+
+
+def _mapped_names(path: Path, personal: frozenset[str], *, inbound: bool) -> set[str]:
+    try:
+        fields = tomllib.loads(path.read_text(encoding="utf-8")).get("fields", {})
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return set()
+    if inbound:  # [fields.id_no] from = "zjhm": the source column
+        return {str(raw["from"]) for name, raw in fields.items() if name in personal and isinstance(raw, dict)
+                and isinstance(raw.get("from"), str)}
+    return {str(name) for name, raw in fields.items() if isinstance(raw, dict) and raw.get("from") in personal}
+
+
+def mask_personal(value: Any, keys: frozenset[str], key: str = "") -> Any:
+    """``value`` with personal ID fields masked and ID numbers in any text masked."""
+    if isinstance(value, dict):
+        return {str(k): mask_personal(v, keys, str(k)) for k, v in value.items()}  # str: orjson takes no subclasses
+    if isinstance(value, list | tuple):
+        return [mask_personal(v, keys, key) for v in value]
+    if isinstance(value, str):
+        return mask_id(value.strip()) if key in keys and value.strip() else redact(value)
+    return value
