@@ -322,6 +322,11 @@ def _target(name: str, raw: dict[str, Any], base: tuple[Path, GatewaySettings], 
         problems.append(Problem(f"{where}.external", "expected true or false"))
     if external is True and personal == "full":
         problems.append(Problem(f"{where}.personal_ids", "full ID numbers are not allowed on an external target"))
+    for ds, m in mappings.items() if external is True else ():
+        if m.dataset.personal_key:
+            problems.append(Problem(f"{where}.datasets.{ds}", f"{ds} record keys can hold a natural person's ID "
+                                    "number, which masking does not cover: route it to internal targets only "
+                                    "(external = false)"))
     omit = _omit_fields(raw.get("omit_fields", []), mappings, where, problems)
     retry = _subtable(RetrySettings, raw, "retry", where, problems)
     circuit = _subtable(CircuitSettings, raw, "circuit", where, problems)

@@ -62,6 +62,12 @@ class Dataset:
     key_fields: tuple[str, ...]
     date_field: str  # the decision date: drives the 7-working-day deadline
 
+    @property
+    def personal_key(self) -> bool:
+        """True when a natural key can hold a personal ID number (route masking covers fields, not keys)."""
+        by_name = self.by_name()
+        return any(by_name[k].personal_id for k in self.key_fields if k in by_name)
+
     def field(self, name: str) -> FieldSpec:
         return self.by_name()[name]
 

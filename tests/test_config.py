@@ -383,3 +383,13 @@ class TestExampleConfig:
         province = config.targets["province"]
         assert province.external and province.sealing.profile == "cms" and province.sealing.require_signed_receipts
         assert set(config.sources) == {"penalties", "licences"}
+
+
+class TestPersonalKeys:
+    def test_credit_lists_are_refused_on_an_external_target(self, tmp_path: Path) -> None:
+        """credit_list keys hold ID numbers of natural persons: an external route for it is a config problem."""
+        text = edit("external = false", "external = true\nenvelope = { profile = \"none\" }")
+        text = edit('penalty = "', f'credit_list = "{MAPPINGS}/department-credit_list.toml", penalty = "', text)
+        error = config_errors(tmp_path, text)
+        assert "ID number" in problem_at(error, "targets.t.datasets.credit_list")
+        assert not any(p.path == "targets.t.datasets.penalty" for p in error.problems)
