@@ -23,9 +23,11 @@ from gateway.errors import ConfigError, GatewayError, Problem
 from gateway.evidence import build_evidence, verify_evidence
 from gateway.logs import redact, setup_logging
 from gateway.mapping import InboundMapping, OutboundMapping, load_mapping, source_columns
+from gateway.ports import SourceBatch, SourceRow
 from gateway.records import Operation, Record, from_payload
 from gateway.store import Reject, open_store
 from gateway.store_ops import Store
+from gateway.store_publicity import repair_screen
 from gateway.timeliness import TimelinessReport, timeliness_report
 
 
@@ -386,8 +388,12 @@ async def replay_quarantine(store: Store, config: Config, entries: Sequence[dict
         mapped = mapping.map_row(e["raw"], china_today(), e["source"], e["source_key"])
         rejects = [] if mapped.record else [Reject(e["source"], e["source_key"], e["dataset"], mapped.key,
                                                    mapped.problems, e["raw"])]
-        await store.commit_intake(e["source"], [mapped.record] if mapped.record else [], rejects, None, routes, 0)
-        fixed, still = (fixed + 1, still) if mapped.record else (fixed, still + 1)
+        accepted = [mapped.record.entry()] if mapped.record else []
+        if config.publicity.enabled:  # a repair replayed before its minimum period is refused again
+            accepted, rejects = await repair_screen(store, config.publicity)(
+                accepted, rejects, SourceBatch([SourceRow(e["source_key"], e["raw"])], None, False), china_today())
+        await store.commit_intake(e["source"], accepted, rejects, None, routes, 0)
+        fixed, still = (fixed + 1, still) if accepted else (fixed, still + 1)
     out(f"replayed: {fixed} row(s) now valid and queued, {still} still failing, "
         f"{requeued} target rejection(s) queued again")
     return 0 if not still else 1

@@ -32,6 +32,11 @@ PENALTY_TYPES = ("警告", "通报批评", "罚款", "没收违法所得", "没�
                  "吊销许可证件", "限制开展生产经营活动", "责令停产停业", "责令关闭", "限制从业", "行政拘留", "其他")
 SEVERITIES = ("一般", "较重", "严重")
 USAGE_SCOPES = ("公示", "政府内部共享", "授权查询")
+# Why a ``withdraw`` ends publication (gateway.publicity): a repair is checked against the minimum period;
+# 公示期满 is what the gateway itself sends when the maximum period is over. "其他-…" may carry a detail.
+REPAIR = "信用修复"
+EXPIRED = "公示期满"
+WITHDRAW_REASONS = (REPAIR, EXPIRED, "其他")
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +151,8 @@ PENALTY = Dataset(
                   check="uscc"),
         FieldSpec("severity", "失信严重程度 CF_SXYZCD", kind="code", codes=SEVERITIES),
         FieldSpec("domain", "领域 (特种设备/安全生产/消防/…; publicity rules)", max_len=50),
+        FieldSpec("withdraw_reason", "撤下原因 (信用修复/公示期满/其他; with a withdraw)", kind="code",
+                  codes=WITHDRAW_REASONS),
         *_COMMON_TAIL,
     ),
 )

@@ -15,7 +15,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +33,12 @@ from gateway.store_delivery import Batch, EncodedBatch, LeasedRecord
 from gateway.store_ops import Store
 
 log = logging.getLogger("gateway.engine")
+# A check after mapping that needs the store (e.g. gateway.store_publicity.repair_screen): it may move accepted
+# entries to the rejects, which are quarantined with their reasons in the same intake transaction.
+Screen = Callable[[list[LedgerEntry], list[Reject], SourceBatch, dt.date],
+                  Awaitable[tuple[list[LedgerEntry], list[Reject]]]]
+# Canonical payload → the payload a target gets (e.g. the computed 公示截止期), before masking and mapping.
+Derive = Callable[[str, Mapping[str, Any]], Mapping[str, Any]]
 CHINA = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")
 
 
@@ -70,6 +76,7 @@ class Intake:
         self.mappings: dict[str, InboundMapping] = dict(cfg.mappings)  # replaced when a file is reloaded
         self.sem, self.timeout_s, self.on_commit, self.today = sem, timeout_s, on_commit, today
         self.stats = IntakeStats()
+        self.screens: list[Screen] = []
 
     async def poll(self) -> int:
         """Drain the source: pages are fetched and mapped ahead while earlier ones commit, strictly in order."""
@@ -104,6 +111,8 @@ class Intake:
 
     async def _commit(self, batch: SourceBatch, mapped: Mapped) -> None:
         accepted, rejects = mapped
+        for screen in self.screens:
+            accepted, rejects = await screen(accepted, rejects, batch, self.today())
         result = await self.store.commit_intake(self.cfg.name, accepted, rejects, batch.cursor, self.routes,
                                                 len(batch.rows))
         s = self.stats
@@ -195,6 +204,7 @@ class TargetWorker:
         self._wake = asyncio.Event()
         self._personal = {ds: m.dataset.personal_id_fields for ds, m in cfg.mappings.items()}
         self.mappings: dict[str, OutboundMapping] = dict(cfg.mappings)  # replaced when a file is reloaded
+        self.derive: Derive | None = None
 
     def wake(self) -> None:
         self._wake.set()
@@ -286,17 +296,18 @@ class TargetWorker:
         return EncodedBatch(batch_id, body, included, failed)
 
     def _target_record(self, mapping: OutboundMapping, dataset: str, rec: LeasedRecord) -> TargetRecord:
-        payload = rec.payload
+        payload: Mapping[str, Any] = rec.payload if self.derive is None else self.derive(dataset, rec.payload)
         if self.cfg.omit_fields & payload.keys():  # the route's field policy
             payload = {k: v for k, v in payload.items() if k not in self.cfg.omit_fields}
         personal = self._personal[dataset] & payload.keys()
         if personal:
-            payload = dict(payload)
+            masked = dict(payload)
             for name in personal:
                 if self.cfg.personal_ids == "omit":
-                    del payload[name]
+                    del masked[name]
                 elif self.cfg.personal_ids == "mask":
-                    payload[name] = mask_id(str(payload[name]))
+                    masked[name] = mask_id(str(masked[name]))
+            payload = masked
         fields = mapping.map_payload(payload, rec.operation, rec.record_key, rec.version)
         return TargetRecord(rec.record_key, rec.version, rec.operation, fields)
 

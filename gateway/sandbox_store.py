@@ -36,6 +36,8 @@ from gateway.identifiers import check_uscc
 ACCEPTED = "accepted"
 DUPLICATE = "duplicate"
 STALE = "stale"
+NOT_HELD = "not_held"  # a change (version > 1) of a record the platform never received: refused with 7009
+NOT_HELD_PROBLEM = ("7009", "记录不存在: 撤销、异议、撤下只能针对已接收的记录")
 _OPERATIONS = frozenset({"upsert", "revoke", "object", "withdraw"})
 _STATUS_MESSAGES = {ACCEPTED: "成功", DUPLICATE: "重复数据，已忽略", STALE: "版本过旧，已忽略"}
 
@@ -101,8 +103,14 @@ class Incoming(NamedTuple):
     data: dict[str, Any]
 
 
-def judge_version(version: int, held: int | None) -> str:
-    """Accepted when newer than the held version, duplicate when equal, stale when older."""
+def judge_version(version: int, held: int | None, operation: str = "upsert") -> str:
+    """Accepted when newer than the held version, duplicate when equal, stale when older.
+
+    A revoke / object / withdraw that changes a record (version 2 or later) the platform does not hold is
+    refused (NOT_HELD): there is nothing to revoke. A record whose first state is already revoked is a record.
+    """
+    if held is None and operation != "upsert" and version > 1:
+        return NOT_HELD
     if held is None or version > held:
         return ACCEPTED
     return DUPLICATE if version == held else STALE
@@ -159,7 +167,7 @@ class SandboxStore:
         statuses: list[str] = []
         writes: dict[str, tuple[str, str, int, str, bytes, int]] = {}
         for item in items:
-            status = judge_version(item.version, held.get(item.record_key))
+            status = judge_version(item.version, held.get(item.record_key), item.operation)
             statuses.append(status)
             if status == ACCEPTED:
                 held[item.record_key] = item.version
@@ -437,7 +445,11 @@ class _Verdicts:
     def settle(self, statuses: Sequence[str]) -> None:
         """Fill in the status the store gave each kept record."""
         for position, status in zip(self.positions, statuses, strict=True):
-            self.results[position].update(status=status, errorCode="200", errorMsg=_STATUS_MESSAGES[status])
+            if status == NOT_HELD:
+                code, message = NOT_HELD_PROBLEM
+                self.results[position].update(status="rejected", errorCode=code, errorMsg=message)
+            else:
+                self.results[position].update(status=status, errorCode="200", errorMsg=_STATUS_MESSAGES[status])
 
 
 def judge_records(spec: TableSpec, records: Sequence[dict[str, Any]], reject_rate: float, seed: int) -> _Verdicts:
