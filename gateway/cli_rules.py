@@ -98,7 +98,7 @@ def print_history(history: dict[str, Any]) -> None:
                      "reason": change.get("reason") or "", "target": d.target, "state": d.state,
                      "receipt": d.receipt_id or "", "at": d.received_at or d.at, "detail": d.reason})
     sent = {d.version for d in history["deliveries"]}
-    for version in sorted(set(kinds) | {history["version"]} - sent):
+    for version in sorted((set(kinds) | {history["version"]}) - sent):
         change = kinds.get(version, {})
         rows.append({"version": version, "operation": change.get("operation", history["operation"]),
                      "reason": change.get("reason") or "", "target": "-", "state": "not sent",
