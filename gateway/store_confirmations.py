@@ -120,7 +120,7 @@ async def record_history(engine: AsyncEngine, dataset: str, key: str,
         if row is None:
             return None
         known = sorted(set(targets) | set(await known_targets(conn)))
-        changes = [dict(m._mapping) for m in await conn.execute(
+        changes = [_plain(m) for m in await conn.execute(
             select(c.version, c.operation, c.reason, c.origin, c.at)
             .where(and_(c.dataset == dataset, c.record_key == key)).order_by(c.id))]
         period = (await conn.execute(select(s.publicity).where(
@@ -128,7 +128,7 @@ async def record_history(engine: AsyncEngine, dataset: str, key: str,
         sent = (await deliveries(conn, dataset, [key], known)).get(key, [])
     return {"dataset": dataset, "record_key": key, "version": row[0], "operation": row[1],
             "payload": orjson.loads(row[2]), "first_seen_at": row[3], "updated_at": row[4], "changes": changes,
-            "publicity": dict(period._mapping) if period else None, "deliveries": sent}
+            "publicity": _plain(period) if period else None, "deliveries": sent}
 
 
 @_translated
@@ -145,7 +145,7 @@ async def list_changes(engine: AsyncEngine, targets: Sequence[str], *, operation
             for cond in ((c.operation == operation) if operation else None, (c.dataset == dataset) if dataset else None,
                          (c.id < before) if before is not None else None):
                 stmt = stmt.where(cond) if cond is not None else stmt
-            page = [Change(**dict(m._mapping)) for m in await conn.execute(stmt)]
+            page = [Change(**_plain(m)) for m in await conn.execute(stmt)]
             if not page:
                 break
             await _attach(conn, page, known)
@@ -162,3 +162,8 @@ async def _attach(conn: AsyncConnection, page: Sequence[Change], targets: Sequen
         sent = await deliveries(conn, dataset, [ch.record_key for ch in items], targets)
         for ch in items:
             ch.deliveries = [d for d in sent.get(ch.record_key, []) if d.version == ch.version]
+
+
+def _plain(row: Any) -> dict[str, Any]:
+    """A result row as a dict with plain str keys (for JSON)."""
+    return {str(k): v for k, v in row._mapping.items()}

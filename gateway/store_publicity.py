@@ -280,11 +280,11 @@ async def publicity_report(store: Store, config: Config, today: dt.date, due_wit
     join = s.publicity.join(s.records, and_(r.dataset == p.dataset, r.record_key == p.record_key))
     cols = (p.dataset, p.record_key, p.decision_date, p.max_end, p.max_rule, r.version, r.operation)
     async with store.engine.connect() as conn:
-        upcoming = [dict(m._mapping) for m in await conn.execute(
+        upcoming = [_plain(m) for m in await conn.execute(
             select(*cols).select_from(join).where(and_(
                 p.max_end <= until, r.operation.in_(PUBLISHED),
                 or_(p.handled_version.is_(None), p.handled_version < r.version))).order_by(p.max_end).limit(limit))]
-        made = [dict(m._mapping) for m in await conn.execute(
+        made = [_plain(m) for m in await conn.execute(
             select(*cols, p.withdrawn_version, p.withdrawn_at).select_from(join)
             .where(p.withdrawn_version.is_not(None)).order_by(p.withdrawn_at.desc()).limit(limit))]
         undated = (await conn.execute(select(r.id).select_from(s.records.outerjoin(s.publicity, and_(
@@ -364,3 +364,8 @@ def _json_safe(row: Mapping[str, Any]) -> dict[str, Any]:
     """A source row as the quarantine keeps it (JSON): dates as ISO text, anything unusual as text."""
     return {k: v.isoformat() if isinstance(v, dt.date) else v if isinstance(v, str | int | float | None) else str(v)
             for k, v in row.items()}
+
+
+def _plain(row: Any) -> dict[str, Any]:
+    """A result row as a dict with plain str keys (for JSON)."""
+    return {str(k): v for k, v in row._mapping.items()}
