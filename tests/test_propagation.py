@@ -167,3 +167,23 @@ class TestRepair:
 
 def row_decision(row: dict[str, object]) -> dt.date:
     return dt.datetime.strptime(str(row["jdrq"]), "%Y/%m/%d").date()
+
+
+class TestRepairReplay:
+    async def test_replay_before_the_minimum_is_refused_again(self, tmp_path: Path, store_url: str, store: Store,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+        """`quarantine replay` of a refused repair applies the same rule: still refused, still nothing sent."""
+        sample = make_department_db(tmp_path, penalties=6)
+        row = set_decision(sample.path, pick_row(sample.path)["id"], china_today() - dt.timedelta(days=10))
+        async with platforms(tmp_path, THREE[:1]) as sandboxes:
+            config = write_rules_config(tmp_path, store_url, sample.path, sandboxes)
+            await deliver(config, store)
+            apply_changes(sample.path, table="xzcf", ids=[row["id"]], change="repair")
+            await deliver(config, store)
+            before = len(await outbox(store))
+            code, text = await run_cli(capsys, config, "quarantine", "replay", "--all")
+            assert code == 1 and "0 row(s) now valid" in text
+            assert sandboxes["province"].held(TABLE)[key_of(row)][:2] == (1, "upsert")
+        assert len(await outbox(store)) == before
+        [entry] = await store.list_quarantine("open", "mapping")
+        assert entry["hits"] == 2 and "minimum publicity period ends" in entry["reasons"][0]["message"]
