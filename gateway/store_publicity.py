@@ -261,8 +261,8 @@ async def _mark(conn: AsyncConnection, item: _Due, *, handled: int, withdrawn: i
     p = s.publicity.c
     values: dict[str, Any] = {"handled_version": handled}
     if withdrawn is not None:
-        values.update(withdrawn_version=withdrawn, withdrawn_targets=orjson.dumps(list(targets)).decode(),
-                      withdrawn_at=time.time())
+        values.update(version=withdrawn, withdrawn_version=withdrawn, withdrawn_at=time.time(),
+                      withdrawn_targets=orjson.dumps(list(targets)).decode())  # same dates: no recomputing
     await conn.execute(update(s.publicity).where(and_(p.dataset == item.dataset, p.record_key == item.key))
                        .values(**values))
 
