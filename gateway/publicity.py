@@ -110,9 +110,27 @@ class PublicitySettings:
     repair_reasons: tuple[str, ...] = (REPAIR,)
     rules: tuple[Rule, ...] = DEFAULT_RULES
     datasets: frozenset[str] = field(init=False)
+    _inputs: tuple[str, ...] = field(init=False, repr=False)  # the fields periods depend on
+    _ends: dict[tuple[Any, ...], dt.date | None] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "datasets", frozenset(r.dataset for r in self.rules))
+        object.__setattr__(self, "_inputs", ("decision_date", *sorted({r.field for r in self.rules if r.field})))
+        object.__setattr__(self, "_ends", {})
+
+    def max_end(self, dataset: str, payload: Mapping[str, Any]) -> dt.date | None:
+        """The maximum end of a record, remembered by the values the rules look at (records repeat them:
+        a few laws, penalty types and decision dates), so sending a record costs a dictionary look-up."""
+        key = (dataset, *(_hashable(payload.get(name)) for name in self._inputs))
+        if key not in self._ends:
+            if len(self._ends) >= 100_000:
+                self._ends.clear()
+            self._ends[key] = period_of(self.rules, dataset, payload).max_end
+        return self._ends[key]
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
 
 
 def parse_publicity(raw: Any, where: str = "publicity") -> tuple[PublicitySettings, list[Problem]]:
@@ -238,7 +256,7 @@ def stamped(settings: PublicitySettings, dataset: str, payload: Mapping[str, Any
     """The payload with its maximum end date as 公示截止期 (``publicity_end``), as targets receive it."""
     if not settings.set_publicity_end or dataset not in settings.datasets:
         return payload
-    end = period_of(settings.rules, dataset, payload).max_end
+    end = settings.max_end(dataset, payload)
     if end is None or payload.get("publicity_end") == end.isoformat():
         return payload
     return {**payload, "publicity_end": end.isoformat()}

@@ -4,14 +4,15 @@ A change of a record (same natural key: 文书号 + 机关) is a new version of 
 :func:`plan_targets` runs inside the intake transaction (called from ``Store._enqueue``) and decides, for each
 key that already had a version, which targets get the new one:
 
-* an ``upsert`` (a correction) goes to the targets routed for its dataset and to every target that holds the
-  record or has it queued, routed or not (a target whose route was narrowed to ``changes_only``, or whose
-  earlier version is still queued);
-* a ``revoke`` / ``object`` / ``withdraw`` goes to the targets that hold the record (delivered, or in a batch
-  being sent), routed or not; a target that never received it gets nothing — its queued earlier version is
-  superseded, since there is nothing to take back;
+* it goes to the targets routed for its dataset, as before, and also to every target that holds the record
+  (delivered, in a batch being sent, or queued) although its route no longer takes the dataset's new records
+  (``changes_only``): a revocation reaches every target that received the record;
 * a target that already got the gateway's own withdrawal at the end of the publicity period
-  (:mod:`gateway.store_publicity`) gets no ``upsert`` or ``object`` of that record again (it would publish it).
+  (:mod:`gateway.store_publicity`) gets no ``upsert`` or ``object`` of that record again (it would publish
+  it again); a ``revoke`` or ``withdraw`` still goes there.
+
+Every version carries the whole record, so a routed target that missed the earlier versions (added later, or
+its earlier version still queued) gets the record in its current state, as every routed target does.
 
 It also logs every ``revoke`` / ``object`` / ``withdraw`` version in ``cg_changes``, which
 :mod:`gateway.store_confirmations` joins with the outbox rows and receipts of each version. This module only
@@ -24,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, select, text, update
+from sqlalchemy import and_, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import schema as s
@@ -63,24 +64,10 @@ async def plan_targets(conn: AsyncConnection, changed: Sequence[tuple[LedgerEntr
         known = sorted(set(routed) | set(await known_targets(conn)))
         keys = [e.key for e, _ in items]
         held, ended = await holders(conn, dataset, keys, known), await ended_targets(conn, dataset, keys)
-        idle: list[tuple[str, str]] = []
         for e, _version in items:
-            targets, nothing = _targets_for(e.operation, routed, held.get(e.key, {}), ended.get(e.key, set()))
-            plan[(dataset, e.key)] = targets
-            idle += [(t, e.key) for t in nothing]
-        await _supersede(conn, dataset, idle, now)
+            skip = set() if e.operation in KEEPS_ITS_COPY else ended.get(e.key, set())
+            plan[(dataset, e.key)] = sorted((set(routed) | held.get(e.key, set())) - skip)
     return plan
-
-
-def _targets_for(operation: str, routed: Sequence[str], held: Mapping[str, set[str]],
-                 ended: set[str]) -> tuple[list[str], list[str]]:
-    """(targets that get this version, targets whose queued earlier version is dropped without a successor)."""
-    holding = {t for t, states in held.items() if states & HOLDS}
-    queued = {t for t, states in held.items() if "pending" in states} - holding
-    skip = set() if operation in KEEPS_ITS_COPY else ended
-    if operation == "upsert":
-        return sorted((set(routed) | holding | queued) - skip), []
-    return sorted(holding - skip), sorted(queued)
 
 
 def _reason(e: LedgerEntry) -> str:
@@ -103,9 +90,9 @@ async def known_targets(conn: AsyncConnection) -> list[str]:
 
 
 async def holders(conn: AsyncConnection, dataset: str, keys: Sequence[str],
-                  targets: Sequence[str]) -> dict[str, dict[str, set[str]]]:
-    """key → target → the states of its live outbox rows (pending, leased, delivered)."""
-    found: dict[str, dict[str, set[str]]] = {}
+                  targets: Sequence[str]) -> dict[str, set[str]]:
+    """key → the targets with a live outbox row for it (pending, leased, delivered)."""
+    found: dict[str, set[str]] = {}
     if not targets:
         return found
     o = s.outbox.c
@@ -113,8 +100,8 @@ async def holders(conn: AsyncConnection, dataset: str, keys: Sequence[str],
         rows = await conn.execute(select(o.record_key, o.target, o.state).where(and_(
             o.target.in_(list(targets)), o.dataset == dataset, o.record_key.in_(list(chunk)),
             o.state.in_(("pending", "leased", "delivered")))))  # target first: ix_outbox_key
-        for key, target, state in rows:
-            found.setdefault(key, {}).setdefault(target, set()).add(state)
+        for key, target, _state in rows:
+            found.setdefault(key, set()).add(target)
     return found
 
 
@@ -127,11 +114,3 @@ async def ended_targets(conn: AsyncConnection, dataset: str, keys: Sequence[str]
             p.dataset == dataset, p.record_key.in_(list(chunk)), p.withdrawn_version.is_not(None))))
         found.update({key: set(orjson.loads(targets)) for key, targets in rows})
     return found
-
-
-async def _supersede(conn: AsyncConnection, dataset: str, pairs: Sequence[tuple[str, str]], now: float) -> None:
-    o = s.outbox.c
-    for target, key in pairs:
-        await conn.execute(update(s.outbox).where(and_(
-            o.target == target, o.dataset == dataset, o.record_key == key, o.state == "pending"))
-            .values(state="superseded", updated_at=now))

@@ -6,14 +6,16 @@
    dataset with rules, computed from the ledger's current version (all records again when the rules changed).
 2. :func:`withdraw_due` finds records whose maximum end is ``today`` or earlier and which are still published
    (``upsert`` or ``object``), and sends a ``withdraw`` (reason 公示期满) to every public-facing target that holds
-   the record, and to no other. The withdrawal is a new ledger version made by the gateway: its content is
-   the published one plus ``withdraw_reason``, and it keeps the content digest of the source's state, so the
-   unchanged source row read again is not taken as a change. It happens once: the ledger row is updated only
-   if its version is still the one read (two instances on one store cannot both make it), and the record's
-   ``handled_version`` says it is settled. A record waits while a non-public target still has its current
-   version queued (the new version would supersede it there). If the department changes an expired record
-   later, non-public targets get the change; public ones get nothing that would publish it again
-   (:mod:`gateway.store_changes`), and the next run withdraws it from any public target that lacks the withdrawal.
+   the record (or has it queued: it then gets the record in its withdrawn state), and to no other.
+
+The withdrawal is a new ledger version made by the gateway: its content is the published one plus
+``withdraw_reason``, and it keeps the content digest of the source's state, so the unchanged source row read
+again is not taken as a change. It happens once: the ledger row is updated only if its version is still the
+one read (two instances on one store cannot both make it), and the record's ``handled_version`` says it is
+settled. A record waits while a non-public target still has its current version queued or in flight (the new
+version would supersede it there). If the department changes an expired record later, non-public targets get
+the change and public ones nothing that would publish it again (:mod:`gateway.store_changes`); the next run
+withdraws it from any public target that lacks the withdrawal.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.publicity")
 PAGE = 500
 PUBLISHED = ("upsert", "object")
+LIVE = ("pending", "leased", "delivered")  # a target holds the record, or is about to
 Screen = Callable[[list[LedgerEntry], list[Reject], SourceBatch, dt.date],
                   Awaitable[tuple[list[LedgerEntry], list[Reject]]]]
 
@@ -206,8 +209,8 @@ async def _settle(conn: AsyncConnection, item: _Due, public: Sequence[str], know
         return
     done = set(orjson.loads(item.withdrawn_targets))
     have = {t for t, v, state in rows if t in done and item.withdrawn_version is not None
-            and v >= item.withdrawn_version and state in ("pending", "leased", "delivered")}
-    need = sorted({t for t, _v, state in rows if t in public and state in store_changes.HOLDS} - have)
+            and v >= item.withdrawn_version and state in LIVE}
+    need = sorted({t for t, _v, state in rows if t in public and state in LIVE} - have)
     if not need:
         await _mark(conn, item, handled=item.version)
         return

@@ -260,13 +260,15 @@ class TestChangesOfRecords:
     @pytest.mark.parametrize("operation", ["revoke", "object", "withdraw"])
     async def test_a_change_of_an_unknown_record_is_refused(self, sandbox: Sandbox, client: aiohttp.ClientSession,
                                                             operation: str) -> None:
-        """A change (version 2 or later) of a record never received is refused per record with 7009."""
-        _, answer, _ = await post(client, sandbox, batch([record(key="never", version=2, operation=operation),
-                                                          record(key="fine")]))
+        """A bare change (version 2 or later, not the whole record) of a record never received is refused per
+        record with 7009; with the whole record it is a record in that state."""
+        _, answer, _ = await post(client, sandbox, batch([
+            record(key="never", version=2, operation=operation, data={"CF_WSH": "市场【2019】1号"}),
+            record(key="fine"), record(key="whole", version=2, operation=operation)]))
         assert answer["results"][0] == {"recordKey": "never", "version": 2, "status": "rejected", "errorCode": "7009",
                                         "errorMsg": "记录不存在: 撤销、异议、撤下只能针对已接收的记录"}
-        assert statuses(answer) == ["rejected", "accepted"] and answer["receipt"]["failSize"] == 1
-        assert "never" not in sandbox.held("XZCF")
+        assert statuses(answer) == ["rejected", "accepted", "accepted"] and answer["receipt"]["failSize"] == 1
+        assert "never" not in sandbox.held("XZCF") and sandbox.held("XZCF")["whole"][:2] == (2, operation)
 
 
 class TestVersions:
