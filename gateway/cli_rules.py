@@ -134,7 +134,9 @@ async def cmd_publicity(args: argparse.Namespace) -> int:
     out(f"as of {report['today']}: {len(report['upcoming'])} withdrawal(s) due within {report['due_within_days']} "
         f"day(s) or overdue; {len(report['withdrawn'])} made")
     if report["undated"]:
-        out(f"{report['undated']} record(s) have no publicity period yet (the daemon's publicity job computes them)")
+        more = " or more" if report["undated_more"] else ""
+        out(f"{report['undated']}{more} record(s) have no publicity period yet (the daemon's publicity job "
+            "computes them)")
     if report["upcoming"]:
         out("coming up (a withdraw to every public target that holds the record):")
         table(report["upcoming"], ["state", "dataset", "record_key", "decision_date", "max_end", "max_rule"])

@@ -298,7 +298,7 @@ async def publicity_report(store: Store, config: Config, today: dt.date, due_wit
     for row in upcoming:
         row["state"] = "due" if row["max_end"] <= today.isoformat() else "upcoming"
     return {"today": today.isoformat(), "due_within_days": due_within_days, "upcoming": upcoming,
-            "withdrawn": made, "undated": len(undated)}
+            "withdrawn": made, "undated": min(len(undated), limit), "undated_more": len(undated) > limit}
 
 
 async def _confirmations(conn: AsyncConnection, made: list[dict[str, Any]], targets: Sequence[str]) -> None:
