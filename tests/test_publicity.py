@@ -336,3 +336,27 @@ class TestAutomaticWithdraw:
 def test_mapping_has_the_reason_field() -> None:
     """The department mapping maps the status code to withdraw_reason."""
     assert any(name == "withdraw_reason" for name, _ in penalty_mapping().converters)
+
+
+class TestWaiting:
+    async def test_waits_while_an_internal_target_has_the_record_queued(
+            self, tmp_path: Path, store_url: str, store: Store) -> None:
+        """Due, but the internal target has not received its version yet: the withdrawal waits (it would
+        supersede that version there), and is made once the internal target has it."""
+        from gateway.daemon import Gateway
+        from gateway.sandbox import Faults
+
+        sample, key, _row, period = await _published(tmp_path, store_url, store)
+        async with platforms(tmp_path, THREE) as sandboxes:
+            config = write_rules_config(tmp_path, store_url, sample.path, sandboxes, public=PUBLIC)
+            sandboxes["city"].set_faults(Faults(error_rate=1.0))
+            async with Gateway(config, store) as gw:
+                assert not await gw.run_until_idle(timeout_s=3)  # city keeps failing: its rows stay open
+            waiting = await run_publicity(store, config, period.max_end)
+            assert (waiting.withdrawn, waiting.waiting) == (0, 1)
+            sandboxes["city"].set_faults(Faults())
+            await store.retry_now(target="city")
+            await deliver(config, store)
+            assert sandboxes["city"].held(TABLE)[key][:2] == (1, "upsert")
+            done = await run_publicity(store, config, period.max_end)
+            assert (done.withdrawn, done.waiting, done.sent) == (1, 0, dict.fromkeys(PUBLIC, 1))
