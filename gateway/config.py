@@ -19,6 +19,7 @@ from gateway.envelope import get_profile
 from gateway.errors import ConfigError, Problem
 from gateway.mapping import InboundMapping, OutboundMapping, load_mapping
 from gateway.ports import SINK_GROUP, SOURCE_GROUP, AdapterContext, load_adapter
+from gateway.publicity import PublicitySettings, parse_publicity
 from gateway.sealing import Sealing, load_sealing
 from gateway.settings import parse_settings, setting
 from gateway.web_config import AdminConfig, InboundConfig, load_admin, load_inbound
@@ -119,6 +120,8 @@ class TargetConfig:
     adapter: Any
     sealing: Sealing = field(default_factory=lambda: Sealing("none"))
     omit_fields: frozenset[str] = frozenset()  # canonical fields this route may not receive
+    public: bool = False  # a public-facing route: gets the automatic withdrawal when publicity ends
+    changes_only: frozenset[str] = frozenset()  # datasets it gets changes of (records it holds) but no new records
 
 
 @dataclass(frozen=True)
@@ -135,13 +138,15 @@ class Config:
     lists: ListsSettings = field(default_factory=ListsSettings)
     inbound: InboundConfig | None = None  # the inbound HTTP endpoint, when [inbound] is configured
     admin: AdminConfig | None = None  # the admin HTTP API, when [admin] is configured
+    publicity: PublicitySettings = field(default_factory=PublicitySettings)
 
     def routes(self) -> dict[str, list[str]]:
-        """dataset → targets that receive it."""
+        """dataset → targets that receive its new records (``changes_only`` ones get changes only)."""
         out: dict[str, list[str]] = {}
         for target in self.targets.values():
             for dataset in target.mappings:
-                out.setdefault(dataset, []).append(target.name)
+                if dataset not in target.changes_only:
+                    out.setdefault(dataset, []).append(target.name)
         return out
 
     def store_url(self) -> str:
@@ -158,7 +163,7 @@ def resolve_store_url(url: str, base: Path) -> str:
 
 SOURCE_KEYS = frozenset({"type", "mapping", "poll_interval_s", "batch_size"})
 TARGET_KEYS = frozenset({"type", "datasets", "batch_size", "max_in_flight", "personal_ids", "external",
-                         "retry", "circuit", "envelope", "omit_fields"})
+                         "retry", "circuit", "envelope", "omit_fields", "public", "changes_only"})
 
 
 def load_config(path: str | Path) -> Config:
@@ -167,7 +172,7 @@ def load_config(path: str | Path) -> Config:
     doc = _read(path)
     problems: list[Problem] = []
     unknown = set(doc) - {"gateway", "store", "daemon", "sources", "targets", "calendar", "sanctions", "lists",
-                          "inbound", "admin"}
+                          "inbound", "admin", "publicity"}
     problems += [Problem(k, "unknown section") for k in sorted(unknown)]
     gw = _section(GatewaySettings, doc, "gateway", problems)
     store = _section(StoreSettings, doc, "store", problems)
@@ -175,6 +180,8 @@ def load_config(path: str | Path) -> Config:
     calendar = _calendar(doc, problems)
     sanctions = _section(SanctionsSettings, doc, "sanctions", problems)
     lists = _section(ListsSettings, doc, "lists", problems)
+    publicity, found = parse_publicity(doc.get("publicity", {}))
+    problems += found
     secrets: list[str] = []
     # A broken [gateway] must not hide the sources' and targets' problems: check those against a stand-in.
     ctx_base = (path.parent, gw or GatewaySettings(department_code="", department_name=""))
@@ -192,7 +199,7 @@ def load_config(path: str | Path) -> Config:
     if problems or gw is None or store is None or daemon is None or sanctions is None:
         raise ConfigError(problems, str(path))
     return Config(path, gw, store, daemon, sources, targets, tuple(secrets), calendar=calendar, sanctions=sanctions,
-                  lists=lists or ListsSettings(), inbound=inbound, admin=admin)
+                  lists=lists or ListsSettings(), inbound=inbound, admin=admin, publicity=publicity)
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -328,6 +335,7 @@ def _target(name: str, raw: dict[str, Any], base: tuple[Path, GatewaySettings], 
                                     "number, which masking does not cover: route it to internal targets only "
                                     "(external = false)"))
     omit = _omit_fields(raw.get("omit_fields", []), mappings, where, problems)
+    public, changes_only = _publication(raw, external, mappings, where, problems)
     retry = _subtable(RetrySettings, raw, "retry", where, problems)
     circuit = _subtable(CircuitSettings, raw, "circuit", where, problems)
     sealing, found = load_sealing(raw.get("envelope"), f"{where}.envelope", base[0])
@@ -345,7 +353,23 @@ def _target(name: str, raw: dict[str, Any], base: tuple[Path, GatewaySettings], 
     if len(problems) > before or retry is None or circuit is None or sealing is None:
         return None
     return TargetConfig(name, str(raw["type"]), mappings, batch_size, in_flight, str(personal), bool(external),
-                        retry, circuit, adapter, sealing, omit)
+                        retry, circuit, adapter, sealing, omit, public, changes_only)
+
+
+def _publication(raw: Mapping[str, Any], external: Any, mappings: Mapping[str, OutboundMapping], where: str,
+                 problems: list[Problem]) -> tuple[bool, frozenset[str]]:
+    """``public`` (default: ``external``) and ``changes_only`` (datasets of the target's own ``datasets``)."""
+    public = raw.get("public", external)
+    if not isinstance(public, bool):
+        problems.append(Problem(f"{where}.public", "expected true or false"))
+    only = raw.get("changes_only", [])
+    if not isinstance(only, list) or not all(isinstance(v, str) for v in only):
+        problems.append(Problem(f"{where}.changes_only", "expected a list of dataset names"))
+        return bool(public), frozenset()
+    for i, name in enumerate(only):
+        if mappings and name not in mappings:
+            problems.append(Problem(f"{where}.changes_only[{i}]", f"{name!r} is not one of the target's datasets"))
+    return public is True, frozenset(only)
 
 
 def _omit_fields(raw: Any, mappings: Mapping[str, OutboundMapping], where: str,

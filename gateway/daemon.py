@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
+import functools
 import logging
 import os
 import signal
@@ -20,13 +22,15 @@ from typing import Any
 from gateway.certs import expiry_warnings
 from gateway.config import Config
 from gateway.cpu import MapPool, tune_gc
-from gateway.engine import Intake, TargetWorker
+from gateway.engine import Intake, TargetWorker, china_today
 from gateway.errors import ConfigError, GatewayError
 from gateway.lists import list_targets, reconcile
 from gateway.mapping import load_mapping, mapping_version
+from gateway.publicity import stamped
 from gateway.scheduler import Scheduler
 from gateway.store import open_store
 from gateway.store_ops import Store
+from gateway.store_publicity import JobResult, repair_screen, run_publicity
 from gateway.web import WebServers, start_web
 
 log = logging.getLogger("gateway.daemon")
@@ -35,8 +39,8 @@ log = logging.getLogger("gateway.daemon")
 class Gateway:
     """Sources, targets and the store of one running gateway."""
 
-    def __init__(self, config: Config, store: Store) -> None:
-        self.config, self.store = config, store
+    def __init__(self, config: Config, store: Store, today: Callable[[], dt.date] = china_today) -> None:
+        self.config, self.store, self.today = config, store, today
         d = config.daemon
         self.sem = asyncio.Semaphore(d.max_concurrency)
         self.workers = {name: TargetWorker(t, store, self.sem, d.adapter_timeout_s, d.idle_check_s,
@@ -45,13 +49,38 @@ class Gateway:
         routes = config.routes()
         self.pool = MapPool(d.map_workers)
         tune_gc()
-        self.intakes = {name: Intake(s, store, routes, self.sem, d.adapter_timeout_s, self._wake_all, pool=self.pool)
-                        for name, s in config.sources.items()}
+        self.intakes = {name: Intake(s, store, routes, self.sem, d.adapter_timeout_s, self._wake_all, today,
+                                     pool=self.pool) for name, s in config.sources.items()}
+        self._publication_rules()
         self.stopping = asyncio.Event()
         self._refused: dict[str, int] = {}  # mapping file → version that failed to compile
         self.started_at = time.time()
         self._stack = contextlib.AsyncExitStack()
         self.web = WebServers()  # the inbound endpoint and the admin API, when configured (started by run)
+
+    def _publication_rules(self) -> None:
+        """The repair check at intake and the computed 公示截止期 on the way out (gateway.publicity)."""
+        rules = self.config.publicity
+        if not rules.enabled:
+            return
+        for intake in self.intakes.values():
+            intake.screens.append(repair_screen(self.store, rules))
+        if rules.set_publicity_end:
+            for worker in self.workers.values():
+                worker.derive = functools.partial(stamped, rules)
+
+    async def run_publicity(self) -> JobResult:
+        """The publicity job once, as of ``today()``: periods up to date, due withdrawals queued."""
+        result = await run_publicity(self.store, self.config, self.today())
+        if result.withdrawn:
+            self._wake_all()
+        return result
+
+    async def _publicity_job(self) -> None:
+        try:
+            await self.run_publicity()
+        except GatewayError as exc:
+            log.error("publicity job failed", extra={"error": str(exc)})
 
     def _wake_all(self) -> None:
         for worker in self.workers.values():
@@ -84,6 +113,8 @@ class Gateway:
         scheduler.every("reload", self.config.daemon.reload_check_s, self.reload_mappings)
         if self.config.lists.reconcile_interval_s > 0 and list_targets(self.config):
             scheduler.every("lists:reconcile", self.config.lists.reconcile_interval_s, self.reconcile_lists)
+        if self.config.publicity.enabled:
+            scheduler.every("publicity", self.config.publicity.check_s, self._publicity_job)
         scheduler.start()
         workers = [asyncio.create_task(w.run(self.stopping), name=f"worker {n}") for n, w in self.workers.items()]
         try:

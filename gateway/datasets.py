@@ -36,6 +36,11 @@ BLACK_LIST = "严重失信主体名单"
 WATCH_LIST = "重点关注名单"
 LIST_TYPES = (RED_LIST, BLACK_LIST, WATCH_LIST)
 USAGE_SCOPES = ("公示", "政府内部共享", "授权查询")
+# Why a ``withdraw`` ends publication (gateway.publicity): a repair is checked against the minimum period;
+# 公示期满 is what the gateway itself sends when the maximum period is over. "其他-…" may carry a detail.
+REPAIR = "信用修复"
+EXPIRED = "公示期满"
+WITHDRAW_REASONS = (REPAIR, EXPIRED, "其他")
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +161,8 @@ PENALTY = Dataset(
                   check="uscc"),
         FieldSpec("severity", "失信严重程度 CF_SXYZCD", kind="code", codes=SEVERITIES),
         FieldSpec("domain", "领域 (特种设备/安全生产/消防/…; publicity rules)", max_len=50),
+        FieldSpec("withdraw_reason", "撤下原因 (信用修复/公示期满/其他; with a withdraw)", kind="code",
+                  codes=WITHDRAW_REASONS),
         *_COMMON_TAIL,
     ),
 )

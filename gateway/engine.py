@@ -15,7 +15,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +33,12 @@ from gateway.store_delivery import Batch, EncodedBatch, LeasedRecord
 from gateway.store_ops import Store
 
 log = logging.getLogger("gateway.engine")
+# A check after mapping that needs the store (e.g. gateway.store_publicity.repair_screen): it may move accepted
+# entries to the rejects, which are quarantined with their reasons in the same intake transaction.
+Screen = Callable[[list[LedgerEntry], list[Reject], SourceBatch, dt.date],
+                  Awaitable[tuple[list[LedgerEntry], list[Reject]]]]
+# Canonical payload → the payload a target gets (e.g. the computed 公示截止期), before masking and mapping.
+Derive = Callable[[str, Mapping[str, Any]], Mapping[str, Any]]
 CHINA = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")
 
 
@@ -70,6 +76,7 @@ class Intake:
         self.mappings: dict[str, InboundMapping] = dict(cfg.mappings)  # replaced when a file is reloaded
         self.sem, self.timeout_s, self.on_commit, self.today = sem, timeout_s, on_commit, today
         self.stats = IntakeStats()
+        self.screens: list[Screen] = []
 
     async def poll(self) -> int:
         """Drain the source: pages are fetched and mapped ahead while earlier ones commit, strictly in order."""
@@ -106,6 +113,8 @@ class Intake:
 
     async def _commit(self, batch: SourceBatch, mapped: Mapped) -> None:
         accepted, rejects = mapped
+        for screen in self.screens:
+            accepted, rejects = await screen(accepted, rejects, batch, self.today())
         result = await self.store.commit_intake(self.cfg.name, accepted, rejects, batch.cursor, self.routes,
                                                 len(batch.rows), snapshot=batch.snapshot)
         s = self.stats
@@ -197,6 +206,7 @@ class TargetWorker:
         self._wake = asyncio.Event()
         self._personal = {ds: m.dataset.personal_id_fields for ds, m in cfg.mappings.items()}
         self.mappings: dict[str, OutboundMapping] = dict(cfg.mappings)  # replaced when a file is reloaded
+        self.derive: Derive | None = None
 
     def wake(self) -> None:
         self._wake.set()
@@ -288,7 +298,7 @@ class TargetWorker:
         return EncodedBatch(batch_id, body, included, failed)
 
     def _target_record(self, mapping: OutboundMapping, dataset: str, rec: LeasedRecord) -> TargetRecord:
-        return route_record(self.cfg, mapping, self._personal[dataset], rec)
+        return route_record(self.cfg, mapping, self._personal[dataset], rec, self.derive)
 
     # ------------------------------------------------------------ send
 
@@ -364,9 +374,10 @@ class TargetWorker:
 
 
 def route_record(cfg: TargetConfig, mapping: OutboundMapping, personal_fields: frozenset[str],
-                 rec: LeasedRecord) -> TargetRecord:
-    """A ledger record as this target receives it: the route's field policy, ID masking, outbound mapping."""
-    payload = rec.payload
+                 rec: LeasedRecord, derive: Derive | None = None) -> TargetRecord:
+    """A ledger record as this target receives it: derived fields (e.g. the computed 公示截止期), the route's
+    field policy, ID masking, outbound mapping."""
+    payload: Mapping[str, Any] = rec.payload if derive is None else derive(mapping.dataset.name, rec.payload)
     if cfg.omit_fields & payload.keys():  # the route's field policy
         payload = {k: v for k, v in payload.items() if k not in cfg.omit_fields}
     personal = personal_fields & payload.keys()

@@ -399,8 +399,8 @@ def _inbound_kind_step(spec: FieldSpec, raw: dict[str, Any], ctx: _Ctx) -> Dated
         return lambda v, on: (to_decimal(v) * factor).normalize() if factor != 1 else to_decimal(v)
     if spec.kind == "list":
         return _list_step(str(raw.get("split", ";；,，、")), table)
-    if table is not None:
-        return lambda v, on: table.lookup(_plain(v), on)
+    if table is not None:  # a code mapped to "" leaves the field empty (e.g. no withdraw_reason for 正常)
+        return lambda v, on: table.lookup(_plain(v), on) or None
     return lambda v, on: _plain(v)
 
 

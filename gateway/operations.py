@@ -23,9 +23,11 @@ from gateway.engine import china_today
 from gateway.identifiers import mask_id
 from gateway.logs import redact
 from gateway.mapping import InboundMapping
+from gateway.ports import SourceBatch, SourceRow
 from gateway.sanctions import sanctions_report
 from gateway.store import Reject
 from gateway.store_ops import Store
+from gateway.store_publicity import repair_screen
 from gateway.timeliness import timeliness_report
 
 # ---------------------------------------------------------------- text tables and ages
@@ -156,8 +158,12 @@ async def replay_entries(store: Store, config: Config, entries: Sequence[dict[st
         mapped = mapping.map_row(e["raw"], china_today(), e["source"], e["source_key"])
         rejects = [] if mapped.record else [Reject(e["source"], e["source_key"], e["dataset"], mapped.key,
                                                    mapped.problems, e["raw"])]
-        await store.commit_intake(e["source"], [mapped.record] if mapped.record else [], rejects, None, routes, 0)
-        if mapped.record:
+        accepted = [mapped.record.entry()] if mapped.record else []
+        if config.publicity.enabled:  # a repair replayed before its minimum period is refused again
+            accepted, rejects = await repair_screen(store, config.publicity)(
+                accepted, rejects, SourceBatch([SourceRow(e["source_key"], e["raw"])], None, False), china_today())
+        await store.commit_intake(e["source"], accepted, rejects, None, routes, 0)
+        if accepted:
             result.fixed += 1
         else:
             result.still += 1

@@ -26,7 +26,9 @@ else 401 ``{"errorCode": "401", ...}``)::
 Record status: ``accepted`` (newer than the held version: applied), ``duplicate`` (same version: not
 stored again), ``stale`` (older: ignored) -- all three count as success -- or ``rejected`` with
 errorCode 7001 必填字段为空 (upsert only), 7002 字段超长, 7003 统一社会信用代码校验失败, 7004 日期格式错误
-(YYYY-MM-DD), 7005 记录主键缺失, 7006 版本号无效, 7007 操作类型无效, 7008 数据格式错误, 7099 模拟拒收.
+(YYYY-MM-DD), 7005 记录主键缺失, 7006 版本号无效, 7007 操作类型无效, 7008 数据格式错误, 7099 模拟拒收,
+7009 记录不存在 (a revoke/object/withdraw of version 2 or later without the whole record, for a record the
+platform does not hold).
 A replayed batch gets the stored response byte for byte and applies nothing. Field lengths are the
 observed ones of domain.md §1.2; XK_* use the same lengths as their CF_* counterparts.
 

@@ -36,6 +36,8 @@ from gateway.identifiers import check_uscc
 ACCEPTED = "accepted"
 DUPLICATE = "duplicate"
 STALE = "stale"
+NOT_HELD = "not_held"  # a bare change (version > 1) of a record the platform never received: refused, 7009
+NOT_HELD_PROBLEM = ("7009", "记录不存在: 撤销、异议、撤下只能针对已接收的记录")
 _OPERATIONS = frozenset({"upsert", "revoke", "object", "withdraw"})
 _STATUS_MESSAGES = {ACCEPTED: "成功", DUPLICATE: "重复数据，已忽略", STALE: "版本过旧，已忽略"}
 
@@ -101,8 +103,15 @@ class Incoming(NamedTuple):
     data: dict[str, Any]
 
 
-def judge_version(version: int, held: int | None) -> str:
-    """Accepted when newer than the held version, duplicate when equal, stale when older."""
+def judge_version(version: int, held: int | None, bare_change: bool = False) -> str:
+    """Accepted when newer than the held version, duplicate when equal, stale when older.
+
+    A ``bare_change`` -- a revoke / object / withdraw without the whole record (required fields missing) -- of
+    version 2 or later is refused (NOT_HELD) when the platform does not hold the record: there is nothing to
+    change. With the whole record it is taken as a record in that state, as a version 1 revoke always is.
+    """
+    if held is None and bare_change and version > 1:
+        return NOT_HELD
     if held is None or version > held:
         return ACCEPTED
     return DUPLICATE if version == held else STALE
@@ -164,7 +173,8 @@ class SandboxStore:
         statuses: list[str] = []
         writes: dict[str, tuple[str, str, int, str, bytes, int]] = {}
         for item in items:
-            status = judge_version(item.version, held.get(item.record_key))
+            bare = item.operation != "upsert" and _check_required(TABLES[table_code], item.data) is not None
+            status = judge_version(item.version, held.get(item.record_key), bare)
             statuses.append(status)
             if status == ACCEPTED:
                 held[item.record_key] = item.version
@@ -442,7 +452,11 @@ class _Verdicts:
     def settle(self, statuses: Sequence[str]) -> None:
         """Fill in the status the store gave each kept record."""
         for position, status in zip(self.positions, statuses, strict=True):
-            self.results[position].update(status=status, errorCode="200", errorMsg=_STATUS_MESSAGES[status])
+            if status == NOT_HELD:
+                code, message = NOT_HELD_PROBLEM
+                self.results[position].update(status="rejected", errorCode=code, errorMsg=message)
+            else:
+                self.results[position].update(status=status, errorCode="200", errorMsg=_STATUS_MESSAGES[status])
 
 
 RecordCheck = Callable[[dict[str, Any]], RecordProblem | None]

@@ -225,3 +225,39 @@ inbound_batches = Table(
     UniqueConstraint("channel", "batch_id", name="uq_inbound_batch"),
     Index("ix_inbound_received", "received_at"),
 )
+
+# Publication rules (gateway.store_changes, gateway.store_publicity): every revocation, objection and withdrawal
+# a record went through, and each penalty record's publicity period. Additive: the ledger is unchanged.
+changes = Table(
+    "cg_changes", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("dataset", String(32), nullable=False),
+    Column("record_key", String(400), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("operation", String(16), nullable=False),  # revoke | object | withdraw
+    Column("reason", String(64), nullable=False),  # withdraw_reason (信用修复, 公示期满, …) or ""
+    Column("origin", String(16), nullable=False),  # source | publicity (the gateway's own expiry withdrawal)
+    Column("at", Float, nullable=False),
+    Index("ix_changes_key", "dataset", "record_key", "version"),
+    Index("ix_changes_at", "at"),
+)
+
+publicity = Table(
+    "cg_publicity", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("dataset", String(32), nullable=False),
+    Column("record_key", String(400), nullable=False),
+    Column("version", Integer, nullable=False),  # the ledger version the dates were computed from
+    Column("decision_date", String(10), nullable=True),
+    Column("min_end", String(10), nullable=True),  # ISO dates; NULL: no rule matched
+    Column("max_end", String(10), nullable=True),
+    Column("min_rule", String(200), nullable=False),
+    Column("max_rule", String(200), nullable=False),
+    Column("computed_at", Float, nullable=False),
+    Column("handled_version", Integer, nullable=True),  # ledger version the expiry job last settled
+    Column("withdrawn_version", Integer, nullable=True),  # the gateway's withdraw (公示期满), if it made one
+    Column("withdrawn_at", Float, nullable=True),
+    Column("withdrawn_targets", Text, nullable=False),  # JSON list: public targets sent the withdrawal
+    UniqueConstraint("dataset", "record_key", name="uq_publicity_key"),
+    Index("ix_publicity_max_end", "max_end"),
+)

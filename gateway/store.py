@@ -27,6 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from gateway import schema as s
+from gateway import store_changes
 from gateway.errors import Problem, StoreError
 from gateway.ports import SnapshotPage
 from gateway.records import LedgerEntry, Record
@@ -256,8 +257,10 @@ class StoreBase:
         rows: list[dict[str, Any]] = []
         superseded: list[dict[str, Any]] = []
         latest = {(e.dataset, e.key): (e, v) for e, v in changed}  # a key changed twice in a batch: its last state
+        # A change of a key sent before goes to the targets that hold it, routed or not (gateway.store_changes).
+        plan = await store_changes.plan_targets(conn, list(latest.values()), routes, now)
         for e, version in latest.values():
-            for target in routes.get(e.dataset, ()):
+            for target in plan.get((e.dataset, e.key), routes.get(e.dataset, ())):
                 rows.append({"target": target, "dataset": e.dataset, "record_key": e.key,
                              "version": version, "state": "pending", "enqueued_at": now, "updated_at": now})
                 if version > 1:

@@ -60,6 +60,11 @@ idle_check_s = 0.2
 shutdown_grace_s = 30
 adapter_timeout_s = 60
 
+# The expected state here is the mapped source; the publication rules (a repair refused before the minimum
+# period, the withdrawal when publicity ends) are tested in test_publicity.py and test_propagation.py.
+[publicity]
+enabled = false
+
 [sources.department_penalties]
 type = "sql"
 url = "sqlite:///{department}"

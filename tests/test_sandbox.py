@@ -246,6 +246,31 @@ class TestRecordRules:
         assert statuses(answer) == ["accepted"]
 
 
+class TestChangesOfRecords:
+    async def test_changes_of_a_held_record_get_a_receipt(self, sandbox: Sandbox,
+                                                         client: aiohttp.ClientSession) -> None:
+        """revoke, object and withdraw of a record the platform holds are applied, each batch with a receipt."""
+        await post(client, sandbox, batch([record(key="held")], batch_id="b-0"))
+        for version, operation in enumerate(("revoke", "object", "withdraw"), start=2):
+            status, answer, _ = await post(client, sandbox, batch(
+                [record(key="held", version=version, operation=operation)], batch_id=f"b-{version}"))
+            assert status == 200 and statuses(answer) == ["accepted"] and answer["receipt"]["receiptId"]
+            assert sandbox.held("XZCF")["held"][:2] == (version, operation)
+
+    @pytest.mark.parametrize("operation", ["revoke", "object", "withdraw"])
+    async def test_a_change_of_an_unknown_record_is_refused(self, sandbox: Sandbox, client: aiohttp.ClientSession,
+                                                            operation: str) -> None:
+        """A bare change (version 2 or later, not the whole record) of a record never received is refused per
+        record with 7009; with the whole record it is a record in that state."""
+        _, answer, _ = await post(client, sandbox, batch([
+            record(key="never", version=2, operation=operation, data={"CF_WSH": "市场【2019】1号"}),
+            record(key="fine"), record(key="whole", version=2, operation=operation)]))
+        assert answer["results"][0] == {"recordKey": "never", "version": 2, "status": "rejected", "errorCode": "7009",
+                                        "errorMsg": "记录不存在: 撤销、异议、撤下只能针对已接收的记录"}
+        assert statuses(answer) == ["rejected", "accepted", "accepted"] and answer["receipt"]["failSize"] == 1
+        assert "never" not in sandbox.held("XZCF") and sandbox.held("XZCF")["whole"][:2] == (2, operation)
+
+
 class TestVersions:
     async def test_accepted_duplicate_stale(self, sandbox: Sandbox, client: aiohttp.ClientSession) -> None:
         """Higher versions are accepted, equal ones are duplicates, lower ones stale; all count as success."""
