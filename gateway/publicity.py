@@ -110,27 +110,23 @@ class PublicitySettings:
     repair_reasons: tuple[str, ...] = (REPAIR,)
     rules: tuple[Rule, ...] = DEFAULT_RULES
     datasets: frozenset[str] = field(init=False)
-    _inputs: tuple[str, ...] = field(init=False, repr=False)  # the fields periods depend on
     _ends: dict[tuple[Any, ...], dt.date | None] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "datasets", frozenset(r.dataset for r in self.rules))
-        object.__setattr__(self, "_inputs", ("decision_date", *sorted({r.field for r in self.rules if r.field})))
         object.__setattr__(self, "_ends", {})
 
     def max_end(self, dataset: str, payload: Mapping[str, Any]) -> dt.date | None:
-        """The maximum end of a record, remembered by the values the rules look at (records repeat them:
-        a few laws, penalty types and decision dates), so sending a record costs a dictionary look-up."""
-        key = (dataset, *(_hashable(payload.get(name)) for name in self._inputs))
+        """The maximum end of a record, remembered by its decision date and the rules it matches (records
+        repeat them: a few rules, a few thousand decision dates), so sending a record costs a few substring
+        tests and a dictionary look-up."""
+        matched = tuple(i for i, rule in enumerate(self.rules) if rule.dataset == dataset and rule.matches(payload))
+        key = (dataset, payload.get("decision_date"), matched)
         if key not in self._ends:
             if len(self._ends) >= 100_000:
                 self._ends.clear()
-            self._ends[key] = period_of(self.rules, dataset, payload).max_end
+            self._ends[key] = period_of([self.rules[i] for i in matched], dataset, payload).max_end
         return self._ends[key]
-
-
-def _hashable(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
 
 
 def parse_publicity(raw: Any, where: str = "publicity") -> tuple[PublicitySettings, list[Problem]]:
