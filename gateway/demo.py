@@ -3,7 +3,9 @@
 It builds everything in a working directory (sample SQLite database, API token, configuration, store),
 starts the sandbox on 127.0.0.1 with a few injected faults (failed requests, dropped connections) so the
 retries are visible, runs the gateway until everything valid is delivered and acknowledged, prints a
-summary, and checks the sandbox holds exactly the records it should. Exit 0 when it does.
+summary, and checks the sandbox holds exactly the records it should. Then four scenes follow on the same
+gateway (gateway.demo_scenes): a credit list arriving, a sanction case answered, a revocation propagated and
+a late record reported, each with its check. Exit 0 only when every check holds.
 """
 
 from __future__ import annotations
@@ -222,7 +224,7 @@ async def _demo(workdir: Path, sample: SampleResult, token: str) -> int:
 
 def _verdicts(verdicts: list[Verdict], elapsed: float) -> bool:
     out()
-    out(f"Checks ({elapsed:.1f}s in all)")
+    out(f"Checks (the gateway ran {elapsed:.1f}s in all)")
     for v in verdicts:
         out(f"  {v.line()}")
     return all(v.ok for v in verdicts)
