@@ -33,13 +33,13 @@ async def cmd_lists(args: argparse.Namespace) -> int:
     try:
         if args.lists_command == "status":
             views = await list_status(config, store)
-            _print_status(views, await store.list_entries(), args.json)
+            print_status(views, await store.list_entries(), args.json)
             return 0 if all(t.in_sync for v in views for t in v.targets) else 1
         if args.lists_command == "reconcile":
             repairs = await reconcile(config, store, dry_run=args.dry_run)
             _print_repairs(repairs, args.json, args.dry_run)
             return 1 if any(r.error for r in repairs) else 0
-        _print_conflicts(await conflicts(store), args.json)
+        print_conflicts(await conflicts(store), args.json)
         return 0
     finally:
         await store.aclose()
@@ -49,7 +49,7 @@ def _short(digest: str | None) -> str:
     return digest[:12] if digest else "-"
 
 
-def _print_status(views: Sequence[ListView], entries: Sequence[Any], as_json: bool) -> None:
+def print_status(views: Sequence[ListView], entries: Sequence[Any], as_json: bool) -> None:
     held = sum(1 for e in entries if e.held)
     if as_json:
         out(orjson.dumps({"lists": [v.as_json() for v in views], "conflicts": held},
@@ -91,7 +91,7 @@ def _print_repairs(repairs: Sequence[Repair], as_json: bool, dry_run: bool) -> N
             "error": r.error or ""} for r in repairs], ["target", "list", verb, "discarded", "error"])
 
 
-def _print_conflicts(found: Sequence[Conflict], as_json: bool) -> None:
+def print_conflicts(found: Sequence[Conflict], as_json: bool) -> None:
     if as_json:
         out(orjson.dumps([c.__dict__ for c in found], option=orjson.OPT_INDENT_2).decode())
         return

@@ -3,7 +3,9 @@
 It builds everything in a working directory (sample SQLite database, API token, configuration, store),
 starts the sandbox on 127.0.0.1 with a few injected faults (failed requests, dropped connections) so the
 retries are visible, runs the gateway until everything valid is delivered and acknowledged, prints a
-summary, and checks the sandbox holds exactly the records it should. Exit 0 when it does.
+summary, and checks the sandbox holds exactly the records it should. Then four scenes follow on the same
+gateway (gateway.demo_scenes): a credit list arriving, a sanction case answered, a revocation propagated and
+a late record reported, each with its check. Exit 0 only when every check holds.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import secrets
 import shutil
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ from gateway.certs import init_dev_pki
 from gateway.cli_ops import out, table
 from gateway.config import load_config
 from gateway.daemon import Gateway
+from gateway.demo_scenes import Stage, Verdict, create_department_tables, run_scenes
 from gateway.evidence import build_evidence, verify_evidence
 from gateway.logs import setup_logging
 from gateway.sampledata import SampleResult, SampleSpec, create_department_db
@@ -33,7 +37,7 @@ CONFIG_TEMPLATE = """\
 # Written by `credit-gateway demo`; a real deployment starts from config.example.toml.
 [gateway]
 instance = "demo"
-department_code = "11320500014117422K"
+department_code = "11320500014117422Q"
 department_name = "苏州市市场监督管理局"
 region_code = "320500"
 
@@ -43,6 +47,9 @@ url = "sqlite:///spool/gateway.db"
 [daemon]
 log_format = "text"
 log_level = "error"
+
+[lists]
+reconcile_interval_s = 0             # the demo compares the lists itself (`lists status`)
 
 [sources.department_penalties]
 type = "sql"
@@ -64,11 +71,36 @@ mapping = "{mappings}/department-license.toml"
 poll_interval_s = 5
 batch_size = 1000
 
+[sources.platform_lists]              # credit lists the platform publishes (signed answers)
+type = "platform_lists"
+url = "{base}/api/v1"
+token_file = "sandbox.token"
+mapping = "{mappings}/platform-credit_list.toml"
+peer_cert = "certs/rsa/platform.crt"
+trusted_cas = ["certs/rsa/ca.crt"]
+
+[sources.platform_cases]              # joint-sanction cases issued to this department (signed pages)
+type = "platform_cases"
+url = "{base}/api/v1/sanctions/cases"
+token_file = "sandbox.token"
+mapping = "{mappings}/platform-sanction-case.toml"
+peer_cert = "certs/rsa/platform.crt"
+trusted_cas = ["certs/rsa/ca.crt"]
+
+[sources.department_feedback]         # what the department did about each case (its own table)
+type = "sql"
+url = "sqlite:///department.db"
+table = "lhjc_fk"
+key_columns = ["id"]
+update_column = "gxsj"
+mapping = "{mappings}/department-sanction-feedback.toml"
+
 [targets.sandbox]
 type = "credit_platform"
-url = "{url}"
+url = "{base}/api/v1/upload"
 token_file = "sandbox.token"
-datasets = {{ penalty = "{mappings}/platform-2019-penalty.toml", license = "{mappings}/platform-2019-license.toml" }}
+datasets = {{ penalty = "{mappings}/platform-2019-penalty.toml", license = "{mappings}/platform-2019-license.toml", \
+sanction_feedback = "{mappings}/platform-sanction-feedback.toml" }}
 batch_size = 250
 max_in_flight = 2
 personal_ids = "mask"
@@ -90,6 +122,32 @@ max_attempts = 30
 [targets.sandbox.circuit]
 failure_threshold = 8
 reset_s = 0.5
+
+[targets.department]                  # the department's own database: credit lists and sanction cases
+type = "sql"
+url = "sqlite:///department.db"
+datasets = {{ credit_list = "{mappings}/department-credit_list.toml", \
+sanction_case = "{mappings}/department-sanction-case.toml" }}
+personal_ids = "full"                 # government-internal: enforcement needs full ID numbers
+external = false
+
+[targets.department.tables.credit_list]
+table = "dept_credit_list"
+key_columns = ["record_key"]
+
+[targets.department.tables.sanction_case]
+table = "lhjc_aj"
+key_columns = ["ajbh"]
+
+[targets.archive]                     # an internal archive of penalties (2019 columns), a second penalty target
+type = "sql"
+url = "sqlite:///archive.db"
+datasets = {{ penalty = "{mappings}/platform-2019-penalty.toml" }}
+external = false
+
+[targets.archive.tables.penalty]
+table = "xzcf_archive"
+key_columns = ["CF_WSH", "CF_CFJGDM"]
 """
 
 DEMO_FAULTS = Faults(error_rate=0.15, drop_rate=0.05, reject_rate=0.005, seed=7)
@@ -109,12 +167,15 @@ def prepare(workdir: Path, licences: int, penalties: int) -> tuple[SampleResult,
     token = secrets.token_urlsafe(24)
     (workdir / "sandbox.token").write_text(token + "\n", encoding="utf-8")
     init_dev_pki(workdir / "certs", ["rsa"])  # a development CA, the gateway's and the platform's certificates
+    create_department_tables(workdir / "department.db", workdir / "archive.db",
+                             mappings_dir() / "platform-2019-penalty.toml")
     return sample, token
 
 
-def write_config(workdir: Path, url: str) -> Path:
+def write_config(workdir: Path, base: str) -> Path:
+    """The demo's configuration; ``base`` is the sandbox's address (upload, list and case APIs below it)."""
     path = workdir / "credit-gateway.toml"
-    path.write_text(CONFIG_TEMPLATE.format(url=url, mappings=mappings_dir().as_posix()), encoding="utf-8")
+    path.write_text(CONFIG_TEMPLATE.format(base=base, mappings=mappings_dir().as_posix()), encoding="utf-8")
     return path
 
 
@@ -136,7 +197,7 @@ async def _demo(workdir: Path, sample: SampleResult, token: str) -> int:
         out(f"  platform sandbox on {sandbox.url} (injecting: 15% failed requests, 5% dropped connections, "
             "0.5% refused records)")
         out("  batches are sealed with CMS (signed + AES-256), the sandbox signs its receipts (certs/rsa)")
-        config = load_config(write_config(workdir, sandbox.upload_url))
+        config = load_config(write_config(workdir, sandbox.url))
         setup_logging(config.daemon.log_level, config.daemon.log_format, config.secrets)
         store = await open_store(config.store_url())
         try:
@@ -144,13 +205,29 @@ async def _demo(workdir: Path, sample: SampleResult, token: str) -> int:
             async with Gateway(config, store) as gw:
                 done = await gw.run_until_idle(timeout_s=300)
                 retries = sum(w.stats.retries for w in gw.workers.values())
-            elapsed = time.monotonic() - started
-            ok = await _summary(store, sandbox, sample, retries, elapsed, done)
-            ok = await _check_evidence(store, config, workdir) and ok
+                elapsed = time.monotonic() - started
+                verdicts = [Verdict("delivered, every valid record held once",
+                                    await _summary(store, sandbox, sample, retries, elapsed, done), "see Check above"),
+                            Verdict("evidence verified offline", await _check_evidence(store, config, workdir),
+                                    "see Evidence above")]
+                sandbox.set_faults(replace(DEMO_FAULTS, reject_rate=0.0))
+                out()
+                out("Then the platform and the department move on (the sandbox still fails 15% of requests and "
+                    "drops 5% of connections, but refuses no records on purpose any more):")
+                verdicts += await run_scenes(Stage(gw, sandbox, store, config, workdir, sample))
         finally:
             await store.aclose()
+    ok = _verdicts(verdicts, time.monotonic() - started)
     _next_steps(workdir)
     return 0 if ok else 1
+
+
+def _verdicts(verdicts: list[Verdict], elapsed: float) -> bool:
+    out()
+    out(f"Checks (the gateway ran {elapsed:.1f}s in all)")
+    for v in verdicts:
+        out(f"  {v.line()}")
+    return all(v.ok for v in verdicts)
 
 
 async def _summary(store: Store, sandbox: Sandbox, sample: SampleResult, retries: int, elapsed: float,
@@ -246,6 +323,10 @@ def _next_steps(workdir: Path) -> None:
                       ("spool list", "batches, attempts and receipts"),
                       ("spool show BATCH --body", "one batch: attempts, receipt, body"),
                       ("timeliness", "on time / late / at risk (7 working days)"),
+                      ("lists status", "credit lists: version and digest at the platform, ledger, department"),
+                      ("lists conflicts", "red entries held back by a black-list entry"),
+                      ("sanctions", "joint-sanction cases: open, answered, overdue"),
+                      ("records changes", "revocations and who confirmed them"),
                       ("certs list", "keys and certificates in use, with expiry")):
         out(f"  .venv/bin/credit-gateway -c {cfg} {cmd:26} # {what}")
     out(f"  .venv/bin/credit-gateway verify {workdir / 'evidence.zip'} --trusted-ca {workdir / 'certs/rsa/ca.crt'}")
