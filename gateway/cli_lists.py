@@ -68,13 +68,15 @@ def print_status(views: Sequence[ListView], entries: Sequence[Any], as_json: boo
                          "entries": t.rows, "digest": _short(t.digest), "state": _target_state(t)})
     table(rows, ["list", "type", "end", "version", "entries", "digest", "state"])
     out(f"red/black conflicts held back: {held}")
+    out("digests: platform and ledger over the listed subjects (membership); a target's over the rows it holds, "
+        "each row as the gateway would send it (content)")
 
 
 def _target_state(t: Any) -> str:
     if t.error:
         return f"error: {t.error}"
-    if t.in_sync:
-        state = "= ledger"
+    if t.in_sync:  # a content digest (rows as the target holds them), so it is compared with what it should be
+        state = "= ledger (content digest as expected)"
     else:
         parts = [f"{n} {name}" for name, n in (("changed", len(t.changed)), ("missing", len(t.missing)),
                                                 ("stale", len(t.stale)), ("unknown", len(t.unknown))) if n]
