@@ -112,11 +112,25 @@ async def inbound_batches(store: Store, channel: str | None = None, limit: int =
     out = []
     for row in rows:
         answer = str(row.pop("answer"))
-        scope, snapshot_id, page, last = (row.pop(k) for k in ("scope", "snapshot_id", "page", "last"))
-        snapshot = ({"scope": scope, "id": snapshot_id, "page": page, "last": bool(last)}
-                    if snapshot_id is not None else None)
+        snapshot = _snapshot_of(*(row.pop(k) for k in ("scope", "snapshot_id", "page", "last")))
         out.append({str(k): v for k, v in row.items()} | _receipt_of(answer) | {"snapshot": snapshot})
     return out
+
+
+def _snapshot_of(scope: str | None, snapshot_id: str | None, page: int | None, last: int | None
+                 ) -> dict[str, Any] | None:
+    if snapshot_id is None:
+        return None
+    return {"scope": scope, "id": snapshot_id, "page": page, "last": bool(last)}
+
+
+async def inbound_snapshot(store: Store, channel: str, batch_id: str) -> dict[str, Any] | None:
+    """The snapshot page a received batch was (scope, id, page, last), or None."""
+    p = s.inbound_snapshot_pages.c
+    async with store.engine.connect() as conn:
+        row = (await conn.execute(select(p.scope, p.snapshot_id, p.page, p.last).where(and_(
+            p.channel == channel, p.batch_id == batch_id)))).first()
+    return _snapshot_of(*row) if row is not None else None
 
 
 async def inbound_channels_of(store: Store, batch_id: str) -> list[str]:
