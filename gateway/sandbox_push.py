@@ -8,7 +8,8 @@ certificate the sandbox was started with, chaining to its trusted CAs).
 
 * **list snapshot**: every entry of a list at its current version, in pages; each page says it is page N of
   snapshot S of the list (``last`` on the final one) and what the list is (version, type, membership digest,
-  count). ``stop_after`` pushes only the first pages: an interrupted snapshot, for tests;
+  count). ``stop_after`` pushes only the first pages: an interrupted snapshot, for tests; ``resume`` goes on
+  with it (the same snapshot id), a new call without it starts a new snapshot;
 * **list delta**: the changes since the version last pushed to that gateway channel (or ``since``), upserts
   and removals (``op``: ``upsert`` / ``remove``), naming the version they start from;
 * **cases**: the department's cases after the last position pushed to that channel (``LH_*`` fields and
@@ -23,7 +24,8 @@ Python: ``await sandbox.push.list_snapshot(url, channel, code)``, ``list_delta(u
 
     POST /_sandbox/push {"url": "http://gateway:8471", "channel": "lists",
                          "what": "list_snapshot" | "list_delta" | "cases",
-                         "list": "BLACK-2026", "pageSize": 500, "stopAfter": null, "since": null, "department": ""}
+                         "list": "BLACK-2026", "pageSize": 500, "stopAfter": null, "resume": false,
+                         "since": null, "department": "", "after": null}
       200 {"pushed": [{"batchId", "receiptId", "records", "accepted", "rejected", "snapshot", "list"}]}
       400 a bad request or nothing to push from (no such list, history gone, no credentials)
       502 the gateway refused a batch or its receipt did not verify: {"error", "message", "status", "pushed"}
@@ -76,6 +78,16 @@ class PushResult:
                 "list": self.list_state.as_json() if self.list_state else None}
 
 
+@dataclass
+class _Snapshot:
+    """A snapshot being pushed: the list at one version, in pages; ``done`` pages pushed so far."""
+
+    snapshot_id: str
+    state: ListState
+    pages: list[list[dict[str, Any]]]
+    done: int = 0
+
+
 class PushDesk:
     """Pushes from the sandbox's lists and cases; ``sealing`` is the sandbox's envelope (key, cert, gateway's)."""
 
@@ -84,6 +96,7 @@ class PushDesk:
         self.lists, self.sanctions, self._sealing, self._in_db = lists, sanctions, sealing, in_db
         self.list_versions: dict[tuple[str, str, str], int] = {}  # (url, channel, list) → version pushed
         self.case_positions: dict[tuple[str, str], int] = {}  # (url, channel) → last case feed position pushed
+        self.unfinished: dict[tuple[str, str, str], _Snapshot] = {}  # snapshots stopped part-way (stop_after)
 
     def client(self, url: str, channel: str, dataset: str, ssl_context: ssl.SSLContext | None = None) -> InboundClient:
         sealing = self._sealing()
@@ -96,25 +109,36 @@ class PushDesk:
     # ------------------------------------------------------------ lists
 
     async def list_snapshot(self, url: str, channel: str, code: str, page_size: int = 500,
-                            stop_after: int | None = None,
+                            stop_after: int | None = None, resume: bool = False,
                             ssl_context: ssl.SSLContext | None = None) -> list[PushResult]:
-        """Push the whole list at its current version, ``page_size`` entries a page (``stop_after``: only the
-        first pages, leaving the snapshot unfinished)."""
+        """Push the whole list at its current version, ``page_size`` entries a page. ``stop_after`` pushes only
+        that many pages and leaves the snapshot unfinished; ``resume`` goes on with an unfinished one."""
+        key = (url, channel, code)
+        snap = self.unfinished.pop(key, None) if resume else None
+        if resume and snap is None:
+            raise NothingToPush(f"no unfinished snapshot of {code} for {url} channel {channel}")
+        if snap is None:
+            snap = self._new_snapshot(code, page_size)
+        client = self.client(url, channel, CREDIT_LIST.name, ssl_context)
+        pushed: list[PushResult] = []
+        for n in range(snap.done + 1, len(snap.pages) + 1):
+            if stop_after is not None and len(pushed) >= stop_after:
+                self.unfinished[key] = snap
+                return pushed
+            mark = SnapshotMark(code, snap.snapshot_id, n, last=n == len(snap.pages))
+            pushed.append(await _send(client, snap.pages[n - 1], mark, snap.state))
+            snap.done = n
+        self.list_versions[key] = snap.state.version
+        return pushed
+
+    def _new_snapshot(self, code: str, page_size: int) -> _Snapshot:
         plist = self._list(code)
         if not 1 <= page_size <= MAX_RECORDS:
             raise NothingToPush(f"pageSize: 1..{MAX_RECORDS}")
         items = [{**plist.items[k], "op": "upsert"} for k in sorted(plist.items)]  # one version, copied now
         state = ListState(code, plist.version, plist.list_type, plist.digest, len(items))
         pages = [items[i:i + page_size] for i in range(0, len(items), page_size)] or [[]]
-        client = self.client(url, channel, CREDIT_LIST.name, ssl_context)
-        snapshot_id = f"s-{uuid.uuid4().hex}"
-        pushed = []
-        for n, page in enumerate(pages[:stop_after], start=1):
-            mark = SnapshotMark(code, snapshot_id, n, last=n == len(pages))
-            pushed.append(await _send(client, page, mark, state))
-        if len(pushed) == len(pages):
-            self.list_versions[(url, channel, code)] = state.version
-        return pushed
+        return _Snapshot(f"s-{uuid.uuid4().hex}", state, pages)
 
     async def list_delta(self, url: str, channel: str, code: str, since: int | None = None,
                          ssl_context: ssl.SSLContext | None = None) -> list[PushResult]:
@@ -192,7 +216,7 @@ class PushDesk:
         code = _text(spec, "list")
         if what == "list_snapshot":
             return await self.list_snapshot(url, channel, code, _number(spec, "pageSize") or 500,
-                                            _number(spec, "stopAfter"))
+                                            _number(spec, "stopAfter"), bool(spec.get("resume")))
         return await self.list_delta(url, channel, code, _number(spec, "since"))
 
 
