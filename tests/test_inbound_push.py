@@ -400,6 +400,11 @@ async def test_control_endpoint_and_inbound_commands(world: World, tmp_path: Pat
     assert await cli(*verify) == 1
     assert "FAIL receipt digest equals the body sent" in capsys.readouterr().out
     assert await cli("-c", str(world.path), "inbound", "show", "b-nothing") == 1
+    capsys.readouterr()
+    assert await cli("-c", str(world.path), "check") == 0
+    checked = capsys.readouterr().out
+    assert "inbound  lists (cms) → credit_list, full snapshots from CN=platform" in checked
+    assert "inbound  cases (cms) → sanction_case from CN=platform" in checked
 
 
 def _alter(path: Path, member: str) -> None:
