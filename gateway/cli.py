@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway import cli_lists, cli_ops, cli_rules, cli_sanctions
+from gateway import cli_inbound, cli_lists, cli_ops, cli_rules, cli_sanctions
 from gateway.errors import ConfigError, GatewayError
 
 DEFAULT_CONFIG = "credit-gateway.toml"
@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     _spool_parser(sub)
     _quarantine_parser(sub)
     cli_lists.add_parser(sub, _config_arg)
+    cli_inbound.add_parser(sub, _config_arg)
     cli_rules.add_parsers(sub, _config_arg)
 
     p = sub.add_parser("mapping", help="try a mapping file on sample rows")
@@ -171,6 +172,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
     "sandbox": cli_ops.cmd_sandbox,
     "demo": cli_ops.cmd_demo,
     "lists": cli_lists.cmd_lists,
+    "inbound": cli_inbound.cmd_inbound,
 }
 
 

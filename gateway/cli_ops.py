@@ -66,7 +66,8 @@ async def cmd_check(args: argparse.Namespace) -> int:
         out(f"  target   {t.name} ({t.type}) ← {', '.join(t.mappings)}; personal IDs: {t.personal_ids}")
     if config.inbound is not None:
         for c in config.inbound.channels.values():
-            out(f"  inbound  {c.name} ({c.profile}) → {c.dataset} from {'; '.join(c.peer.allowed_signers) or 'TLS'}")
+            out(f"  inbound  {c.name} ({c.profile}) → {c.dataset}{', full snapshots' if c.snapshots else ''} "
+                f"from {'; '.join(c.peer.allowed_signers) or 'TLS'}")
     if config.admin is not None:
         out(f"  admin    {config.admin.settings.host}:{config.admin.settings.port}, "
             f"tokens: {', '.join(f'{t.name} ({t.role})' for t in config.admin.tokens)}")

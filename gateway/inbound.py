@@ -8,10 +8,13 @@ status and a clear message, and nothing stored:
 3. the envelope opens with our key and its signature verifies, chaining to the channel's CAs, by an allowed
    peer (certificates: 403 naming the problem). A body that does not decrypt or whose signature does not verify
    gets one and the same answer whatever the reason (CBC envelopes: no padding oracle); the log has the detail;
-4. the signed content is a batch for this channel and dataset (400), sent within the timestamp window (400);
+4. the signed content is a batch for this channel and dataset (400), sent within the timestamp window (400),
+   whose snapshot and list heads the channel takes (400; :mod:`gateway.inbound_lists`);
 5. in one store transaction: the nonce was not seen before (409, a replay), the batch id is new or a retry with
-   the same records (the original answer) and not different records (409); then the records are mapped with
-   the channel's inbound mapping and committed like any source's (rejects quarantined with their reasons),
+   the same records (the original answer) and not different records (409); a snapshot page or list delta fits
+   what was received before (409; :mod:`gateway.store_inbound_lists`); then the records are mapped with
+   the channel's inbound mapping and committed like any source's (rejects quarantined with their reasons; a
+   snapshot's last page withdraws the keys of its scope that no page named),
    and the batch is stored with our answer: per-record results and a receipt signed like the platform's
    (:mod:`gateway.sealing`), so a partner verifies us exactly as we verify the platform.
 """
@@ -31,6 +34,7 @@ from typing import Any
 from gateway.envelope import CertificateError, EnvelopeError, Opened, get_profile, sign_detached
 from gateway.errors import GatewayError, Problem
 from gateway.inbound_batch import BatchError, InboundBatch, parse_batch, utc_text
+from gateway.inbound_lists import check_heads, keep_in_scope
 from gateway.mapping import InboundMapping
 from gateway.records import LedgerEntry
 from gateway.sealing import receipt_bytes, results_digest
@@ -124,6 +128,7 @@ class InboundService:
     def _batch(self, channel: Channel, content: bytes, now: dt.datetime) -> InboundBatch:
         try:
             batch = parse_batch(content)
+            check_heads(channel, batch)
         except (BatchError, XmlRefused) as exc:
             raise InboundRefused(400, "batch", str(exc)) from None
         if batch.channel != channel.name:
@@ -146,10 +151,11 @@ class InboundService:
                  now: dt.datetime) -> tuple[Arrival, Mapped]:
         mapping = self.mappings.get(channel.name, channel.mapping)
         mapped = map_records(mapping, channel.source, batch, now.astimezone(CHINA).date())
+        mapped = keep_in_scope(mapped, batch, channel.source)
         return Arrival(channel.name, channel.source, batch.batch_id, channel.dataset, batch.nonce,
                        opened.signer_subject, batch.content_sha256(), body, hashlib.sha256(body).hexdigest(),
                        [e for e, _ in mapped if e is not None], [r for _, r in mapped if r is not None],
-                       len(batch.records)), mapped
+                       len(batch.records), batch.snapshot, batch.list_state), mapped
 
     async def _store(self, channel: Channel, arrival: Arrival, mapped: Mapped, batch: InboundBatch,
                      now: dt.datetime) -> Accepted:

@@ -25,7 +25,15 @@ import orjson
 
 from gateway.envelope import Credentials, EnvelopeError, Peer, get_profile
 from gateway.errors import GatewayError
-from gateway.inbound_batch import InboundBatch, as_xml_text, batch_json, batch_xml, new_nonce
+from gateway.inbound_batch import (
+    InboundBatch,
+    ListState,
+    SnapshotMark,
+    as_xml_text,
+    batch_json,
+    batch_xml,
+    new_nonce,
+)
 from gateway.sealing import CONTENT_TYPES, Sealing
 
 
@@ -58,9 +66,12 @@ class InboundClient:
     timeout_s: float = 30.0
 
     def batch(self, records: Sequence[Mapping[str, Any]], batch_id: str | None = None,
-              sent_at: dt.datetime | None = None, nonce: str | None = None) -> InboundBatch:
+              sent_at: dt.datetime | None = None, nonce: str | None = None, *, snapshot: SnapshotMark | None = None,
+              list_state: ListState | None = None) -> InboundBatch:
+        """A new batch; ``snapshot`` marks it as a page of a full snapshot, ``list_state`` says what the list is."""
         return InboundBatch(batch_id or f"b-{uuid.uuid4().hex}", self.channel, self.dataset,
-                            sent_at or dt.datetime.now(dt.UTC), nonce or new_nonce(), list(records))
+                            sent_at or dt.datetime.now(dt.UTC), nonce or new_nonce(), list(records), snapshot,
+                            list_state)
 
     @staticmethod
     def retry(batch: InboundBatch, sent_at: dt.datetime | None = None) -> InboundBatch:

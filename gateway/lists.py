@@ -190,6 +190,9 @@ async def list_status(config: Config, store: Store, *, adapters_open: bool = Fal
     """Every list's version and digest at the platform, in the ledger and at each target (the target adapters
     are opened here unless ``adapters_open``: a running gateway has them open already)."""
     cursors = {name: await store.load_cursor(name) for name, src in config.sources.items() if DATASET in src.mappings}
+    for channel in (config.inbound.channels.values() if config.inbound is not None else ()):
+        if channel.dataset == DATASET:  # lists pushed to us keep the same cursor form (gateway.store_inbound_lists)
+            cursors[channel.source] = await store.load_cursor(channel.source)
     entries = await store.list_entries()
     views = _ledger_views(entries, announced(cursors))
     held = {e.record_key for e in entries if e.held}

@@ -21,6 +21,8 @@ else 401 ``{"errorCode": "401", ...}``)::
     POST /_sandbox/reset         forget records, batches, receipts and counters (faults stay)
     GET  /api/v1/sanctions/cases, POST /_sandbox/sanctions/cases, GET /_sandbox/sanctions
                                  joint-sanction cases and their feedback (table LHJC_FK): gateway.sandbox_sanctions
+    POST /_sandbox/push          push a list snapshot or delta, or cases, to a gateway's inbound channel
+                                 (gateway.sandbox_push)
     GET  /healthz                {"ok": true}
 
 Record status: ``accepted`` (newer than the held version: applied), ``duplicate`` (same version: not
@@ -65,6 +67,7 @@ from aiohttp.typedefs import Handler
 from gateway.envelope import Credentials, EnvelopeError, sign_detached
 from gateway.errors import ConfigError, Problem
 from gateway.sandbox_lists import ListPlatform, add_list_routes
+from gateway.sandbox_push import PushDesk
 from gateway.sandbox_sanctions import SanctionsDesk
 from gateway.sandbox_store import TABLES, Outcome, Platform, SandboxStore, error_body
 from gateway.sealing import Sealing, load_sealing
@@ -216,6 +219,8 @@ class Sandbox:
         self._url = ""
         self.sanctions = SanctionsDesk(self._in_db, self._in_db_now)  # 联合奖惩: cases out, feedback in
         self.lists = ListPlatform()  # credit lists the platform publishes (gateway.sandbox_lists)
+        # pushes lists and cases to a gateway's inbound channel (gateway.sandbox_push)
+        self.push = PushDesk(self.lists, self.sanctions, lambda: self.config.sealing, self._in_db)
 
     async def start(self) -> None:
         """Open the database and listen; afterwards ``url`` names the bound port."""
@@ -331,6 +336,7 @@ class Sandbox:
         app.router.add_post("/_sandbox/reset", self._reset)
         self.sanctions.add_routes(app)
         add_list_routes(app, self.lists, self._receipt_signer())
+        self.push.add_routes(app)
         return app
 
     @web.middleware

@@ -226,6 +226,23 @@ inbound_batches = Table(
     Index("ix_inbound_received", "received_at"),
 )
 
+# Pages of full snapshots pushed to an inbound channel (gateway.store_inbound_lists): which pages of which
+# snapshot arrived, so the last page is taken only after every other page, and a page of a snapshot that a
+# newer one superseded (or that is complete) is refused.
+inbound_snapshot_pages = Table(
+    "cg_inbound_snapshot_pages", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("channel", String(128), nullable=False),
+    Column("scope", String(128), nullable=False),
+    Column("snapshot_id", String(128), nullable=False),
+    Column("page", Integer, nullable=False),
+    Column("last", Integer, nullable=False),  # 1 on the snapshot's final page
+    Column("batch_id", String(128), nullable=False),
+    Column("received_at", Float, nullable=False),
+    UniqueConstraint("channel", "scope", "snapshot_id", "page", name="uq_inbound_snapshot_page"),
+    Index("ix_inbound_snapshot_scope", "channel", "scope"),
+)
+
 # Publication rules (gateway.store_changes, gateway.store_publicity): every revocation, objection and withdrawal
 # a record went through, and each penalty record's publicity period. Additive: the ledger is unchanged.
 changes = Table(

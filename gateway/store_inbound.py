@@ -19,8 +19,11 @@ from sqlalchemy import and_, delete, func, select
 
 from gateway import schema as s
 from gateway.errors import GatewayError
+from gateway.inbound_batch import ListState, SnapshotMark
+from gateway.ports import SnapshotPage
 from gateway.records import LedgerEntry
 from gateway.store import IntakeResult, Reject, StoreBase, translate_errors
+from gateway.store_inbound_lists import list_cursor, snapshot_problem
 
 # Given the ledger entries that made a new version, returns our answer (with the signed receipt).
 AnswerMaker = Callable[[Sequence[tuple[LedgerEntry, int]]], Awaitable[dict[str, Any]]]
@@ -46,6 +49,12 @@ class Arrival:
     accepted: Sequence[LedgerEntry]
     rejects: Sequence[Reject]
     rows: int
+    snapshot: SnapshotMark | None = None  # a page of a full snapshot (gateway.store_inbound_lists)
+    list_state: ListState | None = None  # what the sender says the credit list is after this batch
+
+    def snapshot_page(self) -> SnapshotPage | None:
+        mark = self.snapshot
+        return None if mark is None else SnapshotPage(self.dataset, mark.scope, mark.snapshot_id, mark.last)
 
 
 @dataclass(frozen=True)
@@ -78,9 +87,14 @@ class InboundMixin(StoreBase):
                 if stored["content_sha256"] != arrival.content_sha256:
                     raise InboundConflict(f"batch {arrival.batch_id} was accepted before with different records")
                 return Accepted("repeat", orjson.loads(stored["answer"]))
-            cursor = {"batchId": arrival.batch_id, "at": now}
+            cursor, problem = await list_cursor(conn, arrival.source, {"batchId": arrival.batch_id, "at": now},
+                                                arrival.list_state, arrival.snapshot)
+            if problem is None and arrival.snapshot is not None:
+                problem = await snapshot_problem(conn, arrival.channel, arrival.batch_id, arrival.snapshot, now)
+            if problem is not None:
+                raise InboundConflict(problem)
             result, changed = await self.intake_in(conn, arrival.source, arrival.accepted, arrival.rejects, cursor,
-                                                   routes, arrival.rows)
+                                                   routes, arrival.rows, arrival.snapshot_page())
             answer = await make_answer(changed)
             await conn.execute(s.inbound_batches.insert().values(
                 channel=arrival.channel, batch_id=arrival.batch_id, dataset=arrival.dataset, signer=arrival.signer,

@@ -55,6 +55,8 @@ class ChannelSettings:
     peers: list[str] = setting([], help="subjects allowed to push, e.g. 'CN=platform,O=…,C=CN'")
     peer_certs: list[str] = setting([], help="partners' certificates (PEM): their subjects may push")
     external: bool = setting(True, help="a public or partner link (profile none is refused)")
+    snapshots: bool = setting(False, help="take full-snapshot batches: a snapshot's last page withdraws the keys "
+                                          "of its scope that no page named (credit lists pushed by the platform)")
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ class Channel:
     ours: Credentials | None = field(repr=False)
     peer: Peer
     peer_files: tuple[tuple[str, bytes], ...] = ()  # (TOML path, PEM) of configured peer certificates
+    snapshots: bool = False  # takes full-snapshot batches (gateway.inbound_lists)
 
     @property
     def source(self) -> str:
@@ -237,7 +240,7 @@ def _channel(name: str, raw: Any, base: Path, tls: TlsFiles | None, problems: li
     if len(problems) > before or mapping is None:
         return None
     peer = Peer(b"", cas, allowed)
-    return Channel(name, mapping, settings.profile, ours, peer, files)
+    return Channel(name, mapping, settings.profile, ours, peer, files, settings.snapshots)
 
 
 def _inbound_mapping(settings: ChannelSettings, where: str, base: Path,

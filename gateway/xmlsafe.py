@@ -63,10 +63,14 @@ def _check_tree(root: etree._Element, what: str, max_elements: int) -> None:
             raise XmlRefused(f"the {what} has more than {max_elements} elements")
 
 
-def write_records(tag: str, attributes: Mapping[str, str], records: Sequence[Mapping[str, Any]]) -> bytes:
-    """``<tag …><record><field name="k">v</field>…</record>…</tag>`` as UTF-8 with a declaration (the writer
-    escapes every value; nothing here comes from a template)."""
+def write_records(tag: str, attributes: Mapping[str, str], records: Sequence[Mapping[str, Any]],
+                  heads: Sequence[tuple[str, Mapping[str, str]]] = ()) -> bytes:
+    """``<tag …><head …/>…<record><field name="k">v</field>…</record>…</tag>`` as UTF-8 with a declaration (the
+    writer escapes every value; nothing here comes from a template). ``heads`` are empty elements with
+    attributes, written before the records (e.g. a batch's ``<snapshot>``)."""
     root = etree.Element(tag, **attributes)
+    for name, values in heads:
+        etree.SubElement(root, name, **values)
     for record in records:
         node = etree.SubElement(root, "record")
         for name, value in record.items():
