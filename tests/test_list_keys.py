@@ -21,6 +21,7 @@ from sqlalchemy import update
 
 from gateway import schema as s
 from gateway.config import Config, load_config
+from gateway.cpu import MapPool
 from gateway.daemon import Gateway
 from gateway.datasets import BLACK_LIST, CREDIT_LIST, PENALTY, RED_LIST
 from gateway.errors import StoreError
@@ -128,6 +129,20 @@ class TestRecordKeys:
         bad = {**person_item(1), "MDBM": RED, "MDLX": "不存在的名单", "op": "upsert"}
         mapped = mapping.map_row(bad, TODAY, secret=KeySecret(RAW))
         assert mapped.record is None and mapped.key == f"{RED}||{expected_pseudonym(RAW, resident_id(1))}"
+
+
+    async def test_mapping_worker_processes_key_the_same_way(self) -> None:
+        """A page mapped in a worker process (the secret pickled to it) gets the keys the daemon would make."""
+        mapping = load_mapping(MAPPINGS / "platform-credit_list.toml")
+        assert isinstance(mapping, InboundMapping)
+        rows = [(str(n), {**person_item(n), "MDBM": RED, "MDLX": RED_LIST, "op": "upsert"}, ()) for n in range(3)]
+        pool = MapPool(1, min_rows=1)
+        try:
+            accepted, rejects = await pool.map(mapping, "lists", rows, TODAY, KeySecret(RAW))
+        finally:
+            pool.close()
+        assert not rejects
+        assert [e.key for e in accepted] == [f"{RED}||{expected_pseudonym(RAW, resident_id(n))}" for n in range(3)]
 
 
 class TestStoreSecret:
