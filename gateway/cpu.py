@@ -27,6 +27,7 @@ from gateway.errors import Problem
 from gateway.mapping import InboundMapping, load_mapping
 from gateway.records import LedgerEntry
 from gateway.store import Reject
+from gateway.subject_keys import KeySecret
 
 Rows = Sequence[tuple[str, Mapping[str, Any], tuple[Problem, ...]]]
 Mapped = tuple[list[LedgerEntry], list[Reject]]
@@ -34,12 +35,14 @@ Mapped = tuple[list[LedgerEntry], list[Reject]]
 _COMPILED: dict[tuple[str, int], InboundMapping] = {}  # (path, mtime_ns): an edited file is compiled again
 
 
-def map_rows(mapping: InboundMapping, source: str, rows: Rows, today: dt.date) -> Mapped:
-    """Map and validate rows: ledger entries for valid ones, rejects with every problem for the rest."""
+def map_rows(mapping: InboundMapping, source: str, rows: Rows, today: dt.date,
+             secret: KeySecret | None = None) -> Mapped:
+    """Map and validate rows: ledger entries for valid ones, rejects with every problem for the rest
+    (``secret``: the store's key secret, for datasets whose keys pseudonymise ID numbers)."""
     accepted: list[LedgerEntry] = []
     rejects: list[Reject] = []
     for key, data, read_problems in rows:
-        mapped = mapping.map_row(data, today, source, key)
+        mapped = mapping.map_row(data, today, source, key, secret=secret)
         if mapped.record is not None and not read_problems:
             accepted.append(mapped.record.entry())
         else:
@@ -52,7 +55,8 @@ def _raw(row: Mapping[str, Any]) -> dict[str, Any]:
     return {k: (v.isoformat() if isinstance(v, dt.date | dt.datetime) else v) for k, v in row.items()}
 
 
-def _map_in_worker(path: str, version: int, source: str, rows: Rows, today: dt.date) -> Mapped:
+def _map_in_worker(path: str, version: int, source: str, rows: Rows, today: dt.date,
+                   secret: KeySecret | None) -> Mapped:
     mapping = _COMPILED.get((path, version))
     if mapping is None:
         loaded = load_mapping(path)
@@ -60,7 +64,7 @@ def _map_in_worker(path: str, version: int, source: str, rows: Rows, today: dt.d
             raise TypeError(f"{path} is not an inbound mapping")
         _COMPILED.clear()
         mapping = _COMPILED[(path, version)] = loaded
-    return map_rows(mapping, source, rows, today)
+    return map_rows(mapping, source, rows, today, secret)
 
 
 def tune_gc() -> None:
@@ -101,12 +105,13 @@ class MapPool:
                                           initializer=_die_with_parent, initargs=(os.getpid(),))
                       if workers > 0 else None)
 
-    async def map(self, mapping: InboundMapping, source: str, rows: Rows, today: dt.date) -> Mapped:
+    async def map(self, mapping: InboundMapping, source: str, rows: Rows, today: dt.date,
+                  secret: KeySecret | None = None) -> Mapped:
         if self._pool is None or len(rows) < self.min_rows:
-            return map_rows(mapping, source, rows, today)
+            return map_rows(mapping, source, rows, today, secret)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, _map_in_worker, mapping.path, mapping.version, source,
-                                          list(rows), today)
+                                          list(rows), today, secret)
 
     def close(self) -> None:
         if self._pool is not None:

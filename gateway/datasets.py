@@ -66,10 +66,14 @@ class Dataset:
     fields: tuple[FieldSpec, ...]
     key_fields: tuple[str, ...]
     date_field: str  # the decision date: drives the 7-working-day deadline
+    # Record keys carry keyed pseudonyms of the key's personal ID numbers, not the numbers (gateway.subject_keys).
+    pseudonymised_key: bool = False
 
     @property
     def personal_key(self) -> bool:
-        """True when a natural key can hold a personal ID number (route masking covers fields, not keys)."""
+        """True when a record key can hold a personal ID number (route masking covers fields, not keys)."""
+        if self.pseudonymised_key:
+            return False
         by_name = self.by_name()
         return any(by_name[k].personal_id for k in self.key_fields if k in by_name)
 
@@ -238,6 +242,7 @@ CREDIT_LIST = Dataset(
     label="信用名单 (红名单 / 严重失信主体名单 / 重点关注名单)",
     key_fields=("list_code", "uscc", "id_no"),  # one entry per subject and list: USCC, or ID number for persons
     date_field="listing_date",
+    pseudonymised_key=True,  # the key holds a pseudonym of the ID number: lists may go to partners
     fields=(
         FieldSpec("list_code", "名单编码 (the platform's list identifier)", required=True, max_len=64),
         FieldSpec("list_type", "名单类型", kind="code", required=True, codes=LIST_TYPES),

@@ -136,7 +136,8 @@ class Intake:
         accepted: list[LedgerEntry] = []
         rejects: list[Reject] = []
         for mapping in self.mappings.values():
-            ok, bad = await self.pool.map(mapping, self.cfg.name, rows, today)
+            secret = await self.store.key_secret() if mapping.dataset.pseudonymised_key else None
+            ok, bad = await self.pool.map(mapping, self.cfg.name, rows, today, secret)
             accepted += ok
             rejects += bad
         return accepted, rejects

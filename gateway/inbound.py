@@ -41,6 +41,7 @@ from gateway.sealing import receipt_bytes, results_digest
 from gateway.store import Reject
 from gateway.store_inbound import Accepted, Arrival, InboundConflict
 from gateway.store_ops import Store
+from gateway.subject_keys import KeySecret
 from gateway.web_config import Channel, InboundConfig
 from gateway.xmlsafe import XmlRefused, parse_xml
 
@@ -90,7 +91,9 @@ class InboundService:
             raise InboundRefused(403, "peer", f"the TLS client '{tls_subject}' may not push to channel {name}")
         opened = await self._open(channel, body, tls_subject, now)
         batch = self._batch(channel, opened.body, now)
-        arrival, mapped = self._arrival(channel, batch, body, opened, now)
+        mapping = self.mappings.get(channel.name, channel.mapping)
+        secret = await self.store.key_secret() if mapping.dataset.pseudonymised_key else None
+        arrival, mapped = self._arrival(channel, mapping, batch, body, opened, now, secret)
         accepted = await self._store(channel, arrival, mapped, batch, now)
         if accepted.kind == "new" and accepted.intake is not None and accepted.intake.accepted:
             self.on_commit()
@@ -147,10 +150,9 @@ class InboundService:
 
     # ------------------------------------------------------------ 5: mapping, the store, our answer
 
-    def _arrival(self, channel: Channel, batch: InboundBatch, body: bytes, opened: Opened,
-                 now: dt.datetime) -> tuple[Arrival, Mapped]:
-        mapping = self.mappings.get(channel.name, channel.mapping)
-        mapped = map_records(mapping, channel.source, batch, now.astimezone(CHINA).date())
+    def _arrival(self, channel: Channel, mapping: InboundMapping, batch: InboundBatch, body: bytes, opened: Opened,
+                 now: dt.datetime, secret: KeySecret | None) -> tuple[Arrival, Mapped]:
+        mapped = map_records(mapping, channel.source, batch, now.astimezone(CHINA).date(), secret)
         mapped = keep_in_scope(mapped, batch, channel.source)
         return Arrival(channel.name, channel.source, batch.batch_id, channel.dataset, batch.nonce,
                        opened.signer_subject, batch.content_sha256(), body, hashlib.sha256(body).hexdigest(),
@@ -191,12 +193,15 @@ class InboundService:
 Mapped = list[tuple[LedgerEntry | None, Reject | None]]  # per record, in the batch's order
 
 
-def map_records(mapping: InboundMapping, source: str, batch: InboundBatch, today: dt.date) -> Mapped:
-    """Each record mapped and validated; a record's source key is its natural key when it has one."""
+def map_records(mapping: InboundMapping, source: str, batch: InboundBatch, today: dt.date,
+                secret: KeySecret | None = None) -> Mapped:
+    """Each record mapped and validated; a record's source key is its record key when it has one (``secret``:
+    the store's key secret, for datasets whose keys pseudonymise ID numbers)."""
     out: Mapped = []
     for n, row in enumerate(batch.records, start=1):
         nested = [Problem(k, "nested values are not accepted") for k, v in row.items() if isinstance(v, dict | list)]
-        mapped = mapping.map_row({k: v for k, v in row.items() if not isinstance(v, dict | list)}, today, source)
+        mapped = mapping.map_row({k: v for k, v in row.items() if not isinstance(v, dict | list)}, today, source,
+                                 secret=secret)
         source_key = mapped.key if mapped.key and all(mapped.key.split("|")) else f"{batch.batch_id}#{n}"
         if mapped.record is not None and not nested:
             out.append((dataclasses.replace(mapped.record, source_key=source_key).entry(), None))

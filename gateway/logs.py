@@ -1,7 +1,8 @@
 """Structured logging: one line per event, JSON by default, with secrets and ID numbers masked.
 
 Every record passes :class:`Redactor`, which replaces registered secrets (API tokens, passwords) with
-``***`` and masks any 18-character resident ID number, valid or not, wherever it appears in the line.
+``***`` and masks any 18-character resident ID number, valid or not, wherever it appears in the line (but not
+a deciding body's all-digit USCC in a record key, which only looks like one).
 Logging is the one piece of global state the gateway has (configured once by the daemon or CLI).
 """
 
@@ -16,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from gateway.identifiers import mask_id
+from gateway.identifiers import check_resident_id, check_uscc, mask_id
 
 # 18 characters, not part of a longer token; not after a decimal point (the digits of a float are no ID).
 _ID_RUN = re.compile(r"(?<![0-9A-Za-z.])\d{17}[\dXx](?![0-9A-Za-z])")
@@ -27,7 +28,21 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     for secret in secrets:
         if secret:
             text = text.replace(secret, "***")
-    return _ID_RUN.sub(lambda m: mask_id(m.group(0).upper()), text)
+    return _ID_RUN.sub(_mask_run, text)
+
+
+def _mask_run(match: re.Match[str]) -> str:
+    run = match.group(0)
+    return run if _key_uscc(match) else mask_id(run.upper())
+
+
+def _key_uscc(match: re.Match[str]) -> bool:
+    """An all-digit run right after a record key's ``|`` that is a valid USCC and no possible resident ID number is
+    a deciding body's code (``文书号|113205000141174379``): masking it would garble every key of that body. Only
+    there: in free text a mistyped ID number can pass the USCC check by chance (1 in 31), and must stay masked."""
+    start, run = match.start(), match.group(0)
+    return (start > 0 and match.string[start - 1] == "|" and check_uscc(run) is None
+            and check_resident_id(run) is not None)
 
 
 class Redactor(logging.Filter):

@@ -24,9 +24,10 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from gateway.datasets import Dataset, FieldSpec, get_dataset, natural_key, validate
+from gateway.datasets import Dataset, FieldSpec, get_dataset, validate
 from gateway.errors import ConfigError, Problem
-from gateway.records import FieldValue, Operation, Record, make_key, to_json_value
+from gateway.records import FieldValue, Operation, Record, to_json_value
+from gateway.subject_keys import KeySecret, record_key
 
 RowValue = Any
 Step = Callable[[Any], Any]
@@ -228,12 +229,14 @@ class InboundMapping:
     version: int = 0  # the newest mtime (ns) of the file and its includes, when it was compiled
     plain: tuple[tuple[str, str], ...] = ()  # (field, column) text copied stripped: most fields, done inline
 
-    def map_row(self, row: Mapping[str, Any], today: dt.date, source: str = "", source_key: str = "") -> MappedRow:
+    def map_row(self, row: Mapping[str, Any], today: dt.date, source: str = "", source_key: str = "", *,
+                secret: KeySecret | None = None) -> MappedRow:
+        """``secret``: the store's key secret, needed by datasets whose keys pseudonymise ID numbers."""
         fields, problems = self._convert(row)
         operation = self._operation(row, fields, problems)
         problems += self._conditions(fields)
         problems += validate(self.dataset, fields, today)
-        key = make_key(*natural_key(self.dataset, fields))
+        key = record_key(self.dataset, fields, secret)
         if problems:
             return MappedRow(None, _dedupe(problems), key)
         return MappedRow(Record(self.dataset.name, key, operation, fields, source, source_key), [], key)

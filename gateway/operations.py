@@ -155,7 +155,8 @@ async def replay_entries(store: Store, config: Config, entries: Sequence[dict[st
                                                    f"{e['dataset']} is no longer configured"]
             result.still += 1
             continue
-        mapped = mapping.map_row(e["raw"], china_today(), e["source"], e["source_key"])
+        secret = await store.key_secret() if mapping.dataset.pseudonymised_key else None
+        mapped = mapping.map_row(e["raw"], china_today(), e["source"], e["source_key"], secret=secret)
         rejects = [] if mapped.record else [Reject(e["source"], e["source_key"], e["dataset"], mapped.key,
                                                    mapped.problems, e["raw"])]
         accepted = [mapped.record.entry()] if mapped.record else []

@@ -21,6 +21,9 @@ as JSON with sorted keys, exactly like a receipt's)::
          410 gone: the history no longer reaches back to ``since`` (take a snapshot)
     POST /_sandbox/lists/{code}/publish   {"listType", "upsert": [items], "remove": [subject ids]}
     POST /_sandbox/lists/{code}/compact   forget the delta history (the next delta answers 410)
+
+The sandbox also takes credit lists *uploaded* to it, as a partner region's platform would: table ``XYMD``
+(``mappings/partner-credit_list.toml``), with the same field names, through the ordinary upload API.
 """
 
 from __future__ import annotations
@@ -36,10 +39,21 @@ from aiohttp import web
 
 from gateway.datasets import LIST_TYPES
 from gateway.lists import membership_digest
+from gateway.sandbox_store import TABLES, TableSpec
 from gateway.sealing import receipt_bytes
 
 Signer = Callable[[bytes], bytes]
 MAX_PAGE = 5000
+PARTNER_TABLE = "XYMD"  # credit lists uploaded to a partner region (mappings/partner-credit_list.toml)
+
+TABLES[PARTNER_TABLE] = TableSpec(
+    code=PARTNER_TABLE,
+    required=("MDBM", "MDLX", "ZTLB", "ZTMC", "LRSY", "RDWH", "RDDW", "RDRQ"),
+    max_lengths=(("MDBM", 64), ("ZTMC", 200), ("TYSHXYDM", 18), ("ZJHM", 64), ("FDDBR", 50), ("LRSY", 4000),
+                 ("RDWH", 128), ("RDDW", 200), ("YCYY", 500), ("DFBM", 6)),
+    uscc_fields=("TYSHXYDM",),
+    date_fields=("RDRQ", "YXQZ", "YCRQ"),
+)
 
 
 def subject_of(item: Mapping[str, Any]) -> str:

@@ -27,10 +27,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import schema as s
 from gateway.datasets import BLACK_LIST, CREDIT_LIST, RED_LIST, get_dataset
+from gateway.errors import StoreError
 from gateway.ports import SnapshotPage
 from gateway.records import LedgerEntry, Operation, Record, from_payload, make_key
 from gateway.store import Reject, StoreBase, _chunks, _json, translate_errors
 from gateway.store_delivery import LeasedRecord
+from gateway.subject_keys import META_NAME, KeySecret
 
 log = logging.getLogger("gateway.lists")
 HELD = "held"  # outbox state of a red-list entry held back by a black-list conflict
@@ -70,7 +72,29 @@ def _as_entry(row: Any) -> ListEntry:
 
 @translate_errors
 class ListsMixin(StoreBase):
-    """Snapshot sweeps, list entries and red/black holds (see the module docstring)."""
+    """Snapshot sweeps, list entries and red/black holds (see the module docstring); the key secret."""
+
+    _key_secret: KeySecret | None = None
+
+    # ------------------------------------------------------------ the key secret (gateway.subject_keys)
+
+    async def key_secret(self) -> KeySecret:
+        """The secret that keys the ID-number pseudonyms in record keys: made on first use by whichever instance
+        comes first (the others read that one: one store, one secret), then kept for this Store's life.
+
+        Call it outside a transaction (it may write one of its own).
+        """
+        if self._key_secret is None:
+            m = s.meta.c
+            async with self.tx() as conn:
+                stmt = self._insert(s.meta).values(name=META_NAME, value=KeySecret.new_stored())
+                await conn.execute(stmt.on_conflict_do_nothing(index_elements=["name"]))
+                stored = (await conn.execute(select(m.value).where(m.name == META_NAME))).scalar_one()
+            try:
+                self._key_secret = KeySecret.from_stored(stored)
+            except ValueError as exc:
+                raise StoreError(f"store: {exc}") from None
+        return self._key_secret
 
     # ------------------------------------------------------------ snapshots
 
@@ -158,7 +182,7 @@ class ListsMixin(StoreBase):
             return
         await conn.execute(update(s.list_entries).where(le.record_key == red.record_key)
                            .values(held=1, held_by=black_key))
-        detail = {"red": red.record_key, "black": black_key, "subject": red.subject}
+        detail = {"red": red.record_key, "black": black_key}  # the keys name the subject; its ID number stays out
         await conn.execute(s.events.insert().values(at=now, kind="lists.conflict", target="", dataset=CREDIT_LIST.name,
                                                     record_key=red.record_key, detail=_json(detail)))
         log.warning("red-list entry held back: its subject is on a black list", extra={

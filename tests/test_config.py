@@ -15,6 +15,7 @@ from typing import ClassVar
 import pytest
 
 from gateway.config import DaemonSettings, RetrySettings, load_config
+from gateway.datasets import CREDIT_LIST, DATASETS
 from gateway.errors import ConfigError
 from gateway.mapping import InboundMapping, OutboundMapping
 
@@ -386,10 +387,26 @@ class TestExampleConfig:
 
 
 class TestPersonalKeys:
-    def test_credit_lists_are_refused_on_an_external_target(self, tmp_path: Path) -> None:
-        """credit_list keys hold ID numbers of natural persons: an external route for it is a config problem."""
+    def test_pseudonymised_list_keys_may_go_to_an_external_target(self, tmp_path: Path) -> None:
+        """credit_list keys carry pseudonyms of ID numbers, not the numbers: lists may be routed to partners."""
         text = edit("external = false", "external = true\nenvelope = { profile = \"none\" }")
-        text = edit('penalty = "', f'credit_list = "{MAPPINGS}/department-credit_list.toml", penalty = "', text)
+        text = edit('penalty = "', f'credit_list = "{MAPPINGS}/partner-credit_list.toml", penalty = "', text)
+        error = config_errors(tmp_path, text)
+        assert [p.path for p in error.problems] == ["targets.t.envelope.profile"], str(error)  # only the seal
+
+    def test_a_key_that_still_holds_an_id_number_is_refused_on_an_external_target(
+            self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A dataset whose keys hold ID numbers as they are (no pseudonyms) may not go to an external target."""
+        monkeypatch.setitem(DATASETS, "credit_list", dataclasses.replace(CREDIT_LIST, pseudonymised_key=False))
+        text = edit("external = false", "external = true\nenvelope = { profile = \"none\" }")
+        text = edit('penalty = "', f'credit_list = "{MAPPINGS}/partner-credit_list.toml", penalty = "', text)
         error = config_errors(tmp_path, text)
         assert "ID number" in problem_at(error, "targets.t.datasets.credit_list")
         assert not any(p.path == "targets.t.datasets.penalty" for p in error.problems)
+
+    def test_such_a_key_is_allowed_on_an_internal_target(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The refusal is about external routes: the department's own systems may have such keys."""
+        monkeypatch.setitem(DATASETS, "credit_list", dataclasses.replace(CREDIT_LIST, pseudonymised_key=False))
+        text = edit('penalty = "', f'credit_list = "{MAPPINGS}/partner-credit_list.toml", penalty = "')
+        config = load_config(write_config(tmp_path, text))
+        assert "credit_list" in config.targets["t"].mappings

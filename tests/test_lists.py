@@ -20,6 +20,7 @@ from gateway.ports import SnapshotPage
 from gateway.records import Operation, Record
 from gateway.sandbox import Sandbox, SandboxConfig
 from gateway.store_ops import Store
+from gateway.subject_keys import KeySecret
 from tests.conftest import TOKEN
 from tests.helpers import select_rows
 from tests.list_helpers import (
@@ -37,8 +38,13 @@ from tests.pki import make_ca
 RED, BLACK, WATCH = "RED-2026", "BLACK-2026", "WATCH-2026"
 
 
-def key(code: str, n: int = 0, person: int = 0) -> str:
-    return f"{code}|{uscc(n)}|" if n else f"{code}||{resident_id(person)}"
+def key(code: str, n: int = 0, person: int = 0, secret: KeySecret | None = None) -> str:
+    """A list entry's record key: the USCC of organisation ``n``, or the pseudonym of person ``person``'s ID number
+    under the store's ``secret``."""
+    if n:
+        return f"{code}|{uscc(n)}|"
+    assert secret is not None
+    return f"{code}||{secret.pseudonym(resident_id(person))}"
 
 
 async def run(config: Config, store: Store) -> None:
@@ -77,13 +83,15 @@ class TestSnapshotDeltasDrift:
     async def test_snapshot_then_deltas_then_drift_repaired(self, sandbox: Sandbox, store: Store, config: Config,
                                                             dept: Path) -> None:
         """Lists arrive by snapshot then deltas; drift at the department is repaired by re-sending only it."""
+        secret = await store.key_secret()
         sandbox.lists.publish(RED, RED_LIST, [org_item(1), org_item(2), org_item(3), person_item(1)])
         sandbox.lists.publish(BLACK, BLACK_LIST, [org_item(11), person_item(12)])
         await run(config, store)
         rows = dept_rows(dept)
-        assert set(rows) == {key(RED, 1), key(RED, 2), key(RED, 3), key(RED, person=1), key(BLACK, 11),
-                             key(BLACK, person=12)}
-        assert rows[key(RED, person=1)]["id_no"] == resident_id(1)  # an internal route: personal_ids = "full"
+        assert set(rows) == {key(RED, 1), key(RED, 2), key(RED, 3), key(RED, person=1, secret=secret),
+                             key(BLACK, 11), key(BLACK, person=12, secret=secret)}
+        # The key holds a pseudonym; the internal route (personal_ids = "full") has the number in its column.
+        assert rows[key(RED, person=1, secret=secret)]["id_no"] == resident_id(1)
         assert sandbox.lists.served["snapshot"] == 2 and sandbox.lists.served["delta"] == 0
         assert_converged(await views(config, store))
 
@@ -128,6 +136,7 @@ class TestSnapshotDeltasDrift:
     async def test_snapshot_that_drops_a_subject_withdraws_it(self, sandbox: Sandbox, store: Store, config: Config,
                                                               dept: Path) -> None:
         """When the delta history is gone the source takes a snapshot; a subject it no longer names is withdrawn."""
+        secret = await store.key_secret()
         sandbox.lists.publish(WATCH, WATCH_LIST, [org_item(1), org_item(2), person_item(3)])
         await run(config, store)
         sandbox.lists.publish(WATCH, WATCH_LIST, [org_item(4)], remove=[uscc(2)])
@@ -137,8 +146,8 @@ class TestSnapshotDeltasDrift:
         ledger = {r["record_key"]: r for r in await select_rows(store, s.records, order=s.records.c.id)}
         assert ledger[key(WATCH, 2)]["operation"] == "withdraw" and ledger[key(WATCH, 2)]["version"] == 2
         assert {k: r["version"] for k, r in ledger.items() if k != key(WATCH, 2)} == dict.fromkeys(
-            [key(WATCH, 1), key(WATCH, person=3), key(WATCH, 4)], 1)  # unchanged ones were not sent again
-        assert set(dept_rows(dept)) == {key(WATCH, 1), key(WATCH, person=3), key(WATCH, 4)}
+            [key(WATCH, 1), key(WATCH, person=3, secret=secret), key(WATCH, 4)], 1)  # unchanged: not sent again
+        assert set(dept_rows(dept)) == {key(WATCH, 1), key(WATCH, person=3, secret=secret), key(WATCH, 4)}
         assert_converged(await views(config, store))
 
     async def test_snapshot_over_several_pages(self, tmp_path: Path, sandbox: Sandbox, store: Store,
@@ -207,20 +216,23 @@ class TestRedBlackConflicts:
     async def test_conflict_held_reported_and_released(self, sandbox: Sandbox, store: Store, config: Config,
                                                        dept: Path) -> None:
         """A red entry whose subject is black-listed never reaches the department until the black entry goes."""
+        secret = await store.key_secret()
         sandbox.lists.publish(BLACK, BLACK_LIST, [org_item(5), person_item(6)])
         await run(config, store)
         sandbox.lists.publish(RED, RED_LIST, [org_item(5), org_item(7), person_item(6)])
         await run(config, store)
         rows = dept_rows(dept)
-        assert key(RED, 7) in rows and key(RED, 5) not in rows and key(RED, person=6) not in rows
+        assert key(RED, 7) in rows and key(RED, 5) not in rows and key(RED, person=6, secret=secret) not in rows
         found = {c.red_key: c for c in await conflicts(store)}
-        assert set(found) == {key(RED, 5), key(RED, person=6)}
+        assert set(found) == {key(RED, 5), key(RED, person=6, secret=secret)}
         assert found[key(RED, 5)].black_key == key(BLACK, 5)
         assert found[key(RED, 5)].red["list_type"] == RED_LIST and found[key(RED, 5)].black["list_type"] == BLACK_LIST
-        assert found[key(RED, person=6)].subject == "320505********" + resident_id(6)[-4:]  # masked
-        assert found[key(RED, person=6)].red["id_no"].count("*") == 8
+        assert found[key(RED, person=6, secret=secret)].subject == "320505********" + resident_id(6)[-4:]  # masked
+        assert found[key(RED, person=6, secret=secret)].red["id_no"].count("*") == 8
+        assert found[key(RED, person=6, secret=secret)].black_key == key(BLACK, person=6, secret=secret)
         events = await store.events(kind="lists.conflict")
         assert {e["record_key"] for e in events} == set(found)
+        assert not any(resident_id(6) in str(e) for e in events)  # the keys name the subject, not its ID number
         held = [r for r in await outbox_rows(store) if r["state"] == "held"]
         assert {r["record_key"] for r in held} == set(found)
         status = await views(config, store)
@@ -230,8 +242,8 @@ class TestRedBlackConflicts:
         sandbox.lists.publish(BLACK, BLACK_LIST, remove=[uscc(5)], removal={"YCRQ": "2026-03-02", "YCYY": "期满"})
         await run(config, store)
         rows = dept_rows(dept)
-        assert rows[key(RED, 5)]["reason"] == "新事由" and key(RED, person=6) not in rows
-        assert [c.red_key for c in await conflicts(store)] == [key(RED, person=6)]
+        assert rows[key(RED, 5)]["reason"] == "新事由" and key(RED, person=6, secret=secret) not in rows
+        assert [c.red_key for c in await conflicts(store)] == [key(RED, person=6, secret=secret)]
         assert {e["record_key"] for e in await store.events(kind="lists.released")} == {key(RED, 5)}
         assert_converged(await views(config, store))
 
