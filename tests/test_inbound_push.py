@@ -38,6 +38,7 @@ from gateway.sandbox import Sandbox, SandboxConfig
 from gateway.sealing import load_sealing
 from gateway.store import open_store
 from gateway.store_ops import Store
+from gateway.subject_keys import KeySecret
 from gateway.web import start_web
 from tests.conftest import TOKEN
 from tests.helpers import MAPPINGS, ledger
@@ -179,8 +180,12 @@ async def world(tmp_path: Path, store_url: str, ca: CA) -> AsyncIterator[World]:
             await store.aclose()
 
 
-def key(code: str, n: int = 0, person: int = 0) -> str:
-    return f"{code}|{uscc(n)}|" if n else f"{code}||{resident_id(person)}"
+def key(code: str, n: int = 0, person: int = 0, secret: KeySecret | None = None) -> str:
+    """An entry's record key: organisation ``n``'s USCC, or the pseudonym of person ``person``'s ID number."""
+    if n:
+        return f"{code}|{uscc(n)}|"
+    assert secret is not None
+    return f"{code}||{secret.pseudonym(resident_id(person))}"
 
 
 def assert_converged(found: dict[str, ListView]) -> None:
@@ -215,9 +220,10 @@ async def test_pushed_snapshots_and_delta_reach_the_department(world: World) -> 
     assert [(p.snapshot.page, p.snapshot.last) for p in pushed if p.snapshot] == [(1, False), (2, True)]
     assert [(p.records, p.accepted, p.rejected) for p in pushed] == [(2, 2, 0), (2, 2, 0)]
     await world.deliver()
+    secret = await world.store.key_secret()
     rows = dept_rows(world.dept)
-    assert set(rows) == {key(BLACK, 1), key(BLACK, 2), key(BLACK, 3), key(BLACK, person=4)}
-    assert rows[key(BLACK, person=4)]["id_no"] == resident_id(4)  # internal route: full ID number
+    assert set(rows) == {key(BLACK, 1), key(BLACK, 2), key(BLACK, 3), key(BLACK, person=4, secret=secret)}
+    assert rows[key(BLACK, person=4, secret=secret)]["id_no"] == resident_id(4)  # internal route: full ID number
     assert_converged(await world.views())
 
     sb.lists.publish(BLACK, BLACK_LIST, remove=[uscc(2)])  # version 2: three subjects, two pages
@@ -232,9 +238,9 @@ async def test_pushed_snapshots_and_delta_reach_the_department(world: World) -> 
     assert rest[0].snapshot.snapshot_id == first[0].snapshot.snapshot_id
     held = await ledger(world.store)
     assert (held[key(BLACK, 2)]["operation"], held[key(BLACK, 2)]["version"]) == ("withdraw", 2)
-    assert {held[k]["version"] for k in (key(BLACK, 1), key(BLACK, 3), key(BLACK, person=4))} == {1}
+    assert {held[k]["version"] for k in (key(BLACK, 1), key(BLACK, 3), key(BLACK, person=4, secret=secret))} == {1}
     await world.deliver()
-    assert set(dept_rows(world.dept)) == {key(BLACK, 1), key(BLACK, 3), key(BLACK, person=4)}
+    assert set(dept_rows(world.dept)) == {key(BLACK, 1), key(BLACK, 3), key(BLACK, person=4, secret=secret)}
     assert_converged(await world.views())
 
     sb.lists.publish(BLACK, BLACK_LIST, [org_item(5)])

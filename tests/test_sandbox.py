@@ -297,7 +297,7 @@ class TestVersions:
         licence = {"recordKey": "same", "version": 1, "operation": "upsert", "data": LICENCE}
         _, answer, _ = await post(client, sandbox, batch([licence], "b-2", table="XZXK"))
         assert statuses(answer) == ["accepted"]
-        assert sandbox.stats()["held"] == {"XZCF": 1, "XZXK": 1, "LHJC_FK": 0}
+        assert sandbox.stats()["held"] == {"XZCF": 1, "XZXK": 1, "LHJC_FK": 0, "XYMD": 0}
 
 
 class TestIdempotency:
@@ -466,7 +466,7 @@ class TestInspection:
                                       "stale", "rejected")} == {"requests": 1, "batches": 1, "records_received": 3,
                                                                 "accepted": 1, "duplicate": 1, "stale": 0,
                                                                 "rejected": 1}
-        assert stats["held"] == {"XZCF": 1, "XZXK": 0, "LHJC_FK": 0}
+        assert stats["held"] == {"XZCF": 1, "XZXK": 0, "LHJC_FK": 0, "XYMD": 0}
         assert stats["faults_injected"]["error"] == 0
 
     async def test_list_records(self, sandbox: Sandbox, client: aiohttp.ClientSession) -> None:
