@@ -22,7 +22,7 @@ import orjson
 
 from gateway.errors import PermanentError, Problem, RetryableError
 from gateway.ports import AdapterContext, OutgoingBatch, Receipt, RecordResult, TargetRecord
-from gateway.settings import parse_settings, read_secret, setting
+from gateway.settings import parse_settings, read_token, setting
 
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
@@ -55,12 +55,9 @@ class CreditPlatformSink:
         settings, problems = parse_settings(CreditPlatformSettings, raw, ctx.path, ctx.common_keys)
         if settings is None:
             return None, problems
-        token, problem = read_secret(settings.token_env or None, settings.token_file or None,
-                                     f"{ctx.path}.token", ctx.base_dir)
-        if problem:
-            return None, [problem]
-        if token is None:
-            return None, [Problem(f"{ctx.path}.token_env", "give token_env or token_file: the API needs a token")]
+        token, problem = read_token(settings.token_env, settings.token_file, ctx.path, ctx.base_dir)
+        if problem or token is None:
+            return None, [problem] if problem else []
         return cls(settings, token, settings.department_code or ctx.department_code, ctx.name), []
 
     async def __aenter__(self) -> Self:

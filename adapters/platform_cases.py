@@ -27,7 +27,7 @@ import orjson
 from gateway.envelope import EnvelopeError, load_certificate, verify_detached
 from gateway.errors import PermanentError, Problem, RetryableError
 from gateway.ports import AdapterContext, SourceBatch, SourceRow
-from gateway.settings import parse_settings, read_secret, setting
+from gateway.settings import parse_settings, read_token, setting
 
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
@@ -68,10 +68,9 @@ class PlatformCasesSource:
         settings, problems = parse_settings(PlatformCasesSettings, raw, ctx.path, ctx.common_keys)
         if settings is None:
             return None, problems
-        token, problem = read_secret(settings.token_env or None, settings.token_file or None,
-                                     f"{ctx.path}.token", ctx.base_dir)
+        token, problem = read_token(settings.token_env, settings.token_file, ctx.path, ctx.base_dir)
         if problem or token is None:
-            return None, [problem or Problem(f"{ctx.path}.token_env", "give token_env or token_file")]
+            return None, [problem] if problem else []
         trust, problems = _load_trust(settings, ctx)
         if problems:
             return None, problems

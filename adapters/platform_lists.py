@@ -39,7 +39,7 @@ from gateway.envelope import EnvelopeError, load_certificate, verify_detached
 from gateway.errors import PermanentError, Problem, RetryableError
 from gateway.ports import AdapterContext, SnapshotPage, SourceBatch, SourceRow
 from gateway.sealing import receipt_bytes
-from gateway.settings import parse_settings, read_secret, setting
+from gateway.settings import parse_settings, read_token, setting
 
 RETRYABLE_STATUS = frozenset({404, 408, 425, 429, 500, 502, 503, 504})
 MAX_RESTARTS = 3  # a list that moves on under every snapshot attempt: try again at the next poll
@@ -97,10 +97,9 @@ class PlatformListsSource:
         settings, problems = parse_settings(PlatformListsSettings, raw, ctx.path, ctx.common_keys)
         if settings is None:
             return None, problems
-        token, problem = read_secret(settings.token_env or None, settings.token_file or None,
-                                     f"{ctx.path}.token", ctx.base_dir)
+        token, problem = read_token(settings.token_env, settings.token_file, ctx.path, ctx.base_dir)
         if problem or token is None:
-            return None, [problem or Problem(f"{ctx.path}.token_env", "give token_env or token_file")]
+            return None, [problem] if problem else []
         peer = _read_peer(settings, ctx, problems)
         return (cls(settings, token, ctx.name, peer), []) if not problems else (None, problems)
 

@@ -40,13 +40,12 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DataError, IntegrityError, NoSuchTableError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from gateway.config import resolve_store_url
+from adapters.sqlurl import database_url
 from gateway.errors import ConfigError, PermanentError, Problem, RetryableError
 from gateway.ports import AdapterContext, OutgoingBatch, Receipt, RecordResult, TargetRecord
-from gateway.settings import parse_settings, read_secret, setting
+from gateway.settings import parse_settings, setting
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
 
 
 @dataclass(frozen=True)
@@ -124,7 +123,7 @@ class SqlSink:
             problems += found
         problems += [Problem(f"{ctx.path}.tables.{ds}", "the target does not receive this dataset")
                      for ds in settings.tables if ds not in ctx.fields]
-        url, problem = _resolve_url(settings, ctx)
+        url, problem = database_url(settings.url, settings.password_env, ctx)
         if problem:
             problems.append(problem)
         return (cls(settings, tables, ctx.fields, url, ctx.name), []) if not problems else (None, problems)
@@ -438,17 +437,3 @@ def _check_table(settings: TableSettings, fields: Sequence[str], where: str) -> 
     return problems
 
 
-def _resolve_url(settings: SqlSinkSettings, ctx: AdapterContext) -> tuple[str, Problem | None]:
-    try:
-        url = make_url(resolve_store_url(settings.url, ctx.base_dir))
-    except ArgumentError:
-        return "", Problem(f"{ctx.path}.url", f"not a database URL: {settings.url!r}")
-    driver = _DRIVERS.get(url.drivername, url.drivername)
-    if driver not in _DRIVERS.values():
-        return "", Problem(f"{ctx.path}.url", f"unsupported database {url.drivername!r}; use sqlite or postgresql")
-    if settings.password_env:
-        password, problem = read_secret(settings.password_env, None, f"{ctx.path}.password", ctx.base_dir)
-        if problem:
-            return "", problem
-        url = url.set(password=password)
-    return url.set(drivername=driver).render_as_string(hide_password=False), None

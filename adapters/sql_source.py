@@ -21,18 +21,16 @@ from types import TracebackType
 from typing import Any, Self
 
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from gateway.config import resolve_store_url
+from adapters.sqlurl import database_url
 from gateway.errors import ConfigError, Problem, RetryableError
 from gateway.ports import AdapterContext, SourceBatch, SourceRow
-from gateway.settings import parse_settings, read_secret, setting
+from gateway.settings import parse_settings, setting
 
 log = logging.getLogger("adapters.sql_source")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
-_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
 
 
 @dataclass(frozen=True)
@@ -71,7 +69,7 @@ class SqlSource:
             codecs.lookup(settings.encoding)
         except LookupError:
             problems.append(Problem(f"{ctx.path}.encoding", f"unknown encoding {settings.encoding!r}"))
-        url, problem = _resolve_url(settings, ctx)
+        url, problem = database_url(settings.url, settings.password_env, ctx)
         if problem:
             problems.append(problem)
         return (cls(settings, url, ctx.name), []) if not problems else (None, problems)
@@ -263,17 +261,3 @@ def _check_identifiers(settings: SqlSourceSettings, where: str) -> list[Problem]
     return problems
 
 
-def _resolve_url(settings: SqlSourceSettings, ctx: AdapterContext) -> tuple[str, Problem | None]:
-    try:
-        url = make_url(resolve_store_url(settings.url, ctx.base_dir))
-    except ArgumentError:
-        return "", Problem(f"{ctx.path}.url", f"not a database URL: {settings.url!r}")
-    driver = _DRIVERS.get(url.drivername, url.drivername)
-    if driver not in _DRIVERS.values():
-        return "", Problem(f"{ctx.path}.url", f"unsupported database {url.drivername!r}; use sqlite or postgresql")
-    if settings.password_env:
-        password, problem = read_secret(settings.password_env, None, f"{ctx.path}.password", ctx.base_dir)
-        if problem:
-            return "", problem
-        url = url.set(password=password)
-    return url.set(drivername=driver).render_as_string(hide_password=False), None

@@ -146,3 +146,11 @@ def describe(cls: type[Any]) -> list[tuple[str, str, str]]:
             default = "required"
         rows.append((f.name, default, str(f.metadata.get("help", ""))))
     return rows
+
+
+def read_token(env: str, file: str, where: str, base: Path) -> tuple[str | None, Problem | None]:
+    """An API's bearer token from ``token_env`` or ``token_file``; a problem naming ``where`` if neither gives one."""
+    token, problem = read_secret(env or None, file or None, f"{where}.token", base)
+    if problem is None and token is None:
+        problem = Problem(f"{where}.token_env", "give token_env or token_file: the API needs a token")
+    return (None, problem) if problem else (token, None)
