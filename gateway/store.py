@@ -200,11 +200,17 @@ class StoreBase:
 
     async def _existing(self, conn: AsyncConnection, dataset: str,
                         keys: Sequence[str]) -> dict[str, tuple[int, int, str]]:
+        """Current id, version and content hash of ``keys``. On PostgreSQL the rows are locked (in key order)
+        until the transaction ends, so another instance's intake or the publicity job cannot write a version
+        of the same key in between (SQLite's write transactions are serial anyway)."""
         found: dict[str, tuple[int, int, str]] = {}
         r = s.records.c
         for chunk in _chunks(sorted(set(keys))):
-            rows = await conn.execute(select(r.record_key, r.id, r.version, r.content_hash).where(
-                and_(r.dataset == dataset, r.record_key.in_(chunk))))
+            stmt = select(r.record_key, r.id, r.version, r.content_hash).where(
+                and_(r.dataset == dataset, r.record_key.in_(chunk))).order_by(r.record_key)
+            if self.dialect == "postgresql":
+                stmt = stmt.with_for_update(of=s.records)
+            rows = await conn.execute(stmt)
             found.update({row[0]: (row[1], row[2], row[3]) for row in rows})
         return found
 
