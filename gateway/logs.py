@@ -110,6 +110,8 @@ def setup_logging(level: str = "info", fmt: str = "json", secrets: Iterable[str]
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    for noisy in ("aiohttp.access", "sqlalchemy"):
+    # Database drivers log SQL parameters at DEBUG, and parameters hold personal ID numbers in full (passport
+    # numbers, too, which no pattern recognises): they stay at WARNING even when the gateway logs at debug.
+    for noisy in ("aiohttp.access", "sqlalchemy", "aiosqlite", "asyncpg"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.ERROR)  # "skipped: still running" is expected

@@ -231,3 +231,32 @@ class TestSetupLogging:
         assert "hello" in line and "k=v" in line
         with pytest.raises(orjson.JSONDecodeError):
             orjson.loads(line)
+
+
+class TestDriverLogs:
+    async def test_sql_parameters_never_reach_the_log_at_debug(self, tmp_path: Any) -> None:
+        """At log_level = debug the gateway's own debug lines appear, the database drivers' (which carry SQL
+        parameters: ID and passport numbers in full) do not; a real aiosqlite query runs in between."""
+        from gateway.store import open_store
+
+        buffer = io.StringIO()
+        root = logging.getLogger()
+        saved = (list(root.handlers), root.level)
+        try:
+            setup_logging("debug", "json", (), stream=buffer)
+            store = await open_store(f"sqlite:///{tmp_path / 'store.db'}")
+            try:
+                await store.load_cursor("passport E12345678")
+            finally:
+                await store.aclose()
+            logging.getLogger("gateway.test").debug("gateway debug line")
+            logging.getLogger("aiosqlite").debug("executing %s with %r", "SELECT ?", ("E12345678",))
+        finally:
+            for handler in list(root.handlers):
+                root.removeHandler(handler)
+            for handler in saved[0]:
+                root.addHandler(handler)
+            root.setLevel(saved[1])
+        text = buffer.getvalue()
+        assert "gateway debug line" in text
+        assert "E12345678" not in text and "aiosqlite" not in text
