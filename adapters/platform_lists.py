@@ -23,6 +23,7 @@ an unsigned or badly signed answer is refused and nothing of it is taken.
 from __future__ import annotations
 
 import base64
+import logging
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -44,6 +45,8 @@ from gateway.settings import parse_settings, read_token, setting
 RETRYABLE_STATUS = frozenset({404, 408, 425, 429, 500, 502, 503, 504})
 MAX_RESTARTS = 3  # a list that moves on under every snapshot attempt: try again at the next poll
 
+log = logging.getLogger("adapters.platform_lists")
+
 
 @dataclass(frozen=True)
 class PlatformListsSettings:
@@ -55,6 +58,8 @@ class PlatformListsSettings:
     peer_cert: str = setting("", help="the platform's certificate: answers must be signed by it")
     trusted_cas: list[str] = setting([], help="CA certificates that may issue the platform's certificate")
     require_signed: bool = setting(True, help="with peer_cert: refuse answers without a valid signature")
+    retire_dropped: bool = setting(True, help="a list the platform no longer announces (in a catalogue that "
+                                              "still lists others) is retired: all its entries withdrawn")
 
 
 @dataclass
@@ -127,6 +132,8 @@ class PlatformListsSource:
                            for c in catalogue.get("lists") or [] if not wanted or c.get("listCode") in wanted}
         if state.snapshot is not None:
             return await self._snapshot_page(state, limit)
+        if (retired := self._dropped(state, catalogue)) is not None:
+            return retired
         for code in sorted(state.announced):
             applied = state.versions.get(code)
             if applied is None:
@@ -139,6 +146,23 @@ class PlatformListsSource:
                     state.snapshot = _new_snapshot(code)
                     return await self._snapshot_page(state, limit)
         return SourceBatch([], state.dump(), False)
+
+    def _dropped(self, state: _Cursor, catalogue: Mapping[str, Any]) -> SourceBatch | None:
+        """A list taken before that the platform's catalogue no longer names is retired: an empty, final
+        snapshot page, so every entry of it is withdrawn (at the department too). An empty catalogue retires
+        nothing: that is more likely a fault at the platform than every list ending at once."""
+        listed = {str(c.get("listCode")) for c in catalogue.get("lists") or []}
+        if not self.settings.retire_dropped or not listed:
+            if state.versions and not listed:
+                log.warning("list catalogue is empty; keeping every list taken so far", extra={"source": self.name})
+            return None
+        for code in sorted(set(state.versions) - listed):
+            del state.versions[code]
+            log.warning("list retired by the platform: withdrawing its entries",
+                        extra={"source": self.name, "list": code})
+            return SourceBatch([], state.dump(), True, snapshot=SnapshotPage(CREDIT_LIST.name, code,
+                                                                             f"retired-{uuid.uuid4().hex}", final=True))
+        return None
 
     async def _snapshot_page(self, state: _Cursor, limit: int) -> SourceBatch:
         snap = state.snapshot

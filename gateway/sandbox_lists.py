@@ -113,6 +113,10 @@ class ListPlatform:
             plist.history += changes
         return plist.summary()
 
+    def drop(self, code: str) -> None:
+        """The platform stops publishing a list: it leaves the catalogue (its subjects are off it)."""
+        del self.lists[code]
+
     def compact(self, code: str) -> None:
         """Forget the delta history: a client behind the current version must take a snapshot."""
         plist = self.lists[code]

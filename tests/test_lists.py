@@ -150,6 +150,25 @@ class TestSnapshotDeltasDrift:
         assert set(dept_rows(dept)) == {key(WATCH, 1), key(WATCH, person=3, secret=secret), key(WATCH, 4)}
         assert_converged(await views(config, store))
 
+    async def test_a_list_the_platform_drops_is_retired(self, sandbox: Sandbox, store: Store, config: Config,
+                                                        dept: Path) -> None:
+        """A list that leaves the platform's catalogue has every entry withdrawn, at the department too; the
+        other lists stay. An empty catalogue (more likely a fault) retires nothing."""
+        sandbox.lists.publish(WATCH, WATCH_LIST, [org_item(1), org_item(2)])
+        sandbox.lists.publish(BLACK, BLACK_LIST, [org_item(11)])
+        await run(config, store)
+        sandbox.lists.drop(WATCH)
+        await run(config, store)
+        ledger = {r["record_key"]: r for r in await select_rows(store, s.records, order=s.records.c.id)}
+        assert {k: (r["operation"], r["version"]) for k, r in ledger.items()} == {
+            key(WATCH, 1): ("withdraw", 2), key(WATCH, 2): ("withdraw", 2), key(BLACK, 11): ("upsert", 1)}
+        assert set(dept_rows(dept)) == {key(BLACK, 11)}
+        sandbox.lists.drop(BLACK)  # nothing announced at all
+        await run(config, store)
+        assert (await select_rows(store, s.records, s.records.c.record_key == key(BLACK, 11),
+                                  order=s.records.c.id))[0]["operation"] == "upsert"
+        assert set(dept_rows(dept)) == {key(BLACK, 11)}
+
     async def test_snapshot_over_several_pages(self, tmp_path: Path, sandbox: Sandbox, store: Store,
                                                store_url: str, dept: Path) -> None:
         """A snapshot of 7 entries in pages of 2: only the subject missing from every page is withdrawn."""
