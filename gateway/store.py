@@ -62,6 +62,13 @@ class Reject:
     raw: Mapping[str, Any]
 
 
+class WatermarkMoved(StoreError):
+    """Another instance committed the source since this page was read from it: the page is not committed."""
+
+
+ANY_WATERMARK: Any = object()  # ``read_from`` default: commit whatever the source's watermark is now
+
+
 @dataclass(frozen=True, slots=True)
 class IntakeResult:
     accepted: int  # new versions written to the ledger
@@ -157,22 +164,27 @@ class StoreBase:
 
     async def commit_intake(self, source: str, accepted: Sequence[Record | LedgerEntry], rejects: Sequence[Reject],
                             cursor: Any, routes: Mapping[str, Sequence[str]], rows: int,
-                            snapshot: SnapshotPage | None = None) -> IntakeResult:
+                            snapshot: SnapshotPage | None = None, read_from: Any = ANY_WATERMARK) -> IntakeResult:
         """One transaction: ledger versions, outbox rows per routed target, quarantine, cursor, intake log.
 
         A page of a full ``snapshot`` also notes its keys; its final page withdraws the scope's unnamed keys.
+        With ``read_from`` (the cursor the page was read from) it raises :class:`WatermarkMoved` instead when the
+        source's watermark is no longer that cursor.
         """
         async with self.tx() as conn:
-            result, _changed = await self.intake_in(conn, source, accepted, rejects, cursor, routes, rows, snapshot)
+            result, _changed = await self.intake_in(conn, source, accepted, rejects, cursor, routes, rows, snapshot,
+                                                    read_from)
         return result
 
     async def intake_in(self, conn: AsyncConnection, source: str, accepted: Sequence[Record | LedgerEntry],
                         rejects: Sequence[Reject], cursor: Any, routes: Mapping[str, Sequence[str]],
-                        rows: int, snapshot: SnapshotPage | None = None
+                        rows: int, snapshot: SnapshotPage | None = None, read_from: Any = ANY_WATERMARK
                         ) -> tuple[IntakeResult, list[tuple[LedgerEntry, int]]]:
         """:meth:`commit_intake` inside the caller's transaction (the inbound endpoint adds its nonce and
         receipt to it); also returns the ledger entries that made a new version, with that version."""
         now = time.time()
+        if cursor is not None and read_from is not ANY_WATERMARK:
+            await self._check_watermark(conn, source, read_from)
         changed, unchanged = await self._write_ledger(conn, accepted, now)
         if snapshot is not None:
             changed += await self._snapshot_page(conn, source, snapshot, accepted, rejects, now)
@@ -187,6 +199,26 @@ class StoreBase:
             source=source, at=now, rows=rows, accepted=len(changed), unchanged=unchanged,
             quarantined=len(rejects), cursor=_json(cursor)))
         return IntakeResult(len(changed), unchanged, len(rejects), enqueued), changed
+
+    async def _check_watermark(self, conn: AsyncConnection, source: str, read_from: Any) -> None:
+        """Commit a page only if the source's watermark is still the cursor it was read from.
+
+        Several instances poll the same source. One whose page was read before another committed newer rows
+        would otherwise write older contents of edited rows as their newest versions and move the watermark
+        back; once the other commits a later page, those edits sit behind the watermark and are never read
+        again. On PostgreSQL the watermark row is locked first (created if missing), so the intakes of one
+        source commit one at a time, and always before the ledger rows they lock."""
+        w = s.watermarks.c
+        stmt = select(w.cursor).where(w.source == source)
+        if self.dialect == "postgresql":
+            await conn.execute(self._insert(s.watermarks).values(source=source, cursor="null", updated_at=0.0)
+                               .on_conflict_do_nothing(index_elements=["source"]))
+            stmt = stmt.with_for_update()
+        row = (await conn.execute(stmt)).first()
+        now_at = orjson.loads(row[0]) if row else None
+        if now_at != orjson.loads(_json(read_from)):
+            raise WatermarkMoved(f"source {source}: the watermark moved from {read_from!r} to {now_at!r} "
+                                 f"since this page was read")
 
     async def _snapshot_page(self, conn: AsyncConnection, source: str, snapshot: SnapshotPage,
                              accepted: Sequence[Record | LedgerEntry], rejects: Sequence[Reject],
