@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
-from sqlalchemy import Table, and_, bindparam, event, select, update
+from sqlalchemy import Table, and_, bindparam, event, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.store")
 T = TypeVar("T")
 C = TypeVar("C")
+MIGRATION_LOCK = 0x63675F736368656D  # PostgreSQL advisory lock key held while the schema is created ("cg_schem")
 CHUNK = 500  # keys per IN (...) list: well under SQLite's and asyncpg's parameter limits
 
 
@@ -122,9 +123,14 @@ class StoreBase:
         await self.engine.dispose()
 
     async def migrate(self) -> int:
-        """Create or upgrade the schema; returns the schema version now in force."""
+        """Create or upgrade the schema; returns the schema version now in force.
+
+        On PostgreSQL a transaction-level advisory lock makes instances that start together on a new store
+        take turns: concurrent CREATE TABLEs of one table fail, even with IF NOT EXISTS."""
         try:
             async with self.tx() as conn:
+                if self.dialect == "postgresql":
+                    await conn.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK)))
                 await conn.run_sync(s.metadata.create_all)
                 row = (await conn.execute(select(s.meta.c.value).where(s.meta.c.name == "schema_version"))).first()
                 if row is None:
