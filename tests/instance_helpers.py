@@ -108,6 +108,16 @@ class PgStoreView:
 
         return self._read(read)
 
+    def open_batches_claimed_by(self, instance: str, beyond_s: float = 0.0) -> list[str]:
+        """Open batches ``instance`` claimed whose next attempt is more than ``beyond_s`` away: with ``beyond_s``
+        longer than any retry delay, those it is sending now (a send claims its batch for the adapter timeout)."""
+        async def read(conn: Any) -> list[Any]:
+            return list(await conn.fetch(
+                "SELECT id FROM cg_batches WHERE state = 'open' AND claimed_by LIKE $1 "
+                "AND next_attempt_at > extract(epoch FROM clock_timestamp()) + $2", f"{instance}:%", beyond_s))
+
+        return [r[0] for r in self._read(read)]
+
     def ledger(self) -> dict[tuple[str, str], dict[str, Any]]:
         async def read(conn: Any) -> list[Any]:
             return list(await conn.fetch("SELECT dataset, record_key, version, operation, content_hash, source, "
