@@ -41,12 +41,6 @@ class PgStoreView:
 
         return asyncio.run(run())
 
-    def exists(self) -> bool:
-        async def tables(conn: Any) -> bool:
-            return bool(await conn.fetchval("SELECT to_regclass('cg_watermarks') IS NOT NULL"))
-
-        return self._read(tables)
-
     def snapshot(self) -> dict[str, Any]:
         async def read(conn: Any) -> dict[str, Any]:
             async def grouped(sql: str) -> dict[Any, int]:
