@@ -28,7 +28,7 @@ from gateway.identifiers import mask_id
 from gateway.mapping import InboundMapping, MappingError, OutboundMapping
 from gateway.ports import OutgoingBatch, SourceBatch, TargetRecord
 from gateway.records import LedgerEntry
-from gateway.store import Reject
+from gateway.store import Reject, WatermarkMoved
 from gateway.store_delivery import Batch, EncodedBatch, LeasedRecord
 from gateway.store_ops import Store
 
@@ -84,10 +84,13 @@ class Intake:
         pages: asyncio.Queue[tuple[SourceBatch, Mapped] | None] = asyncio.Queue(maxsize=2)
         producer = asyncio.create_task(self._produce(cursor, pages), name=f"fetch {self.cfg.name}")
         total = 0
+        read_from = cursor
         try:
             while (page := await pages.get()) is not None:
                 batch, mapped = page
-                await self._commit(batch, mapped)
+                if not await self._commit(batch, mapped, read_from):
+                    return total  # another instance took the source further: the next poll starts from there
+                read_from = batch.cursor
                 await bounded(self.cfg.adapter.ack(batch.cursor), self.sem, self.timeout_s, f"source {self.cfg.name}")
                 total += len(batch.rows)
             await producer  # re-raises a fetch or mapping error after the pages before it were committed
@@ -111,12 +114,18 @@ class Intake:
         finally:
             await pages.put(None)
 
-    async def _commit(self, batch: SourceBatch, mapped: Mapped) -> None:
+    async def _commit(self, batch: SourceBatch, mapped: Mapped, read_from: Any) -> bool:
+        """Commit a page read from ``read_from``; False (nothing written) if another instance sharing the store
+        committed this source since (gateway.store WatermarkMoved): its pages are at least as new as this one."""
         accepted, rejects = mapped
         for screen in self.screens:
             accepted, rejects = await screen(accepted, rejects, batch, self.today())
-        result = await self.store.commit_intake(self.cfg.name, accepted, rejects, batch.cursor, self.routes,
-                                                len(batch.rows), snapshot=batch.snapshot)
+        try:
+            result = await self.store.commit_intake(self.cfg.name, accepted, rejects, batch.cursor, self.routes,
+                                                    len(batch.rows), snapshot=batch.snapshot, read_from=read_from)
+        except WatermarkMoved:
+            log.info("page left to another instance", extra={"source": self.cfg.name, "rows": len(batch.rows)})
+            return False
         s = self.stats
         s.rows += len(batch.rows)
         s.accepted, s.unchanged, s.quarantined = (s.accepted + result.accepted, s.unchanged + result.unchanged,
@@ -129,6 +138,7 @@ class Intake:
                                                   "key": rj.record_key, "reasons": "; ".join(map(str, rj.problems))})
         if result.accepted:
             self.on_commit()
+        return True
 
     async def map_rows(self, batch: SourceBatch) -> Mapped:
         today = self.today()

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
-from sqlalchemy import Table, and_, bindparam, event, select, update
+from sqlalchemy import Table, and_, bindparam, event, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.store")
 T = TypeVar("T")
 C = TypeVar("C")
+MIGRATION_LOCK = 0x63675F736368656D  # PostgreSQL advisory lock key held while the schema is created ("cg_schem")
 CHUNK = 500  # keys per IN (...) list: well under SQLite's and asyncpg's parameter limits
 
 
@@ -60,6 +61,13 @@ class Reject:
     record_key: str
     problems: Sequence[Problem]
     raw: Mapping[str, Any]
+
+
+class WatermarkMoved(StoreError):
+    """Another instance committed the source since this page was read from it: the page is not committed."""
+
+
+ANY_WATERMARK: Any = object()  # ``read_from`` default: commit whatever the source's watermark is now
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,9 +123,14 @@ class StoreBase:
         await self.engine.dispose()
 
     async def migrate(self) -> int:
-        """Create or upgrade the schema; returns the schema version now in force."""
+        """Create or upgrade the schema; returns the schema version now in force.
+
+        On PostgreSQL a transaction-level advisory lock makes instances that start together on a new store
+        take turns: concurrent CREATE TABLEs of one table fail, even with IF NOT EXISTS."""
         try:
             async with self.tx() as conn:
+                if self.dialect == "postgresql":
+                    await conn.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK)))
                 await conn.run_sync(s.metadata.create_all)
                 row = (await conn.execute(select(s.meta.c.value).where(s.meta.c.name == "schema_version"))).first()
                 if row is None:
@@ -157,22 +170,27 @@ class StoreBase:
 
     async def commit_intake(self, source: str, accepted: Sequence[Record | LedgerEntry], rejects: Sequence[Reject],
                             cursor: Any, routes: Mapping[str, Sequence[str]], rows: int,
-                            snapshot: SnapshotPage | None = None) -> IntakeResult:
+                            snapshot: SnapshotPage | None = None, read_from: Any = ANY_WATERMARK) -> IntakeResult:
         """One transaction: ledger versions, outbox rows per routed target, quarantine, cursor, intake log.
 
         A page of a full ``snapshot`` also notes its keys; its final page withdraws the scope's unnamed keys.
+        With ``read_from`` (the cursor the page was read from) it raises :class:`WatermarkMoved` instead when the
+        source's watermark is no longer that cursor.
         """
         async with self.tx() as conn:
-            result, _changed = await self.intake_in(conn, source, accepted, rejects, cursor, routes, rows, snapshot)
+            result, _changed = await self.intake_in(conn, source, accepted, rejects, cursor, routes, rows, snapshot,
+                                                    read_from)
         return result
 
     async def intake_in(self, conn: AsyncConnection, source: str, accepted: Sequence[Record | LedgerEntry],
                         rejects: Sequence[Reject], cursor: Any, routes: Mapping[str, Sequence[str]],
-                        rows: int, snapshot: SnapshotPage | None = None
+                        rows: int, snapshot: SnapshotPage | None = None, read_from: Any = ANY_WATERMARK
                         ) -> tuple[IntakeResult, list[tuple[LedgerEntry, int]]]:
         """:meth:`commit_intake` inside the caller's transaction (the inbound endpoint adds its nonce and
         receipt to it); also returns the ledger entries that made a new version, with that version."""
         now = time.time()
+        if cursor is not None and read_from is not ANY_WATERMARK:
+            await self._check_watermark(conn, source, read_from)
         changed, unchanged = await self._write_ledger(conn, accepted, now)
         if snapshot is not None:
             changed += await self._snapshot_page(conn, source, snapshot, accepted, rejects, now)
@@ -187,6 +205,26 @@ class StoreBase:
             source=source, at=now, rows=rows, accepted=len(changed), unchanged=unchanged,
             quarantined=len(rejects), cursor=_json(cursor)))
         return IntakeResult(len(changed), unchanged, len(rejects), enqueued), changed
+
+    async def _check_watermark(self, conn: AsyncConnection, source: str, read_from: Any) -> None:
+        """Commit a page only if the source's watermark is still the cursor it was read from.
+
+        Several instances poll the same source. One whose page was read before another committed newer rows
+        would otherwise write older contents of edited rows as their newest versions and move the watermark
+        back; once the other commits a later page, those edits sit behind the watermark and are never read
+        again. On PostgreSQL the watermark row is locked first (created if missing), so the intakes of one
+        source commit one at a time, and always before the ledger rows they lock."""
+        w = s.watermarks.c
+        stmt = select(w.cursor).where(w.source == source)
+        if self.dialect == "postgresql":
+            await conn.execute(self._insert(s.watermarks).values(source=source, cursor="null", updated_at=0.0)
+                               .on_conflict_do_nothing(index_elements=["source"]))
+            stmt = stmt.with_for_update()
+        row = (await conn.execute(stmt)).first()
+        now_at = orjson.loads(row[0]) if row else None
+        if now_at != orjson.loads(_json(read_from)):
+            raise WatermarkMoved(f"source {source}: the watermark moved from {read_from!r} to {now_at!r} "
+                                 f"since this page was read")
 
     async def _snapshot_page(self, conn: AsyncConnection, source: str, snapshot: SnapshotPage,
                              accepted: Sequence[Record | LedgerEntry], rejects: Sequence[Reject],
