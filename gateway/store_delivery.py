@@ -165,7 +165,8 @@ class DeliveryMixin(StoreBase):
         b = s.batches.c
         async with self.tx() as conn:
             result = await conn.execute(update(s.batches).where(and_(
-                b.state == "open", b.claimed_by.like(f"{instance}:%"))).values(next_attempt_at=time.time()))
+                b.state == "open", b.claimed_by.startswith(instance + ":", autoescape=True)))
+                .values(next_attempt_at=time.time()))  # autoescape: "_" and "%" in a name are not wildcards
         return int(result.rowcount or 0)
 
     async def next_due_at(self, target: str) -> float | None:

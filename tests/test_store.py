@@ -444,3 +444,19 @@ class TestStatus:
         assert n["last_success"] is None
         counts = await store.counts()
         assert counts == {"ledger": {"penalty": 6}, "quarantine": {"mapping": 2, "target": 1}, "rows_read": 8}
+
+
+class TestReleaseClaims:
+    async def test_only_this_instances_claims_are_released(self, store: Store, valid_rows: list[dict[str, Any]]
+                                                           ) -> None:
+        """At start-up "hub_a" releases its own claims, not those of "hub-a" or "hub%a" (no LIKE wildcards)."""
+        await intake(store, valid_rows[:3])
+        claimed = {}
+        for claimant in ("hub_a:100", "hub-a:200", "hub%a:300"):
+            batch = await store.lease_batch("province", "penalty", 1, json_encoder(), claimant=claimant, claim_s=600)
+            assert batch is not None
+            claimed[claimant] = batch.id
+        assert await store.release_claims("hub_a") == 1
+        async with store.engine.connect() as conn:
+            due = dict((await conn.execute(select(s.batches.c.claimed_by, s.batches.c.next_attempt_at))).all())
+        assert due["hub_a:100"] < time.time() < min(due["hub-a:200"], due["hub%a:300"])
