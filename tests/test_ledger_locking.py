@@ -5,6 +5,8 @@ read. SQLite needs no test of this: its write transactions are serial (BEGIN IMM
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
 from pathlib import Path
 
 import pytest
@@ -13,15 +15,16 @@ from sqlalchemy import select, text, update
 from gateway import schema as s
 from gateway.store import open_store
 from tests.helpers import SOURCE, edited, ledger, make_department_db, outbox, read_rows, to_record
+from tests.pg_server import create_database
 
 ROUTES = {"penalty": ["platform"]}
+_COUNTER = itertools.count()
 
 
 @pytest.fixture
-def pg_url(store_url: str) -> str:
-    if not store_url.startswith("postgresql"):
-        pytest.skip("PostgreSQL only: SQLite serialises write transactions")
-    return store_url
+def pg_url(pg_admin_url: str) -> str:
+    """A fresh database on the test PostgreSQL server (SQLite serialises write transactions: nothing to test)."""
+    return create_database(pg_admin_url, f"cg_locking_{os.getpid()}_{next(_COUNTER)}")
 
 
 async def test_intake_waits_for_a_concurrent_version_and_builds_on_it(pg_url: str, tmp_path: Path) -> None:
