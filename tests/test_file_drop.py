@@ -248,9 +248,10 @@ class TestSourceEncodingAndErrors:
         """U+2028, U+2029 and U+0085 may stand unescaped inside a JSON string (text pasted from Word or a web
         page; orjson writes them so): they are part of the value, not line ends, and the file is read."""
         inbox = tmp_path / "inbox"
-        drop(inbox, "e.jsonl", jsonl({"ajbh": "AJ-1", "jg": "已惩戒\u2028见附件"}, {"ajbh": "AJ-2", "jg": "a\u2029b\x85c"}))
+        values = ["已惩戒\u2028见附件", "a\u2029b\x85c"]
+        drop(inbox, "e.jsonl", jsonl(*({"ajbh": f"AJ-{i}", "jg": v} for i, v in enumerate(values))))
         rows, _ = await drain(make_source(tmp_path))
-        assert [(r.key, r.data["jg"]) for r in rows] == [("e.jsonl:1", "已惩戒\u2028见附件"), ("e.jsonl:2", "a\u2029b\x85c")]
+        assert [(r.key, r.data["jg"]) for r in rows] == [("e.jsonl:1", values[0]), ("e.jsonl:2", values[1])]
         assert not (inbox / "rejected").exists()
 
     async def test_json_line_that_is_not_an_object(self, tmp_path: Path) -> None:
