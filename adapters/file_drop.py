@@ -436,7 +436,9 @@ def _decodes(data: bytes, encoding: str) -> bool:
 
 def _parse_lines(name: str, text: str) -> list[tuple[int, dict[str, Any]]]:
     rows = []
-    for number, line in enumerate(text.splitlines(), 1):
+    # JSON Lines end at "\n" only: str.splitlines() would also split at U+2028, U+2029 and U+0085, which JSON
+    # allows unescaped inside strings (a "\r" before the "\n" is JSON whitespace and parses).
+    for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:

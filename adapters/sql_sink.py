@@ -225,7 +225,11 @@ class SqlSink:
             try:
                 values = self._values(info, rec.fields, rec.operation)
             except ValueProblem:
-                out.append((f"unwritable:{rec.key}", "unwritable"))  # it can never match: reported as drift
+                # It can never match: drift of the key's own row (an earlier version the table may still hold,
+                # which must not look like a row the gateway never sent and be discarded).
+                keys = {info.columns[k].name: _typed(rec.fields.get(k), info.columns[k], strict=False)
+                        for k in info.keys}
+                out.append((self._identity(info, keys), "unwritable"))
                 continue
             identity = self._identity(info, values)
             gone = rec.operation == "withdraw" and info.settings.on_withdraw == "delete"

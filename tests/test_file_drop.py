@@ -244,6 +244,16 @@ class TestSourceEncodingAndErrors:
         error = (tmp_path / "inbox" / "rejected" / "c.csv.error").read_text(encoding="utf-8")
         assert rows == [] and error == "c.csv line 3: 10 fields, the header has 9\n"
 
+    async def test_line_separators_inside_json_strings_are_text(self, tmp_path: Path) -> None:
+        """U+2028, U+2029 and U+0085 may stand unescaped inside a JSON string (text pasted from Word or a web
+        page; orjson writes them so): they are part of the value, not line ends, and the file is read."""
+        inbox = tmp_path / "inbox"
+        values = ["已惩戒\u2028见附件", "a\u2029b\x85c"]
+        drop(inbox, "e.jsonl", jsonl(*({"ajbh": f"AJ-{i}", "jg": v} for i, v in enumerate(values))))
+        rows, _ = await drain(make_source(tmp_path))
+        assert [(r.key, r.data["jg"]) for r in rows] == [("e.jsonl:1", values[0]), ("e.jsonl:2", values[1])]
+        assert not (inbox / "rejected").exists()
+
     async def test_json_line_that_is_not_an_object(self, tmp_path: Path) -> None:
         """A JSON line that is an array is malformed."""
         drop(tmp_path / "inbox", "d.jsonl", b'{"ajbh": "AJ-1"}\n["AJ-2"]\n')

@@ -266,6 +266,22 @@ class TestRedBlackConflicts:
         assert {e["record_key"] for e in await store.events(kind="lists.released")} == {key(RED, 5)}
         assert_converged(await views(config, store))
 
+    async def test_full_width_id_number_is_the_same_subject(self, sandbox: Sandbox, store: Store, config: Config,
+                                                            dept: Path) -> None:
+        """A black list that writes a person's ID number in full-width characters (３２０５…, as typed in a
+        Chinese input method) names the same person as the red list's ASCII number: the black entry is taken
+        (not quarantined as an invalid number) under the same key, and the red entry is held back."""
+        secret = await store.key_secret()
+        wide = resident_id(6).translate({ord(c): ord(c) + 0xFEE0 for c in "0123456789X"})
+        sandbox.lists.publish(BLACK, BLACK_LIST, [person_item(6, ZJHM=wide)])
+        sandbox.lists.publish(RED, RED_LIST, [person_item(6)])
+        await run(config, store)
+        assert await store.list_quarantine("open") == []
+        rows = dept_rows(dept)
+        assert key(BLACK, person=6, secret=secret) in rows and key(RED, person=6, secret=secret) not in rows
+        assert rows[key(BLACK, person=6, secret=secret)]["id_no"] == resident_id(6)
+        assert [c.red_key for c in await conflicts(store)] == [key(RED, person=6, secret=secret)]
+
     async def test_conflict_after_delivery_says_what_the_target_has(self, sandbox: Sandbox, store: Store,
                                                                     config: Config, dept: Path) -> None:
         """A red entry delivered before its subject was black-listed is reported with what each target holds."""

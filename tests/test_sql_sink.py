@@ -189,6 +189,18 @@ class TestReadBack:
         [(_, gone)] = await sink.expected("penalty", [rec(1, op="withdraw")])
         assert gone is None  # on_withdraw = delete: the row should not be there at all
 
+    async def test_a_version_the_table_cannot_take_still_names_its_row(self, sink: SqlSink, dept_url: str) -> None:
+        """A later version with a value its column cannot take is refused, and the table keeps the earlier row.
+        Read back, that row is the key's (changed), not a row the gateway never sent: reconciliation must not
+        discard it."""
+        await send(sink, rec(1))
+        newer = rec(1, version=2, decided="2026-13-45")
+        assert statuses(await send(sink, newer))["C-1"][:2] == ("rejected", "VALUE")
+        [(identity, digest)] = await sink.expected("penalty", [newer])
+        held = await sink.held("penalty", {})
+        assert identity in held and held[identity] != digest
+        assert set(held) - {identity} == set()  # nothing here is unknown, so nothing is discarded
+
 
 class TestSettings:
     @pytest.mark.parametrize(("table", "message"), [
