@@ -890,3 +890,22 @@ class TestShippedMappings:
         assert result.record is not None
         assert result.record.operation == Operation(codes["status_operation"]["1"])
         assert result.record.key == f"苏市监罚〔2024〕17号|{ORGAN_USCC}"
+
+
+class TestFullWidthIdNumbers:
+    def test_a_full_width_id_number_maps_to_the_same_record(self, tmp_path: Path) -> None:
+        """An ID number typed in full-width digits (３２０５…) maps to the same canonical value, so the same
+        person is one subject (and one key), not a quarantined row or a second person."""
+        from tests.helpers import make_department_db, penalty_mapping, read_rows
+
+        sample = make_department_db(tmp_path, penalties=200)
+        rows = [r for r in read_rows(sample.path) if r["id"] in sample.valid_ids("xzcf") and r.get("zjhm")]
+        assert rows, "the sample has natural persons with ID numbers"
+        row = rows[0]
+        wide = {**row, "zjhm": "".join(chr(ord(c) + 0xFEE0) if c.isalnum() else c for c in row["zjhm"])}
+        assert wide["zjhm"] != row["zjhm"]
+        today = dt.date(2026, 11, 21)
+        plain, fullwidth = penalty_mapping().map_row(row, today), penalty_mapping().map_row(wide, today)
+        assert fullwidth.record is not None, fullwidth.problems
+        assert plain.record is not None and fullwidth.record.fields["id_no"] == plain.record.fields["id_no"]
+        assert fullwidth.key == plain.key
