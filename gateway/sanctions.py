@@ -155,6 +155,24 @@ def _first_receipt(deliveries: Iterable[Delivery]) -> Step | None:
     return Step(first.target, first.receipt_id or "", first.received_at or 0.0) if first else None
 
 
+def _latest_per_target(deliveries: Iterable[Delivery]) -> list[Delivery]:
+    """Each target's outbox row of the newest version it was sent."""
+    latest: dict[str, Delivery] = {}
+    for d in deliveries:
+        if d.target not in latest or d.version >= latest[d.target].version:
+            latest[d.target] = d
+    return list(latest.values())
+
+
+def _confirmed_by_all(rows: Sequence[Delivery]) -> Step | None:
+    """Feedback counts as delivered once every target it went to (the platform among them) acknowledged it with
+    a receipt; the step is the last of those receipts. A receipt from an internal copy alone is not the answer."""
+    if not rows or any(d.state != "delivered" or d.receipt_id is None or not d.received_at for d in rows):
+        return None
+    last = max(rows, key=lambda d: d.received_at or 0.0)
+    return Step(last.target, last.receipt_id or "", last.received_at or 0.0)
+
+
 def _status(case: LedgerCase, feedback_keys: Sequence[str],
             deliveries: dict[tuple[str, str], list[Delivery]]) -> CaseStatus:
     p = case.payload
@@ -165,8 +183,8 @@ def _status(case: LedgerCase, feedback_keys: Sequence[str],
     status.feedback_collected = len(feedback_keys)
     answers = []
     for key in feedback_keys:
-        rows = deliveries.get((FEEDBACK, key), [])
-        step = _first_receipt(rows)
+        rows = _latest_per_target(deliveries.get((FEEDBACK, key), []))
+        step = _confirmed_by_all(rows)
         if step is not None:
             status.feedback_delivered += 1
             answers.append(step)

@@ -499,3 +499,31 @@ class TestDatasets:
         bad = self.FEEDBACK.map_row({**row, "jg": "9", "zxbmdm": "11320500014117422K", "zxrq": "2026-12-01"},
                                     self.TODAY)
         assert sorted(p.path for p in bad.problems) == ["executed_date", "executing_dept_code", "result"]
+
+
+class TestAnsweredMeansEveryRoute:
+    """Feedback answers a case only when every target it went to confirmed it: a receipt from an internal copy
+    (an archive) while the platform refused it is not an answer."""
+
+    @staticmethod
+    def _delivery(target: str, state: str, at: float | None, version: int = 1) -> Any:
+        from gateway.store_sanctions import Delivery
+
+        receipt = f"r-{target}" if state == "delivered" else None
+        return Delivery("sanction_feedback", "LH-1|CS-1|SX-1", target, version, state, receipt, at)
+
+    def test_internal_receipt_with_a_platform_refusal_is_not_an_answer(self) -> None:
+        from gateway.sanctions import _confirmed_by_all, _latest_per_target
+
+        rows = _latest_per_target([self._delivery("archive", "delivered", 100.0),
+                                   self._delivery("platform", "rejected", None)])
+        assert _confirmed_by_all(rows) is None
+
+    def test_answered_when_the_last_route_confirms(self) -> None:
+        from gateway.sanctions import _confirmed_by_all, _latest_per_target
+
+        rows = _latest_per_target([self._delivery("platform", "rejected", None, version=1),
+                                   self._delivery("platform", "delivered", 300.0, version=2),
+                                   self._delivery("archive", "delivered", 100.0, version=2)])
+        step = _confirmed_by_all(rows)
+        assert step is not None and (step.target, step.at) == ("platform", 300.0)
