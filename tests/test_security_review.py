@@ -3,7 +3,7 @@
 * a signed batch whose ``sentAt`` or snapshot page is out of range got a 500 (or a 503 that the sender retries
   for ever) instead of a 400 naming the field;
 * a client that sends its request slowly held its connection (and, once the headers were in, a request
-  handler) for an hour or more: nothing bounded how long headers and body may take;
+  handler) for an hour or more: nothing bounded how long headers and body may take (the admin API too);
 * an ID number that a partner sent as a JSON number reached the admin API's answers and the log unmasked.
 """
 
@@ -132,6 +132,25 @@ class TestSlowClients:
         async with endpoint(path) as (_c, store, server):
             await client(server.url, pki, "cms").send(sample_rows(tmp_path, 2))
             assert (await counts(store))["cg_records"] == 2
+
+    async def test_admin_api_cuts_off_headers_that_never_end(self, tmp_path: Path) -> None:
+        """The admin API (tokens are checked only once the headers are in) had the same hour-long default."""
+        from gateway.config import load_config
+        from gateway.store import open_store
+
+        config = load_config(write_config(tmp_path, f"sqlite:///{tmp_path / 's.db'}", None,
+                                          extra=_admin_toml(tmp_path)))
+        assert config.admin is not None
+        store = await open_store(config.store_url())
+        try:
+            async with AdminServer(config, config.admin, store, read_timeout_s=0.5) as admin:
+                port = int(admin.url.rsplit(":", 1)[1])
+                partial = b"GET /api/v1/status HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                assert await asyncio.to_thread(_read_until_closed, port, partial, 20.0) == b""
+                status, _answer, _ = await _call(admin.url, "GET", "/status", READ_TOKEN)
+                assert status == 200
+        finally:
+            await store.aclose()
 
     def test_read_timeout_must_be_positive(self, tmp_path: Path, pki: Pki) -> None:
         from gateway.config import load_config
