@@ -49,6 +49,8 @@ from gateway.errors import GatewayError
 from gateway.xmlsafe import parse_xml, write_records
 
 MAX_RECORDS = 10_000
+MAX_INT32 = 2**31 - 1  # cg_inbound_snapshot_pages.page is an INTEGER column (32 bits on PostgreSQL)
+MAX_INT64 = 2**63 - 1
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _NONCE = re.compile(r"^[A-Za-z0-9._~+/=-]{16,128}$")
 HEADER = ("batchId", "channel", "dataset", "sentAt", "nonce")
@@ -214,15 +216,17 @@ def _text_field(raw: Mapping[str, Any], name: str, where: str, *, required: bool
 
 
 def _int_field(raw: Mapping[str, Any], name: str, where: str, *, text: bool, minimum: int,
-               required: bool = True) -> int | None:
-    """An integer; in XML (``text``) the attribute's digits."""
+               required: bool = True, maximum: int = MAX_INT64) -> int | None:
+    """An integer in ``minimum..maximum`` (the store's column must hold it); in XML (``text``) the attribute's
+    digits, at most 19 of them (Python refuses to convert thousands, and nothing here needs more)."""
     value = raw.get(name)
     if value is None and not required:
         return None
-    if text and isinstance(value, str) and value.isascii() and value.isdigit():
+    if text and isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
         value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise BatchError(f"{where}.{name}: expected an integer ≥ {minimum}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "…"
+        raise BatchError(f"{where}.{name}: expected an integer ≥ {minimum} and ≤ {maximum}, got {shown}")
     return value
 
 
@@ -239,7 +243,7 @@ def _snapshot_head(raw: Any, *, text: bool) -> SnapshotMark:
         last = last == "true"
     if not isinstance(last, bool):
         raise BatchError(f"snapshot.last: expected true or false, got {last!r}")
-    page = _int_field(head, "page", "snapshot", text=text, minimum=1)
+    page = _int_field(head, "page", "snapshot", text=text, minimum=1, maximum=MAX_INT32)
     assert page is not None
     return SnapshotMark(_text_field(head, "scope", "snapshot"), snapshot_id, page, last)
 
@@ -267,7 +271,10 @@ def _sent_at(text: str) -> dt.datetime:
         raise BatchError(f"sentAt: not an ISO 8601 timestamp: {text[:40]!r}") from None
     if moment.tzinfo is None:
         raise BatchError("sentAt: needs a time zone (e.g. 2026-11-21T08:00:00Z or +08:00)")
-    return moment.astimezone(dt.UTC)
+    try:
+        return moment.astimezone(dt.UTC)
+    except OverflowError:  # e.g. 9999-12-31T23:59:59-01:00: in UTC it is past the last representable day
+        raise BatchError(f"sentAt: {text[:40]!r} is out of range") from None
 
 
 # ---------------------------------------------------------------- writing (the client side)

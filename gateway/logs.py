@@ -70,9 +70,14 @@ class Redactor(logging.Filter):
             return redact(value, self.secrets)
         if isinstance(value, dict):
             return {k: self._clean(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
+        if isinstance(value, list | tuple | set | frozenset):
             return [self._clean(v) for v in value]
-        return value
+        if value is None or isinstance(value, bool | float | dt.date | dt.time):
+            return value
+        if isinstance(value, int):  # an ID number may come as a number; counts stay numbers
+            text = str(value)
+            return value if (masked := redact(text, self.secrets)) == text else masked
+        return redact(str(value), self.secrets)  # the formatters would print str(value): mask that text now
 
 
 class JsonFormatter(logging.Formatter):

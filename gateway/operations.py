@@ -198,11 +198,17 @@ def _mapped_names(path: Path, personal: frozenset[str], *, inbound: bool) -> set
 
 
 def mask_personal(value: Any, keys: frozenset[str], key: str = "") -> Any:
-    """``value`` with personal ID fields masked and ID numbers in any text masked."""
+    """``value`` with personal ID fields masked and ID numbers in any text masked. A number counts too: a partner
+    may send an ID number as a JSON number, and the quarantine keeps the row as it came."""
     if isinstance(value, dict):
         return {str(k): mask_personal(v, keys, str(k)) for k, v in value.items()}  # str: orjson takes no subclasses
     if isinstance(value, list | tuple):
         return [mask_personal(v, keys, key) for v in value]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        text = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+        if key in keys:
+            return mask_id(text)
+        return value if (masked := redact(text)) == text else masked
     if isinstance(value, str):
         return mask_id(value.strip()) if key in keys and value.strip() else redact(value)
     return value

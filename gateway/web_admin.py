@@ -42,6 +42,7 @@ from gateway.web_inbound import json_response
 log = logging.getLogger("gateway.admin")
 PREFIX = "/api/v1"
 MAX_LIMIT = 10_000
+READ_TIMEOUT_S = 60.0  # a connection's request headers must arrive within this (aiohttp's default: an hour)
 
 
 class BadRequest(GatewayError):
@@ -79,15 +80,17 @@ def _selection(body: dict[str, Any]) -> tuple[str | None, str | None]:
 class AdminServer:
     """``async with AdminServer(config, store) as server:`` listens on ``server.url``."""
 
-    def __init__(self, config: Config, admin: AdminConfig, store: Store) -> None:
-        self.config, self.admin, self.store = config, admin, store
+    def __init__(self, config: Config, admin: AdminConfig, store: Store, *,
+                 read_timeout_s: float = READ_TIMEOUT_S) -> None:
+        self.config, self.admin, self.store, self.read_timeout_s = config, admin, store, read_timeout_s
         self._digests = [(hashlib.sha256(t.token.encode()).digest(), t) for t in admin.tokens]
         self._personal = personal_keys(config)
         self._runner: web.AppRunner | None = None
         self.url = ""
 
     async def __aenter__(self) -> AdminServer:
-        self._runner = web.AppRunner(self._app(), access_log=None, shutdown_timeout=5.0)
+        self._runner = web.AppRunner(self._app(), access_log=None, shutdown_timeout=5.0,
+                                     keepalive_timeout=self.read_timeout_s)
         await self._runner.setup()
         tls = self.admin.tls
         settings = self.admin.settings

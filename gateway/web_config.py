@@ -40,6 +40,8 @@ class InboundSettings:
     timestamp_window_s: float = setting(300.0, check="positive", help="a batch's sentAt may differ this much")
     nonce_retention_s: float = setting(900.0, check="positive",
                                        help="how long nonces are kept (at least twice the window)")
+    read_timeout_s: float = setting(60.0, check="positive",
+                                    help="a request's headers, and then its body, must arrive within this (408)")
 
 
 @dataclass(frozen=True)

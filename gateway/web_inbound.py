@@ -2,8 +2,11 @@
 
 Before a body byte is read: the channel must exist (404), the Content-Type must be its profile's (415), and
 a declared Content-Length must be within ``max_body_bytes`` (413). The body is then read in chunks with a hard
-limit (413 as soon as it is passed; nothing more is buffered). With TLS configured the endpoint speaks HTTPS,
-and with ``client_ca`` a client without a certificate from that CA is refused by the TLS handshake itself.
+limit (413 as soon as it is passed; nothing more is buffered) and a deadline (408 after ``read_timeout_s``); a
+connection whose request headers do not arrive within ``read_timeout_s`` is closed (aiohttp's keep-alive timer,
+which also runs from the moment a connection opens): a slow client cannot hold connections and handlers open.
+With TLS configured the endpoint speaks HTTPS, and with ``client_ca`` a client without a certificate from that
+CA is refused by the TLS handshake itself.
 
 Answers are JSON: 200 with our answer (results, signed receipt), or ``{"error": kind, "message": …}``.
 Every refusal is logged with its reason (the body never is).
@@ -11,6 +14,7 @@ Every refusal is logged with its reason (the body never is).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -47,17 +51,23 @@ def check_content_type(request: web.Request, service: InboundService, name: str)
                                                   f"not {request.content_type or 'none'}")
 
 
-async def read_bounded(request: web.Request, limit: int) -> bytes:
-    """The request body, refused (413) as soon as it passes ``limit`` bytes."""
+async def read_bounded(request: web.Request, limit: int, timeout_s: float | None = None) -> bytes:
+    """The request body, refused (413) as soon as it passes ``limit`` bytes, or (408) when it has not all
+    arrived ``timeout_s`` seconds after the handler started reading it."""
     if request.content_length is not None and request.content_length > limit:
         raise InboundRefused(413, "too_large", f"the body is {request.content_length} bytes; at most {limit}")
     parts: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_chunked(CHUNK):
-        size += len(chunk)
-        if size > limit:
-            raise InboundRefused(413, "too_large", f"the body is over {limit} bytes")
-        parts.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.content.iter_chunked(CHUNK):
+                size += len(chunk)
+                if size > limit:
+                    raise InboundRefused(413, "too_large", f"the body is over {limit} bytes")
+                parts.append(chunk)
+    except TimeoutError:
+        raise InboundRefused(408, "timeout", f"the body did not arrive within {timeout_s:g} s "
+                                             f"({size} bytes came)") from None
     return b"".join(parts)
 
 
@@ -73,7 +83,8 @@ class InboundServer:
         app = web.Application(client_max_size=self.config.settings.max_body_bytes)
         app.router.add_post("/inbound/{channel}", self._push)
         app.router.add_get("/healthz", self._healthz)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0,
+                                     keepalive_timeout=self.config.settings.read_timeout_s)
         await self._runner.setup()
         settings, tls = self.config.settings, self.config.tls
         ssl_context = tls.server_context() if tls is not None else None
@@ -102,13 +113,14 @@ class InboundServer:
         try:
             peer = tls_subject(request)
             check_content_type(request, self.service, name)
-            body = await read_bounded(request, self.config.settings.max_body_bytes)
+            settings = self.config.settings
+            body = await read_bounded(request, settings.max_body_bytes, settings.read_timeout_s)
             return json_response(200, await self.service.receive(name, body, peer))
         except InboundRefused as refused:
             log.warning("inbound batch refused", extra={"channel": name, "status": refused.status,
                                                         "reason": refused.kind, "detail": refused.detail,
                                                         "tls_client": peer, "remote": request.remote})
-            headers = {"Connection": "close"} if refused.status == 413 else None
+            headers = {"Connection": "close"} if refused.status in (408, 413) else None
             return json_response(refused.status, refused.body(), headers)
         except GatewayError as exc:  # the store failed: nothing was accepted, the sender may retry
             log.error("inbound batch not stored", extra={"channel": name, "error": str(exc)})
