@@ -309,6 +309,16 @@ class SandboxClient:
             with exc:
                 return exc.code, json.loads(exc.read() or b"null")
 
+    def set_faults(self, **changes: Any) -> dict[str, Any]:
+        """Change the sandbox's faults while it runs (POST /_sandbox/faults); the faults now in force."""
+        request = urllib.request.Request(self.url + "/_sandbox/faults", data=json.dumps(changes).encode(),
+                                         method="POST", headers={"Authorization": f"Bearer {self.token}",
+                                                                 "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            body = json.loads(response.read())
+        assert isinstance(body, dict), body
+        return body
+
     def stats(self) -> dict[str, Any]:
         status, body = self.get("/_sandbox/stats")
         assert status == 200 and isinstance(body, dict), body

@@ -227,11 +227,17 @@ class TwoInstances:
         self.change("xzxk", self.pick(delivered["xzxk"], 20, edited["xzxk"]), "repair")
         self.start(first).wait_event(event_is("gateway started"), WAIT_S, f"{first} to start again")
 
+        # Work that cannot be done before the kill point: new rows, and uploads that take a second each, so a
+        # send is in flight when the store is looked at (a fast machine would otherwise finish first).
+        for table in ("xzcf", "xzxk"):
+            self.insert(table, 200)
+        self.sandbox_client().set_faults(delay_s=1.0)
         for attempt in range(3):  # a send may end (a quick failure) before the SIGKILL lands: then again, later
             left_open = self.kill_while_sending(survivor, 0.70 + 0.05 * attempt)
             self.start(survivor).wait_event(event_is("gateway started"), WAIT_S, f"{survivor} to start again")
             if left_open:
                 break
+        self.sandbox_client().set_faults(delay_s=float(SANDBOX_FAULTS["--delay"]))
         self.change("xzcf", self.pick(edited["xzcf"], 80), "edit")  # later versions of delivered edits
         self.change("xzxk", self.pick(edited["xzxk"], 40), "revoke")
         for table in ("xzcf", "xzxk"):
