@@ -203,6 +203,7 @@ class TestNumericIdNumbers:
         logger = logging.getLogger("test.security_review")
         logger.addHandler(handler)
         logger.propagate = False
+        logger.setLevel(logging.DEBUG)  # whatever level an earlier test left the root logger at
         try:
             logger.warning("row refused", extra={"id_no": ID_NUMBER, "file": Path(f"/drop/{ID_NUMBER}.csv"),
                                                  "rows": 3})
