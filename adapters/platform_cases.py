@@ -13,20 +13,19 @@ the page and the request; otherwise nothing is taken and the poll fails with the
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 import aiohttp
 import orjson
 
-from gateway.envelope import EnvelopeError, load_certificate, verify_detached
+from gateway.envelope import EnvelopeError
 from gateway.errors import PermanentError, Problem, RetryableError
 from gateway.ports import AdapterContext, SourceBatch, SourceRow
+from gateway.sealing import SignedAnswers, load_signed_answers
 from gateway.settings import parse_settings, read_token, setting
 
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -44,18 +43,10 @@ class PlatformCasesSettings:
     require_signature: bool = setting(True, help="refuse unsigned pages (needs peer_cert and trusted_cas)")
 
 
-@dataclass(frozen=True)
-class FeedTrust:
-    """What a page's signature must chain to and who must have made it."""
-
-    peer_subject: str
-    trusted_ca_pems: tuple[bytes, ...]
-
-
 class PlatformCasesSource:
     """Pulls sanction cases from the platform's feed, after the stored cursor."""
 
-    def __init__(self, settings: PlatformCasesSettings, token: str, department: str, trust: FeedTrust | None,
+    def __init__(self, settings: PlatformCasesSettings, token: str, department: str, trust: SignedAnswers | None,
                  name: str) -> None:
         self.settings, self.name = settings, name
         self._token, self._department, self._trust = token, department, trust
@@ -133,7 +124,10 @@ class PlatformCasesSource:
             if self.settings.require_signature:
                 raise PermanentError(f"source {self.name}: the case feed page is not signed")
             return
-        _verify_signature(manifest, str(signature), self._trust, self.name)
+        try:
+            self._trust.verify(manifest, str(signature))
+        except EnvelopeError as exc:
+            raise PermanentError(f"source {self.name}: case feed signature refused: {exc}") from exc
         expected = {"departmentCode": self._department, "after": after, "count": len(cases),
                     "casesSha256": hashlib.sha256(orjson.dumps(cases)).hexdigest(), "cursor": answer.get("cursor")}
         wrong = [k for k, v in expected.items() if manifest.get(k) != v]
@@ -142,43 +136,8 @@ class PlatformCasesSource:
                                  f"({', '.join(wrong)})")
 
 
-def _verify_signature(manifest: Mapping[str, Any], signature: str, trust: FeedTrust, name: str) -> None:
-    try:
-        raw = base64.b64decode(signature, validate=True)
-        opened = verify_detached(orjson.dumps(dict(manifest), option=orjson.OPT_SORT_KEYS), raw,
-                                 trust.trusted_ca_pems)
-    except (ValueError, EnvelopeError) as exc:
-        raise PermanentError(f"source {name}: case feed signature refused: {exc}") from exc
-    if opened.signer_subject != trust.peer_subject:
-        raise PermanentError(f"source {name}: case feed signed by '{opened.signer_subject}', "
-                             f"not by the platform '{trust.peer_subject}'")
-
-
-def _load_trust(settings: PlatformCasesSettings, ctx: AdapterContext) -> tuple[FeedTrust | None, list[Problem]]:
-    if not settings.peer_cert and not settings.trusted_cas:
-        if settings.require_signature:
-            return None, [Problem(f"{ctx.path}.peer_cert", "required to check the feed's signature "
-                                                           "(or set require_signature = false)")]
-        return None, []
-    problems = []
-    if not settings.peer_cert:
-        problems.append(Problem(f"{ctx.path}.peer_cert", "required with trusted_cas"))
-    if not settings.trusted_cas:
-        problems.append(Problem(f"{ctx.path}.trusted_cas", "at least one CA certificate is needed"))
-    files = {"peer_cert": settings.peer_cert, **{f"trusted_cas[{i}]": p for i, p in enumerate(settings.trusted_cas)}}
-    pems: dict[str, bytes] = {}
-    for label, path in files.items():
-        if not path:
-            continue
-        file = Path(path) if Path(path).is_absolute() else ctx.base_dir / path
-        try:
-            pems[label] = file.read_bytes()
-        except OSError as exc:
-            problems.append(Problem(f"{ctx.path}.{label}", f"cannot read {file}: {exc.strerror}"))
-    if problems:
-        return None, problems
-    try:
-        subject = load_certificate(pems["peer_cert"], "the platform certificate").subject.rfc4514_string()
-    except EnvelopeError as exc:
-        return None, [Problem(f"{ctx.path}.peer_cert", str(exc))]
-    return FeedTrust(subject, tuple(v for k, v in pems.items() if k != "peer_cert")), []
+def _load_trust(settings: PlatformCasesSettings, ctx: AdapterContext) -> tuple[SignedAnswers | None, list[Problem]]:
+    if not settings.peer_cert and not settings.trusted_cas and settings.require_signature:
+        return None, [Problem(f"{ctx.path}.peer_cert", "required to check the feed's signature "
+                                                       "(or set require_signature = false)")]
+    return load_signed_answers(settings.peer_cert, settings.trusted_cas, ctx.path, ctx.base_dir)

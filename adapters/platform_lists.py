@@ -22,12 +22,10 @@ an unsigned or badly signed answer is refused and nothing of it is taken.
 
 from __future__ import annotations
 
-import base64
 import logging
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote
@@ -36,10 +34,10 @@ import aiohttp
 import orjson
 
 from gateway.datasets import CREDIT_LIST
-from gateway.envelope import EnvelopeError, load_certificate, verify_detached
+from gateway.envelope import EnvelopeError
 from gateway.errors import PermanentError, Problem, RetryableError
 from gateway.ports import AdapterContext, SnapshotPage, SourceBatch, SourceRow
-from gateway.sealing import receipt_bytes
+from gateway.sealing import SignedAnswers, load_signed_answers
 from gateway.settings import parse_settings, read_token, setting
 
 RETRYABLE_STATUS = frozenset({404, 408, 425, 429, 500, 502, 503, 504})
@@ -88,8 +86,7 @@ class _Gone(Exception):
 class PlatformListsSource:
     """Reads credit lists from the platform's list API."""
 
-    def __init__(self, settings: PlatformListsSettings, token: str, name: str, peer: tuple[bytes, tuple[bytes, ...]]
-                 | None) -> None:
+    def __init__(self, settings: PlatformListsSettings, token: str, name: str, peer: SignedAnswers | None) -> None:
         self.settings, self.name = settings, name
         self._token = token
         self._peer = peer
@@ -105,7 +102,7 @@ class PlatformListsSource:
         token, problem = read_token(settings.token_env, settings.token_file, ctx.path, ctx.base_dir)
         if problem or token is None:
             return None, [problem] if problem else []
-        peer = _read_peer(settings, ctx, problems)
+        peer, problems = load_signed_answers(settings.peer_cert, settings.trusted_cas, ctx.path, ctx.base_dir)
         return (cls(settings, token, ctx.name, peer), []) if not problems else (None, problems)
 
     async def __aenter__(self) -> Self:
@@ -228,16 +225,10 @@ class PlatformListsSource:
             if self.settings.require_signed:
                 raise PermanentError(f"{url}: list answer refused: it is not signed")
             return
-        cert_pem, cas = self._peer
         try:
-            opened = verify_detached(receipt_bytes(data), base64.b64decode(str(signature), validate=True), cas)
-            expected = load_certificate(cert_pem, "the platform certificate").subject.rfc4514_string()
-        except (EnvelopeError, ValueError) as exc:
+            self._peer.verify(data, str(signature))
+        except EnvelopeError as exc:
             raise PermanentError(f"{url}: list answer refused: {exc}") from exc
-        if opened.signer_subject != expected:
-            raise PermanentError(f"{url}: list answer refused: signed by '{opened.signer_subject}', "
-                                 f"not by the platform '{expected}'")
-
 
 def _new_snapshot(code: str) -> dict[str, Any]:
     return {"list": code, "id": f"s-{uuid.uuid4().hex}", "version": None, "offset": 0}
@@ -255,21 +246,3 @@ def _parse(raw: bytes, url: str) -> dict[str, Any]:
         raise RetryableError(f"{url}: the answer is not JSON") from None
     return body if isinstance(body, dict) else {}
 
-
-def _read_peer(settings: PlatformListsSettings, ctx: AdapterContext,
-               problems: list[Problem]) -> tuple[bytes, tuple[bytes, ...]] | None:
-    if not settings.peer_cert:
-        if settings.trusted_cas:
-            problems.append(Problem(f"{ctx.path}.peer_cert", "trusted_cas is set: give the platform's certificate"))
-        return None
-    if not settings.trusted_cas:
-        problems.append(Problem(f"{ctx.path}.trusted_cas", "at least one CA certificate is needed to check answers"))
-    files: list[bytes] = []
-    for where, name in [("peer_cert", settings.peer_cert),
-                        *((f"trusted_cas[{i}]", ca) for i, ca in enumerate(settings.trusted_cas))]:
-        path = Path(name) if Path(name).is_absolute() else ctx.base_dir / name
-        try:
-            files.append(path.read_bytes())
-        except OSError as exc:
-            problems.append(Problem(f"{ctx.path}.{where}", f"cannot read {path}: {exc.strerror}"))
-    return (files[0], tuple(files[1:])) if len(files) == 1 + len(settings.trusted_cas) else None

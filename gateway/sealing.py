@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,6 +145,47 @@ class Sealing:
             until = self.overlap_until.isoformat() if self.overlap_until else "no overlap configured"
             raise SignatureError(f"signed with the peer's retired certificate (sha256 "
                                  f"{opened.signer_fingerprint_sha256[:16]}…); the rotation overlap ended: {until}")
+
+
+@dataclass(frozen=True)
+class SignedAnswers:
+    """A peer whose answers (a list page, a case feed page) are signed the way receipts are: a detached
+    signature over the data as canonical JSON, by the peer's certificate, chaining to the trusted CAs."""
+
+    peer_subject: str
+    trusted_ca_pems: tuple[bytes, ...]
+
+    def verify(self, data: Mapping[str, Any], signature: str) -> Opened:
+        """The signature checked; SignatureError / EnvelopeError naming what is wrong."""
+        try:
+            raw = base64.b64decode(signature, validate=True)
+        except ValueError:
+            raise SignatureError("the signature is not base64") from None
+        opened = verify_detached(receipt_bytes(data), raw, self.trusted_ca_pems)
+        if opened.signer_subject != self.peer_subject:
+            raise SignatureError(f"signed by '{opened.signer_subject}', not by the platform '{self.peer_subject}'")
+        return opened
+
+
+def load_signed_answers(peer_cert: str, trusted_cas: Sequence[str], where: str,
+                        base: Path) -> tuple[SignedAnswers | None, list[Problem]]:
+    """A source's ``peer_cert`` and ``trusted_cas`` settings (None, no problems, when neither is set)."""
+    if not peer_cert and not trusted_cas:
+        return None, []
+    problems: list[Problem] = []
+    if not peer_cert:
+        problems.append(Problem(f"{where}.peer_cert", "trusted_cas is set: give the platform's certificate"))
+    if not trusted_cas:
+        problems.append(Problem(f"{where}.trusted_cas", "at least one CA certificate is needed to check answers"))
+    cert = _read(peer_cert, f"{where}.peer_cert", base, problems) if peer_cert else b""
+    cas = tuple(_read(path, f"{where}.trusted_cas[{i}]", base, problems) for i, path in enumerate(trusted_cas))
+    if problems:
+        return None, problems
+    try:
+        subject = load_certificate(cert, "the platform certificate").subject.rfc4514_string()
+    except EnvelopeError as exc:
+        return None, [Problem(f"{where}.peer_cert", str(exc))]
+    return SignedAnswers(subject, cas), []
 
 
 def receipt_bytes(receipt: Mapping[str, Any]) -> bytes:
