@@ -203,12 +203,16 @@ def _decode_reason(value: bytes, encoding: str, exc: UnicodeDecodeError) -> str:
 
 
 def _after(cols: Sequence[str]) -> str:
-    """(c0, c1, …) > (:c0, :c1, …) spelled out, for databases without row-value comparison."""
+    """(c0, c1, …) > (:c0, :c1, …) spelled out, for databases without row-value comparison.
+
+    The leading ``c0 >= :c0`` is implied by the rest, but it lets the planner start an index range at the
+    watermark: without it SQLite walks the (update column, key) index from its first entry on every page, so a
+    full read of a large table costs time quadratic in its rows."""
     terms = []
     for i in range(len(cols)):
         eq = [f"{cols[j]} = :c{j}" for j in range(i)]
         terms.append("(" + " AND ".join([*eq, f"{cols[i]} > :c{i}"]) + ")")
-    return " OR ".join(terms)
+    return f"{cols[0]} >= :c0 AND (" + " OR ".join(terms) + ")"
 
 
 def _jsonable(value: Any) -> Any:
