@@ -389,15 +389,16 @@ def route_record(cfg: TargetConfig, mapping: OutboundMapping, personal_fields: f
     """A ledger record as this target receives it: derived fields (e.g. the computed 公示截止期), the route's
     field policy, ID masking, outbound mapping."""
     payload: Mapping[str, Any] = rec.payload if derive is None else derive(mapping.dataset.name, rec.payload)
-    if cfg.omit_fields & payload.keys():  # the route's field policy
-        payload = {k: v for k, v in payload.items() if k not in cfg.omit_fields}
-    personal = personal_fields & payload.keys()
+    omit = cfg.omit_fields  # the route's field policy (loops over the few names: this runs for every record)
+    if omit and any(name in payload for name in omit):
+        payload = {k: v for k, v in payload.items() if k not in omit}
+    personal = [name for name in personal_fields if name in payload] if cfg.personal_ids != "full" else ()
     if personal:
         payload = dict(payload)
         for name in personal:
             if cfg.personal_ids == "omit":
                 del payload[name]
-            elif cfg.personal_ids == "mask":
+            else:
                 payload[name] = mask_id(str(payload[name]))
     fields = mapping.map_payload(payload, rec.operation, rec.record_key, rec.version)
     return TargetRecord(rec.record_key, rec.version, rec.operation, fields)

@@ -78,8 +78,19 @@ class Rule:
         if not self.field:
             return True
         value = payload.get(self.field)
-        items = value if isinstance(value, list) else [] if value is None else [value]
-        return any(str(item) in self.equals or any(part in str(item) for part in self.contains) for item in items)
+        if value is None:
+            return False
+        if isinstance(value, list):
+            return any(self._matches_text(str(item)) for item in value)
+        return self._matches_text(value if value.__class__ is str else str(value))
+
+    def _matches_text(self, text: str) -> bool:
+        if text in self.equals:
+            return True
+        for part in self.contains:  # noqa: SIM110 - a loop, not any(): this runs for every record sent
+            if part in text:
+                return True
+        return False
 
 
 _BASIS_58 = "国家发展改革委令第58号"
@@ -111,16 +122,20 @@ class PublicitySettings:
     rules: tuple[Rule, ...] = DEFAULT_RULES
     datasets: frozenset[str] = field(init=False)
     _ends: dict[tuple[Any, ...], dt.date | None] = field(init=False, repr=False, compare=False)
+    _by_dataset: dict[str, tuple[tuple[int, Rule], ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "datasets", frozenset(r.dataset for r in self.rules))
         object.__setattr__(self, "_ends", {})
+        object.__setattr__(self, "_by_dataset", {ds: tuple((i, r) for i, r in enumerate(self.rules) if r.dataset == ds)
+                                                 for ds in self.datasets})
 
     def max_end(self, dataset: str, payload: Mapping[str, Any]) -> dt.date | None:
         """The maximum end of a record, remembered by its decision date and the rules it matches (records
         repeat them: a few rules, a few thousand decision dates), so sending a record costs a few substring
         tests and a dictionary look-up."""
-        matched = tuple(i for i, rule in enumerate(self.rules) if rule.dataset == dataset and rule.matches(payload))
+        rules = self._by_dataset.get(dataset, ())
+        matched = tuple(i for i, rule in rules if rule.matches(payload)) if rules else ()
         key = (dataset, payload.get("decision_date"), matched)
         if key not in self._ends:
             if len(self._ends) >= 100_000:
