@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import schema as s
 from gateway.ports import RecordResult
-from gateway.store import StoreBase, _chunks, _json, translate_errors
+from gateway.store import StoreBase, _chunks, _json, pack_body, translate_errors, unpack_body
 
 ACK_STATUSES = frozenset({"accepted", "duplicate", "stale"})
 
@@ -120,7 +119,7 @@ class DeliveryMixin(StoreBase):
         digest = body_digest(encoded.body)
         await conn.execute(s.batches.insert().values(
             id=encoded.batch_id, target=target, dataset=dataset, state="open", record_count=len(encoded.included),
-            body=zlib.compress(encoded.body, 1), body_sha256=digest, attempts=0, next_attempt_at=now + claim_s,
+            body=pack_body(encoded.body), body_sha256=digest, attempts=0, next_attempt_at=now + claim_s,
             claimed_by=claimant or None, created_at=now))
         o = s.outbox.c
         for chunk in _chunks([rec.outbox_id for rec in encoded.included]):
@@ -275,7 +274,7 @@ async def _load_batches(conn: AsyncConnection, cond: Any, limit: int) -> list[Ba
     rows = (await conn.execute(
         select(b.id, b.target, b.dataset, b.body, b.body_sha256, b.record_count, b.attempts, b.created_at)
         .where(cond).order_by(b.created_at).limit(limit))).all()
-    return [Batch(r[0], r[1], r[2], zlib.decompress(r[3]), r[4], r[5], r[6], r[7]) for r in rows]
+    return [Batch(r[0], r[1], r[2], unpack_body(r[3]), r[4], r[5], r[6], r[7]) for r in rows]
 
 
 def _target_reject(target: str, dataset: str, rec: LeasedRecord, code: str, message: str,

@@ -9,7 +9,6 @@ A refusal rolls everything back, so nothing of a refused batch is stored, not ev
 from __future__ import annotations
 
 import time
-import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +21,7 @@ from gateway.errors import GatewayError
 from gateway.inbound_batch import ListState, SnapshotMark
 from gateway.ports import SnapshotPage
 from gateway.records import LedgerEntry
-from gateway.store import IntakeResult, Reject, StoreBase, translate_errors
+from gateway.store import IntakeResult, Reject, StoreBase, pack_body, translate_errors, unpack_body
 from gateway.store_inbound_lists import list_cursor, snapshot_problem
 
 # Given the ledger entries that made a new version, returns our answer (with the signed receipt).
@@ -99,7 +98,7 @@ class InboundMixin(StoreBase):
             await conn.execute(s.inbound_batches.insert().values(
                 channel=arrival.channel, batch_id=arrival.batch_id, dataset=arrival.dataset, signer=arrival.signer,
                 content_sha256=arrival.content_sha256, body_sha256=arrival.body_sha256,
-                body=zlib.compress(arrival.body), received_at=now, records=arrival.rows, accepted=result.accepted,
+                body=pack_body(arrival.body), received_at=now, records=arrival.rows, accepted=result.accepted,
                 unchanged=result.unchanged, rejected=result.quarantined, answer=orjson.dumps(answer).decode()))
         return Accepted("new", answer, result)
 
@@ -126,7 +125,7 @@ class InboundMixin(StoreBase):
         if row is None:
             return None
         row["answer"] = orjson.loads(row["answer"])
-        row["body"] = zlib.decompress(row["body"])
+        row["body"] = unpack_body(row["body"])
         return row
 
     async def nonce_count(self) -> int:

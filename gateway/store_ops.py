@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -12,7 +11,7 @@ from sqlalchemy import JSON, and_, case, cast, func, select, type_coerce, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import schema as s
-from gateway.store import StoreBase, _chunks, _json, translate_errors
+from gateway.store import StoreBase, _chunks, _json, translate_errors, unpack_body
 from gateway.store_delivery import DeliveryMixin
 from gateway.store_inbound import InboundMixin
 from gateway.store_lists import ListsMixin
@@ -179,7 +178,7 @@ class Store(InboundMixin, ListsMixin, DeliveryMixin, StoreBase):
             if row is None:
                 return None
             batch = dict(row._mapping)
-            batch["body_bytes"] = zlib.decompress(batch["body"])
+            batch["body_bytes"] = unpack_body(batch["body"])
             try:
                 batch["body"] = batch["body_bytes"].decode()
             except UnicodeDecodeError:  # a sealed envelope (DER): not text

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import time
+import zlib
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from gateway import schema as s
 from gateway.errors import StoreError
 from gateway.sampledata import SampleResult, apply_changes
-from gateway.store import Reject, open_store
+from gateway.store import RAW_BODY, Reject, open_store
 from gateway.store_delivery import Batch, DeliveryResult, EncodedBatch, LeasedRecord, Outcome
 from gateway.store_ops import Store
 from tests.helpers import (
@@ -311,6 +313,39 @@ class TestLeaseBatch:
         due = await store.due_batches("province", 10)
         assert [(d.id, d.body, d.body_sha256, d.attempts) for d in due] == [
             (batch.id, bodies[0], hashlib.sha256(bodies[0]).hexdigest(), 1)]
+
+    @pytest.mark.parametrize("sealed", [False, True])
+    async def test_body_is_compressed_only_when_that_pays(self, store: Store, valid_rows: list[dict[str, Any]],
+                                                          sealed: bool) -> None:
+        """A JSON body is kept compressed; a sealed one (ciphertext) as it is; both come back byte for byte."""
+        await intake(store, valid_rows[:30], ONE)
+
+        def encoder(leased: Sequence[LeasedRecord]) -> EncodedBatch:
+            encoded = json_encoder()(leased)
+            body = os.urandom(len(encoded.body)) if sealed else encoded.body
+            return EncodedBatch(encoded.batch_id, body, encoded.included)
+
+        batch = await lease(store, encoder=encoder)
+        assert batch is not None and len(batch.body) > 8192
+        async with store.engine.connect() as conn:
+            stored = (await conn.execute(select(s.batches.c.body).where(s.batches.c.id == batch.id))).scalar_one()
+        if sealed:
+            assert stored == RAW_BODY + batch.body
+        else:
+            assert len(stored) < len(batch.body) / 2 and zlib.decompress(stored) == batch.body
+        await store.fail_attempt(batch, "HTTP 503", time.time() - 1, False, 3.0)
+        assert [d.body for d in await store.due_batches("province", 10)] == [batch.body]
+
+    async def test_body_stored_by_an_earlier_version_is_read(self, store: Store,
+                                                            valid_rows: list[dict[str, Any]]) -> None:
+        """Bodies written before raw storage existed (zlib at its default level) still load."""
+        await intake(store, valid_rows[:5], ONE)
+        batch = await lease(store)
+        assert batch is not None
+        async with store.tx() as conn:
+            await conn.execute(update(s.batches).where(s.batches.c.id == batch.id)
+                               .values(body=zlib.compress(batch.body), next_attempt_at=0.0))
+        assert [d.body for d in await store.due_batches("province", 10)] == [batch.body]
 
     async def test_concurrent_leases_take_disjoint_rows(self, store: Store,
                                                         valid_rows: list[dict[str, Any]]) -> None:
