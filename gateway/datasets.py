@@ -380,6 +380,7 @@ class _Compiled:
     specs: Mapping[str, FieldSpec]
     required: tuple[str, ...]
     cross: tuple[Checker, ...]
+    plain_text: Mapping[str, int]  # text fields without a check: their maximum length (0: none)
 
 
 def _subject_identified(fields: Fields, today: dt.date) -> Problem | None:
@@ -406,7 +407,8 @@ def _compile(dataset: Dataset) -> _Compiled:
              "sanction_case": [("period_to", "period_from")],
              "credit_list": [("expiry_date", "listing_date"), ("removal_date", "listing_date")]}
     cross += [_not_before(later, earlier) for later, earlier in dates.get(dataset.name, [])]
-    return _Compiled(dataset.by_name(), tuple(f.name for f in dataset.fields if f.required), tuple(cross))
+    plain = {f.name: f.max_len for f in dataset.fields if f.kind == "text" and not f.check}
+    return _Compiled(dataset.by_name(), tuple(f.name for f in dataset.fields if f.required), tuple(cross), plain)
 
 
 _COMPILED: dict[str, _Compiled] = {}
@@ -419,8 +421,13 @@ def validate(dataset: Dataset, fields: Fields, today: dt.date) -> list[Problem]:
         compiled = _COMPILED[dataset.name] = _compile(dataset)
     problems = [Problem(name, "required field is empty") for name in compiled.required
                 if fields.get(name) in (None, "", [])]
-    specs = compiled.specs
+    specs, plain = compiled.specs, compiled.plain_text
     for name, value in fields.items():
+        limit = plain.get(name)
+        if limit is not None and value.__class__ is str:  # most fields: only a length to check, done inline
+            if len(value) > limit > 0:
+                problems.append(Problem(name, f"{len(value)} characters, at most {limit}"))
+            continue
         spec = specs.get(name)
         if spec is None or value is None or value == "" or value == []:
             continue
