@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -22,10 +23,12 @@ def _copy_mappings(tmp_path: Path) -> Path:
 
 
 def _bump(path: Path, text: str) -> None:
-    """Rewrite a file with a strictly newer mtime (file systems with coarse clocks would hide the edit)."""
-    before = path.stat().st_mtime_ns
+    """Rewrite a file with an mtime newer than any mapping file's: a mapping's version is the newest mtime of it
+    and its includes, and a checkout may have given the including file a later mtime than this one (file
+    systems with coarse clocks would hide the edit too)."""
+    stamp = max(path.stat().st_mtime_ns, time.time_ns()) + 1_000_000_000
     path.write_text(text, encoding="utf-8")
-    os.utime(path, ns=(before + 1_000_000_000, before + 1_000_000_000))
+    os.utime(path, ns=(stamp, stamp))
 
 
 @pytest.fixture
