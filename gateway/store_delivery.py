@@ -8,7 +8,6 @@ across retries, so a retried batch is byte-for-byte the batch the peer may alrea
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
 from collections.abc import Callable, Sequence
@@ -74,10 +73,6 @@ def body_digest(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
-def _digest_and_pack(body: bytes) -> tuple[str, bytes]:
-    return body_digest(body), pack_body(body)
-
-
 @translate_errors
 class DeliveryMixin(StoreBase):
     """Leasing and completing batches."""
@@ -121,11 +116,10 @@ class DeliveryMixin(StoreBase):
 
     async def _open_batch(self, conn: AsyncConnection, target: str, dataset: str, encoded: EncodedBatch,
                           now: float, claimant: str, claim_s: float) -> Batch:
-        # zlib and SHA-256 let go of the interpreter: on a thread they overlap the daemon's other work
-        digest, packed = await asyncio.to_thread(_digest_and_pack, encoded.body)
+        digest = body_digest(encoded.body)
         await conn.execute(s.batches.insert().values(
             id=encoded.batch_id, target=target, dataset=dataset, state="open", record_count=len(encoded.included),
-            body=packed, body_sha256=digest, attempts=0, next_attempt_at=now + claim_s,
+            body=pack_body(encoded.body), body_sha256=digest, attempts=0, next_attempt_at=now + claim_s,
             claimed_by=claimant or None, created_at=now))
         o = s.outbox.c
         for chunk in _chunks([rec.outbox_id for rec in encoded.included]):
