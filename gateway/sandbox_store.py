@@ -7,8 +7,10 @@ file (or ``:memory:`` for tests), written with one transaction per batch.
 
 Tables::
 
-    held      (table_code, record_key) -> latest accepted version, operation, data, applied_count
-    received  (table_code, record_key, version) -> how many times that version arrived
+    held      (table_code, record_key) -> latest accepted version, operation, data, applied_count, and
+              received_count: how many times that version arrived
+    received  (table_code, record_key, version) -> how many times a version not held arrived (an earlier
+              version's count moves here when a newer one is accepted: a new record writes only ``held``)
     batches   idempotency key -> sha256 of the request body and the exact response bytes sent
     receipts  batch id -> receipt JSON
 """
@@ -53,6 +55,7 @@ CREATE TABLE IF NOT EXISTS held (
     operation     TEXT    NOT NULL,
     data          BLOB    NOT NULL,
     applied_count INTEGER NOT NULL,
+    received_count INTEGER NOT NULL DEFAULT 0,
     UNIQUE (table_code, record_key)
 );
 CREATE TABLE IF NOT EXISTS received (
@@ -74,11 +77,22 @@ CREATE TABLE IF NOT EXISTS receipts (
 """
 
 _UPSERT_HELD = """
-INSERT INTO held (table_code, record_key, version, operation, data, applied_count)
-VALUES (?, ?, ?, ?, ?, ?)
+INSERT INTO held (table_code, record_key, version, operation, data, applied_count, received_count)
+VALUES (?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (table_code, record_key) DO UPDATE SET
     version = excluded.version, operation = excluded.operation, data = excluded.data,
-    applied_count = held.applied_count + excluded.applied_count
+    applied_count = held.applied_count + excluded.applied_count, received_count = excluded.received_count
+"""
+
+_SET_RECEIVED = "UPDATE held SET received_count = ? WHERE table_code = ? AND record_key = ?"
+
+# Databases written before held.received_count: the held version's arrivals move over from received.
+_MIGRATE_RECEIVED = """
+ALTER TABLE held ADD COLUMN received_count INTEGER NOT NULL DEFAULT 0;
+UPDATE held SET received_count = COALESCE((SELECT r.count FROM received r WHERE r.table_code = held.table_code
+    AND r.record_key = held.record_key AND r.version = held.version), 0);
+DELETE FROM received WHERE EXISTS (SELECT 1 FROM held h WHERE h.table_code = received.table_code
+    AND h.record_key = received.record_key AND h.version = received.version);
 """
 
 _COUNT_RECEIVED = """
@@ -88,7 +102,7 @@ ON CONFLICT (table_code, record_key, version) DO UPDATE SET count = received.cou
 
 _SELECT_RECORDS = """
 SELECT h.table_code, h.record_key, h.version, h.operation, h.data, h.applied_count,
-       COALESCE(r.count, 0)
+       h.received_count + COALESCE(r.count, 0)
 FROM held h LEFT JOIN received r
   ON r.table_code = h.table_code AND r.record_key = h.record_key AND r.version = h.version
 """
@@ -125,7 +139,11 @@ class SandboxStore:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA cache_size=-65536")  # 64 MiB: the held keys' index stays in memory
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(held)")}
             self._db.executescript(_SCHEMA)
+            if columns and "received_count" not in columns:
+                self._db.executescript(f"BEGIN; {_MIGRATE_RECEIVED} COMMIT;")
         except sqlite3.Error as exc:
             raise StoreError(f"{path}: cannot open the sandbox database: {exc}") from exc
 
@@ -163,40 +181,55 @@ class SandboxStore:
         row = self._db.execute("SELECT receipt FROM receipts WHERE batch_id = ?", (batch_id,)).fetchone()
         return None if row is None else bytes(row[0])
 
-    def apply_records(self, table_code: str, items: Sequence[Incoming]) -> tuple[list[str], int]:
-        """Judge each item against the held version (in order) and write the accepted ones.
+    def apply_records(self, table_code: str, items: Sequence[Incoming],
+                      arrivals: Iterable[tuple[str, int]] = ()) -> tuple[list[str], int]:
+        """Judge each item against the held version (in order), write the accepted ones, and count each arrival
+        of a (recordKey, version) in ``arrivals``, whatever became of it.
 
         Returns the status of each item and how many record keys were held for the first time.
         """
-        held = self._held_versions(table_code, {item.record_key for item in items})
+        arrivals = list(arrivals)
+        held = self._held_versions(table_code, {item.record_key for item in items} | {k for k, _ in arrivals})
         known = set(held)
         statuses: list[str] = []
-        writes: dict[str, tuple[str, str, int, str, bytes, int]] = {}
+        writes: dict[str, tuple[int, str, bytes, int]] = {}
+        elsewhere: Counter[tuple[str, int]] = Counter()  # arrivals of versions not held, for the received table
         for item in items:
             bare = item.operation != "upsert" and _check_required(TABLES[table_code], item.data) is not None
-            status = judge_version(item.version, held.get(item.record_key), bare)
+            before = held.get(item.record_key)
+            status = judge_version(item.version, before[0] if before else None, bare)
             statuses.append(status)
             if status == ACCEPTED:
-                held[item.record_key] = item.version
-                applied = writes[item.record_key][5] + 1 if item.record_key in writes else 1
-                data = orjson.dumps(item.data)
-                writes[item.record_key] = (table_code, item.record_key, item.version, item.operation, data, applied)
-        self._db.executemany(_UPSERT_HELD, writes.values())
+                if before is not None and before[1]:  # the superseded version keeps its count in received
+                    elsewhere[(item.record_key, before[0])] += before[1]
+                held[item.record_key] = [item.version, 0]
+                applied = writes[item.record_key][3] + 1 if item.record_key in writes else 1
+                writes[item.record_key] = (item.version, item.operation, orjson.dumps(item.data), applied)
+        recounted: set[str] = set()
+        for key, version in arrivals:
+            now_held = held.get(key)
+            if now_held is not None and now_held[0] == version:
+                now_held[1] += 1
+                recounted.add(key)
+            else:
+                elsewhere[(key, version)] += 1
+        self._db.executemany(_UPSERT_HELD, ((table_code, key, version, operation, data, applied, held[key][1])
+                                            for key, (version, operation, data, applied) in writes.items()))
+        self._db.executemany(_SET_RECEIVED, ((held[key][1], table_code, key) for key in recounted - writes.keys()))
+        self._db.executemany(_COUNT_RECEIVED, ((table_code, k, v, n) for (k, v), n in elsewhere.items()))
         return statuses, len(writes.keys() - known)
 
-    def count_received(self, table_code: str, pairs: Iterable[tuple[str, int]]) -> None:
-        """Count each arrival of a (recordKey, version), whatever became of it."""
-        counts = Counter(pairs)
-        self._db.executemany(_COUNT_RECEIVED, ((table_code, k, v, n) for (k, v), n in counts.items()))
-
-    def _held_versions(self, table_code: str, keys: set[str]) -> dict[str, int]:
+    def _held_versions(self, table_code: str, keys: set[str]) -> dict[str, list[int]]:
+        """Held version and its arrival count of each of ``keys`` that is held."""
         ordered = list(keys)
-        versions: dict[str, int] = {}
+        versions: dict[str, list[int]] = {}
         for start in range(0, len(ordered), _CHUNK):
             chunk = ordered[start : start + _CHUNK]
             marks = ",".join("?" * len(chunk))
-            sql = f"SELECT record_key, version FROM held WHERE table_code = ? AND record_key IN ({marks})"  # noqa: S608 (only placeholders are interpolated)
-            versions.update(self._db.execute(sql, (table_code, *chunk)).fetchall())
+            sql = ("SELECT record_key, version, received_count FROM held "  # noqa: S608 (only placeholders are interpolated)
+                   f"WHERE table_code = ? AND record_key IN ({marks})")
+            rows = self._db.execute(sql, (table_code, *chunk))
+            versions.update((key, [version, count]) for key, version, count in rows)
         return versions
 
     def held_counts(self) -> dict[str, int]:
@@ -231,7 +264,10 @@ class SandboxStore:
             "SELECT version, count FROM received WHERE table_code = ? AND record_key = ? ORDER BY version",
             (table_code, record_key),
         )
-        view["received"] = {str(version): count for version, count in counts}
+        received = {version: count for version, count in counts}
+        if view["received_count"]:  # the held version's: in held, plus any that arrived before it was accepted
+            received[view["version"]] = view["received_count"]
+        view["received"] = {str(version): received[version] for version in sorted(received)}
         return view
 
     def reset(self) -> None:
@@ -543,9 +579,8 @@ class Platform:
 
     def _apply(self, envelope: _Envelope, verdicts: _Verdicts, key: str, body_sha256: str) -> Outcome:
         table, batch_id = envelope.table.code, envelope.batch_id or key
-        statuses, new_keys = self.store.apply_records(table, verdicts.items)
+        statuses, new_keys = self.store.apply_records(table, verdicts.items, verdicts.arrivals)
         verdicts.settle(statuses)
-        self.store.count_received(table, verdicts.arrivals)
         counts = Counter(result["status"] for result in verdicts.results)
         total, failed = len(envelope.records), counts["rejected"]
         receipt = build_receipt(batch_id, body_sha256, self._name, total - failed, failed)

@@ -350,6 +350,8 @@ def read_sandbox_db(path: Path) -> tuple[dict[tuple[str, str], tuple[int, int]],
             "SELECT table_code, record_key, version, applied_count FROM held")}
         received = Counter({(t, k, v): n for t, k, v, n in conn.execute(
             "SELECT table_code, record_key, version, count FROM received")})
+        received.update({(t, k, v): n for t, k, v, n in conn.execute(  # arrivals of the version held
+            "SELECT table_code, record_key, version, received_count FROM held WHERE received_count > 0")})
     return held, received
 
 

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import hashlib
 import signal
+import sqlite3
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,6 +26,7 @@ from gateway.sandbox import (
     config_from_args,
     faults_from_json,
 )
+from gateway.sandbox_store import Platform, simulated_reject
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "test-token-1"
@@ -640,3 +642,63 @@ async def wait_for_ready_file(ready: Path, process: asyncio.subprocess.Process) 
 def read_if_exists(path: Path) -> str:
     """The stripped text of ``path``, or "" while it does not exist."""
     return path.read_text().strip() if path.exists() else ""
+
+
+class TestArrivalCounts:
+    """Every arrival of a (recordKey, version) is counted once, whatever became of it, in the database file."""
+
+    def test_counts_follow_versions(self, tmp_path: Path) -> None:
+        """Duplicates and stale versions are counted; a superseded version keeps its count."""
+        platform = Platform(str(tmp_path / "sandbox.db"))
+        try:
+            platform.upload(batch([record(version=1), record(version=1)], "b-1"), None)
+            platform.upload(batch([record(version=2), record(version=1), record(version=3)], "b-2"), None)
+            platform.upload(batch([record(version=3), record(version=2)], "b-3"), None)
+            view = platform.store.get_record("XZCF", "k1")
+            assert view is not None
+            assert (view["version"], view["applied_count"], view["received_count"]) == (3, 3, 2)
+            assert view["received"] == {"1": 3, "2": 2, "3": 2}
+            assert platform.store.list_records("XZCF", 10, 0)[0]["received_count"] == 2
+        finally:
+            platform.store.close()
+
+    def test_a_version_refused_first_then_accepted_counts_both_arrivals(self, tmp_path: Path) -> None:
+        """A simulated rejection is an arrival too: accepted later, the version shows both."""
+        key = next(f"k{i}" for i in range(1000) if simulated_reject(f"k{i}", 1, 0.5, 3))
+        platform = Platform(str(tmp_path / "sandbox.db"))
+        try:
+            first = orjson.loads(platform.upload(batch([record(key=key)], "b-1"), None, reject_rate=0.5, seed=3).body)
+            assert first["results"][0]["errorCode"] == "7099"
+            platform.upload(batch([record(key=key)], "b-2"), None)
+            view = platform.store.get_record("XZCF", key)
+            assert view is not None
+            assert (view["received_count"], view["received"]) == (2, {"1": 2})
+        finally:
+            platform.store.close()
+
+    def test_a_database_of_an_earlier_version_is_migrated(self, tmp_path: Path) -> None:
+        """Held versions' counts move from the received table into held when an older file is opened."""
+        path = tmp_path / "old.db"
+        conn = sqlite3.connect(path)
+        conn.executescript("""
+            CREATE TABLE held (id INTEGER PRIMARY KEY, table_code TEXT NOT NULL, record_key TEXT NOT NULL,
+                version INTEGER NOT NULL, operation TEXT NOT NULL, data BLOB NOT NULL,
+                applied_count INTEGER NOT NULL, UNIQUE (table_code, record_key));
+            CREATE TABLE received (table_code TEXT NOT NULL, record_key TEXT NOT NULL, version INTEGER NOT NULL,
+                count INTEGER NOT NULL, PRIMARY KEY (table_code, record_key, version)) WITHOUT ROWID;
+            INSERT INTO held VALUES (1, 'XZCF', 'k1', 2, 'upsert', '{}', 2);
+            INSERT INTO received VALUES ('XZCF', 'k1', 1, 1), ('XZCF', 'k1', 2, 4);
+        """)
+        conn.close()
+        platform = Platform(str(path))
+        try:
+            view = platform.store.get_record("XZCF", "k1")
+            assert view is not None
+            assert (view["received_count"], view["received"]) == (4, {"1": 1, "2": 4})
+            platform.upload(batch([record(version=2)], "b-1"), None)
+        finally:
+            platform.store.close()
+        conn = sqlite3.connect(path)
+        assert conn.execute("SELECT version, count FROM received").fetchall() == [(1, 1)]
+        assert conn.execute("SELECT received_count FROM held").fetchall() == [(5,)]
+        conn.close()
