@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
-from sqlalchemy import Table, and_, bindparam, event, func, select, update
+from sqlalchemy import Table, and_, bindparam, event, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -156,6 +156,8 @@ class StoreBase:
                     await conn.execute(s.meta.insert().values(name="schema_version", value=str(s.SCHEMA_VERSION)))
                 elif int(row[0]) > s.SCHEMA_VERSION:
                     raise StoreError(f"store schema {row[0]} is newer than this gateway ({s.SCHEMA_VERSION})")
+                elif int(row[0]) < s.SCHEMA_VERSION:
+                    await _upgrade(conn, int(row[0]))
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot prepare the store: {exc}") from exc
         return s.SCHEMA_VERSION
@@ -322,21 +324,37 @@ class StoreBase:
         latest = {(e.dataset, e.key): (e, v) for e, v in changed}  # a key changed twice in a batch: its last state
         # A change of a key sent before goes to the targets that hold it, routed or not (gateway.store_changes).
         plan = await store_changes.plan_targets(conn, list(latest.values()), routes, now)
+        ids = await self._record_ids(conn, list(latest))
         for e, version in latest.values():
+            record_id = ids[(e.dataset, e.key)]
             for target in plan.get((e.dataset, e.key), routes.get(e.dataset, ())):
-                rows.append({"target": target, "dataset": e.dataset, "record_key": e.key,
+                rows.append({"target": target, "dataset": e.dataset, "record_key": e.key, "record_id": record_id,
                              "version": version, "state": "pending", "enqueued_at": now, "updated_at": now})
                 if version > 1:
-                    superseded.append({"b_t": target, "b_d": e.dataset, "b_k": e.key})
+                    superseded.append({"b_t": target, "b_r": record_id})
                 counts[target] = counts.get(target, 0) + 1
         if superseded:
             o = s.outbox.c
             await conn.execute(update(s.outbox).where(and_(
-                o.target == bindparam("b_t"), o.dataset == bindparam("b_d"), o.record_key == bindparam("b_k"),
-                o.state == "pending")).values(state="superseded", updated_at=now), superseded)
+                o.record_id == bindparam("b_r"), o.target == bindparam("b_t"), o.state == "pending"))
+                .values(state="superseded", updated_at=now), superseded)
         if rows:
             await self.bulk_insert(conn, s.outbox, rows)
         return counts
+
+    async def _record_ids(self, conn: AsyncConnection, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """The ledger row id of each (dataset, key) (every one of them is in the ledger by now)."""
+        r = s.records.c
+        by_dataset: dict[str, list[str]] = {}
+        for dataset, key in keys:
+            by_dataset.setdefault(dataset, []).append(key)
+        ids: dict[tuple[str, str], int] = {}
+        for dataset, names in by_dataset.items():
+            for chunk in _chunks(names):
+                rows = await conn.execute(select(r.record_key, r.id).where(
+                    and_(r.dataset == dataset, r.record_key.in_(chunk))))
+                ids.update({(dataset, key): record_id for key, record_id in rows})
+        return ids
 
     async def _quarantine_rejects(self, conn: AsyncConnection, rejects: Sequence[Reject], now: float) -> None:
         rows = [{
@@ -372,6 +390,25 @@ class StoreBase:
         stmt = self._insert(s.watermarks).values(source=source, cursor=_json(cursor), updated_at=now)
         await conn.execute(stmt.on_conflict_do_update(
             index_elements=["source"], set_={"cursor": stmt.excluded.cursor, "updated_at": now}))
+
+
+async def _upgrade(conn: AsyncConnection, version: int) -> None:
+    """Bring a store written by an earlier gateway up to this schema version, step by step, in the migration's
+    transaction (create_all has already added new tables; these steps change existing ones)."""
+    for step in range(version + 1, s.SCHEMA_VERSION + 1):
+        for statement in _UPGRADES[step]:
+            await conn.execute(text(statement))
+        log.info("store schema upgraded", extra={"version": step})
+    await conn.execute(update(s.meta).where(s.meta.c.name == "schema_version").values(value=str(s.SCHEMA_VERSION)))
+
+
+_UPGRADES: dict[int, tuple[str, ...]] = {
+    2: ("ALTER TABLE cg_outbox ADD COLUMN record_id INTEGER",
+        "UPDATE cg_outbox SET record_id = (SELECT r.id FROM cg_records r "
+        "WHERE r.dataset = cg_outbox.dataset AND r.record_key = cg_outbox.record_key)",
+        "CREATE INDEX ix_outbox_record ON cg_outbox (record_id, target)",
+        "DROP INDEX ix_outbox_key"),
+}
 
 
 def _ledger_row(e: LedgerEntry, version: int, now: float) -> dict[str, Any]:

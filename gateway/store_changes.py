@@ -98,8 +98,8 @@ async def holders(conn: AsyncConnection, dataset: str, keys: Sequence[str],
     o = s.outbox.c
     for chunk in _chunks(sorted(set(keys))):
         rows = await conn.execute(select(o.record_key, o.target, o.state).where(and_(
-            o.target.in_(list(targets)), o.dataset == dataset, o.record_key.in_(list(chunk)),
-            o.state.in_(("pending", "leased", "delivered")))))  # target first: ix_outbox_key
+            s.outbox_of_keys(dataset, chunk), o.target.in_(list(targets)),
+            o.state.in_(("pending", "leased", "delivered")))))
         for key, target, _state in rows:
             found.setdefault(key, set()).add(target)
     return found

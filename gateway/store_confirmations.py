@@ -88,7 +88,7 @@ async def deliveries(conn: AsyncConnection, dataset: str, keys: Sequence[str],
         rows = await conn.execute(
             select(o.record_key, o.target, o.version, o.state, o.updated_at, rc.receipt_id, rc.received_at)
             .select_from(s.outbox.outerjoin(s.receipts, rc.batch_id == o.batch_id))
-            .where(and_(o.target.in_(list(targets)), o.dataset == dataset, o.record_key.in_(list(chunk))))
+            .where(and_(s.outbox_of_keys(dataset, chunk), o.target.in_(list(targets))))
             .order_by(o.id))
         for key, target, version, state, at, receipt_id, received_at in rows:
             found.setdefault(key, []).append(Delivery(target, version, state, at, receipt_id or "", received_at))

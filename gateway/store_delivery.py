@@ -99,10 +99,10 @@ class DeliveryMixin(StoreBase):
                           limit: int) -> list[LeasedRecord]:
         o, r = s.outbox.c, s.records.c
         busy = s.outbox.alias("busy")
-        blocked = exists().where(and_(busy.c.target == o.target, busy.c.dataset == o.dataset,
-                                      busy.c.record_key == o.record_key, busy.c.state == "leased"))
+        blocked = exists().where(and_(busy.c.record_id == o.record_id, busy.c.target == o.target,
+                                      busy.c.state == "leased"))
         stmt = (select(o.id, o.record_key, o.version, r.operation, r.payload, r.version)
-                .join(s.records, and_(r.dataset == o.dataset, r.record_key == o.record_key))
+                .join(s.records, r.id == o.record_id)
                 .where(and_(o.target == target, o.dataset == dataset, o.state == "pending", ~blocked))
                 .order_by(o.id).limit(limit))
         if self.dialect == "postgresql":

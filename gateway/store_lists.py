@@ -176,7 +176,7 @@ class ListsMixin(StoreBase):
         """Park the red entry's queued rows (also a version queued in this very transaction)."""
         o, le = s.outbox.c, s.list_entries.c
         await conn.execute(update(s.outbox).where(and_(
-            o.dataset == CREDIT_LIST.name, o.record_key == red.record_key, o.state == "pending"))
+            s.outbox_of_key(CREDIT_LIST.name, red.record_key), o.state == "pending"))
             .values(state=HELD, updated_at=now))
         if red.held and red.held_by == black_key:
             return
@@ -191,7 +191,7 @@ class ListsMixin(StoreBase):
     async def _release(self, conn: AsyncConnection, red: ListEntry, now: float) -> None:
         o, le = s.outbox.c, s.list_entries.c
         await conn.execute(update(s.outbox).where(and_(
-            o.dataset == CREDIT_LIST.name, o.record_key == red.record_key, o.state == HELD))
+            s.outbox_of_key(CREDIT_LIST.name, red.record_key), o.state == HELD))
             .values(state="pending", updated_at=now))
         await conn.execute(update(s.list_entries).where(le.record_key == red.record_key)
                            .values(held=0, held_by=None))
@@ -238,7 +238,7 @@ class ListsMixin(StoreBase):
         async with self.engine.connect() as conn:
             for chunk in _chunks(sorted(set(keys))):
                 rows = await conn.execute(select(o.target, o.record_key, func.max(o.version)).where(and_(
-                    o.dataset == dataset, o.record_key.in_(chunk), o.state == "delivered"))
+                    s.outbox_of_keys(dataset, chunk), o.state == "delivered"))
                     .group_by(o.target, o.record_key))
                 found.update({(t, k): int(v) for t, k, v in rows})
         return found
@@ -250,8 +250,7 @@ class ListsMixin(StoreBase):
         async with self.engine.connect() as conn:
             for chunk in _chunks(sorted(set(keys))):
                 busy.update(row[0] for row in await conn.execute(select(o.record_key).where(and_(
-                    o.target == target, o.dataset == dataset, o.record_key.in_(chunk),
-                    o.state.in_(("pending", "leased"))))))
+                    s.outbox_of_keys(dataset, chunk), o.target == target, o.state.in_(("pending", "leased"))))))
         return busy
 
     # ------------------------------------------------------------ repair
@@ -271,18 +270,16 @@ class ListsMixin(StoreBase):
         async with self.tx() as conn:
             for chunk in _chunks(sorted(set(keys))):
                 busy = {row[0] for row in await conn.execute(select(o.record_key).where(and_(
-                    o.target == target, o.dataset == dataset, o.record_key.in_(chunk),
-                    o.state.in_(("pending", "leased", HELD)))))}
+                    s.outbox_of_keys(dataset, chunk), o.target == target, o.state.in_(("pending", "leased", HELD)))))}
                 held = {row[0] for row in await conn.execute(select(le.record_key).where(and_(
                     le.record_key.in_(chunk), le.held == 1)))}
                 refused = {(row[0], row[1]) for row in await conn.execute(select(o.record_key, o.version).where(and_(
-                    o.target == target, o.dataset == dataset, o.record_key.in_(chunk),
-                    o.state.in_(("rejected", "dead")))))}
-                current = await conn.execute(select(r.record_key, r.version).where(and_(
+                    s.outbox_of_keys(dataset, chunk), o.target == target, o.state.in_(("rejected", "dead")))))}
+                current = await conn.execute(select(r.record_key, r.id, r.version).where(and_(
                     r.dataset == dataset, r.record_key.in_(chunk))))
-                rows = [{"target": target, "dataset": dataset, "record_key": key, "version": version,
-                         "state": "pending", "enqueued_at": now, "updated_at": now}
-                        for key, version in current
+                rows = [{"target": target, "dataset": dataset, "record_key": key, "record_id": record_id,
+                         "version": version, "state": "pending", "enqueued_at": now, "updated_at": now}
+                        for key, record_id, version in current
                         if key not in busy and key not in held and (key, version) not in refused]
                 if rows:
                     await conn.execute(s.outbox.insert(), rows)

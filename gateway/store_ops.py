@@ -151,8 +151,8 @@ class Store(InboundMixin, ListsMixin, DeliveryMixin, StoreBase):
         o, rc, r = s.outbox.c, s.receipts.c, s.records.c
         targets = [target] if target else list((await conn.execute(select(rc.target).distinct())).scalars())
         first = (select(func.min(rc.received_at)).select_from(s.outbox).join(s.receipts, rc.batch_id == o.batch_id)
-                 .where(and_(o.target.in_(targets), o.dataset == r.dataset, o.record_key == r.record_key,
-                             o.state == "delivered")).scalar_subquery())  # target first: ix_outbox_key
+                 .where(and_(o.record_id == r.id, o.target.in_(targets), o.state == "delivered"))
+                 .scalar_subquery())
         payload = type_coerce(r.payload, JSON) if self.dialect == "sqlite" else cast(r.payload, JSON)
         stmt = select(r.dataset, payload["authority"].as_string(), r.decision_date, first, r.record_key)
         return stmt.where(r.dataset.in_(list(datasets))) if datasets is not None else stmt
@@ -225,17 +225,18 @@ class Store(InboundMixin, ListsMixin, DeliveryMixin, StoreBase):
     async def _requeue_key(self, conn: AsyncConnection, target: str, dataset: str, key: str, now: float) -> int:
         """Queue the ledger's current version of a key for a target unless it is queued or delivered."""
         o, r = s.outbox.c, s.records.c
-        current = (await conn.execute(select(r.version).where(
-            and_(r.dataset == dataset, r.record_key == key)))).scalar()
-        if current is None:
+        found = (await conn.execute(select(r.id, r.version).where(
+            and_(r.dataset == dataset, r.record_key == key)))).first()
+        if found is None:
             return 0
+        record_id, current = found
         busy = (await conn.execute(select(func.count()).where(and_(
-            o.target == target, o.dataset == dataset, o.record_key == key, o.version >= current,
+            o.record_id == record_id, o.target == target, o.version >= current,
             o.state.in_(("pending", "leased", "delivered")))))).scalar()
         if busy:
             return 0
         await conn.execute(s.outbox.insert().values(
-            target=target, dataset=dataset, record_key=key, version=current, state="pending",
+            target=target, dataset=dataset, record_key=key, record_id=record_id, version=current, state="pending",
             enqueued_at=now, updated_at=now))
         return 1
 

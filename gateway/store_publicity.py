@@ -227,7 +227,7 @@ async def _settle(conn: AsyncConnection, item: _Due, public: Sequence[str], know
 async def _versions(conn: AsyncConnection, item: _Due, known: Sequence[str]) -> list[tuple[str, int, str]]:
     o = s.outbox.c
     rows = await conn.execute(select(o.target, o.version, o.state).where(and_(
-        o.target.in_(list(known)), o.dataset == item.dataset, o.record_key == item.key)))
+        o.record_id == item.record_id, o.target.in_(list(known)))))
     return [(t, v, state) for t, v, state in rows]
 
 
@@ -246,11 +246,11 @@ async def _enqueue(conn: AsyncConnection, item: _Due, version: int, targets: Seq
     now = time.time()
     o = s.outbox.c
     await conn.execute(update(s.outbox).where(and_(
-        o.target.in_(list(targets)), o.dataset == item.dataset, o.record_key == item.key, o.state == "pending"))
+        o.record_id == item.record_id, o.target.in_(list(targets)), o.state == "pending"))
         .values(state="superseded", updated_at=now))
     await conn.execute(s.outbox.insert(), [
-        {"target": t, "dataset": item.dataset, "record_key": item.key, "version": version, "state": "pending",
-         "enqueued_at": now, "updated_at": now} for t in targets])
+        {"target": t, "dataset": item.dataset, "record_key": item.key, "record_id": item.record_id,
+         "version": version, "state": "pending", "enqueued_at": now, "updated_at": now} for t in targets])
     entry = LedgerEntry(item.dataset, item.key, "withdraw", b"", item.content_hash, item.source, item.source_key,
                         item.decision_date)
     await store_changes.log_changes(conn, [(entry, version, EXPIRED, "publicity")], now)

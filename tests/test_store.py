@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import inspect, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway import schema as s
@@ -118,6 +118,54 @@ class TestMigrate:
             await first.aclose()
         with pytest.raises(StoreError, match="newer"):
             await open_store(store_url)
+
+
+    async def test_a_store_of_schema_1_is_upgraded(self, store_url: str, valid_rows: list[dict[str, Any]]) -> None:
+        """A store written before the outbox was indexed by ledger row gets its record ids and new index; its
+        queue keeps working: a batch leases, and a new version supersedes the pending row of its key."""
+        first = await open_store(store_url)
+        try:
+            await first.commit_intake(SOURCE, [to_record(r) for r in valid_rows[:6]], [], None, ONE, 6)
+            leased = await first.lease_batch("province", "penalty", 2, json_encoder())
+            assert leased is not None
+            async with first.tx() as conn:  # the schema 1 shape: no record_id, an index on the keys
+                await conn.execute(text("DROP INDEX ix_outbox_record"))
+                await conn.execute(text("ALTER TABLE cg_outbox DROP COLUMN record_id"))
+                await conn.execute(text("CREATE INDEX ix_outbox_key ON cg_outbox (target, dataset, record_key)"))
+                await conn.execute(update(s.meta).where(s.meta.c.name == "schema_version").values(value="1"))
+        finally:
+            await first.aclose()
+        store = await open_store(store_url)
+        try:
+            async with store.engine.connect() as conn:
+                assert (await conn.execute(select(s.meta.c.value))).scalar() == str(s.SCHEMA_VERSION)
+                indexes = await conn.run_sync(lambda c: {i["name"] for i in inspect(c).get_indexes("cg_outbox")})
+            assert "ix_outbox_record" in indexes and "ix_outbox_key" not in indexes
+            ids = {key: row["id"] for key, row in (await ledger(store)).items()}
+            rows = await outbox(store)
+            assert len(rows) == 6 and all(row["record_id"] == ids[row["record_key"]] for row in rows)
+            pending = next(row for row in rows if row["state"] == "pending")
+            changed = edited(next(r for r in valid_rows if to_record(r).key == pending["record_key"]))
+            await store.commit_intake(SOURCE, [to_record(changed)], [], None, ONE, 1)
+            states = [(row["version"], row["state"]) for row in await outbox(store, pending["record_key"])]
+            assert states == [(1, "superseded"), (2, "pending")]
+            again = await store.lease_batch("province", "penalty", 10, json_encoder())
+            assert again is not None and again.record_count == 4  # the other pending rows and the new version
+        finally:
+            await store.aclose()
+
+
+class TestOutboxIndex:
+    async def test_rows_of_keys_are_found_through_the_record_index(self, store: Store) -> None:
+        """SQLite looks an outbox row up by ledger row id (ix_outbox_record), never by scanning the outbox."""
+        if store.dialect != "sqlite":
+            pytest.skip("a SQLite query plan")
+        stmt = select(s.outbox.c.id).where(s.outbox_of_keys("penalty", ["a", "b"]), s.outbox.c.target == "t")
+        async with store.engine.connect() as conn:
+            compiled = stmt.compile(conn.sync_engine, compile_kwargs={"literal_binds": True})
+            plan = " | ".join(row[-1] for row in await conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}"))
+        assert "USING INDEX ix_outbox_record" in plan or "USING COVERING INDEX ix_outbox_record" in plan, plan
+        assert "SCAN cg_outbox" not in plan, plan
 
 
 class TestCommitIntake:
