@@ -96,7 +96,7 @@ def _fast_date(text: str, sep: str) -> dt.date | None:
         return None
     try:
         return dt.date(int(parts[0]), int(parts[1]), int(parts[2]))
-    except ValueError:
+    except (ValueError, OverflowError):  # a month of twenty digits overflows before it is out of range
         return None
 
 
