@@ -168,7 +168,7 @@ _unknown = "keep"
 [codes.severity]
 "1" = "一般"
 "0" = ""
-"9" = [ { value = "严重", from = 2020-01-01 } ]
+"9" = [ { value = "严重", until = 2021-07-14 } ]  # in effect before the 15th only, never without a date
 
 [fields.decision_no]
 from = "no"
