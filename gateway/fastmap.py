@@ -53,13 +53,21 @@ from gateway.subject_keys import record_key
 
 _DATE_CACHE = 4096  # distinct date texts remembered per date format list (a few years of days)
 
+def _all_in(allowed: frozenset[str], items: list[Any]) -> bool:
+    """Every item of a list is an allowed code (False: let _check_value say which are not)."""
+    try:
+        return allowed.issuperset(items)
+    except TypeError:  # unhashable items: the reference says what is wrong with them
+        return False
+
+
 # What every generated function may use, by these fixed names.
 _HELPERS: Mapping[str, Any] = {
     "Problem": Problem, "MappingError": MappingError, "Decimal": Decimal, "DATE": dt.date, "EMPTY": (None, "", []),
     "OPERATIONS": {op.value: op for op in Operation}, "UPSERT": Operation.UPSERT, "plain": _plain,
     "normalize": unicodedata.normalize, "check_value": _check_value, "uscc_reason": _uscc_reason,
     "check_resident_id": check_resident_id, "CHECKED_ID_TYPES": CHECKED_ID_TYPES, "record_key": record_key,
-    "dedupe": _dedupe, "all_in": None,  # all_in: set below, once defined
+    "dedupe": _dedupe, "all_in": _all_in,
 }
 
 # Transform steps on a value known to be exactly ``str`` (each keeps it one): what TRANSFORMS does to it.
@@ -399,16 +407,6 @@ def _valid(src: _Source, spec: Any, f: str) -> str:
     if spec.kind == "list":
         return f"{f}.__class__ is list and all_in({src.bind(f'allowed{f[1:]}', frozenset(spec.codes))}, {f})"
     return "False"
-
-
-def _all_in(allowed: frozenset[str], items: list[Any]) -> bool:
-    try:
-        return allowed.issuperset(items)
-    except TypeError:  # unhashable items: the reference says what is wrong with them
-        return False
-
-
-_HELPERS["all_in"] = _all_in  # type: ignore[index]
 
 
 def _cross_check(src: _Source, n: int, check: Callable[..., Any]) -> None:
