@@ -41,13 +41,14 @@ def map_rows(mapping: InboundMapping, source: str, rows: Rows, today: dt.date,
     (``secret``: the store's key secret, for datasets whose keys pseudonymise ID numbers)."""
     accepted: list[LedgerEntry] = []
     rejects: list[Reject] = []
+    map_entry = mapping.map_entry  # the generated function where there is one (gateway.fastmap)
     for key, data, read_problems in rows:
-        mapped = mapping.map_row(data, today, source, key, secret=secret)
-        if mapped.record is not None and not read_problems:
-            accepted.append(mapped.record.entry())
+        entry, problems, record_key = map_entry(data, today, source, key, secret=secret)
+        if entry is not None and not read_problems:
+            accepted.append(entry)
         else:
-            problems = [*read_problems, *mapped.problems]
-            rejects.append(Reject(source, key, mapping.dataset.name, mapped.key, problems, _raw(data)))
+            rejects.append(Reject(source, key, mapping.dataset.name, record_key, [*read_problems, *problems],
+                                  _raw(data)))
     return accepted, rejects
 
 

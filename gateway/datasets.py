@@ -13,6 +13,7 @@ import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from gateway.errors import Problem
 from gateway.identifiers import check_resident_id, check_uscc, is_placeholder
@@ -320,6 +321,20 @@ def _uscc_reason(value: str) -> str | None:
 
 # ---------------------------------------------------------------- cross-field rules
 
+_DESCRIPTIONS: dict[Checker, tuple[Any, ...]] = {}
+
+
+def _described(check: Checker, *description: Any) -> Checker:
+    """Remember what a checker checks (its kind and arguments), so gateway.fastmap can write it out inline."""
+    _DESCRIPTIONS[check] = description
+    return check
+
+
+def describe_rule(check: Checker) -> tuple[Any, ...]:
+    """``(kind, *arguments)`` of a cross-field checker made here, ``()`` for any other."""
+    return _DESCRIPTIONS.get(check, ())
+
+
 def _future_date(name: str) -> Checker:
     def check(fields: Fields, today: dt.date) -> Problem | None:
         value = fields.get(name)
@@ -327,7 +342,7 @@ def _future_date(name: str) -> Checker:
             return Problem(name, f"{value.isoformat()} is in the future")
         return None
 
-    return check
+    return _described(check, "future_date", name)
 
 
 def _not_before(name: str, earlier: str) -> Checker:
@@ -337,7 +352,7 @@ def _not_before(name: str, earlier: str) -> Checker:
             return Problem(name, f"{value.isoformat()} is before {earlier} {start.isoformat()}")
         return None
 
-    return check
+    return _described(check, "not_before", name, earlier)
 
 
 def _required_for(name: str, categories: tuple[str, ...], message: str = "") -> Checker:
@@ -347,7 +362,7 @@ def _required_for(name: str, categories: tuple[str, ...], message: str = "") -> 
             return Problem(name, message or f"required for {category}")
         return None
 
-    return check
+    return _described(check, "required_for", name, categories, message)
 
 
 _SUBJECT_RULES: tuple[Checker, ...] = (
@@ -372,7 +387,7 @@ def _id_number(type_field: str, number_field: str) -> Checker:
         reason = check_resident_id(str(number), today=today)
         return Problem(number_field, reason) if reason else None
 
-    return check
+    return _described(check, "id_number", type_field, number_field)
 
 
 @dataclass(frozen=True, slots=True)
@@ -412,6 +427,14 @@ def _compile(dataset: Dataset) -> _Compiled:
 
 
 _COMPILED: dict[str, _Compiled] = {}
+
+
+def compiled_rules(dataset: Dataset) -> _Compiled:
+    """The dataset's validation as :func:`validate` runs it (compiled once), for gateway.fastmap to specialise."""
+    compiled = _COMPILED.get(dataset.name)
+    if compiled is None:
+        compiled = _COMPILED[dataset.name] = _compile(dataset)
+    return compiled
 
 
 def validate(dataset: Dataset, fields: Fields, today: dt.date) -> list[Problem]:

@@ -19,14 +19,14 @@ import datetime as dt
 import tomllib
 import unicodedata
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 from gateway.datasets import Dataset, FieldSpec, get_dataset, validate
 from gateway.errors import ConfigError, Problem
-from gateway.records import FieldValue, Operation, Record, to_json_value
+from gateway.records import FieldValue, LedgerEntry, Operation, Record, ledger_entry, to_json_value
 from gateway.subject_keys import KeySecret, record_key
 
 RowValue = Any
@@ -96,7 +96,7 @@ def _fast_date(text: str, sep: str) -> dt.date | None:
         return None
     try:
         return dt.date(int(parts[0]), int(parts[1]), int(parts[2]))
-    except ValueError:
+    except (ValueError, OverflowError):  # a month of twenty digits overflows before it is out of range
         return None
 
 
@@ -218,6 +218,36 @@ class MappedRow:
 
 
 @dataclass(frozen=True)
+class FieldPlan:
+    """One compiled inbound field as the code generator (:mod:`gateway.fastmap`) sees it: what it reads, the
+    transform steps by name, and the reference functions to call for anything it does not write out itself."""
+
+    name: str
+    spec: FieldSpec
+    column: str | None  # None: a constant (``value``) or no source
+    steps: tuple[str, ...]  # TRANSFORMS names, in order
+    table: CodeTable | None
+    formats: tuple[str, ...]  # date fields: the date formats, in order
+    factor: Decimal  # decimal fields: the unit factor
+    default: Any
+    convert: DatedStep  # the kind step, applied to a non-empty value after the transform steps
+    run: Converter  # the whole field (fetch, steps, default, convert): the reference
+
+
+@dataclass(frozen=True)
+class OperationPlan:
+    """The ``[operation]`` table as the code generator sees it (None on the mapping: always upsert)."""
+
+    column: str | None
+    table: CodeTable | None
+    default: str
+
+
+FastMap = Callable[[Mapping[str, Any], dt.date, "KeySecret | None"],
+                   tuple[dict[str, FieldValue], Operation, list[Problem], str]]
+
+
+@dataclass(frozen=True)
 class InboundMapping:
     """Source row → canonical record, compiled from an ``inbound`` mapping file."""
 
@@ -228,18 +258,44 @@ class InboundMapping:
     conditions: tuple[tuple[str, str, frozenset[str]], ...]  # (field, when-field, when-values)
     version: int = 0  # the newest mtime (ns) of the file and its includes, when it was compiled
     plain: tuple[tuple[str, str], ...] = ()  # (field, column) text copied stripped: most fields, done inline
+    plans: tuple[FieldPlan, ...] = ()  # one per converter, in the same order
+    operation_plan: OperationPlan | None = None
+    # The whole row in one generated function (gateway.fastmap): fields, operation, problems, key. None: the
+    # interpreted path below, which stays the reference the generated one is tested against.
+    fast: FastMap | None = field(default=None, compare=False, repr=False)
+
+    def reference(self) -> InboundMapping:
+        """This mapping without its generated function: every row through the interpreted path."""
+        return dataclasses.replace(self, fast=None)
 
     def map_row(self, row: Mapping[str, Any], today: dt.date, source: str = "", source_key: str = "", *,
                 secret: KeySecret | None = None) -> MappedRow:
         """``secret``: the store's key secret, needed by datasets whose keys pseudonymise ID numbers."""
+        if self.fast is not None:
+            fields, op, found, key = self.fast(row, today, secret)
+            if found:
+                return MappedRow(None, found, key)
+            return MappedRow(Record(self.dataset.name, key, op, fields, source, source_key), [], key)
         fields, problems = self._convert(row)
-        operation = self._operation(row, fields, problems)
+        operation = self.row_operation(row, _as_date(fields.get(self.dataset.date_field)), problems)
         problems += self._conditions(fields)
         problems += validate(self.dataset, fields, today)
         key = record_key(self.dataset, fields, secret)
         if problems:
             return MappedRow(None, _dedupe(problems), key)
         return MappedRow(Record(self.dataset.name, key, operation, fields, source, source_key), [], key)
+
+    def map_entry(self, row: Mapping[str, Any], today: dt.date, source: str = "", source_key: str = "", *,
+                  secret: KeySecret | None = None) -> tuple[LedgerEntry | None, list[Problem], str]:
+        """:meth:`map_row` for the pipeline: the ledger entry of a valid row (no Record in between), else its
+        problems; and the key either way."""
+        if self.fast is None:
+            mapped = self.map_row(row, today, source, source_key, secret=secret)
+            return (mapped.record.entry() if mapped.record else None), mapped.problems, mapped.key
+        fields, op, problems, key = self.fast(row, today, secret)
+        if problems:
+            return None, problems, key
+        return ledger_entry(self.dataset.name, key, op.value, fields, source, source_key), [], key
 
     def _convert(self, row: Mapping[str, Any]) -> tuple[dict[str, FieldValue], list[Problem]]:
         fields: dict[str, FieldValue] = {}
@@ -265,10 +321,10 @@ class InboundMapping:
                 on = value
         return fields, problems
 
-    def _operation(self, row: Mapping[str, Any], fields: Mapping[str, FieldValue],
-                   problems: list[Problem]) -> Operation:
+    def row_operation(self, row: Mapping[str, Any], on: dt.date | None, problems: list[Problem]) -> Operation:
+        """The operation a row carries (``on``: its decision date, for dated codes); a problem if none."""
         try:
-            return Operation(self.operation(row, _as_date(fields.get(self.dataset.date_field))))
+            return Operation(self.operation(row, on))
         except (MappingError, ValueError) as exc:
             problems.append(Problem("operation", str(exc)))
             return Operation.UPSERT
@@ -388,11 +444,15 @@ def _plain(v: Any) -> str:
 DatedStep = Callable[[Any, "dt.date | None"], Any]
 
 
+def _date_formats(raw: dict[str, Any]) -> list[str]:
+    formats = raw.get("date_format", DEFAULT_DATE_FORMATS)
+    return [formats] if isinstance(formats, str) else list(formats)
+
+
 def _inbound_kind_step(spec: FieldSpec, raw: dict[str, Any], ctx: _Ctx) -> DatedStep:
     table = ctx.code_table(raw)
     if spec.kind == "date":
-        formats = raw.get("date_format", DEFAULT_DATE_FORMATS)
-        parse = _date_parser([formats] if isinstance(formats, str) else list(formats))
+        parse = _date_parser(_date_formats(raw))
         return lambda v, on: parse(v)
     if spec.kind == "decimal":
         unit_name = raw.get("unit", "none")
@@ -421,10 +481,22 @@ def _split_any(text: str, separators: str) -> list[str]:
     return [part.strip() for part in text.split(separators[0]) if part.strip()]
 
 
-def _compile_inbound_field(spec: FieldSpec, raw: dict[str, Any], ctx: _Ctx) -> Converter:
-    fetch = _fetcher(raw, ctx)
+def _compile_inbound_field(name: str, spec: FieldSpec, raw: dict[str, Any], ctx: _Ctx) -> FieldPlan:
+    fetch = _fetcher(raw, ctx)  # first: compile problems keep their order
     steps = ctx.transforms(raw, ["strip"])
     convert = _inbound_kind_step(spec, raw, ctx)
+    run = _inbound_converter(spec, raw, fetch, steps, convert)
+    column = raw.get("from") if "value" not in raw else None
+    names = raw.get("transform", ["strip"])
+    table = ctx.codes.get(raw["codes"]) if isinstance(raw.get("codes"), str) else None
+    return FieldPlan(name, spec, column if isinstance(column, str) and column else None,
+                     tuple(n for n in ([names] if isinstance(names, str) else names) if n in TRANSFORMS), table,
+                     tuple(map(str, _date_formats(raw))) if spec.kind == "date" else (),
+                     UNITS.get(raw.get("unit", "none"), Decimal(1)), raw.get("default"), convert, run)
+
+
+def _inbound_converter(spec: FieldSpec, raw: dict[str, Any], fetch: Callable[[Mapping[str, Any]], Any],
+                       steps: list[Step], convert: DatedStep) -> Converter:
     default = raw.get("default")
     column = raw.get("from") if "value" not in raw else None
     if isinstance(column, str) and steps == [_strip]:
@@ -633,7 +705,12 @@ def load_mapping(path: str | Path) -> Mapping_:
                           else _compile_outbound(path, doc, dataset, codes, problems))
     if problems:
         raise ConfigError(problems, str(path))
-    return dataclasses.replace(compiled, version=mapping_version(path))
+    compiled = dataclasses.replace(compiled, version=mapping_version(path))
+    if isinstance(compiled, InboundMapping):
+        from gateway.fastmap import compile_fast  # it builds on this module
+
+        compiled = dataclasses.replace(compiled, fast=compile_fast(compiled))
+    return compiled
 
 
 def mapping_files(path: str | Path) -> list[Path]:
@@ -683,7 +760,7 @@ def _field_tables(doc: dict[str, Any], problems: list[Problem]) -> dict[str, dic
 def _compile_inbound(path: Path, doc: dict[str, Any], dataset: Dataset, codes: Mapping[str, CodeTable],
                      problems: list[Problem]) -> InboundMapping:
     specs = dataset.by_name()
-    converters: list[tuple[str, Converter]] = []
+    plans: list[FieldPlan] = []
     conditions: list[tuple[str, str, frozenset[str]]] = []
     plain: list[tuple[str, str]] = []
     for name, raw in _field_tables(doc, problems).items():
@@ -695,17 +772,29 @@ def _compile_inbound(path: Path, doc: dict[str, Any], dataset: Dataset, codes: M
                 and isinstance(raw.get("from"), str):
             plain.append((name, raw["from"]))
         else:
-            converters.append((name, _compile_inbound_field(specs[name], raw, ctx)))
+            plans.append(_compile_inbound_field(name, specs[name], raw, ctx))
         conditions += _conditions(name, raw, ctx, specs)
         if raw.get("required") is True:
             conditions.append((name, "@always", frozenset({"@always"})))
-    mapped = {name for name, _ in converters} | {name for name, _ in plain}
+    mapped = {plan.name for plan in plans} | {name for name, _ in plain}
     missing = [f.name for f in dataset.fields if f.required and f.name not in mapped]
     if missing:
         problems.append(Problem("fields", f"required field(s) not mapped: {', '.join(missing)}"))
-    converters.sort(key=lambda item: item[0] != dataset.date_field)  # the date first: code tables use it
+    plans.sort(key=lambda plan: plan.name != dataset.date_field)  # the date first: code tables use it
     operation = _operation_converter(doc.get("operation"), _Ctx("", codes, problems))
-    return InboundMapping(str(path), dataset, tuple(converters), operation, tuple(conditions), plain=tuple(plain))
+    return InboundMapping(str(path), dataset, tuple((plan.name, plan.run) for plan in plans), operation,
+                          tuple(conditions), plain=tuple(plain), plans=tuple(plans),
+                          operation_plan=_operation_plan(doc.get("operation"), codes))
+
+
+def _operation_plan(raw: Any, codes: Mapping[str, CodeTable]) -> OperationPlan | None:
+    """What the code generator needs of ``[operation]`` (problems with it are reported by the converter)."""
+    if not isinstance(raw, dict):
+        return None
+    column = raw.get("from") if "value" not in raw else None
+    table = codes.get(raw["codes"]) if isinstance(raw.get("codes"), str) else None
+    return OperationPlan(column if isinstance(column, str) and column else None, table,
+                         str(raw.get("default", Operation.UPSERT.value)))
 
 
 def _compile_outbound(path: Path, doc: dict[str, Any], dataset: Dataset, codes: Mapping[str, CodeTable],

@@ -49,9 +49,7 @@ class Record:
 
     def encoded(self) -> tuple[bytes, str]:
         """The canonical JSON (sorted keys) and a digest of operation + content, computed together."""
-        body = orjson.dumps({k: v for k, v in self.fields.items() if v is not None}, default=_json_default,
-                            option=orjson.OPT_SORT_KEYS)  # orjson writes dates as ISO strings itself
-        return body, hashlib.blake2b(self.operation.value.encode() + b"|" + body, digest_size=16).hexdigest()
+        return encode_fields(self.operation.value, {k: v for k, v in self.fields.items() if v is not None})
 
     def content_hash(self) -> str:
         """Equal hashes mean nothing changed."""
@@ -59,10 +57,8 @@ class Record:
 
     def entry(self) -> LedgerEntry:
         """What the ledger stores for this state (small and picklable: built in worker processes too)."""
-        body, digest = self.encoded()
-        decision = self.fields.get("decision_date")
-        return LedgerEntry(self.dataset, self.key, self.operation.value, body, digest, self.source,
-                           self.source_key, decision.isoformat() if isinstance(decision, dt.date) else None)
+        return ledger_entry(self.dataset, self.key, self.operation.value,
+                            {k: v for k, v in self.fields.items() if v is not None}, self.source, self.source_key)
 
 
 class LedgerEntry(NamedTuple):
@@ -80,6 +76,22 @@ class LedgerEntry(NamedTuple):
     source: str
     source_key: str
     decision_date: str | None
+
+
+def encode_fields(operation: str, fields: dict[str, FieldValue]) -> tuple[bytes, str]:
+    """The canonical JSON (sorted keys) of fields that hold no None, and the digest of operation + JSON."""
+    body = orjson.dumps(fields, default=_json_default, option=orjson.OPT_SORT_KEYS)  # dates: ISO strings
+    return body, hashlib.blake2b(operation.encode() + b"|" + body, digest_size=16).hexdigest()
+
+
+def ledger_entry(dataset: str, key: str, operation: str, fields: dict[str, FieldValue], source: str,
+                 source_key: str) -> LedgerEntry:
+    """A ledger entry from fields that hold no None: :meth:`Record.entry` without building the Record first
+    (the mapping's generated code makes its fields without None, see :meth:`InboundMapping.map_entry`)."""
+    body, digest = encode_fields(operation, fields)
+    decision = fields.get("decision_date")
+    return LedgerEntry(dataset, key, operation, body, digest, source, source_key,
+                       decision.isoformat() if isinstance(decision, dt.date) else None)
 
 
 def _json_default(value: Any) -> Any:
