@@ -439,9 +439,7 @@ def compiled_rules(dataset: Dataset) -> _Compiled:
 
 def validate(dataset: Dataset, fields: Fields, today: dt.date) -> list[Problem]:
     """Every problem of one record's canonical fields (empty when valid)."""
-    compiled = _COMPILED.get(dataset.name)
-    if compiled is None:
-        compiled = _COMPILED[dataset.name] = _compile(dataset)
+    compiled = compiled_rules(dataset)
     problems = [Problem(name, "required field is empty") for name in compiled.required
                 if fields.get(name) in (None, "", [])]
     specs, plain = compiled.specs, compiled.plain_text

@@ -372,28 +372,30 @@ def _field_check(src: _Source, spec: Any, limit: int | None) -> None:
             raise TypeError(f"{spec.name}: max_len must be an int")
         if limit > 0:
             with src.block(f"if {f}.__class__ is str:"):
-                src.add(f"if len({f}) > {limit}:",
-                        f'    P.append(Problem({label}, f"{{len({f})}} characters, at most {limit}"))')
+                src.add(*_too_long(f, label, limit))
             with src.block(f"elif {present}:"):
                 src.add(*fallback)
         else:
             with src.block(f"if {f}.__class__ is not str and {present}:"):
                 src.add(*fallback)
     elif spec.kind == "text" and spec.check == "uscc" and type(spec.max_len) is int:
+        reason = (f"r = uscc_reason({f})", "if r:", f"    P.append(Problem({label}, r))")
         with src.block(f"if {present}:"):
             with src.block(f"if {f}.__class__ is str:"):
-                if spec.max_len:
-                    src.add(f"if len({f}) > {spec.max_len}:",
-                            f'    P.append(Problem({label}, f"{{len({f})}} characters, at most {spec.max_len}"))',
-                            "else:")
-                    src.depth += 1
-                src.add(f"r = uscc_reason({f})", "if r:", f"    P.append(Problem({label}, r))")
-                src.depth -= 1 if spec.max_len else 0
+                if spec.max_len:  # too long, or else the code's own check
+                    src.add(*_too_long(f, label, spec.max_len), "else:", *(f"    {line}" for line in reason))
+                else:
+                    src.add(*reason)
             with src.block("else:"):
                 src.add(*fallback)
     else:
         with src.block(f"if {present} and not ({_valid(src, spec, f)}):"):
             src.add(*fallback)
+
+
+def _too_long(f: str, label: str, limit: int) -> tuple[str, str]:
+    """The length check of a text field (``limit``: an int from the dataset definition)."""
+    return (f"if len({f}) > {limit}:", f'    P.append(Problem({label}, f"{{len({f})}} characters, at most {limit}"))')
 
 
 def _valid(src: _Source, spec: Any, f: str) -> str:
