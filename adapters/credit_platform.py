@@ -9,9 +9,10 @@ error tree: timeouts, dropped connections, 429 and 5xx are retryable (honouring 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from types import TracebackType
@@ -72,11 +73,11 @@ class CreditPlatformSink:
             self._session = None
 
     def encode(self, batch_id: str, dataset: str, table_code: str, records: Sequence[TargetRecord]) -> bytes:
-        body = {"batchId": batch_id, "tableCode": table_code, "departmentCode": self._department,
-                "tableVersionId": self.settings.table_version,
-                "records": [{"recordKey": r.key, "version": r.version, "operation": r.operation, "data": r.fields}
-                            for r in records]}
-        return orjson.dumps(body)
+        return upload_body(self._department, self.settings.table_version, batch_id, dataset, table_code, records)
+
+    def batch_encoder(self) -> Callable[[str, str, str, Sequence[TargetRecord]], bytes]:
+        """``encode`` as a picklable function: large batches are encoded in a worker process."""
+        return functools.partial(upload_body, self._department, self.settings.table_version)
 
     async def deliver(self, batch: OutgoingBatch) -> Receipt:
         if len(batch.body) > self.settings.max_body_bytes:
@@ -102,6 +103,15 @@ class CreditPlatformSink:
             raise RetryableError(f"no answer within {self.settings.timeout_s:g}s") from exc
         except aiohttp.ClientError as exc:  # refused, reset, dropped, bad HTTP: all worth a retry
             raise RetryableError(f"{type(exc).__name__}: {exc}") from exc
+
+
+def upload_body(department: str, table_version: str, batch_id: str, dataset: str, table_code: str,
+                records: Sequence[TargetRecord]) -> bytes:
+    """The upload request: one dataset's records with their keys, versions and operations."""
+    return orjson.dumps({"batchId": batch_id, "tableCode": table_code, "departmentCode": department,
+                         "tableVersionId": table_version,
+                         "records": [{"recordKey": r.key, "version": r.version, "operation": r.operation,
+                                      "data": r.fields} for r in records]})
 
 
 def _parse(raw: bytes, status: int) -> dict[str, Any]:

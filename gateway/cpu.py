@@ -1,10 +1,11 @@
-"""Mapping and validation off the event loop, in worker processes.
+"""Mapping, validation and encoding off the event loop, in worker processes.
 
 Mapping is pure and CPU-bound; in one process it would compete with the store and the network for the
 interpreter. :class:`MapPool` sends a page of source rows to a worker process, which compiles the
 mapping file once (by path) and returns small, picklable results: ledger entries (canonical JSON and
-digest already computed) and rejects. Pages smaller than ``min_rows`` are mapped in-process, where the
-round trip would cost more than it saves.
+digest already computed) and rejects. On the way out it encodes a target's batch the same way: the
+leased rows go over as stored, the body comes back (gateway.outbound). Pages smaller than ``min_rows``
+are handled in-process, where the round trip would cost more than it saves.
 """
 
 from __future__ import annotations
@@ -21,18 +22,24 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 from gateway.errors import Problem
-from gateway.mapping import InboundMapping, load_mapping
+from gateway.mapping import InboundMapping, OutboundMapping, load_mapping
+from gateway.outbound import Encoded, EncodePlan, encode_rows, encode_stored
 from gateway.records import LedgerEntry
 from gateway.store import Reject
+from gateway.store_delivery import Candidate
 from gateway.subject_keys import KeySecret
 
 Rows = Sequence[tuple[str, Mapping[str, Any], tuple[Problem, ...]]]
 Mapped = tuple[list[LedgerEntry], list[Reject]]
+M = TypeVar("M", InboundMapping, OutboundMapping)
 
-_COMPILED: dict[tuple[str, int], InboundMapping] = {}  # (path, mtime_ns): an edited file is compiled again
+# path -> (mtime_ns, compiled): an edited file is compiled again; inbound and outbound files are kept side by side
+_COMPILED: dict[str, tuple[int, InboundMapping | OutboundMapping]] = {}
+_PLANS: dict[str, EncodePlan] = {}  # EncodePlan.key -> the first copy received (its derive remembers end dates)
+_KEEP = 64  # compiled files and plans a worker keeps
 
 
 def map_rows(mapping: InboundMapping, source: str, rows: Rows, today: dt.date,
@@ -56,16 +63,34 @@ def _raw(row: Mapping[str, Any]) -> dict[str, Any]:
     return {k: (v.isoformat() if isinstance(v, dt.date | dt.datetime) else v) for k, v in row.items()}
 
 
+def _compiled(path: str, version: int, kind: type[M]) -> M:
+    held = _COMPILED.get(path)
+    if held is None or held[0] != version:
+        loaded = load_mapping(path)
+        if not isinstance(loaded, kind):
+            raise TypeError(f"{path} is not an {kind.__name__}")
+        if len(_COMPILED) >= _KEEP:
+            _COMPILED.clear()
+        held = _COMPILED[path] = (version, loaded)
+    mapping = held[1]
+    assert isinstance(mapping, kind)
+    return mapping
+
+
 def _map_in_worker(path: str, version: int, source: str, rows: Rows, today: dt.date,
                    secret: KeySecret | None) -> Mapped:
-    mapping = _COMPILED.get((path, version))
-    if mapping is None:
-        loaded = load_mapping(path)
-        if not isinstance(loaded, InboundMapping):
-            raise TypeError(f"{path} is not an inbound mapping")
-        _COMPILED.clear()
-        mapping = _COMPILED[(path, version)] = loaded
-    return map_rows(mapping, source, rows, today, secret)
+    return map_rows(_compiled(path, version, InboundMapping), source, rows, today, secret)
+
+
+def _encode_in_worker(plan: EncodePlan, batch_id: str, rows: Sequence[Candidate]) -> Encoded:
+    kept = _PLANS.get(plan.key)
+    if kept is None:
+        if len(_PLANS) >= _KEEP:
+            _PLANS.clear()
+        kept = _PLANS[plan.key] = plan
+    mapping = _compiled(plan.mapping_path, plan.mapping_version, OutboundMapping)
+    encode = encode_rows if plan.sealed else encode_stored
+    return encode(kept, mapping, batch_id, rows, kept.derive)
 
 
 def tune_gc() -> None:
@@ -105,6 +130,17 @@ class MapPool:
         self._pool = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                           initializer=_die_with_parent, initargs=(os.getpid(),))
                       if workers > 0 else None)
+
+    def offloads(self, rows: int) -> bool:
+        """True when a batch of ``rows`` goes to a worker process."""
+        return self._pool is not None and rows >= self.min_rows
+
+    async def encode(self, plan: EncodePlan, batch_id: str, rows: Sequence[Candidate]) -> Encoded:
+        """Encode a batch in a worker process (gateway.outbound.encode_rows)."""
+        if self._pool is None:
+            raise RuntimeError("encode() needs worker processes")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, _encode_in_worker, plan, batch_id, list(rows))
 
     async def map(self, mapping: InboundMapping, source: str, rows: Rows, today: dt.date,
                   secret: KeySecret | None = None) -> Mapped:

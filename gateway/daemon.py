@@ -43,11 +43,11 @@ class Gateway:
         self.config, self.store, self.today = config, store, today
         d = config.daemon
         self.sem = asyncio.Semaphore(d.max_concurrency)
+        self.pool = MapPool(d.map_workers)
         self.workers = {name: TargetWorker(t, store, self.sem, d.adapter_timeout_s, d.idle_check_s,
-                                           config.gateway.instance)
+                                           config.gateway.instance, pool=self.pool)
                         for name, t in config.targets.items()}
         routes = config.routes()
-        self.pool = MapPool(d.map_workers)
         tune_gc()
         self.intakes = {name: Intake(s, store, routes, self.sem, d.adapter_timeout_s, self._wake_all, today,
                                      pool=self.pool) for name, s in config.sources.items()}

@@ -19,17 +19,18 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import tenacity
 
 from gateway.config import RetrySettings, SourceConfig, TargetConfig
 from gateway.cpu import Mapped, MapPool
 from gateway.errors import GatewayError, PermanentError, RetryableError
-from gateway.identifiers import mask_id
-from gateway.mapping import InboundMapping, MappingError, OutboundMapping
-from gateway.ports import OutgoingBatch, SourceBatch, TargetRecord
+from gateway.mapping import InboundMapping, OutboundMapping
+from gateway.outbound import Derive, EncodePlan, Route, encode_rows
+from gateway.ports import OutgoingBatch, SourceBatch
 from gateway.records import LedgerEntry
 from gateway.store import Reject, WatermarkMoved
-from gateway.store_delivery import Batch, EncodedBatch, LeasedRecord
+from gateway.store_delivery import Batch, Candidates, EncodedBatch, LeasedRecord, LeaseLost
 from gateway.store_ops import Store
 
 log = logging.getLogger("gateway.engine")
@@ -37,8 +38,6 @@ log = logging.getLogger("gateway.engine")
 # entries to the rejects, which are quarantined with their reasons in the same intake transaction.
 Screen = Callable[[list[LedgerEntry], list[Reject], SourceBatch, dt.date],
                   Awaitable[tuple[list[LedgerEntry], list[Reject]]]]
-# Canonical payload → the payload a target gets (e.g. the computed 公示截止期), before masking and mapping.
-Derive = Callable[[str, Mapping[str, Any]], Mapping[str, Any]]
 CHINA = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")
 
 
@@ -206,7 +205,7 @@ class TargetWorker:
     """Keeps one target supplied with batches, retries due ones, and records every answer."""
 
     def __init__(self, cfg: TargetConfig, store: Store, sem: asyncio.Semaphore, timeout_s: float,
-                 idle_s: float = 1.0, instance: str = "gateway") -> None:
+                 idle_s: float = 1.0, instance: str = "gateway", pool: MapPool | None = None) -> None:
         self.cfg, self.store, self.sem, self.timeout_s, self.idle_s = cfg, store, sem, timeout_s, idle_s
         # A batch being sent is claimed for longer than a send can take, so no other instance sends it too.
         self.claimant = f"{instance}:{os.getpid()}"
@@ -218,6 +217,12 @@ class TargetWorker:
         self._personal = {ds: m.dataset.personal_id_fields for ds, m in cfg.mappings.items()}
         self.mappings: dict[str, OutboundMapping] = dict(cfg.mappings)  # replaced when a file is reloaded
         self.derive: Derive | None = None
+        self.pool = pool  # large batches are encoded in its worker processes
+        self._route = Route(cfg.omit_fields, cfg.personal_ids)
+        self._plan_id = uuid.uuid4().hex
+        # While batches of a dataset are being encoded, the next read starts after the rows they hold.
+        self._encoding: dict[str, int] = {}
+        self._read_to: dict[str, int] = {}
 
     def wake(self) -> None:
         self._wake.set()
@@ -258,17 +263,50 @@ class TargetWorker:
         waiting = list(self.mappings)
         while started < free and waiting:  # round robin: one dataset's backlog does not hold up another's
             for dataset in list(waiting):
-                batch = None
-                if started < free:
-                    batch = await self.store.lease_batch(self.cfg.name, dataset, self.cfg.batch_size,
-                                                         functools.partial(self.encode, dataset),
-                                                         claimant=self.claimant, claim_s=self.claim_s)
-                if batch is None:
+                if started >= free:
+                    break
+                found = await self.store.read_candidates(self.cfg.name, dataset, self.cfg.batch_size,
+                                                         after=self._read_to.get(dataset, 0))
+                if not found.rows and not found.stale:
                     waiting.remove(dataset)
                     continue
-                self._start(batch)
+                self._lease(dataset, found)
                 started += 1
         return started
+
+    def _lease(self, dataset: str, found: Candidates) -> None:
+        """Encode, lease and send one batch of rows read from the outbox, as a task of its own: while it
+        encodes, the next batch is read after its rows and encoded alongside."""
+        batch_id = f"b-{uuid.uuid4().hex}"
+        self._encoding[dataset] = self._encoding.get(dataset, 0) + 1
+        self._read_to[dataset] = found.last_id
+        task = asyncio.create_task(self._lease_and_send(dataset, found, batch_id),
+                                   name=f"lease {self.cfg.name} {batch_id}")
+        self.inflight[batch_id] = task
+        task.add_done_callback(functools.partial(self._finished, batch_id))
+
+    async def _lease_and_send(self, dataset: str, found: Candidates, batch_id: str) -> None:
+        try:
+            encoded = await self.encode_batch(dataset, found, batch_id) if found.rows else None
+            batch = await self.store.lease_encoded(self.cfg.name, dataset, found, encoded,
+                                                   claimant=self.claimant, claim_s=self.claim_s)
+        except LeaseLost:  # another sender took some of the rows: they are read again
+            log.info("batch not leased: another sender took some of its rows first",
+                     extra={"target": self.cfg.name, "dataset": dataset, "batch": batch_id})
+            return
+        except GatewayError as exc:
+            log.error("delivery step failed", extra={"target": self.cfg.name, "error": str(exc)})
+            return
+        except Exception:  # an encoder or adapter bug (or a lost worker process): the rows stay queued
+            log.exception("could not encode a batch", extra={"target": self.cfg.name, "dataset": dataset})
+            self.circuit.failure()  # and the next tries back off like failed sends
+            return
+        finally:
+            self._encoding[dataset] -= 1
+            if not self._encoding[dataset]:
+                self._read_to.pop(dataset, None)
+        if batch is not None:
+            await self._send(batch)
 
     async def drain_inflight(self, grace_s: float) -> None:
         """Wait for in-flight sends (graceful shutdown); cancel what is still running after ``grace_s``."""
@@ -291,25 +329,32 @@ class TargetWorker:
 
     # ------------------------------------------------------------ encode
 
-    def encode(self, dataset: str, leased: Sequence[LeasedRecord]) -> EncodedBatch:
-        mapping = self.mappings[dataset]
-        batch_id = f"b-{uuid.uuid4().hex}"
-        records: list[TargetRecord] = []
-        included: list[LeasedRecord] = []
-        failed: list[tuple[LeasedRecord, str]] = []
-        for rec in leased:
-            try:
-                records.append(self._target_record(mapping, dataset, rec))
-                included.append(rec)
-            except (MappingError, ValueError, KeyError) as exc:
-                failed.append((rec, f"cannot encode for {self.cfg.name}: {exc}"))
-        body = self.cfg.adapter.encode(batch_id, dataset, mapping.table_code, records) if records else b""
-        if body:
-            body = self.cfg.sealing.seal(body)  # sealed once: the stored, resent and evidenced bytes
-        return EncodedBatch(batch_id, body, included, failed)
+    async def encode_batch(self, dataset: str, found: Candidates, batch_id: str) -> EncodedBatch:
+        """Encode rows read from the outbox: in a worker process when the batch is large enough and the adapter
+        has a picklable encoder (gateway.outbound), else here; sealed here either way."""
+        plan = self._plan(dataset)
+        if plan.picklable and self.pool is not None and self.pool.offloads(len(found.rows)):
+            done = await self.pool.encode(plan, batch_id, found.rows)
+        else:
+            done = encode_rows(plan, self.mappings[dataset], batch_id, found.rows, self.derive)
+        rows = {row[0]: row for row in found.rows}
+        # after encoding only the ids of the included rows matter; refused ones are quarantined with their payload
+        included = [LeasedRecord(i, rows[i][1], rows[i][2], rows[i][3], {}) for i in done.included]
+        failed = [(LeasedRecord(i, rows[i][1], rows[i][2], rows[i][3], _parsed(rows[i][4])), reason)
+                  for i, reason in done.failed]
+        if self.cfg.sealing.active and done.body:  # sealed once: the stored, resent and evidenced bytes
+            return EncodedBatch(batch_id, self.cfg.sealing.seal(done.body), included, failed)
+        return EncodedBatch(batch_id, done.body, included, failed, done.stored)
 
-    def _target_record(self, mapping: OutboundMapping, dataset: str, rec: LeasedRecord) -> TargetRecord:
-        return route_record(self.cfg, mapping, self._personal[dataset], rec, self.derive)
+    def _plan(self, dataset: str) -> EncodePlan:
+        """How this dataset's batches are encoded; picklable (for a worker process) when the adapter can give
+        its encoder as a picklable function."""
+        factory = getattr(self.cfg.adapter, "batch_encoder", None)
+        body = factory() if factory is not None else None
+        mapping = self.mappings[dataset]
+        return EncodePlan(f"{self._plan_id}|{dataset}|{mapping.version}", self.cfg.name, dataset, self._route,
+                          mapping.path, mapping.version, self._personal[dataset], self.derive,
+                          body or self.cfg.adapter.encode, self.cfg.sealing.active, picklable=body is not None)
 
     # ------------------------------------------------------------ send
 
@@ -384,26 +429,6 @@ class TargetWorker:
                                                         "error": error, "circuit": self.circuit.state})
 
 
-def route_record(cfg: TargetConfig, mapping: OutboundMapping, personal_fields: frozenset[str],
-                 rec: LeasedRecord, derive: Derive | None = None) -> TargetRecord:
-    """A ledger record as this target receives it: derived fields (e.g. the computed 公示截止期), the route's
-    field policy, ID masking, outbound mapping."""
-    payload: Mapping[str, Any] = rec.payload if derive is None else derive(mapping.dataset.name, rec.payload)
-    omit = cfg.omit_fields  # the route's field policy (loops over the few names: this runs for every record)
-    if omit and any(name in payload for name in omit):
-        payload = {k: v for k, v in payload.items() if k not in omit}
-    personal = [name for name in personal_fields if name in payload] if cfg.personal_ids != "full" else ()
-    if personal:
-        payload = dict(payload)
-        for name in personal:
-            if cfg.personal_ids == "omit":
-                del payload[name]
-            else:
-                payload[name] = mask_id(str(payload[name]))
-    fields = mapping.map_payload(payload, rec.operation, rec.record_key, rec.version)
-    return TargetRecord(rec.record_key, rec.version, rec.operation, fields)
-
-
 async def _wait_any(wake: asyncio.Event, stopping: asyncio.Event, timeout_s: float) -> None:
     waiters = [asyncio.create_task(wake.wait()), asyncio.create_task(stopping.wait())]
     try:
@@ -413,3 +438,11 @@ async def _wait_any(wake: asyncio.Event, stopping: asyncio.Event, timeout_s: flo
             w.cancel()
         await asyncio.gather(*waiters, return_exceptions=True)
 
+
+
+def _parsed(stored: str) -> dict[str, Any]:
+    try:
+        value = orjson.loads(stored)
+    except orjson.JSONDecodeError:
+        return {"stored": stored[:2000]}
+    return value if isinstance(value, dict) else {"stored": value}

@@ -30,9 +30,9 @@ from typing import Any
 
 from gateway.config import Config, TargetConfig
 from gateway.datasets import CREDIT_LIST
-from gateway.engine import route_record
 from gateway.errors import GatewayError
 from gateway.identifiers import mask_id
+from gateway.outbound import route_record
 from gateway.ports import Holdings
 from gateway.store_lists import ListEntry
 from gateway.store_ops import Store

@@ -125,7 +125,11 @@ class Source(Protocol):
 
 @runtime_checkable
 class Sink(Protocol):
-    """Delivers batches to a platform or system."""
+    """Delivers batches to a platform or system.
+
+    A sink may also have ``batch_encoder() -> Callable[[batch_id, dataset, table_code, records], bytes]``:
+    ``encode`` as a picklable function, so that large batches are encoded in a worker process
+    (gateway.outbound); without it the daemon encodes them itself."""
 
     async def __aenter__(self) -> Self: ...
 

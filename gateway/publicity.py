@@ -130,6 +130,11 @@ class PublicitySettings:
         object.__setattr__(self, "_by_dataset", {ds: tuple((i, r) for i, r in enumerate(self.rules) if r.dataset == ds)
                                                  for ds in self.datasets})
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled (for a worker process) without what it remembers: the settings, not the cache."""
+        return (PublicitySettings, (self.enabled, self.check_s, self.set_publicity_end, self.repair_reasons,
+                                    self.rules))
+
     def max_end(self, dataset: str, payload: Mapping[str, Any]) -> dt.date | None:
         """The maximum end of a record, remembered by its decision date and the rules it matches (records
         repeat them: a few rules, a few thousand decision dates), so sending a record costs a few substring

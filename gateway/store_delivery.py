@@ -1,5 +1,9 @@
 """The delivery half of the store: leasing outbox rows into batches, and recording what peers said.
 
+Rows are read (:meth:`DeliveryMixin.read_candidates`), encoded without the write lock (in the daemon or a
+worker process), then leased (:meth:`DeliveryMixin.lease_encoded`) in one transaction that takes them only if
+each is still pending and its key has no batch in flight; otherwise nothing is written (:class:`LeaseLost`).
+
 Per-key order holds because (1) a new version supersedes the key's still-pending row for a target at
 intake, so at most one row per key and target is pending, and (2) a pending row is only leased while no
 other row of its key is leased for that target. Batches keep their body and id (the idempotency key)
@@ -8,9 +12,11 @@ across retries, so a retried batch is byte-for-byte the batch the peer may alrea
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import inspect
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +38,36 @@ class LeasedRecord:
     version: int
     operation: str
     payload: dict[str, Any]
+
+
+Candidate = tuple[int, str, int, str, str]  # outbox id, record key, version, operation, stored canonical JSON
+
+
+@dataclass(frozen=True, slots=True)
+class Candidates:
+    """Rows read for leasing: those to encode (the payload as stored), stale rows to supersede, the last
+    outbox id read."""
+
+    rows: list[Candidate]
+    stale: list[int]
+    last_id: int
+
+    @property
+    def records(self) -> list[LeasedRecord]:
+        return [LeasedRecord(i, key, version, op, orjson.loads(stored)) for i, key, version, op, stored in self.rows]
+
+
+class LeaseLost(Exception):
+    """Another sender leased some of the rows (or a newer version superseded one) since they were read."""
+
+
+LEASE_TRIES = 3
+
+
+def _key_leased(o: Any) -> Any:
+    """A row of the same record is leased for the same target (per-key order: one batch at a time per key)."""
+    busy = s.outbox.alias("busy")
+    return exists().where(and_(busy.c.record_id == o.record_id, busy.c.target == o.target, busy.c.state == "leased"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,9 +93,10 @@ class EncodedBatch:
     body: bytes
     included: Sequence[LeasedRecord]
     failed: Sequence[tuple[LeasedRecord, str]] = field(default_factory=list)
+    stored: tuple[bytes, str] | None = None  # pack_body(body) and body_digest(body), when a worker made them
 
 
-Encoder = Callable[[Sequence[LeasedRecord]], EncodedBatch]
+Encoder = Callable[[Sequence[LeasedRecord]], EncodedBatch | Awaitable[EncodedBatch]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,57 +116,81 @@ class DeliveryMixin(StoreBase):
 
     async def lease_batch(self, target: str, dataset: str, limit: int, encode: Encoder, *, claimant: str = "",
                           claim_s: float = 0.0) -> Batch | None:
-        """Lease up to ``limit`` pending rows of one target and dataset into a new open batch.
+        """Lease up to ``limit`` pending rows of one target and dataset into a new open batch: the rows are read,
+        encoded (``encode`` may be a coroutine function: it runs without the write lock), then leased.
 
         The batch is claimed by ``claimant`` for ``claim_s`` seconds: no other sender takes it meanwhile.
+        None when nothing is pending, or when another sender leased some of the rows first.
         """
+        for _ in range(LEASE_TRIES - 1):
+            with contextlib.suppress(LeaseLost):  # read again: the rows another sender took are leased now
+                return await self._lease_once(target, dataset, limit, encode, claimant, claim_s)
+        return await self._lease_once(target, dataset, limit, encode, claimant, claim_s)
+
+    async def _lease_once(self, target: str, dataset: str, limit: int, encode: Encoder, claimant: str,
+                          claim_s: float) -> Batch | None:
+        found = await self.read_candidates(target, dataset, limit)
+        encoded = None
+        if found.rows:
+            result = encode(found.records)
+            encoded = await result if inspect.isawaitable(result) else result
+        return await self.lease_encoded(target, dataset, found, encoded, claimant=claimant, claim_s=claim_s)
+
+    async def read_candidates(self, target: str, dataset: str, limit: int, after: int = 0) -> Candidates:
+        """The next pending rows of a target and dataset (outbox id above ``after``, oldest first) that may be
+        leased: none of their key is leased for the target. Nothing is locked: :meth:`lease_encoded` leases
+        only rows that are still pending then."""
+        o, r = s.outbox.c, s.records.c
+        stmt = (select(o.id, o.record_key, o.version, r.operation, r.payload, r.version)
+                .join(s.records, r.id == o.record_id)
+                .where(and_(o.target == target, o.dataset == dataset, o.state == "pending", o.id > after,
+                            ~_key_leased(o)))
+                .order_by(o.id).limit(limit))
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(stmt)).all()
+        # a ledger that moved on under a pending row: its newer version has a row of its own
+        stale = [row[0] for row in rows if row[5] != row[2]]
+        live = [(row[0], row[1], row[2], row[3], row[4]) for row in rows if row[5] == row[2]]
+        return Candidates(live, stale, rows[-1][0] if rows else after)
+
+    async def lease_encoded(self, target: str, dataset: str, found: Candidates, encoded: EncodedBatch | None, *,
+                            claimant: str = "", claim_s: float = 0.0) -> Batch | None:
+        """One transaction: stale rows superseded, unencodable ones quarantined, the rest leased into a new open
+        batch with its body. Rows another sender leased (or a new version superseded) since they were read
+        make it lease nothing and raise :class:`LeaseLost`: the next read finds what is left."""
         now = time.time()
         async with self.tx() as conn:
-            leased = await self._candidates(conn, target, dataset, limit)
-            if not leased:
+            if found.stale:
+                await self._set_state(conn, found.stale, "superseded", now, only_pending=True)
+            if encoded is None:
                 return None
-            encoded = encode(leased)
             if encoded.failed:
                 await self._reject_unencodable(conn, target, dataset, encoded.failed, now)
             if not encoded.included:
                 return None
             return await self._open_batch(conn, target, dataset, encoded, now, claimant, claim_s)
 
-    async def _candidates(self, conn: AsyncConnection, target: str, dataset: str,
-                          limit: int) -> list[LeasedRecord]:
-        o, r = s.outbox.c, s.records.c
-        busy = s.outbox.alias("busy")
-        blocked = exists().where(and_(busy.c.record_id == o.record_id, busy.c.target == o.target,
-                                      busy.c.state == "leased"))
-        stmt = (select(o.id, o.record_key, o.version, r.operation, r.payload, r.version)
-                .join(s.records, r.id == o.record_id)
-                .where(and_(o.target == target, o.dataset == dataset, o.state == "pending", ~blocked))
-                .order_by(o.id).limit(limit))
-        if self.dialect == "postgresql":
-            stmt = stmt.with_for_update(of=s.outbox, skip_locked=True)
-        rows = (await conn.execute(stmt)).all()
-        stale = [row[0] for row in rows if row[5] != row[2]]
-        if stale:  # the ledger moved on under a pending row: its newer row is queued too
-            await conn.execute(update(s.outbox).where(o.id.in_(stale)).values(state="superseded"))
-        return [LeasedRecord(row[0], row[1], row[2], row[3], orjson.loads(row[4]))
-                for row in rows if row[5] == row[2]]
-
     async def _open_batch(self, conn: AsyncConnection, target: str, dataset: str, encoded: EncodedBatch,
                           now: float, claimant: str, claim_s: float) -> Batch:
-        digest = body_digest(encoded.body)
+        packed, digest = encoded.stored or (pack_body(encoded.body), body_digest(encoded.body))
         await conn.execute(s.batches.insert().values(
             id=encoded.batch_id, target=target, dataset=dataset, state="open", record_count=len(encoded.included),
-            body=pack_body(encoded.body), body_sha256=digest, attempts=0, next_attempt_at=now + claim_s,
+            body=packed, body_sha256=digest, attempts=0, next_attempt_at=now + claim_s,
             claimed_by=claimant or None, created_at=now))
         o = s.outbox.c
+        leased = 0
         for chunk in _chunks([rec.outbox_id for rec in encoded.included]):
-            await conn.execute(update(s.outbox).where(o.id.in_(chunk)).values(
+            result = await conn.execute(update(s.outbox).where(and_(
+                o.id.in_(chunk), o.state == "pending", ~_key_leased(o))).values(
                 state="leased", batch_id=encoded.batch_id, updated_at=now))
+            leased += int(result.rowcount or 0)
+        if leased != len(encoded.included):
+            raise LeaseLost(encoded.batch_id)  # rolls the batch back: its body names rows it does not hold
         return Batch(encoded.batch_id, target, dataset, encoded.body, digest, len(encoded.included), 0, now)
 
     async def _reject_unencodable(self, conn: AsyncConnection, target: str, dataset: str,
                                   failed: Sequence[tuple[LeasedRecord, str]], now: float) -> None:
-        await self._set_state(conn, [rec.outbox_id for rec, _ in failed], "rejected", now)
+        await self._set_state(conn, [rec.outbox_id for rec, _ in failed], "rejected", now, only_pending=True)
         await self.upsert_quarantine(conn, [_target_reject(target, dataset, rec, "encode", reason, now)
                                             for rec, reason in failed])
 
@@ -200,11 +261,12 @@ class DeliveryMixin(StoreBase):
             stmt = stmt.with_for_update()
         return (await conn.execute(stmt)).scalar() == "open"
 
-    async def _batch_rows(self, conn: AsyncConnection, batch_id: str) -> dict[tuple[str, int], LeasedRecord]:
+    async def _batch_rows(self, conn: AsyncConnection, batch_id: str) -> dict[tuple[str, int], int]:
+        """The rows a batch still holds: (key, version) → outbox id."""
         o = s.outbox.c
-        rows = await conn.execute(select(o.id, o.record_key, o.version).where(
+        rows = await conn.execute(select(o.record_key, o.version, o.id).where(
             and_(o.batch_id == batch_id, o.state == "leased")))
-        return {(row[1], row[2]): LeasedRecord(row[0], row[1], row[2], "", {}) for row in rows}
+        return {(key, version): outbox_id for key, version, outbox_id in rows}
 
     async def _payloads(self, conn: AsyncConnection, dataset: str, keys: Sequence[str]) -> dict[str, Any]:
         """Canonical payloads of some keys (only needed for the few records a peer rejects)."""
@@ -216,34 +278,39 @@ class DeliveryMixin(StoreBase):
             found.update({row[0]: orjson.loads(row[1]) for row in rows})
         return found
 
-    async def _apply_outcomes(self, conn: AsyncConnection, batch: Batch, rows: dict[tuple[str, int], LeasedRecord],
+    async def _apply_outcomes(self, conn: AsyncConnection, batch: Batch, rows: dict[tuple[str, int], int],
                               outcomes: Sequence[Outcome], now: float) -> DeliveryResult:
-        ok: list[tuple[LeasedRecord, Outcome]] = []
-        bad: list[tuple[LeasedRecord, Outcome]] = []
+        acknowledged = 0
+        bad: list[tuple[int, Outcome]] = []
         for out in outcomes:
-            rec = rows.pop((out.key, out.version), None)
-            if rec is not None:
-                (ok if out.status in ACK_STATUSES else bad).append((rec, out))
+            outbox_id = rows.pop((out.key, out.version), None)
+            if outbox_id is None:
+                continue
+            if out.status in ACK_STATUSES:
+                acknowledged += 1
+            else:
+                bad.append((outbox_id, out))
         o = s.outbox.c
         if bad:
-            await self._set_state(conn, [rec.outbox_id for rec, _ in bad], "rejected", now)
-            payloads = await self._payloads(conn, batch.dataset, [rec.record_key for rec, _ in bad])
+            await self._set_state(conn, [outbox_id for outbox_id, _ in bad], "rejected", now)
+            payloads = await self._payloads(conn, batch.dataset, [out.key for _, out in bad])
             await self.upsert_quarantine(conn, [_target_reject(
-                batch.target, batch.dataset, LeasedRecord(rec.outbox_id, rec.record_key, rec.version, "",
-                                                          payloads.get(rec.record_key, {})),
-                out.code, out.message, now) for rec, out in bad])
+                batch.target, batch.dataset, LeasedRecord(outbox_id, out.key, out.version, "",
+                                                          payloads.get(out.key, {})),
+                out.code, out.message, now) for outbox_id, out in bad])
         if rows:  # the peer said nothing about these: send them again in a later batch
-            await self._set_state(conn, [rec.outbox_id for rec in rows.values()], "pending", now, batch_id=None)
-        if ok:  # everything still leased in this batch now is acknowledged
+            await self._set_state(conn, list(rows.values()), "pending", now, batch_id=None)
+        if acknowledged:  # everything still leased in this batch now is acknowledged
             await conn.execute(update(s.outbox).where(and_(o.batch_id == batch.id, o.state == "leased"))
                                .values(state="delivered", updated_at=now))
-        return DeliveryResult(len(ok), len(bad), len(rows))
+        return DeliveryResult(acknowledged, len(bad), len(rows))
 
     async def _set_state(self, conn: AsyncConnection, ids: Sequence[int], state: str, now: float,
-                         **extra: Any) -> None:
+                         only_pending: bool = False, **extra: Any) -> None:
         o = s.outbox.c
         for chunk in _chunks(list(ids)):
-            await conn.execute(update(s.outbox).where(o.id.in_(chunk)).values(state=state, updated_at=now, **extra))
+            cond = and_(o.id.in_(chunk), o.state == "pending") if only_pending else o.id.in_(chunk)
+            await conn.execute(update(s.outbox).where(cond).values(state=state, updated_at=now, **extra))
 
     async def fail_attempt(self, batch: Batch, error: str, next_attempt_at: float, dead: bool,
                            duration_ms: float) -> None:

@@ -373,10 +373,10 @@ class TestPipeline:
         rows = [(str(r["id"]), {k: v for k, v in r.items() if k != "id"}, ()) for r in sample[1]["xzcf"][:300]]
         cpu._COMPILED.clear()
         first = cpu._map_in_worker(path, mapping.version, "src", rows, TODAY, None)
-        cached = cpu._COMPILED[(path, mapping.version)]
-        assert cached.fast is not None
+        version, cached = cpu._COMPILED[path]
+        assert version == mapping.version and isinstance(cached, InboundMapping) and cached.fast is not None
         assert cpu._map_in_worker(path, mapping.version, "src", rows, TODAY, None) == first
-        assert cpu._COMPILED[(path, mapping.version)] is cached
+        assert cpu._COMPILED[path] == (mapping.version, cached)
         assert first == cpu.map_rows(mapping.reference(), "src", rows, TODAY)
         assert pickle.loads(pickle.dumps((first, rows))) == (first, rows)  # what crosses the pipe
 

@@ -21,7 +21,7 @@ from gateway import schema as s
 from gateway.errors import StoreError
 from gateway.sampledata import SampleResult, apply_changes
 from gateway.store import RAW_BODY, Reject, open_store
-from gateway.store_delivery import Batch, DeliveryResult, EncodedBatch, LeasedRecord, Outcome
+from gateway.store_delivery import Batch, DeliveryResult, EncodedBatch, LeasedRecord, LeaseLost, Outcome
 from gateway.store_ops import Store
 from tests.helpers import (
     SOURCE,
@@ -405,6 +405,63 @@ class TestLeaseBatch:
         second = await leased_keys(store, got[1])  # type: ignore[arg-type]
         assert len(first) == len(second) == 8
         assert not set(first) & set(second)
+
+    async def test_rows_leased_since_they_were_read_are_not_leased_again(
+            self, store: Store, valid_rows: list[dict[str, Any]]) -> None:
+        """Two senders read the same rows; the second to lease them leases nothing and writes nothing."""
+        await intake(store, valid_rows[:6], ONE)
+        mine = await store.read_candidates("province", "penalty", 10)
+        theirs = await store.read_candidates("province", "penalty", 10)
+        assert [r[0] for r in mine.rows] == [r[0] for r in theirs.rows] and len(mine.rows) == 6
+        taken = await store.lease_encoded("province", "penalty", theirs, json_encoder()(theirs.records))
+        assert taken is not None
+        with pytest.raises(LeaseLost):
+            await store.lease_encoded("province", "penalty", mine, json_encoder()(mine.records))
+        assert [b["id"] for b in await batches(store)] == [taken.id]
+        assert {(r["state"], r["batch_id"]) for r in await outbox(store)} == {("leased", taken.id)}
+
+    async def test_lease_lost_retries_with_what_is_left(self, store: Store, valid_rows: list[dict[str, Any]]) -> None:
+        """lease_batch reads again when another sender took its rows while it encoded."""
+        await intake(store, valid_rows[:6], ONE)
+        other: list[Batch] = []
+
+        async def slow_encoder(leased: Sequence[LeasedRecord]) -> EncodedBatch:
+            if not other:  # another sender leases three of these rows meanwhile
+                batch = await store.lease_batch("province", "penalty", 3, json_encoder())
+                assert batch is not None
+                other.append(batch)
+            return json_encoder()(leased)
+
+        mine = await store.lease_batch("province", "penalty", 10, slow_encoder)
+        assert mine is not None and mine.record_count == 3
+        assert not set(await leased_keys(store, mine)) & set(await leased_keys(store, other[0]))
+
+    async def test_a_version_superseded_since_it_was_read_is_not_leased(
+            self, store: Store, valid_rows: list[dict[str, Any]]) -> None:
+        """v1 read, then v2 arrives (superseding v1's pending row): v1's lease leases nothing; v2 goes instead."""
+        a = valid_rows[0]
+        await intake(store, [a], ONE)
+        old = await store.read_candidates("province", "penalty", 10)
+        await intake(store, [edited(a)], ONE)
+        new = await store.read_candidates("province", "penalty", 10)
+        assert [r[2] for r in old.rows] == [1] and [r[2] for r in new.rows] == [2]
+        with pytest.raises(LeaseLost):
+            await store.lease_encoded("province", "penalty", old, json_encoder()(old.records))
+        batch = await store.lease_encoded("province", "penalty", new, json_encoder()(new.records))
+        assert batch is not None and orjson.loads(batch.body)["records"][0]["version"] == 2
+        assert states(await outbox(store, to_record(a).key)) == Counter({("province", 1, "superseded"): 1,
+                                                                         ("province", 2, "leased"): 1})
+
+    async def test_reading_after_a_batch_being_encoded_takes_the_next_rows(
+            self, store: Store, valid_rows: list[dict[str, Any]]) -> None:
+        """``after``: a second batch read while the first is encoded takes the rows after it; both lease."""
+        await intake(store, valid_rows[:10], ONE)
+        first = await store.read_candidates("province", "penalty", 4)
+        second = await store.read_candidates("province", "penalty", 4, after=first.last_id)
+        assert [r[0] for r in first.rows][-1] == first.last_id < second.rows[0][0]
+        for found in (second, first):
+            assert await store.lease_encoded("province", "penalty", found, json_encoder()(found.records))
+        assert Counter(r["state"] for r in await outbox(store)) == Counter({"leased": 8, "pending": 2})
 
 
 class TestCompleteBatch:

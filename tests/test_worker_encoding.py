@@ -1,0 +1,158 @@
+"""Batches encoded in a mapping worker process are the batches the daemon would encode itself.
+
+Large batches go to the worker (gateway.cpu → gateway.outbound.encode_rows) as the rows the ledger stored; the
+body, its compressed form and digest come back. These tests run the real process pool against the in-process
+path, on a real store and the sandbox.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Sequence
+from pathlib import Path
+
+import orjson
+from sqlalchemy import update
+
+from gateway import schema as s
+from gateway.config import load_config
+from gateway.daemon import Gateway
+from gateway.envelope import Credentials
+from gateway.outbound import Encoded, EncodePlan
+from gateway.publicity import PublicitySettings, stamped
+from gateway.sandbox import Sandbox, SandboxConfig
+from gateway.store import open_store, pack_body, unpack_body
+from gateway.store_delivery import Candidate, EncodedBatch, body_digest
+from gateway.store_ops import Store
+from tests.conftest import TOKEN
+from tests.helpers import make_department_db, outbox, write_config
+from tests.pki import make_ca
+from tests.test_sealed_delivery import _envelope_toml, _sandbox_sealing
+
+TARGET = "platform"
+
+
+async def _both_ways(gw: Gateway, store: Store, rows: int) -> tuple[EncodedBatch, EncodedBatch]:
+    """The same candidate rows encoded in the worker process and in the daemon, under one batch id."""
+    worker = gw.workers[TARGET]
+    found = await store.read_candidates(TARGET, "penalty", rows)
+    assert len(found.rows) >= gw.pool.min_rows  # large enough to go to the worker
+    assert worker.pool is gw.pool and gw.pool.offloads(len(found.rows))
+    in_worker = await worker.encode_batch("penalty", found, "b-same")
+    worker.pool = None
+    here = await worker.encode_batch("penalty", found, "b-same")
+    worker.pool = gw.pool
+    return in_worker, here
+
+
+class TestWorkerEncoding:
+    async def test_a_worker_encodes_the_body_the_daemon_would(self, tmp_path: Path, sandbox: Sandbox,
+                                                            store: Store) -> None:
+        """Same bytes (masked IDs, computed 公示截止期, mapped fields), stored form and digest made by the worker;
+        a record whose stored payload is unreadable is left out with the same reason on both paths."""
+        sample = make_department_db(tmp_path, penalties=300, invalid_fraction=0.0)
+        config = load_config(write_config(tmp_path, url=sandbox.upload_url, db=sample.path, token=TOKEN,
+                                          batch_size=300, source_batch_size=300))
+        async with Gateway(config, store) as gw:
+            for intake in gw.intakes.values():
+                await intake.poll()
+            broken = (await outbox(store))[7]
+            async with store.tx() as conn:
+                await conn.execute(update(s.records).where(s.records.c.id == broken["record_id"])
+                                   .values(payload="{not json"))
+            in_worker, here = await _both_ways(gw, store, 300)
+        assert in_worker.body == here.body  # the same bytes
+        body = orjson.loads(in_worker.body)
+        assert body["batchId"] == "b-same" and len(body["records"]) == len(in_worker.included) == 299
+        assert all(r["data"].get("CF_GSJZQ") for r in body["records"])  # the computed 公示截止期 is there
+        ids = [r["data"]["CF_XDR_ZJHM"] for r in body["records"] if len(r["data"].get("CF_XDR_ZJHM") or "") == 18]
+        assert ids and all("*" in i for i in ids)  # personal ID numbers masked (personal_ids = "mask")
+        assert [r.outbox_id for r in in_worker.included] == [r.outbox_id for r in here.included]
+        assert in_worker.stored is not None and here.stored is None
+        packed, digest = in_worker.stored
+        assert unpack_body(packed) == here.body and digest == body_digest(here.body)
+        assert len(packed) < len(here.body) / 2 and pack_body(here.body) == packed
+        assert [(r.outbox_id, reason) for r, reason in in_worker.failed] == \
+               [(r.outbox_id, reason) for r, reason in here.failed]
+        assert [r.record_key for r, _ in in_worker.failed] == [broken["record_key"]]
+        assert "cannot encode for platform" in in_worker.failed[0][1]
+
+    async def test_everything_arrives_through_the_worker(self, tmp_path: Path, sandbox: Sandbox,
+                                                         store: Store) -> None:
+        """A run whose batches are all encoded in the worker delivers every record once, in order per key."""
+        sample = make_department_db(tmp_path, penalties=900, invalid_fraction=0.0)
+        config = load_config(write_config(tmp_path, url=sandbox.upload_url, db=sample.path, token=TOKEN,
+                                          batch_size=250, source_batch_size=300, max_in_flight=3))
+        sent_to_worker: list[int] = []
+        async with Gateway(config, store) as gw:
+            encode = gw.pool.encode
+
+            async def counted(plan: EncodePlan, batch_id: str, rows: Sequence[Candidate]) -> Encoded:
+                sent_to_worker.append(len(rows))
+                return await encode(plan, batch_id, rows)
+
+            gw.pool.encode = counted  # type: ignore[method-assign]
+            assert await gw.run_until_idle(timeout_s=120)
+            stats = gw.workers[TARGET].stats
+        assert stats.delivered == 900 and sent_to_worker and all(n >= gw.pool.min_rows for n in sent_to_worker)
+        assert set(sandbox.applied_counts("XZCF").values()) == {1} and len(sandbox.held("XZCF")) == 900
+        assert {r["state"] for r in await outbox(store)} == {"delivered"}
+
+
+class TestSealedThroughTheWorker:
+    async def test_the_daemon_seals_what_the_worker_encoded(self, tmp_path: Path) -> None:
+        """With an envelope the worker returns the plain body and the daemon seals it; the platform opens it."""
+        ca = make_ca(tmp_path / "pki", "rsa")
+        ours, peer = ca.issue("gateway"), ca.issue("platform")
+        sample = make_department_db(tmp_path, penalties=260, invalid_fraction=0.0)
+        sandbox = Sandbox(SandboxConfig(token=TOKEN, db_path=str(tmp_path / "sandbox.db"),
+                                        sealing=_sandbox_sealing("cms", peer, ours, ca),
+                                        receipt_credentials=Credentials(peer.key_pem, peer.cert_pem)))
+        await sandbox.start()
+        try:
+            path = write_config(tmp_path, url=sandbox.upload_url, db=sample.path, token=TOKEN, batch_size=260,
+                                source_batch_size=300)
+            with path.open("a", encoding="utf-8") as f:
+                f.write(_envelope_toml("cms", ours, peer, ca))
+            config = load_config(path)
+            store = await open_store(config.store_url())
+            try:
+                async with Gateway(config, store) as gw:
+                    assert await gw.run_until_idle(timeout_s=120)
+                    stats = gw.workers[TARGET].stats
+                batches = await store.list_batches(TARGET, limit=10)
+            finally:
+                await store.aclose()
+            assert stats.batches == 1 and stats.delivered == 260
+            assert [b["state"] for b in batches] == ["done"]
+            assert len(sandbox.held("XZCF")) == 260
+        finally:
+            await sandbox.aclose()
+
+
+class TestPlanPickling:
+    def test_publicity_settings_cross_without_their_cache(self) -> None:
+        """The remembered end dates stay behind: the copy equals the settings and computes the same stamp."""
+        settings = PublicitySettings()
+        payload = {"decision_date": "2024-03-01", "penalty_types": "罚款", "fine_amount": 1.0}
+        first = stamped(settings, "penalty", payload)
+        assert settings._ends  # something is remembered
+        copy = pickle.loads(pickle.dumps(settings))
+        assert copy == settings and not copy._ends
+        assert stamped(copy, "penalty", payload) == first
+        assert len(pickle.dumps(settings)) < 2000
+
+    def test_a_worker_keeps_inbound_and_outbound_files_compiled_side_by_side(self) -> None:
+        """Mapping a page and encoding a batch in turn does not compile either file again."""
+        from gateway import cpu
+        from gateway.mapping import InboundMapping, OutboundMapping, load_mapping
+        from tests.helpers import MAPPINGS
+
+        inbound, outbound = (str(MAPPINGS / name) for name in ("department-penalty.toml", "platform-2019-penalty.toml"))
+        versions = {path: load_mapping(path).version for path in (inbound, outbound)}
+        cpu._COMPILED.clear()
+        first_in = cpu._compiled(inbound, versions[inbound], InboundMapping)
+        first_out = cpu._compiled(outbound, versions[outbound], OutboundMapping)
+        assert cpu._compiled(inbound, versions[inbound], InboundMapping) is first_in
+        assert cpu._compiled(outbound, versions[outbound], OutboundMapping) is first_out
+        assert cpu._compiled(inbound, versions[inbound] + 1, InboundMapping) is not first_in  # edited: again
