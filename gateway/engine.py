@@ -440,9 +440,10 @@ async def _wait_any(wake: asyncio.Event, stopping: asyncio.Event, timeout_s: flo
 
 
 
-def _parsed(stored: str) -> dict[str, Any]:
+def _parsed(stored: bytes) -> dict[str, Any]:
+    """A stored payload for the quarantine, even when it is not readable JSON."""
     try:
         value = orjson.loads(stored)
     except orjson.JSONDecodeError:
-        return {"stored": stored[:2000]}
+        return {"stored": stored[:2000].decode("utf-8", "replace")}
     return value if isinstance(value, dict) else {"stored": value}

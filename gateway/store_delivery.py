@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, exists, func, select, update
+from sqlalchemy import LargeBinary, and_, cast, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import schema as s
@@ -40,7 +40,7 @@ class LeasedRecord:
     payload: dict[str, Any]
 
 
-Candidate = tuple[int, str, int, str, str]  # outbox id, record key, version, operation, stored canonical JSON
+Candidate = tuple[int, str, int, str, bytes]  # outbox id, record key, version, operation, canonical JSON
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +141,10 @@ class DeliveryMixin(StoreBase):
         leased: none of their key is leased for the target. Nothing is locked: :meth:`lease_encoded` leases
         only rows that are still pending then."""
         o, r = s.outbox.c, s.records.c
-        stmt = (select(o.id, o.record_key, o.version, r.operation, r.payload, r.version)
+        # the payload as the UTF-8 bytes it is stored as: no text object is made for it in this process
+        stored = (func.convert_to(r.payload, "UTF8") if self.dialect == "postgresql"
+                  else cast(r.payload, LargeBinary))
+        stmt = (select(o.id, o.record_key, o.version, r.operation, stored, r.version)
                 .join(s.records, r.id == o.record_id)
                 .where(and_(o.target == target, o.dataset == dataset, o.state == "pending", o.id > after,
                             ~_key_leased(o)))
