@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from gateway.errors import Problem
 from gateway.mapping import InboundMapping, OutboundMapping, load_mapping
-from gateway.outbound import Encoded, EncodePlan, encode_rows, encode_stored
+from gateway.outbound import Encoded, EncodePlan, encode_stored
 from gateway.records import LedgerEntry
 from gateway.store import Reject
 from gateway.store_delivery import Candidate
@@ -89,8 +89,7 @@ def _encode_in_worker(plan: EncodePlan, batch_id: str, rows: Sequence[Candidate]
             _PLANS.clear()
         kept = _PLANS[plan.key] = plan
     mapping = _compiled(plan.mapping_path, plan.mapping_version, OutboundMapping)
-    encode = encode_rows if plan.sealed else encode_stored
-    return encode(kept, mapping, batch_id, rows, kept.derive)
+    return encode_stored(kept, mapping, batch_id, rows, kept.derive)
 
 
 def tune_gc() -> None:
@@ -100,6 +99,21 @@ def tune_gc() -> None:
     everything loaded at start-up out of it."""
     gc.freeze()
     gc.set_threshold(10_000, 10, 10)
+    _tune_malloc()
+
+
+_M_MMAP_THRESHOLD, _M_ARENA_MAX = -3, -8  # glibc mallopt parameters
+
+
+def _tune_malloc() -> None:
+    """Batch bodies and the pages that cross to the workers are megabytes each, made and freed all the time,
+    by several threads. glibc would keep them in per-thread arenas and raise its mmap threshold after the first
+    free, so the freed megabytes stay in the process: measured, the peak RSS at 1M rows kept rising. Buffers of
+    a megabyte or more are mapped and unmapped instead, and the threads share two arenas."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to tune
+        libc = ctypes.CDLL(None)
+        libc.mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+        libc.mallopt(_M_ARENA_MAX, 2)
 
 
 def _die_with_parent(parent: int) -> None:

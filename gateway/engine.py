@@ -26,7 +26,7 @@ from gateway.config import RetrySettings, SourceConfig, TargetConfig
 from gateway.cpu import Mapped, MapPool
 from gateway.errors import GatewayError, PermanentError, RetryableError
 from gateway.mapping import InboundMapping, OutboundMapping
-from gateway.outbound import Derive, EncodePlan, Route, encode_rows
+from gateway.outbound import Derive, EncodePlan, Route, encode_stored
 from gateway.ports import OutgoingBatch, SourceBatch
 from gateway.records import LedgerEntry
 from gateway.store import Reject, WatermarkMoved
@@ -305,6 +305,7 @@ class TargetWorker:
             self._encoding[dataset] -= 1
             if not self._encoding[dataset]:
                 self._read_to.pop(dataset, None)
+        del found, encoded  # a send holds only its batch: the rows read and their records are let go
         if batch is not None:
             await self._send(batch)
 
@@ -330,20 +331,18 @@ class TargetWorker:
     # ------------------------------------------------------------ encode
 
     async def encode_batch(self, dataset: str, found: Candidates, batch_id: str) -> EncodedBatch:
-        """Encode rows read from the outbox: in a worker process when the batch is large enough and the adapter
-        has a picklable encoder (gateway.outbound), else here; sealed here either way."""
+        """Encode and seal rows read from the outbox: in a worker process when the batch is large enough and the
+        adapter has a picklable encoder (gateway.outbound), else here."""
         plan = self._plan(dataset)
         if plan.picklable and self.pool is not None and self.pool.offloads(len(found.rows)):
             done = await self.pool.encode(plan, batch_id, found.rows)
         else:
-            done = encode_rows(plan, self.mappings[dataset], batch_id, found.rows, self.derive)
+            done = encode_stored(plan, self.mappings[dataset], batch_id, found.rows, self.derive)
         rows = {row[0]: row for row in found.rows}
         # after encoding only the ids of the included rows matter; refused ones are quarantined with their payload
         included = [LeasedRecord(i, rows[i][1], rows[i][2], rows[i][3], {}) for i in done.included]
         failed = [(LeasedRecord(i, rows[i][1], rows[i][2], rows[i][3], _parsed(rows[i][4])), reason)
                   for i, reason in done.failed]
-        if self.cfg.sealing.active and done.body:  # sealed once: the stored, resent and evidenced bytes
-            return EncodedBatch(batch_id, self.cfg.sealing.seal(done.body), included, failed)
         return EncodedBatch(batch_id, done.body, included, failed, done.stored)
 
     def _plan(self, dataset: str) -> EncodePlan:
@@ -354,7 +353,7 @@ class TargetWorker:
         mapping = self.mappings[dataset]
         return EncodePlan(f"{self._plan_id}|{dataset}|{mapping.version}", self.cfg.name, dataset, self._route,
                           mapping.path, mapping.version, self._personal[dataset], self.derive,
-                          body or self.cfg.adapter.encode, self.cfg.sealing.active, picklable=body is not None)
+                          body or self.cfg.adapter.encode, self.cfg.sealing, picklable=body is not None)
 
     # ------------------------------------------------------------ send
 

@@ -3,8 +3,8 @@
 :func:`route_record` turns one leased record into what a target receives. :func:`encode_rows` does it for a
 batch and builds the body with the adapter's encoder; it runs in the daemon, or for a large batch in a
 mapping worker process (gateway.cpu), from an :class:`EncodePlan` that crosses the process boundary: the
-records go over as the ledger stored them (canonical JSON) and the body comes back, so neither the parsing
-nor the mapping nor the serialising takes the daemon's time.
+records go over as the ledger stored them (canonical JSON) and the body comes back sealed, compressed and
+digested, so neither the parsing nor the mapping, serialising or sealing takes the daemon's time.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import orjson
 from gateway.identifiers import mask_id
 from gateway.mapping import MappingError, OutboundMapping
 from gateway.ports import TargetRecord
+from gateway.sealing import Sealing
 from gateway.store import pack_body
 from gateway.store_delivery import Candidate, LeasedRecord, body_digest
 
@@ -91,7 +92,7 @@ class EncodePlan:
     personal_fields: frozenset[str]
     derive: Derive | None
     body: BodyEncoder
-    sealed: bool  # the daemon seals the body: the worker leaves compressing and digesting it to the daemon
+    sealing: Sealing  # the target's envelope (its PEMs cross with the plan: the worker seals too)
     picklable: bool = True  # False: ``body`` is a bound method of an adapter, the daemon encodes itself
 
 
@@ -116,9 +117,10 @@ def encode_rows(plan: EncodePlan, mapping: OutboundMapping, batch_id: str, rows:
 
 def encode_stored(plan: EncodePlan, mapping: OutboundMapping, batch_id: str, rows: Sequence[Candidate],
                   derive: Derive | None) -> Encoded:
-    """:func:`encode_rows`, and the body compressed and digested as the store keeps it (a worker process does
-    this too when the body is sent unsealed)."""
+    """:func:`encode_rows`, then the body sealed (once: the stored, resent and evidenced bytes), compressed and
+    digested as the store keeps it."""
     done = encode_rows(plan, mapping, batch_id, rows, derive)
     if not done.body:
         return done
-    return Encoded(done.body, done.included, done.failed, (pack_body(done.body), body_digest(done.body)))
+    body = plan.sealing.seal(done.body)
+    return Encoded(body, done.included, done.failed, (pack_body(body), body_digest(body)))

@@ -21,11 +21,11 @@ from gateway.envelope import Credentials
 from gateway.outbound import Encoded, EncodePlan
 from gateway.publicity import PublicitySettings, stamped
 from gateway.sandbox import Sandbox, SandboxConfig
-from gateway.store import open_store, pack_body, unpack_body
+from gateway.store import RAW_BODY, open_store, pack_body, unpack_body
 from gateway.store_delivery import Candidate, EncodedBatch, body_digest
 from gateway.store_ops import Store
 from tests.conftest import TOKEN
-from tests.helpers import make_department_db, outbox, write_config
+from tests.helpers import batches, make_department_db, outbox, write_config
 from tests.pki import make_ca
 from tests.test_sealed_delivery import _envelope_toml, _sandbox_sealing
 
@@ -68,7 +68,7 @@ class TestWorkerEncoding:
         ids = [r["data"]["CF_XDR_ZJHM"] for r in body["records"] if len(r["data"].get("CF_XDR_ZJHM") or "") == 18]
         assert ids and all("*" in i for i in ids)  # personal ID numbers masked (personal_ids = "mask")
         assert [r.outbox_id for r in in_worker.included] == [r.outbox_id for r in here.included]
-        assert in_worker.stored is not None and here.stored is None
+        assert in_worker.stored is not None and in_worker.stored == here.stored
         packed, digest = in_worker.stored
         assert unpack_body(packed) == here.body and digest == body_digest(here.body)
         assert len(packed) < len(here.body) / 2 and pack_body(here.body) == packed
@@ -100,8 +100,8 @@ class TestWorkerEncoding:
 
 
 class TestSealedThroughTheWorker:
-    async def test_the_daemon_seals_what_the_worker_encoded(self, tmp_path: Path) -> None:
-        """With an envelope the worker returns the plain body and the daemon seals it; the platform opens it."""
+    async def test_the_worker_seals_what_it_encoded(self, tmp_path: Path) -> None:
+        """With an envelope the worker seals the body it encoded; the platform opens it and signs the receipt."""
         ca = make_ca(tmp_path / "pki", "rsa")
         ours, peer = ca.issue("gateway"), ca.issue("platform")
         sample = make_department_db(tmp_path, penalties=260, invalid_fraction=0.0)
@@ -117,14 +117,24 @@ class TestSealedThroughTheWorker:
             config = load_config(path)
             store = await open_store(config.store_url())
             try:
+                sealed_in_worker: list[bool] = []
                 async with Gateway(config, store) as gw:
+                    encode = gw.pool.encode
+
+                    async def watched(plan: EncodePlan, batch_id: str, rows: Sequence[Candidate]) -> Encoded:
+                        done = await encode(plan, batch_id, rows)
+                        sealed_in_worker.append(not done.body.startswith(b"{"))
+                        return done
+
+                    gw.pool.encode = watched  # type: ignore[method-assign]
                     assert await gw.run_until_idle(timeout_s=120)
                     stats = gw.workers[TARGET].stats
-                batches = await store.list_batches(TARGET, limit=10)
+                stored = await batches(store)
             finally:
                 await store.aclose()
-            assert stats.batches == 1 and stats.delivered == 260
-            assert [b["state"] for b in batches] == ["done"]
+            assert stats.batches == 1 and stats.delivered == 260 and sealed_in_worker == [True]
+            assert [b["state"] for b in stored] == ["done"]
+            assert stored[0]["body"].startswith(RAW_BODY)  # ciphertext, kept as it is
             assert len(sandbox.held("XZCF")) == 260
         finally:
             await sandbox.aclose()
