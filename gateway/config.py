@@ -46,7 +46,8 @@ class DaemonSettings:
     shutdown_grace_s: float = setting(30.0, check="positive", help="time in-flight work gets after SIGTERM")
     heartbeat_s: float = setting(5.0, check="positive", help="how often the daemon records it is alive")
     idle_check_s: float = setting(1.0, check="positive", help="how often workers look for due retries")
-    map_workers: int = setting(1, help="worker processes for mapping and validation (0 = in the daemon itself)")
+    map_workers: int = setting(1, help="worker processes for mapping and validation, and for encoding and sealing "
+                                          "large batches (0 = all in the daemon itself)")
     reload_check_s: float = setting(5.0, check="positive", help="how often mapping files are checked for changes")
     log_format: str = setting("json", choices=("json", "text"), help="json: one object per line")
     log_level: str = setting("info", choices=("debug", "info", "warning", "error"))
