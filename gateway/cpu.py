@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
 
-from gateway.errors import Problem
+from gateway.errors import ConfigError, Problem
 from gateway.mapping import InboundMapping, OutboundMapping, load_mapping
 from gateway.outbound import Encoded, EncodePlan, encode_stored
 from gateway.records import LedgerEntry
@@ -63,12 +63,22 @@ def _raw(row: Mapping[str, Any]) -> dict[str, Any]:
     return {k: (v.isoformat() if isinstance(v, dt.date | dt.datetime) else v) for k, v in row.items()}
 
 
+class MappingMoved(Exception):
+    """The file on disk is not the version the daemon compiled: edited since (the daemon reloads it shortly)
+    or broken (the daemon keeps the version it has)."""
+
+
 def _compiled(path: str, version: int, kind: type[M]) -> M:
     held = _COMPILED.get(path)
     if held is None or held[0] != version:
-        loaded = load_mapping(path)
+        try:
+            loaded = load_mapping(path)
+        except (ConfigError, OSError) as exc:  # unreadable now: the daemon still has its version
+            raise MappingMoved(f"{path}: {exc}") from None
         if not isinstance(loaded, kind):
-            raise TypeError(f"{path} is not an {kind.__name__}")
+            raise MappingMoved(f"{path} is not an {kind.__name__} now")
+        if loaded.version != version:
+            raise MappingMoved(f"{path} changed since the daemon compiled it")
         if len(_COMPILED) >= _KEEP:
             _COMPILED.clear()
         held = _COMPILED[path] = (version, loaded)
@@ -149,20 +159,28 @@ class MapPool:
         """True when a batch of ``rows`` goes to a worker process."""
         return self._pool is not None and rows >= self.min_rows
 
-    async def encode(self, plan: EncodePlan, batch_id: str, rows: Sequence[Candidate]) -> Encoded:
-        """Encode a batch in a worker process (gateway.outbound.encode_rows)."""
+    async def encode(self, plan: EncodePlan, batch_id: str, rows: Sequence[Candidate],
+                     mapping: OutboundMapping) -> Encoded:
+        """Encode and seal a batch in a worker process (gateway.outbound.encode_stored); here, with ``mapping``
+        (the daemon's compiled copy), when the file on disk is no longer that version."""
         if self._pool is None:
             raise RuntimeError("encode() needs worker processes")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, _encode_in_worker, plan, batch_id, list(rows))
+        try:
+            return await loop.run_in_executor(self._pool, _encode_in_worker, plan, batch_id, list(rows))
+        except MappingMoved:
+            return encode_stored(plan, mapping, batch_id, rows, plan.derive)
 
     async def map(self, mapping: InboundMapping, source: str, rows: Rows, today: dt.date,
                   secret: KeySecret | None = None) -> Mapped:
         if self._pool is None or len(rows) < self.min_rows:
             return map_rows(mapping, source, rows, today, secret)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, _map_in_worker, mapping.path, mapping.version, source,
-                                          list(rows), today, secret)
+        try:
+            return await loop.run_in_executor(self._pool, _map_in_worker, mapping.path, mapping.version, source,
+                                              list(rows), today, secret)
+        except MappingMoved:  # mapped here with the version the daemon compiled
+            return map_rows(mapping, source, rows, today, secret)
 
     def close(self) -> None:
         if self._pool is not None:

@@ -335,7 +335,7 @@ class TargetWorker:
         adapter has a picklable encoder (gateway.outbound), else here."""
         plan = self._plan(dataset)
         if plan.picklable and self.pool is not None and self.pool.offloads(len(found.rows)):
-            done = await self.pool.encode(plan, batch_id, found.rows)
+            done = await self.pool.encode(plan, batch_id, found.rows, self.mappings[dataset])
         else:
             done = encode_stored(plan, self.mappings[dataset], batch_id, found.rows, self.derive)
         rows = {row[0]: row for row in found.rows}

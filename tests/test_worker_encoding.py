@@ -12,12 +12,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
+import pytest
 from sqlalchemy import update
 
 from gateway import schema as s
 from gateway.config import load_config
 from gateway.daemon import Gateway
 from gateway.envelope import Credentials
+from gateway.mapping import OutboundMapping
 from gateway.outbound import Encoded, EncodePlan
 from gateway.publicity import PublicitySettings, stamped
 from gateway.sandbox import Sandbox, SandboxConfig
@@ -87,9 +89,10 @@ class TestWorkerEncoding:
         async with Gateway(config, store) as gw:
             encode = gw.pool.encode
 
-            async def counted(plan: EncodePlan, batch_id: str, rows: Sequence[Candidate]) -> Encoded:
+            async def counted(plan: EncodePlan, batch_id: str, rows: Sequence[Candidate],
+                              mapping: OutboundMapping) -> Encoded:
                 sent_to_worker.append(len(rows))
-                return await encode(plan, batch_id, rows)
+                return await encode(plan, batch_id, rows, mapping)
 
             gw.pool.encode = counted  # type: ignore[method-assign]
             assert await gw.run_until_idle(timeout_s=120)
@@ -121,8 +124,9 @@ class TestSealedThroughTheWorker:
                 async with Gateway(config, store) as gw:
                     encode = gw.pool.encode
 
-                    async def watched(plan: EncodePlan, batch_id: str, rows: Sequence[Candidate]) -> Encoded:
-                        done = await encode(plan, batch_id, rows)
+                    async def watched(plan: EncodePlan, batch_id: str, rows: Sequence[Candidate],
+                                      mapping: OutboundMapping) -> Encoded:
+                        done = await encode(plan, batch_id, rows, mapping)
                         sealed_in_worker.append(not done.body.startswith(b"{"))
                         return done
 
@@ -165,4 +169,49 @@ class TestPlanPickling:
         first_out = cpu._compiled(outbound, versions[outbound], OutboundMapping)
         assert cpu._compiled(inbound, versions[inbound], InboundMapping) is first_in
         assert cpu._compiled(outbound, versions[outbound], OutboundMapping) is first_out
-        assert cpu._compiled(inbound, versions[inbound] + 1, InboundMapping) is not first_in  # edited: again
+        with pytest.raises(cpu.MappingMoved, match="changed since the daemon compiled it"):
+            cpu._compiled(inbound, versions[inbound] + 1, InboundMapping)  # the daemon holds another version
+
+
+class TestFileChangedUnderTheDaemon:
+    async def test_a_broken_or_edited_file_on_disk_leaves_the_daemons_version_in_force(
+            self, tmp_path: Path, sandbox: Sandbox, store: Store) -> None:
+        """The worker compiles a mapping by path; when the file no longer is the version the daemon compiled
+        (edited, or broken by an edit the daemon refuses), pages are mapped and batches encoded in the daemon
+        with the version it holds, with the same results."""
+        import shutil
+
+        from gateway.cpu import map_rows
+        from gateway.engine import china_today
+        from tests.helpers import MAPPINGS, SOURCE, read_rows
+
+        mappings = tmp_path / "mappings"
+        shutil.copytree(MAPPINGS, mappings)
+        sample = make_department_db(tmp_path, penalties=300, invalid_fraction=0.0)
+        path = write_config(tmp_path, url=sandbox.upload_url, db=sample.path, token=TOKEN, batch_size=300,
+                            source_batch_size=300)
+        path.write_text(path.read_text(encoding="utf-8").replace(MAPPINGS.as_posix(), mappings.as_posix()),
+                        encoding="utf-8")
+        config = load_config(path)
+        async with Gateway(config, store) as gw:
+            for intake in gw.intakes.values():
+                await intake.poll()
+            worker = gw.workers[TARGET]
+            found = await store.read_candidates(TARGET, "penalty", 300)
+            worker.pool = None
+            expected = await worker.encode_batch("penalty", found, "b-same")
+            worker.pool = gw.pool
+            inbound = gw.intakes[SOURCE].mappings["penalty"]
+            rows = [(str(r["id"]), {k: v for k, v in r.items() if k != "id"}, ())
+                    for r in read_rows(sample.path)][:250]
+            expected_pages = map_rows(inbound, SOURCE, rows, china_today())
+            for damage in ("[mapping\nbroken", None):
+                for name in ("platform-2019-penalty.toml", "department-penalty.toml"):
+                    file = mappings / name
+                    file.write_text(damage if damage else file.read_text(encoding="utf-8") + "\n# edited\n",
+                                    encoding="utf-8")
+                got = await worker.encode_batch("penalty", found, "b-same")
+                assert (got.body, got.stored) == (expected.body, expected.stored)
+                assert await gw.pool.map(inbound, SOURCE, rows, china_today()) == expected_pages
+                for name in ("platform-2019-penalty.toml", "department-penalty.toml"):
+                    shutil.copy(MAPPINGS / name, mappings / name)
