@@ -99,7 +99,7 @@ def _encode_in_worker(plan: EncodePlan, batch_id: str, rows: Sequence[Candidate]
             _PLANS.clear()
         kept = _PLANS[plan.key] = plan
     mapping = _compiled(plan.mapping_path, plan.mapping_version, OutboundMapping)
-    return encode_stored(kept, mapping, batch_id, rows, kept.derive)
+    return encode_stored(kept, mapping, batch_id, rows)
 
 
 def tune_gc() -> None:
@@ -169,7 +169,7 @@ class MapPool:
         try:
             return await loop.run_in_executor(self._pool, _encode_in_worker, plan, batch_id, list(rows))
         except MappingMoved:
-            return encode_stored(plan, mapping, batch_id, rows, plan.derive)
+            return encode_stored(plan, mapping, batch_id, rows)
 
     async def map(self, mapping: InboundMapping, source: str, rows: Rows, today: dt.date,
                   secret: KeySecret | None = None) -> Mapped:

@@ -337,7 +337,7 @@ class TargetWorker:
         if plan.picklable and self.pool is not None and self.pool.offloads(len(found.rows)):
             done = await self.pool.encode(plan, batch_id, found.rows, self.mappings[dataset])
         else:
-            done = encode_stored(plan, self.mappings[dataset], batch_id, found.rows, self.derive)
+            done = encode_stored(plan, self.mappings[dataset], batch_id, found.rows)
         rows = {row[0]: row for row in found.rows}
         # after encoding only the ids of the included rows matter; refused ones are quarantined with their payload
         included = [LeasedRecord(i, rows[i][1], rows[i][2], rows[i][3], {}) for i in done.included]

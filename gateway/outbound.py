@@ -96,14 +96,13 @@ class EncodePlan:
     picklable: bool = True  # False: ``body`` is a bound method of an adapter, the daemon encodes itself
 
 
-def encode_rows(plan: EncodePlan, mapping: OutboundMapping, batch_id: str, rows: Sequence[Candidate],
-                derive: Derive | None) -> Encoded:
+def encode_rows(plan: EncodePlan, mapping: OutboundMapping, batch_id: str, rows: Sequence[Candidate]) -> Encoded:
     """The body of a batch from candidate rows as stored; a record its mapping refuses is left out with the
     reason (it is quarantined for this target)."""
     records: list[TargetRecord] = []
     included: list[int] = []
     failed: list[tuple[int, str]] = []
-    route, personal = plan.route, plan.personal_fields
+    route, personal, derive = plan.route, plan.personal_fields, plan.derive
     for outbox_id, key, version, operation, stored in rows:
         try:
             rec = LeasedRecord(outbox_id, key, version, operation, orjson.loads(stored))
@@ -115,11 +114,10 @@ def encode_rows(plan: EncodePlan, mapping: OutboundMapping, batch_id: str, rows:
     return Encoded(body, included, failed)
 
 
-def encode_stored(plan: EncodePlan, mapping: OutboundMapping, batch_id: str, rows: Sequence[Candidate],
-                  derive: Derive | None) -> Encoded:
+def encode_stored(plan: EncodePlan, mapping: OutboundMapping, batch_id: str, rows: Sequence[Candidate]) -> Encoded:
     """:func:`encode_rows`, then the body sealed (once: the stored, resent and evidenced bytes), compressed and
     digested as the store keeps it."""
-    done = encode_rows(plan, mapping, batch_id, rows, derive)
+    done = encode_rows(plan, mapping, batch_id, rows)
     if not done.body:
         return done
     body = plan.sealing.seal(done.body)

@@ -93,7 +93,7 @@ class EncodedBatch:
     body: bytes
     included: Sequence[LeasedRecord]
     failed: Sequence[tuple[LeasedRecord, str]] = field(default_factory=list)
-    stored: tuple[bytes, str] | None = None  # pack_body(body) and body_digest(body), when a worker made them
+    stored: tuple[bytes, str] | None = None  # pack_body(body), body_digest(body) if the encoder made them
 
 
 Encoder = Callable[[Sequence[LeasedRecord]], EncodedBatch | Awaitable[EncodedBatch]]
