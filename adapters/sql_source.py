@@ -14,9 +14,11 @@ import codecs
 import datetime as dt
 import logging
 import re
+import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -100,7 +102,7 @@ class SqlSource:
             return list(result.keys())
 
     async def fetch(self, cursor: Any, limit: int) -> SourceBatch:
-        sql, params = self._select(cursor, limit)
+        sql, params = _select(self._query_spec(), cursor, limit, self._draining)
         as_bytes = self._always_bytes
         try:
             rows = await self._query(sql, params, as_bytes)
@@ -111,11 +113,28 @@ class SqlSource:
             as_bytes = True
             rows = await self._query(sql, params, as_bytes)
         self._draining = len(rows) >= limit
-        if not rows:
-            return SourceBatch([], cursor, False)
-        out = [self._decoded(r) for r in rows] if as_bytes else [SourceRow(self._row_key(r), r) for r in rows]
-        new_cursor = [_jsonable(rows[-1][c]) for c in self._cols]
-        return SourceBatch(out, new_cursor, self._draining)
+        return _page(self._query_spec(), rows, cursor, limit, as_bytes)
+
+    async def page_reader(self, first: bool) -> SqlitePageReader | None:
+        """:meth:`fetch` as a picklable, synchronous callable that a mapping worker runs itself, so the rows
+        are read, decoded and mapped there and never cross into the daemon (SQLite databases in a file; other
+        databases are read here). ``first``: the first page of a poll, which re-reads the look-back window;
+        the warning about rows without an update value is checked here, once per poll, as :meth:`fetch` does."""
+        if not self._sqlite or self._engine is None:
+            return None
+        database = self._engine.url.database
+        if not database or database == ":memory:" or database.startswith("file:"):
+            return None
+        if first:
+            async with self._connect() as conn:
+                await self._warn_null_rows(conn)
+        self._draining = not first
+        return SqlitePageReader(self._query_spec(), database, draining=not first)
+
+    def _query_spec(self) -> QuerySpec:
+        s = self.settings
+        return QuerySpec(self.name, self._from(), tuple(self._cols), tuple(s.key_columns), s.lookback_s,
+                         s.encoding, self._always_bytes)
 
     async def _query(self, sql: str, params: dict[str, Any], as_bytes: bool) -> list[dict[str, Any]]:
         try:
@@ -134,18 +153,6 @@ class SqlSource:
                         raw.driver_connection.text_factory = str
         except (OSError, ValueError) as exc:
             raise RetryableError(f"source {self.name}: {exc}") from exc
-
-    def _decoded(self, row: dict[str, Any]) -> SourceRow:
-        """TEXT read as bytes (SQLite) decoded with the source's encoding; undecodable columns are problems."""
-        problems = []
-        for column, value in row.items():
-            if isinstance(value, bytes):
-                try:
-                    row[column] = value.decode(self.settings.encoding)
-                except UnicodeDecodeError as exc:
-                    row[column] = value.decode(self.settings.encoding, "replace")
-                    problems.append(Problem(column, _decode_reason(value, self.settings.encoding, exc)))
-        return SourceRow(self._row_key(row), row, tuple(problems))
 
     async def _warn_null_rows(self, conn: Any) -> None:
         """Rows whose update column is NULL cannot be placed after the watermark: say so, once per change."""
@@ -170,25 +177,112 @@ class SqlSource:
     def _from(self) -> str:
         return self.settings.query or f"SELECT * FROM {self.settings.table}"  # noqa: S608 - identifier checked
 
-    def _select(self, cursor: Any, limit: int) -> tuple[str, dict[str, Any]]:
-        cols = self._cols
-        order = ", ".join(cols)
-        present = f"{cols[0]} IS NOT NULL"  # rows without an update value cannot be placed: see null_rows()
-        if not cursor:
-            return (f"SELECT * FROM ({self._from()}) AS src WHERE {present} ORDER BY {order} LIMIT :limit",  # noqa: S608
-                    {"limit": limit})
-        params: dict[str, Any] = {"limit": limit}
-        params.update({f"c{i}": _typed(v) for i, v in enumerate(cursor)})
-        if self.settings.lookback_s and not self._draining:
-            params["c0"] = _minus(_typed(cursor[0]), self.settings.lookback_s)
-            where = f"{cols[0]} >= :c0"
-        else:
-            where = _after(cols)
-        return (f"SELECT * FROM ({self._from()}) AS src WHERE {present} AND ({where}) "  # noqa: S608
-                f"ORDER BY {order} LIMIT :limit", params)
 
-    def _row_key(self, row: Mapping[str, Any]) -> str:
-        return "/".join(str(row[c]) for c in self.settings.key_columns)
+
+@dataclass(frozen=True, slots=True)
+class QuerySpec:
+    """What a page read needs to know of the source, picklable (for :class:`SqlitePageReader`)."""
+
+    name: str
+    source_sql: str  # the table as a SELECT, or the configured query
+    cols: tuple[str, ...]  # the update column, then the key columns
+    key_columns: tuple[str, ...]
+    lookback_s: float
+    encoding: str
+    always_bytes: bool  # TEXT is read as bytes and decoded with ``encoding`` (SQLite, not UTF-8)
+
+
+def _select(spec: QuerySpec, cursor: Any, limit: int, draining: bool) -> tuple[str, dict[str, Any]]:
+    cols = spec.cols
+    order = ", ".join(cols)
+    present = f"{cols[0]} IS NOT NULL"  # rows without an update value cannot be placed: see null_rows()
+    if not cursor:
+        return (f"SELECT * FROM ({spec.source_sql}) AS src WHERE {present} ORDER BY {order} LIMIT :limit",  # noqa: S608
+                {"limit": limit})
+    params: dict[str, Any] = {"limit": limit}
+    params.update({f"c{i}": _typed(v) for i, v in enumerate(cursor)})
+    if spec.lookback_s and not draining:
+        params["c0"] = _minus(_typed(cursor[0]), spec.lookback_s)
+        where = f"{cols[0]} >= :c0"
+    else:
+        where = _after(cols)
+    return (f"SELECT * FROM ({spec.source_sql}) AS src WHERE {present} AND ({where}) "  # noqa: S608
+            f"ORDER BY {order} LIMIT :limit", params)
+
+
+def _page(spec: QuerySpec, rows: list[dict[str, Any]], cursor: Any, limit: int, as_bytes: bool) -> SourceBatch:
+    """The batch of the rows a page query returned (read as bytes: decoded here, row by row)."""
+    if not rows:
+        return SourceBatch([], cursor, False)
+    if as_bytes:
+        out = [_decoded(spec, r) for r in rows]
+    elif len(spec.key_columns) == 1:
+        key = spec.key_columns[0]
+        out = [SourceRow(str(r[key]), r) for r in rows]
+    else:
+        out = [SourceRow(_row_key(spec, r), r) for r in rows]
+    return SourceBatch(out, [_jsonable(rows[-1][c]) for c in spec.cols], len(rows) >= limit)
+
+
+def _row_key(spec: QuerySpec, row: Mapping[str, Any]) -> str:
+    return "/".join(str(row[c]) for c in spec.key_columns)
+
+
+def _decoded(spec: QuerySpec, row: dict[str, Any]) -> SourceRow:
+    """TEXT read as bytes (SQLite) decoded with the source's encoding; undecodable columns are problems."""
+    problems = []
+    for column, value in row.items():
+        if isinstance(value, bytes):
+            try:
+                row[column] = value.decode(spec.encoding)
+            except UnicodeDecodeError as exc:
+                row[column] = value.decode(spec.encoding, "replace")
+                problems.append(Problem(column, _decode_reason(value, spec.encoding, exc)))
+    return SourceRow(_row_key(spec, row), row, tuple(problems))
+
+
+# A mapping worker's connections to the SQLite sources it reads, by file (a worker has one thread).
+_CONNECTIONS: dict[str, sqlite3.Connection] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class SqlitePageReader:
+    """One page read of a SQLite source, synchronous and picklable (:meth:`SqlSource.page_reader`): the batch
+    :meth:`SqlSource.fetch` would give, with the same query, the same reading of text that is not UTF-8 (as
+    bytes, decoded row by row) and retryable errors that name the source."""
+
+    spec: QuerySpec
+    database: str
+    draining: bool
+
+    def __call__(self, cursor: Any, limit: int) -> SourceBatch:
+        sql, params = _select(self.spec, cursor, limit, self.draining)
+        as_bytes = self.spec.always_bytes
+        try:
+            try:
+                rows = self._query(sql, params, as_bytes)
+            except sqlite3.OperationalError as exc:
+                if "decode" not in str(exc):
+                    raise
+                as_bytes = True
+                rows = self._query(sql, params, as_bytes)
+        except sqlite3.Error as exc:
+            stale = _CONNECTIONS.pop(self.database, None)
+            if stale is not None:
+                stale.close()
+            raise RetryableError(f"source {self.spec.name}: {type(exc).__name__}: {exc}") from None
+        return _page(self.spec, rows, cursor, limit, as_bytes)
+
+    def _query(self, sql: str, params: dict[str, Any], as_bytes: bool) -> list[dict[str, Any]]:
+        conn = _CONNECTIONS.get(self.database)
+        if conn is None:
+            if not Path(self.database).is_file():  # sqlite3 would make an empty database there
+                raise sqlite3.OperationalError(f"unable to open database file {self.database}")
+            conn = _CONNECTIONS[self.database] = sqlite3.connect(self.database, isolation_level=None)
+        conn.text_factory = bytes if as_bytes else str
+        result = conn.execute(sql, params)
+        keys = [d[0] for d in result.description]
+        return [dict(zip(keys, row, strict=True)) for row in result.fetchall()]
 
 
 def _decode_reason(value: bytes, encoding: str, exc: UnicodeDecodeError) -> str:

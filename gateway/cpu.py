@@ -3,7 +3,8 @@
 Mapping is pure and CPU-bound; in one process it would compete with the store and the network for the
 interpreter. :class:`MapPool` sends a page of source rows to a worker process, which compiles the
 mapping file once (by path) and returns small, picklable results: ledger entries (canonical JSON and
-digest already computed) and rejects. On the way out it encodes a target's batch the same way: the
+digest already computed) and rejects. A source with a page reader (gateway.ports.Source) is read there too,
+so its rows never cross into the daemon. On the way out it encodes a target's batch the same way: the
 leased rows go over as stored, the body comes back (gateway.outbound). Pages smaller than ``min_rows``
 are handled in-process, where the round trip would cost more than it saves.
 """
@@ -20,13 +21,15 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from gateway.errors import ConfigError, Problem
 from gateway.mapping import InboundMapping, OutboundMapping, load_mapping
 from gateway.outbound import Encoded, EncodePlan, encode_stored
+from gateway.ports import SourceBatch
 from gateway.records import LedgerEntry
 from gateway.store import Reject
 from gateway.store_delivery import Candidate
@@ -90,6 +93,28 @@ def _compiled(path: str, version: int, kind: type[M]) -> M:
 def _map_in_worker(path: str, version: int, source: str, rows: Rows, today: dt.date,
                    secret: KeySecret | None) -> Mapped:
     return map_rows(_compiled(path, version, InboundMapping), source, rows, today, secret)
+
+
+def _read_in_worker(reader: Callable[[Any, int], SourceBatch], cursor: Any, limit: int, source: str,
+                    mappings: Sequence[tuple[str, int, KeySecret | None]], today: dt.date
+                    ) -> tuple[SourceBatch, int, Mapped | None]:
+    """Read a page with the source's page reader and map it with each mapping (path, version, key secret).
+    The batch comes back with the rows of accepted entries that are not upserts only (gateway.engine.Page), or
+    with all its rows and no mapping when a mapping file is not the daemon's version (MappingMoved)."""
+    batch = reader(cursor, limit)
+    try:
+        compiled = [(_compiled(path, version, InboundMapping), secret) for path, version, secret in mappings]
+    except MappingMoved:
+        return batch, len(batch.rows), None
+    rows = [(row.key, row.data, row.problems) for row in batch.rows]
+    accepted: list[LedgerEntry] = []
+    rejects: list[Reject] = []
+    for mapping, secret in compiled:
+        ok, bad = map_rows(mapping, source, rows, today, secret)
+        accepted += ok
+        rejects += bad
+    kept = {e.source_key for e in accepted if e.operation != "upsert"}
+    return replace(batch, rows=[row for row in batch.rows if row.key in kept]), len(rows), (accepted, rejects)
 
 
 def _encode_in_worker(plan: EncodePlan, batch_id: str, rows: Sequence[Candidate]) -> Encoded:
@@ -170,6 +195,16 @@ class MapPool:
             return await loop.run_in_executor(self._pool, _encode_in_worker, plan, batch_id, list(rows))
         except MappingMoved:
             return encode_stored(plan, mapping, batch_id, rows)
+
+    async def read(self, reader: Callable[[Any, int], SourceBatch], cursor: Any, limit: int, source: str,
+                   mappings: Sequence[tuple[str, int, KeySecret | None]], today: dt.date
+                   ) -> tuple[SourceBatch, int, Mapped | None]:
+        """Read and map a page in a worker process (:func:`_read_in_worker`)."""
+        if self._pool is None:
+            raise RuntimeError("read() needs worker processes")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, _read_in_worker, reader, cursor, limit, source,
+                                          list(mappings), today)
 
     async def map(self, mapping: InboundMapping, source: str, rows: Rows, today: dt.date,
                   secret: KeySecret | None = None) -> Mapped:

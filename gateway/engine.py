@@ -56,6 +56,17 @@ async def bounded(call: Any, sem: asyncio.Semaphore, timeout_s: float, what: str
 
 # ---------------------------------------------------------------- intake
 
+@dataclass(frozen=True, slots=True)
+class Page:
+    """A page of a source, mapped. ``rows``: how many rows were read. ``batch.rows`` holds them all when they
+    were read here; read in a worker, only those a screen may still quarantine (of accepted entries that are
+    not upserts: gateway.store_publicity.repair_screen), as the source rows to keep in the quarantine."""
+
+    batch: SourceBatch
+    rows: int
+    mapped: Mapped
+
+
 @dataclass
 class IntakeStats:
     rows: int = 0
@@ -80,56 +91,77 @@ class Intake:
     async def poll(self) -> int:
         """Drain the source: pages are fetched and mapped ahead while earlier ones commit, strictly in order."""
         cursor = await self.store.load_cursor(self.cfg.name)
-        pages: asyncio.Queue[tuple[SourceBatch, Mapped] | None] = asyncio.Queue(maxsize=2)
+        pages: asyncio.Queue[Page | None] = asyncio.Queue(maxsize=2)
         producer = asyncio.create_task(self._produce(cursor, pages), name=f"fetch {self.cfg.name}")
         total = 0
         read_from = cursor
         try:
             while (page := await pages.get()) is not None:
-                batch, mapped = page
-                if not await self._commit(batch, mapped, read_from):
+                if not await self._commit(page, read_from):
                     return total  # another instance took the source further: the next poll starts from there
-                read_from = batch.cursor
-                await bounded(self.cfg.adapter.ack(batch.cursor), self.sem, self.timeout_s, f"source {self.cfg.name}")
-                total += len(batch.rows)
+                read_from = page.batch.cursor
+                await bounded(self.cfg.adapter.ack(page.batch.cursor), self.sem, self.timeout_s,
+                              f"source {self.cfg.name}")
+                total += page.rows
             await producer  # re-raises a fetch or mapping error after the pages before it were committed
         finally:
             producer.cancel()
             await asyncio.gather(producer, return_exceptions=True)
         return total
 
-    async def _produce(self, cursor: Any, pages: asyncio.Queue[tuple[SourceBatch, Mapped] | None]) -> None:
+    async def _produce(self, cursor: Any, pages: asyncio.Queue[Page | None]) -> None:
         try:
+            first = True
             while True:
-                batch: SourceBatch = await bounded(self.cfg.adapter.fetch(cursor, self.cfg.batch_size), self.sem,
-                                                   self.timeout_s, f"source {self.cfg.name}")
+                page = await self._read(cursor, first)
+                first = False
+                batch = page.batch
                 # A snapshot page or a moved cursor is committed even without rows (a snapshot's last page
                 # withdraws what it did not name; an empty delta still advances the source's position).
-                if batch.rows or batch.snapshot is not None or batch.cursor != cursor:
-                    await pages.put((batch, await self.map_rows(batch)))
+                if page.rows or batch.snapshot is not None or batch.cursor != cursor:
+                    await pages.put(page)
                     cursor = batch.cursor
                 if not batch.more:
                     return
         finally:
             await pages.put(None)
 
-    async def _commit(self, batch: SourceBatch, mapped: Mapped, read_from: Any) -> bool:
+    async def _read(self, cursor: Any, first: bool) -> Page:
+        """The next page, mapped. A source that can be read from a worker process (``page_reader``, e.g. a
+        SQLite table) is read and mapped there in one step, so its rows never cross into the daemon; the
+        page then keeps only the rows a screen may still need (see :class:`Page`)."""
+        name, limit = self.cfg.name, self.cfg.batch_size
+        page_reader = getattr(self.cfg.adapter, "page_reader", None)
+        reader = None
+        if page_reader is not None and self.pool.offloads(limit):
+            reader = await bounded(page_reader(first), self.sem, self.timeout_s, f"source {name}")
+        if reader is not None:
+            specs = [(m.path, m.version, await self.store.key_secret() if m.dataset.pseudonymised_key else None)
+                     for m in self.mappings.values()]
+            batch, rows, mapped = await bounded(self.pool.read(reader, cursor, limit, name, specs, self.today()),
+                                                self.sem, self.timeout_s, f"source {name}")
+            return Page(batch, rows, mapped if mapped is not None else await self.map_rows(batch))
+        batch = await bounded(self.cfg.adapter.fetch(cursor, limit), self.sem, self.timeout_s, f"source {name}")
+        return Page(batch, len(batch.rows), await self.map_rows(batch))
+
+    async def _commit(self, page: Page, read_from: Any) -> bool:
         """Commit a page read from ``read_from``; False (nothing written) if another instance sharing the store
         committed this source since (gateway.store WatermarkMoved): its pages are at least as new as this one."""
-        accepted, rejects = mapped
+        batch, rows = page.batch, page.rows
+        accepted, rejects = page.mapped
         for screen in self.screens:
             accepted, rejects = await screen(accepted, rejects, batch, self.today())
         try:
             result = await self.store.commit_intake(self.cfg.name, accepted, rejects, batch.cursor, self.routes,
-                                                    len(batch.rows), snapshot=batch.snapshot, read_from=read_from)
+                                                    rows, snapshot=batch.snapshot, read_from=read_from)
         except WatermarkMoved:
-            log.info("page left to another instance", extra={"source": self.cfg.name, "rows": len(batch.rows)})
+            log.info("page left to another instance", extra={"source": self.cfg.name, "rows": rows})
             return False
         s = self.stats
-        s.rows += len(batch.rows)
+        s.rows += rows
         s.accepted, s.unchanged, s.quarantined = (s.accepted + result.accepted, s.unchanged + result.unchanged,
                                                   s.quarantined + result.quarantined)
-        log.info("intake committed", extra={"source": self.cfg.name, "rows": len(batch.rows),
+        log.info("intake committed", extra={"source": self.cfg.name, "rows": rows,
                                             "accepted": result.accepted, "unchanged": result.unchanged,
                                             "quarantined": result.quarantined})
         for rj in rejects:

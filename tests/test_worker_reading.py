@@ -1,0 +1,198 @@
+"""Source pages read and mapped in a mapping worker process are the pages the daemon would read and map.
+
+A SQLite source offers ``page_reader()``: the worker runs the page query itself and maps the rows, so they never
+cross into the daemon. These tests compare that path with :meth:`SqlSource.fetch` and the in-process mapping on
+real department databases (UTF-8, GBK, a stray GBK value, two key columns, a look-back window) and run the
+intake through the real process pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import pickle
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters.sql_source import SqlitePageReader, SqlSource
+from gateway.config import SourceConfig
+from gateway.cpu import MapPool
+from gateway.engine import Intake, china_today
+from gateway.errors import RetryableError
+from gateway.ports import SourceBatch
+from gateway.publicity import PublicitySettings
+from gateway.sampledata import apply_changes
+from gateway.store import open_store
+from gateway.store_ops import Store
+from gateway.store_publicity import repair_screen
+from tests.helpers import ledger, make_department_db, outbox, penalty_mapping, read_rows
+from tests.rules_helpers import key_of, pick_row, set_decision
+from tests.test_source_encoding import _convert_to_gbk, _store_gbk
+from tests.test_sql_source import NAME, ROUTES, opened
+
+Page = tuple[list[tuple[str, dict[str, Any], tuple[Any, ...]]], Any, bool]
+
+
+def _plain(batch: SourceBatch) -> Page:
+    return [(row.key, dict(row.data), tuple(row.problems)) for row in batch.rows], batch.cursor, batch.more
+
+
+async def _both_ways(source: SqlSource, limit: int) -> tuple[list[Page], list[Page]]:
+    """Every page of the source read with fetch() and with its page reader (pickled, as a worker gets it),
+    each the way the intake drains a poll: the first page with the look-back window, the rest after it."""
+    fetched: list[Page] = []
+    cursor, first = None, True
+    source._draining = False
+    while True:
+        batch = await source.fetch(cursor, limit)
+        fetched.append(_plain(batch))
+        cursor, first = batch.cursor, False
+        if not batch.more:
+            break
+    read: list[Page] = []
+    cursor, first = None, True
+    while True:
+        reader = await source.page_reader(first)
+        assert isinstance(reader, SqlitePageReader)
+        batch = pickle.loads(pickle.dumps(reader))(cursor, limit)
+        read.append(_plain(batch))
+        cursor, first = batch.cursor, False
+        if not batch.more:
+            break
+    return fetched, read
+
+
+class TestPageReader:
+    async def test_the_reader_gives_the_pages_fetch_gives(self, tmp_path: Path) -> None:
+        """Same rows (keys, values, problems), cursors and `more`, page by page, from the first row on."""
+        sample = make_department_db(tmp_path, penalties=45)
+        async with opened(tmp_path, url=f"sqlite:///{sample.path}", table="xzcf") as source:
+            fetched, read = await _both_ways(source, 10)
+        assert len(fetched) == 5 and sum(len(rows) for rows, _, _ in read) == 45
+        assert read == fetched
+
+    async def test_a_stray_gbk_value_is_read_as_bytes_and_named(self, tmp_path: Path) -> None:
+        """A page with a value that is not UTF-8 is read again as bytes; the column is a problem of its row."""
+        sample = make_department_db(tmp_path, penalties=20)
+        _store_gbk(sample.path, 5, "xdr_mc", "苏州瑞丰食品有限公司")
+        async with opened(tmp_path, url=f"sqlite:///{sample.path}", table="xzcf") as source:
+            fetched, read = await _both_ways(source, 50)
+        assert read == fetched
+        [(key, problems)] = [(key, problems) for key, _, problems in read[0][0] if problems]
+        assert key == "5" and problems[0].path == "xdr_mc" and "not utf-8" in problems[0].message
+
+    async def test_a_gbk_database_and_two_key_columns(self, tmp_path: Path) -> None:
+        """encoding = "gbk" decodes every text value; a query's two key columns make the key and the cursor."""
+        sample = make_department_db(tmp_path, penalties=25)
+        names = {str(r["id"]): r["xdr_mc"] for r in read_rows(sample.path)}
+        _convert_to_gbk(sample.path)
+        async with opened(tmp_path, url=f"sqlite:///{sample.path}", encoding="gbk", key_columns=["cfjgdm", "id"],
+                          query="SELECT * FROM xzcf") as source:
+            fetched, read = await _both_ways(source, 7)
+        assert read == fetched and len(read) == 4
+        assert all("/" in key and not problems for key, _, problems in read[0][0])
+        assert {str(data["id"]): data["xdr_mc"] for page in read for _, data, _ in page[0]} == names
+
+    async def test_the_first_page_of_a_poll_rereads_the_look_back_window(self, tmp_path: Path) -> None:
+        """With lookback_s the first page starts a window before the watermark; later pages start after it."""
+        sample = make_department_db(tmp_path, penalties=12)
+        async with opened(tmp_path, url=f"sqlite:///{sample.path}", table="xzcf", lookback_s=10 * 365 * 86400.0
+                          ) as source:
+            last = (await source.fetch(None, 12)).cursor
+            first = await source.page_reader(True)
+            later = await source.page_reader(False)
+            assert first is not None and later is not None
+            assert len(first(last, 100).rows) == 12  # the whole table is inside the window
+            assert later(last, 100).rows == []
+
+    async def test_a_missing_database_is_retryable_and_named(self, tmp_path: Path) -> None:
+        """The reader does not create an empty database where the source was; the error names the source."""
+        sample = make_department_db(tmp_path, penalties=3)
+        async with opened(tmp_path, url=f"sqlite:///{sample.path}", table="xzcf") as source:
+            reader = await source.page_reader(True)
+        assert reader is not None
+        sample.path.rename(tmp_path / "moved.db")
+        with pytest.raises(RetryableError) as caught:
+            pickle.loads(pickle.dumps(reader))(None, 10)
+        assert f"source {NAME}" in str(caught.value)
+        assert not sample.path.exists()
+
+    async def test_only_a_file_database_is_read_elsewhere(self, tmp_path: Path) -> None:
+        """An in-memory database exists only in the daemon: it has no page reader."""
+        async with opened(tmp_path, url="sqlite://", table="xzcf") as source:
+            assert await source.page_reader(True) is None
+
+
+def _intake(source: SqlSource, store: Store, pool: MapPool, batch_size: int) -> Intake:
+    cfg = SourceConfig(NAME, "sql", {"penalty": penalty_mapping()}, 1.0, batch_size, source)
+    return Intake(cfg, store, ROUTES, asyncio.Semaphore(4), 60.0, lambda: None, pool=pool)
+
+
+@pytest.fixture
+def pool() -> Any:
+    workers = MapPool(1)
+    yield workers
+    workers.close()
+
+
+class TestIntakeThroughTheWorker:
+    async def test_the_worker_reads_and_maps_what_the_daemon_would(self, tmp_path: Path, store: Store,
+                                                                   pool: MapPool) -> None:
+        """An intake whose pages are read and mapped in the worker writes the ledger, outbox and quarantine an
+        in-process intake writes, without the daemon ever fetching a row."""
+        sample = make_department_db(tmp_path, penalties=700, invalid_fraction=0.05)
+        _store_gbk(sample.path, 9, "xdr_mc", "苏州瑞丰食品有限公司")
+        async with opened(tmp_path, url=f"sqlite:///{sample.path}", table="xzcf") as source:
+            fetches = 0
+            fetch = source.fetch
+
+            async def counted(cursor: Any, limit: int) -> SourceBatch:
+                nonlocal fetches
+                fetches += 1
+                return await fetch(cursor, limit)
+
+            source.fetch = counted  # type: ignore[method-assign]
+            assert await _intake(source, store, pool, 300).poll() == 700
+            assert fetches == 0
+            here = await open_store(f"sqlite:///{tmp_path / 'here.db'}")
+            try:
+                assert await _intake(source, here, MapPool(0), 300).poll() == 700
+                assert fetches == 3
+                expected = (await _contents(here))
+            finally:
+                await here.aclose()
+        assert await _contents(store) == expected
+        assert len(expected[0]) > 600 and len(expected[2]) >= 30  # accepted rows and quarantined ones
+
+    async def test_a_refused_repair_keeps_its_source_row(self, tmp_path: Path, store: Store,
+                                                          pool: MapPool) -> None:
+        """A repair before the minimum publicity period, read in the worker, is quarantined by the daemon's
+        screen with the source row as it was read."""
+        sample = make_department_db(tmp_path, penalties=250)
+        row = set_decision(sample.path, pick_row(sample.path)["id"], china_today() - dt.timedelta(days=10))
+        async with opened(tmp_path, url=f"sqlite:///{sample.path}", table="xzcf") as source:
+            intake = _intake(source, store, pool, 300)
+            intake.screens.append(repair_screen(store, PublicitySettings()))
+            await intake.poll()
+            apply_changes(sample.path, table="xzcf", ids=[row["id"]], change="repair")
+            assert await intake.poll() == 1
+        [entry] = await store.list_quarantine("open", "mapping")
+        assert entry["record_key"] == key_of(row) and "minimum publicity period" in entry["reasons"][0]["message"]
+        with contextlib.closing(sqlite3.connect(sample.path)) as conn:
+            zt = conn.execute("SELECT zt FROM xzcf WHERE id = ?", (row["id"],)).fetchone()[0]
+        assert entry["raw"]["id"] == row["id"] and entry["raw"]["zt"] == zt == "3"
+        assert entry["raw"]["xdr_mc"] == row["xdr_mc"]
+        assert (await ledger(store))[key_of(row)]["version"] == 1
+
+
+async def _contents(store: Store) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    records = sorted((r["record_key"], r["version"], r["operation"], r["payload"])
+                     for r in (await ledger(store)).values())
+    queued = sorted((r["record_key"], r["version"], r["target"]) for r in await outbox(store))
+    held = sorted((q["source_key"], q["record_key"], str(q["reasons"]), str(q["raw"]))
+                  for q in await store.list_quarantine("open", "mapping", limit=10_000))
+    return records, queued, held
