@@ -382,8 +382,13 @@ class StoreBase:
     async def _resolve_mapping_quarantine(self, conn: AsyncConnection, source: str, source_keys: Sequence[str],
                                           now: float) -> None:
         q = s.quarantine.c
+        # The rows are found by their unique qkey. Written as `state = 'open'`, the state test offered SQLite the
+        # (state, stage) index instead, and without statistics it took it: every page then walked all open
+        # entries once per chunk (measured: 11 µs per accepted row with 20,000 rows open at 1M rows).
+        # coalesce() over the state keeps that index out of the plan; the state is NOT NULL, so it is the same test.
+        still_open = func.coalesce(q.state, "") == "open"
         for chunk in _chunks([f"m|{source}|{k}" for k in source_keys]):
-            await conn.execute(update(s.quarantine).where(and_(q.qkey.in_(chunk), q.state == "open"))
+            await conn.execute(update(s.quarantine).where(and_(q.qkey.in_(chunk), still_open))
                                .values(state="resolved", updated_at=now))
 
     async def _save_cursor(self, conn: AsyncConnection, source: str, cursor: Any, now: float) -> None:
