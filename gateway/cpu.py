@@ -22,7 +22,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -117,6 +117,21 @@ def _read_in_worker(reader: Callable[[Any, int], SourceBatch], cursor: Any, limi
     return replace(batch, rows=[row for row in batch.rows if row.key in kept]), len(rows), (accepted, rejects)
 
 
+def _warm_up(mappings: Sequence[tuple[str, int]]) -> None:
+    """Compile mapping files ahead of the first page (a file already changed on disk is compiled later)."""
+    for path, version in mappings:
+        with contextlib.suppress(ConfigError, OSError):
+            loaded = load_mapping(path)
+            if loaded.version == version and len(_COMPILED) < _KEEP:
+                _COMPILED[path] = (version, loaded)
+
+
+def _ignore(future: Future[Any]) -> None:
+    """A warm-up that failed (the pool shut down, a worker died) leaves the work to the first real task."""
+    with contextlib.suppress(BaseException):
+        future.result()
+
+
 def _encode_in_worker(plan: EncodePlan, batch_id: str, rows: Sequence[Candidate]) -> Encoded:
     kept = _PLANS.get(plan.key)
     if kept is None:
@@ -176,9 +191,18 @@ class MapPool:
 
     def __init__(self, workers: int, min_rows: int = 200) -> None:
         self.min_rows = min_rows
+        self._workers = workers
         self._pool = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                           initializer=_die_with_parent, initargs=(os.getpid(),))
                       if workers > 0 else None)
+
+    def warm(self, mappings: Sequence[tuple[str, int]]) -> None:
+        """Start the worker processes now and have them compile these mapping files (path, version), without
+        waiting: a process pool starts its workers on first use, which would hold up the first page."""
+        if self._pool is None:
+            return
+        for _ in range(self._workers):
+            self._pool.submit(_warm_up, list(mappings)).add_done_callback(_ignore)
 
     def offloads(self, rows: int) -> bool:
         """True when a batch of ``rows`` goes to a worker process."""

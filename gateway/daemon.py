@@ -87,6 +87,9 @@ class Gateway:
             worker.wake()
 
     async def __aenter__(self) -> Gateway:
+        # the worker processes start (and compile the mapping files) while the store and adapters open
+        self.pool.warm([(m.path, m.version) for i in self.intakes.values() for m in i.mappings.values()]
+                       + [(m.path, m.version) for w in self.workers.values() for m in w.mappings.values()])
         released = await self.store.release_claims(self.config.gateway.instance)
         if released:
             log.info("batches of an earlier run are due again", extra={"batches": released})

@@ -196,3 +196,23 @@ async def _contents(store: Store) -> tuple[list[tuple[Any, ...]], list[tuple[Any
     held = sorted((q["source_key"], q["record_key"], str(q["reasons"]), str(q["raw"]))
                   for q in await store.list_quarantine("open", "mapping", limit=10_000))
     return records, queued, held
+
+
+def _compiled_here() -> dict[str, int]:
+    """In a worker: the mapping files it holds compiled, with their versions."""
+    from gateway import cpu
+
+    return {path: held[0] for path, held in cpu._COMPILED.items()}
+
+
+class TestWarmUp:
+    async def test_the_worker_starts_and_compiles_the_files_before_the_first_page(self, tmp_path: Path,
+                                                                                  pool: MapPool) -> None:
+        """warm() starts the worker process and has it compile the daemon's mapping files (by path, at the
+        daemon's version); a file that cannot be read is left for the first page to report."""
+        inbound = penalty_mapping()
+        pool.warm([(inbound.path, inbound.version), (str(tmp_path / "gone.toml"), 1),
+                   (inbound.path.replace("department-penalty", "platform-2019-penalty"), -1)])
+        assert pool._pool is not None
+        held = await asyncio.get_running_loop().run_in_executor(pool._pool, _compiled_here)
+        assert held == {inbound.path: inbound.version}
