@@ -115,21 +115,21 @@ class SqlSource:
         self._draining = len(rows) >= limit
         return _page(self._query_spec(), rows, cursor, limit, as_bytes)
 
-    async def page_reader(self, first: bool) -> SqlitePageReader | None:
-        """:meth:`fetch` as a picklable, synchronous callable that a mapping worker runs itself, so the rows
-        are read, decoded and mapped there and never cross into the daemon (SQLite databases in a file; other
-        databases are read here). ``first``: the first page of a poll, which re-reads the look-back window;
-        the warning about rows without an update value is checked here, once per poll, as :meth:`fetch` does."""
+    def page_reader(self) -> SqlitePageReader | None:
+        """:meth:`fetch` of a page after the first of a poll, as a picklable, synchronous callable that a mapping
+        worker runs itself: while a backlog is drained, its rows are read, decoded and mapped there and never
+        cross into the daemon. SQLite databases in a file only; other databases are read here.
+
+        The first page of a poll is always fetched here: it re-reads the look-back window and checks for rows
+        without an update value, and a trickle of changes is answered without a trip to the worker. The poll's
+        last page is read by the worker, so the next poll starts afresh (with the look-back window)."""
         if not self._sqlite or self._engine is None:
             return None
         database = self._engine.url.database
         if not database or database == ":memory:" or database.startswith("file:"):
             return None
-        if first:
-            async with self._connect() as conn:
-                await self._warn_null_rows(conn)
-        self._draining = not first
-        return SqlitePageReader(self._query_spec(), database, draining=not first)
+        self._draining = False
+        return SqlitePageReader(self._query_spec(), database)
 
     def _query_spec(self) -> QuerySpec:
         s = self.settings
@@ -247,16 +247,16 @@ _CONNECTIONS: dict[str, sqlite3.Connection] = {}
 
 @dataclass(frozen=True, slots=True)
 class SqlitePageReader:
-    """One page read of a SQLite source, synchronous and picklable (:meth:`SqlSource.page_reader`): the batch
-    :meth:`SqlSource.fetch` would give, with the same query, the same reading of text that is not UTF-8 (as
-    bytes, decoded row by row) and retryable errors that name the source."""
+    """One page read of a SQLite source after the first of a poll, synchronous and picklable
+    (:meth:`SqlSource.page_reader`): the batch :meth:`SqlSource.fetch` would give, with the same query, the
+    same reading of text that is not UTF-8 (as bytes, decoded row by row) and retryable errors that name the
+    source."""
 
     spec: QuerySpec
     database: str
-    draining: bool
 
     def __call__(self, cursor: Any, limit: int) -> SourceBatch:
-        sql, params = _select(self.spec, cursor, limit, self.draining)
+        sql, params = _select(self.spec, cursor, limit, draining=True)
         as_bytes = self.spec.always_bytes
         try:
             try:

@@ -127,14 +127,15 @@ class Intake:
             await pages.put(None)
 
     async def _read(self, cursor: Any, first: bool) -> Page:
-        """The next page, mapped. A source that can be read from a worker process (``page_reader``, e.g. a
-        SQLite table) is read and mapped there in one step, so its rows never cross into the daemon; the
-        page then keeps only the rows a screen may still need (see :class:`Page`)."""
+        """The next page, mapped. After the first page of a poll (a backlog is being drained), a source that
+        can be read from a worker process (``page_reader``, e.g. a SQLite table) is read and mapped there in one
+        step, so its rows never cross into the daemon; the page then keeps only the rows a screen may still need
+        (see :class:`Page`). The first page is fetched here: a trickle of changes does not wait for the worker."""
         name, limit = self.cfg.name, self.cfg.batch_size
         page_reader = getattr(self.cfg.adapter, "page_reader", None)
         reader = None
-        if page_reader is not None and self.pool.offloads(limit):
-            reader = await bounded(page_reader(first), self.sem, self.timeout_s, f"source {name}")
+        if not first and page_reader is not None and self.pool.offloads(limit):
+            reader = page_reader()
         if reader is not None:
             specs = [(m.path, m.version, await self.store.key_secret() if m.dataset.pseudonymised_key else None)
                      for m in self.mappings.values()]

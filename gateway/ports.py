@@ -109,10 +109,10 @@ class AdapterContext:
 class Source(Protocol):
     """Reads rows from a department system.
 
-    A source may also have ``async page_reader(first) -> Callable[[cursor, limit], SourceBatch] | None``:
-    ``fetch`` as a picklable, synchronous callable (``first``: the first page of a poll), so that a mapping worker
-    process reads and maps the page itself (gateway.engine.Intake); without it, or when it gives None, the
-    daemon fetches the page and the worker maps it."""
+    A source may also have ``page_reader() -> Callable[[cursor, limit], SourceBatch] | None``: ``fetch`` of a
+    page after the first of a poll as a picklable, synchronous callable, so that a mapping worker process reads
+    and maps the pages of a backlog itself (gateway.engine.Intake); without it, or when it gives None, the
+    daemon fetches every page and the worker maps it."""
 
     async def __aenter__(self) -> Self: ...
 

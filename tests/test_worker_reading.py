@@ -42,25 +42,26 @@ def _plain(batch: SourceBatch) -> Page:
 
 
 async def _both_ways(source: SqlSource, limit: int) -> tuple[list[Page], list[Page]]:
-    """Every page of the source read with fetch() and with its page reader (pickled, as a worker gets it),
-    each the way the intake drains a poll: the first page with the look-back window, the rest after it."""
+    """Every page after the first read with fetch() and with the page reader (pickled, as a worker gets it),
+    each from the same cursor: the first page's, as a poll drains a backlog."""
+    first = await source.fetch(None, limit)
+    assert first.more, "the table must take more than one page"
     fetched: list[Page] = []
-    cursor, first = None, True
-    source._draining = False
+    cursor = first.cursor
     while True:
         batch = await source.fetch(cursor, limit)
         fetched.append(_plain(batch))
-        cursor, first = batch.cursor, False
+        cursor = batch.cursor
         if not batch.more:
             break
     read: list[Page] = []
-    cursor, first = None, True
+    cursor = first.cursor
     while True:
-        reader = await source.page_reader(first)
+        reader = source.page_reader()
         assert isinstance(reader, SqlitePageReader)
         batch = pickle.loads(pickle.dumps(reader))(cursor, limit)
         read.append(_plain(batch))
-        cursor, first = batch.cursor, False
+        cursor = batch.cursor
         if not batch.more:
             break
     return fetched, read
@@ -72,18 +73,19 @@ class TestPageReader:
         sample = make_department_db(tmp_path, penalties=45)
         async with opened(tmp_path, url=f"sqlite:///{sample.path}", table="xzcf") as source:
             fetched, read = await _both_ways(source, 10)
-        assert len(fetched) == 5 and sum(len(rows) for rows, _, _ in read) == 45
+        assert len(fetched) == 4 and sum(len(rows) for rows, _, _ in read) == 35
         assert read == fetched
 
     async def test_a_stray_gbk_value_is_read_as_bytes_and_named(self, tmp_path: Path) -> None:
         """A page with a value that is not UTF-8 is read again as bytes; the column is a problem of its row."""
         sample = make_department_db(tmp_path, penalties=20)
-        _store_gbk(sample.path, 5, "xdr_mc", "苏州瑞丰食品有限公司")
         async with opened(tmp_path, url=f"sqlite:///{sample.path}", table="xzcf") as source:
-            fetched, read = await _both_ways(source, 50)
+            in_order = [int(row.data["id"]) for row in (await source.fetch(None, 50)).rows]
+            _store_gbk(sample.path, in_order[-1], "xdr_mc", "苏州瑞丰食品有限公司")  # on the second page
+            fetched, read = await _both_ways(source, 12)
         assert read == fetched
-        [(key, problems)] = [(key, problems) for key, _, problems in read[0][0] if problems]
-        assert key == "5" and problems[0].path == "xdr_mc" and "not utf-8" in problems[0].message
+        [(key, problems)] = [(key, problems) for page in read for key, _, problems in page[0] if problems]
+        assert key == str(in_order[-1]) and problems[0].path == "xdr_mc" and "not utf-8" in problems[0].message
 
     async def test_a_gbk_database_and_two_key_columns(self, tmp_path: Path) -> None:
         """encoding = "gbk" decodes every text value; a query's two key columns make the key and the cursor."""
@@ -93,27 +95,29 @@ class TestPageReader:
         async with opened(tmp_path, url=f"sqlite:///{sample.path}", encoding="gbk", key_columns=["cfjgdm", "id"],
                           query="SELECT * FROM xzcf") as source:
             fetched, read = await _both_ways(source, 7)
-        assert read == fetched and len(read) == 4
+        assert read == fetched and len(read) == 3
         assert all("/" in key and not problems for key, _, problems in read[0][0])
-        assert {str(data["id"]): data["xdr_mc"] for page in read for _, data, _ in page[0]} == names
+        assert {str(data["id"]): data["xdr_mc"] for page in read for _, data, _ in page[0]}.items() <= names.items()
 
-    async def test_the_first_page_of_a_poll_rereads_the_look_back_window(self, tmp_path: Path) -> None:
-        """With lookback_s the first page starts a window before the watermark; later pages start after it."""
+    async def test_the_reader_reads_after_the_cursor_the_first_page_rereads_the_window(self, tmp_path: Path
+                                                                                        ) -> None:
+        """With lookback_s the first page of a poll (fetched in the daemon) starts a window before the
+        watermark; the pages a worker reads start after it, and handing out a reader makes the next poll's
+        first page re-read the window again."""
         sample = make_department_db(tmp_path, penalties=12)
         async with opened(tmp_path, url=f"sqlite:///{sample.path}", table="xzcf", lookback_s=10 * 365 * 86400.0
                           ) as source:
-            last = (await source.fetch(None, 12)).cursor
-            first = await source.page_reader(True)
-            later = await source.page_reader(False)
-            assert first is not None and later is not None
-            assert len(first(last, 100).rows) == 12  # the whole table is inside the window
-            assert later(last, 100).rows == []
+            last = (await source.fetch(None, 12)).cursor  # a full page: the source is draining
+            reader = source.page_reader()
+            assert reader is not None
+            assert reader(last, 100).rows == []
+            assert len((await source.fetch(last, 100)).rows) == 12  # the whole table is inside the window
 
     async def test_a_missing_database_is_retryable_and_named(self, tmp_path: Path) -> None:
         """The reader does not create an empty database where the source was; the error names the source."""
         sample = make_department_db(tmp_path, penalties=3)
         async with opened(tmp_path, url=f"sqlite:///{sample.path}", table="xzcf") as source:
-            reader = await source.page_reader(True)
+            reader = source.page_reader()
         assert reader is not None
         sample.path.rename(tmp_path / "moved.db")
         with pytest.raises(RetryableError) as caught:
@@ -124,7 +128,7 @@ class TestPageReader:
     async def test_only_a_file_database_is_read_elsewhere(self, tmp_path: Path) -> None:
         """An in-memory database exists only in the daemon: it has no page reader."""
         async with opened(tmp_path, url="sqlite://", table="xzcf") as source:
-            assert await source.page_reader(True) is None
+            assert source.page_reader() is None
 
 
 def _intake(source: SqlSource, store: Store, pool: MapPool, batch_size: int) -> Intake:
@@ -156,12 +160,21 @@ class TestIntakeThroughTheWorker:
                 return await fetch(cursor, limit)
 
             source.fetch = counted  # type: ignore[method-assign]
+            read = pool.read
+            in_worker: list[int] = []
+
+            async def reading(*args: Any) -> Any:
+                got = await read(*args)
+                in_worker.append(got[1])
+                return got
+
+            pool.read = reading  # type: ignore[method-assign]
             assert await _intake(source, store, pool, 300).poll() == 700
-            assert fetches == 0
+            assert fetches == 1 and in_worker == [300, 100]  # the first page here, the backlog in the worker
             here = await open_store(f"sqlite:///{tmp_path / 'here.db'}")
             try:
                 assert await _intake(source, here, MapPool(0), 300).poll() == 700
-                assert fetches == 3
+                assert fetches == 4
                 expected = (await _contents(here))
             finally:
                 await here.aclose()
@@ -172,14 +185,26 @@ class TestIntakeThroughTheWorker:
                                                           pool: MapPool) -> None:
         """A repair before the minimum publicity period, read in the worker, is quarantined by the daemon's
         screen with the source row as it was read."""
-        sample = make_department_db(tmp_path, penalties=250)
+        sample = make_department_db(tmp_path, penalties=450)
         row = set_decision(sample.path, pick_row(sample.path)["id"], china_today() - dt.timedelta(days=10))
         async with opened(tmp_path, url=f"sqlite:///{sample.path}", table="xzcf") as source:
-            intake = _intake(source, store, pool, 300)
+            intake = _intake(source, store, pool, 200)
             intake.screens.append(repair_screen(store, PublicitySettings()))
             await intake.poll()
-            apply_changes(sample.path, table="xzcf", ids=[row["id"]], change="repair")
-            assert await intake.poll() == 1
+            others = [r["id"] for r in read_rows(sample.path) if r["id"] != row["id"]][:250]
+            apply_changes(sample.path, table="xzcf", ids=others, change="touch")
+            apply_changes(sample.path, table="xzcf", ids=[row["id"]], change="repair")  # last: the second page
+            read = pool.read
+            in_worker: list[int] = []
+
+            async def reading(*args: Any) -> Any:
+                got = await read(*args)
+                in_worker.append(got[1])
+                return got
+
+            pool.read = reading  # type: ignore[method-assign]
+            assert await intake.poll() == 251
+        assert in_worker == [51]
         [entry] = await store.list_quarantine("open", "mapping")
         assert entry["record_key"] == key_of(row) and "minimum publicity period" in entry["reasons"][0]["message"]
         with contextlib.closing(sqlite3.connect(sample.path)) as conn:
