@@ -16,7 +16,7 @@ import logging
 import re
 import sqlite3
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
@@ -55,11 +55,11 @@ class SqlSource:
         self.name = name
         self._url = url
         self._engine: AsyncEngine | None = None
-        self._cols = [settings.update_column, *settings.key_columns]
         self._draining = False  # the look-back window is re-read once per poll, not on every page
         self._null_rows = 0
         self._sqlite = False
-        self._always_bytes = False
+        self._spec = QuerySpec(name, self._from(), (settings.update_column, *settings.key_columns),
+                               tuple(settings.key_columns), settings.lookback_s, settings.encoding, False)
 
     @classmethod
     def from_settings(cls, raw: Mapping[str, Any], ctx: AdapterContext) -> tuple[SqlSource | None, list[Problem]]:
@@ -85,7 +85,8 @@ class SqlSource:
         # with a value that is not UTF-8 is read again as bytes and decoded here, row by row. Databases in
         # another encoding are always read as bytes.
         self._sqlite = self._engine.dialect.name == "sqlite"
-        self._always_bytes = self._sqlite and codecs.lookup(self.settings.encoding).name != "utf-8"
+        always_bytes = self._sqlite and codecs.lookup(self.settings.encoding).name != "utf-8"
+        self._spec = replace(self._spec, always_bytes=always_bytes)
         return self
 
     async def __aexit__(self, t: type[BaseException] | None, e: BaseException | None,
@@ -102,8 +103,8 @@ class SqlSource:
             return list(result.keys())
 
     async def fetch(self, cursor: Any, limit: int) -> SourceBatch:
-        sql, params = _select(self._query_spec(), cursor, limit, self._draining)
-        as_bytes = self._always_bytes
+        sql, params = _select(self._spec, cursor, limit, self._draining)
+        as_bytes = self._spec.always_bytes
         try:
             rows = await self._query(sql, params, as_bytes)
         except SQLAlchemyError as exc:
@@ -113,7 +114,7 @@ class SqlSource:
             as_bytes = True
             rows = await self._query(sql, params, as_bytes)
         self._draining = len(rows) >= limit
-        return _page(self._query_spec(), rows, cursor, limit, as_bytes)
+        return _page(self._spec, rows, cursor, limit, as_bytes)
 
     def page_reader(self) -> SqlitePageReader | None:
         """:meth:`fetch` of a page after the first of a poll, as a picklable, synchronous callable that a mapping
@@ -129,12 +130,7 @@ class SqlSource:
         if not database or database == ":memory:" or database.startswith("file:"):
             return None
         self._draining = False
-        return SqlitePageReader(self._query_spec(), database)
-
-    def _query_spec(self) -> QuerySpec:
-        s = self.settings
-        return QuerySpec(self.name, self._from(), tuple(self._cols), tuple(s.key_columns), s.lookback_s,
-                         s.encoding, self._always_bytes)
+        return SqlitePageReader(self._spec, database)
 
     async def _query(self, sql: str, params: dict[str, Any], as_bytes: bool) -> list[dict[str, Any]]:
         try:
@@ -178,7 +174,6 @@ class SqlSource:
         return self.settings.query or f"SELECT * FROM {self.settings.table}"  # noqa: S608 - identifier checked
 
 
-
 @dataclass(frozen=True, slots=True)
 class QuerySpec:
     """What a page read needs to know of the source, picklable (for :class:`SqlitePageReader`)."""
@@ -214,13 +209,7 @@ def _page(spec: QuerySpec, rows: list[dict[str, Any]], cursor: Any, limit: int, 
     """The batch of the rows a page query returned (read as bytes: decoded here, row by row)."""
     if not rows:
         return SourceBatch([], cursor, False)
-    if as_bytes:
-        out = [_decoded(spec, r) for r in rows]
-    elif len(spec.key_columns) == 1:
-        key = spec.key_columns[0]
-        out = [SourceRow(str(r[key]), r) for r in rows]
-    else:
-        out = [SourceRow(_row_key(spec, r), r) for r in rows]
+    out = [_decoded(spec, r) for r in rows] if as_bytes else [SourceRow(_row_key(spec, r), r) for r in rows]
     return SourceBatch(out, [_jsonable(rows[-1][c]) for c in spec.cols], len(rows) >= limit)
 
 

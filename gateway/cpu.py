@@ -39,7 +39,7 @@ Rows = Sequence[tuple[str, Mapping[str, Any], tuple[Problem, ...]]]
 Mapped = tuple[list[LedgerEntry], list[Reject]]
 M = TypeVar("M", InboundMapping, OutboundMapping)
 
-# path -> (mtime_ns, compiled): an edited file is compiled again; inbound and outbound files are kept side by side
+# path -> (version, compiled): an edited file is compiled again; inbound and outbound files are kept side by side
 _COMPILED: dict[str, tuple[int, InboundMapping | OutboundMapping]] = {}
 _PLANS: dict[str, EncodePlan] = {}  # EncodePlan.key -> the first copy received (its derive remembers end dates)
 _KEEP = 64  # compiled files and plans a worker keeps
@@ -71,22 +71,26 @@ class MappingMoved(Exception):
     or broken (the daemon keeps the version it has)."""
 
 
-def _compiled(path: str, version: int, kind: type[M]) -> M:
+def _held(path: str, version: int) -> InboundMapping | OutboundMapping:
+    """The file compiled at the daemon's version, compiled once per worker."""
     held = _COMPILED.get(path)
     if held is None or held[0] != version:
         try:
             loaded = load_mapping(path)
         except (ConfigError, OSError) as exc:  # unreadable now: the daemon still has its version
             raise MappingMoved(f"{path}: {exc}") from None
-        if not isinstance(loaded, kind):
-            raise MappingMoved(f"{path} is not an {kind.__name__} now")
         if loaded.version != version:
             raise MappingMoved(f"{path} changed since the daemon compiled it")
         if len(_COMPILED) >= _KEEP:
             _COMPILED.clear()
         held = _COMPILED[path] = (version, loaded)
-    mapping = held[1]
-    assert isinstance(mapping, kind)
+    return held[1]
+
+
+def _compiled(path: str, version: int, kind: type[M]) -> M:
+    mapping = _held(path, version)
+    if not isinstance(mapping, kind):
+        raise MappingMoved(f"{path} is not an {kind.__name__} now")
     return mapping
 
 
@@ -120,10 +124,8 @@ def _read_in_worker(reader: Callable[[Any, int], SourceBatch], cursor: Any, limi
 def _warm_up(mappings: Sequence[tuple[str, int]]) -> None:
     """Compile mapping files ahead of the first page (a file already changed on disk is compiled later)."""
     for path, version in mappings:
-        with contextlib.suppress(ConfigError, OSError):
-            loaded = load_mapping(path)
-            if loaded.version == version and len(_COMPILED) < _KEEP:
-                _COMPILED[path] = (version, loaded)
+        with contextlib.suppress(MappingMoved):
+            _held(path, version)
 
 
 def _ignore(future: Future[Any]) -> None:

@@ -471,7 +471,6 @@ async def _wait_any(wake: asyncio.Event, stopping: asyncio.Event, timeout_s: flo
         await asyncio.gather(*waiters, return_exceptions=True)
 
 
-
 def _parsed(stored: bytes) -> dict[str, Any]:
     """A stored payload for the quarantine, even when it is not readable JSON."""
     try:

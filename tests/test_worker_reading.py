@@ -136,6 +136,20 @@ def _intake(source: SqlSource, store: Store, pool: MapPool, batch_size: int) -> 
     return Intake(cfg, store, ROUTES, asyncio.Semaphore(4), 60.0, lambda: None, pool=pool)
 
 
+def _count_worker_reads(pool: MapPool) -> list[int]:
+    """The number of rows of each page the pool reads in its worker, as the pages are read."""
+    read = pool.read
+    in_worker: list[int] = []
+
+    async def reading(*args: Any) -> Any:
+        got = await read(*args)
+        in_worker.append(got[1])
+        return got
+
+    pool.read = reading  # type: ignore[method-assign]
+    return in_worker
+
+
 @pytest.fixture
 def pool() -> Any:
     workers = MapPool(1)
@@ -147,7 +161,7 @@ class TestIntakeThroughTheWorker:
     async def test_the_worker_reads_and_maps_what_the_daemon_would(self, tmp_path: Path, store: Store,
                                                                    pool: MapPool) -> None:
         """An intake whose pages are read and mapped in the worker writes the ledger, outbox and quarantine an
-        in-process intake writes, without the daemon ever fetching a row."""
+        in-process intake writes; the daemon fetches only the first page of the poll."""
         sample = make_department_db(tmp_path, penalties=700, invalid_fraction=0.05)
         _store_gbk(sample.path, 9, "xdr_mc", "苏州瑞丰食品有限公司")
         async with opened(tmp_path, url=f"sqlite:///{sample.path}", table="xzcf") as source:
@@ -160,15 +174,7 @@ class TestIntakeThroughTheWorker:
                 return await fetch(cursor, limit)
 
             source.fetch = counted  # type: ignore[method-assign]
-            read = pool.read
-            in_worker: list[int] = []
-
-            async def reading(*args: Any) -> Any:
-                got = await read(*args)
-                in_worker.append(got[1])
-                return got
-
-            pool.read = reading  # type: ignore[method-assign]
+            in_worker = _count_worker_reads(pool)
             assert await _intake(source, store, pool, 300).poll() == 700
             assert fetches == 1 and in_worker == [300, 100]  # the first page here, the backlog in the worker
             here = await open_store(f"sqlite:///{tmp_path / 'here.db'}")
@@ -194,15 +200,7 @@ class TestIntakeThroughTheWorker:
             others = [r["id"] for r in read_rows(sample.path) if r["id"] != row["id"]][:250]
             apply_changes(sample.path, table="xzcf", ids=others, change="touch")
             apply_changes(sample.path, table="xzcf", ids=[row["id"]], change="repair")  # last: the second page
-            read = pool.read
-            in_worker: list[int] = []
-
-            async def reading(*args: Any) -> Any:
-                got = await read(*args)
-                in_worker.append(got[1])
-                return got
-
-            pool.read = reading  # type: ignore[method-assign]
+            in_worker = _count_worker_reads(pool)
             assert await intake.poll() == 251
         assert in_worker == [51]
         [entry] = await store.list_quarantine("open", "mapping")
