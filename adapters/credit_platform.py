@@ -21,6 +21,7 @@ from typing import Any, Self
 import aiohttp
 import orjson
 
+from adapters.platform_upload import upload_body
 from gateway.errors import PermanentError, Problem, RetryableError
 from gateway.ports import AdapterContext, OutgoingBatch, Receipt, RecordResult, TargetRecord
 from gateway.settings import parse_settings, read_token, setting
@@ -103,15 +104,6 @@ class CreditPlatformSink:
             raise RetryableError(f"no answer within {self.settings.timeout_s:g}s") from exc
         except aiohttp.ClientError as exc:  # refused, reset, dropped, bad HTTP: all worth a retry
             raise RetryableError(f"{type(exc).__name__}: {exc}") from exc
-
-
-def upload_body(department: str, table_version: str, batch_id: str, dataset: str, table_code: str,
-                records: Sequence[TargetRecord]) -> bytes:
-    """The upload request: one dataset's records with their keys, versions and operations."""
-    return orjson.dumps({"batchId": batch_id, "tableCode": table_code, "departmentCode": department,
-                         "tableVersionId": table_version,
-                         "records": [{"recordKey": r.key, "version": r.version, "operation": r.operation,
-                                      "data": r.fields} for r in records]})
 
 
 def _parse(raw: bytes, status: int) -> dict[str, Any]:

@@ -29,9 +29,10 @@ from gateway.mapping import InboundMapping, OutboundMapping
 from gateway.outbound import Derive, EncodePlan, Route, encode_stored
 from gateway.ports import OutgoingBatch, SourceBatch
 from gateway.records import LedgerEntry
-from gateway.store import Reject, WatermarkMoved
-from gateway.store_delivery import Batch, Candidates, EncodedBatch, LeasedRecord, LeaseLost
+from gateway.store import WatermarkMoved
+from gateway.store_delivery import Batch, Candidates, EncodedBatch, LeaseLost
 from gateway.store_ops import Store
+from gateway.stored import LeasedRecord, Reject
 
 log = logging.getLogger("gateway.engine")
 # A check after mapping that needs the store (e.g. gateway.store_publicity.repair_screen): it may move accepted

@@ -38,9 +38,9 @@ from gateway.inbound_lists import check_heads, keep_in_scope
 from gateway.mapping import InboundMapping
 from gateway.records import LedgerEntry
 from gateway.sealing import receipt_bytes, results_digest
-from gateway.store import Reject
 from gateway.store_inbound import Accepted, Arrival, InboundConflict
 from gateway.store_ops import Store
+from gateway.stored import Reject
 from gateway.subject_keys import KeySecret
 from gateway.web_config import Channel, InboundConfig
 from gateway.xmlsafe import XmlRefused, parse_xml

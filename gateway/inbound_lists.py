@@ -13,8 +13,8 @@ from gateway.datasets import CREDIT_LIST
 from gateway.errors import Problem
 from gateway.inbound_batch import BatchError, InboundBatch
 from gateway.records import LedgerEntry
-from gateway.store import Reject
 from gateway.store_lists import scope_prefix
+from gateway.stored import Reject
 from gateway.web_config import Channel
 
 Mapped = list[tuple[LedgerEntry | None, Reject | None]]  # per record, in the batch's order (gateway.inbound)

@@ -25,9 +25,9 @@ from gateway.logs import redact
 from gateway.mapping import InboundMapping
 from gateway.ports import SourceBatch, SourceRow
 from gateway.sanctions import sanctions_report
-from gateway.store import Reject
 from gateway.store_ops import Store
 from gateway.store_publicity import repair_screen
+from gateway.stored import Reject
 from gateway.timeliness import timeliness_report
 
 # ---------------------------------------------------------------- text tables and ages

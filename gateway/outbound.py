@@ -19,8 +19,7 @@ from gateway.identifiers import mask_id
 from gateway.mapping import MappingError, OutboundMapping
 from gateway.ports import TargetRecord
 from gateway.sealing import Sealing
-from gateway.store import pack_body
-from gateway.store_delivery import Candidate, LeasedRecord, body_digest
+from gateway.stored import Candidate, LeasedRecord, body_digest, pack_body
 
 # Canonical payload → the payload a target gets (e.g. the computed 公示截止期), before masking and mapping.
 Derive = Callable[[str, Mapping[str, Any]], Mapping[str, Any]]

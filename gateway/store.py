@@ -14,7 +14,6 @@ import inspect
 import logging
 import operator
 import time
-import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +28,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from gateway import schema as s
 from gateway import store_changes
-from gateway.errors import Problem, StoreError
+from gateway.errors import StoreError
 from gateway.ports import SnapshotPage
 from gateway.records import LedgerEntry, Record
+from gateway.stored import Reject
 
 if TYPE_CHECKING:
     from gateway.store_ops import Store
@@ -47,39 +47,9 @@ def _json(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-RAW_BODY = b"\x00"  # a zlib stream never starts with this byte: what follows it is stored as it is
-_SAMPLE = 4096
-
-
-def pack_body(body: bytes) -> bytes:
-    """A request body as the store keeps it: zlib-compressed when that pays (JSON, XML), else as it is, marked
-    (a sealed envelope is ciphertext: compressing megabytes of it cost a sixth of the daemon's time for nothing).
-    A sample of the start decides."""
-    if len(body) > _SAMPLE and len(zlib.compress(body[:_SAMPLE], 1)) > _SAMPLE * 0.9:
-        return RAW_BODY + body
-    return zlib.compress(body, 1)
-
-
-def unpack_body(stored: bytes) -> bytes:
-    """The body as sent or received (also reads bodies stored compressed by earlier versions)."""
-    return stored[1:] if stored[:1] == RAW_BODY else zlib.decompress(stored)
-
-
 def _chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
     for i in range(0, len(items), size):
         yield items[i:i + size]
-
-
-@dataclass(frozen=True, slots=True)
-class Reject:
-    """A source row that failed mapping or validation."""
-
-    source: str
-    source_key: str
-    dataset: str
-    record_key: str
-    problems: Sequence[Problem]
-    raw: Mapping[str, Any]
 
 
 class WatermarkMoved(StoreError):

@@ -13,7 +13,6 @@ across retries, so a retried batch is byte-for-byte the batch the peer may alrea
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import inspect
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -26,21 +25,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import schema as s
 from gateway.ports import RecordResult
-from gateway.store import StoreBase, _chunks, _json, pack_body, translate_errors, unpack_body
+from gateway.store import StoreBase, _chunks, _json, translate_errors
+from gateway.stored import Candidate, LeasedRecord, body_digest, pack_body, unpack_body
 
 ACK_STATUSES = frozenset({"accepted", "duplicate", "stale"})
-
-
-@dataclass(frozen=True, slots=True)
-class LeasedRecord:
-    outbox_id: int
-    record_key: str
-    version: int
-    operation: str
-    payload: dict[str, Any]
-
-
-Candidate = tuple[int, str, int, str, bytes]  # outbox id, record key, version, operation, canonical JSON
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,10 +92,6 @@ class DeliveryResult:
     delivered: int
     rejected: int
     requeued: int
-
-
-def body_digest(body: bytes) -> str:
-    return hashlib.sha256(body).hexdigest()
 
 
 @translate_errors

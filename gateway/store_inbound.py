@@ -21,8 +21,9 @@ from gateway.errors import GatewayError
 from gateway.inbound_batch import ListState, SnapshotMark
 from gateway.ports import SnapshotPage
 from gateway.records import LedgerEntry
-from gateway.store import IntakeResult, Reject, StoreBase, pack_body, translate_errors, unpack_body
+from gateway.store import IntakeResult, StoreBase, translate_errors
 from gateway.store_inbound_lists import list_cursor, snapshot_problem
+from gateway.stored import Reject, pack_body, unpack_body
 
 # Given the ledger entries that made a new version, returns our answer (with the signed receipt).
 AnswerMaker = Callable[[Sequence[tuple[LedgerEntry, int]]], Awaitable[dict[str, Any]]]

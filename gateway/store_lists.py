@@ -30,8 +30,8 @@ from gateway.datasets import BLACK_LIST, CREDIT_LIST, RED_LIST, get_dataset
 from gateway.errors import StoreError
 from gateway.ports import SnapshotPage
 from gateway.records import LedgerEntry, Operation, Record, from_payload, make_key
-from gateway.store import Reject, StoreBase, _chunks, _json, translate_errors
-from gateway.store_delivery import LeasedRecord
+from gateway.store import StoreBase, _chunks, _json, translate_errors
+from gateway.stored import LeasedRecord, Reject
 from gateway.subject_keys import META_NAME, KeySecret
 
 log = logging.getLogger("gateway.lists")

@@ -11,10 +11,11 @@ from sqlalchemy import JSON, and_, case, cast, func, select, type_coerce, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway import schema as s
-from gateway.store import StoreBase, _chunks, _json, translate_errors, unpack_body
+from gateway.store import StoreBase, _chunks, _json, translate_errors
 from gateway.store_delivery import DeliveryMixin
 from gateway.store_inbound import InboundMixin
 from gateway.store_lists import ListsMixin
+from gateway.stored import unpack_body
 
 OPEN_STATES = ("pending", "leased")
 PAGE = 5000  # ledger rows fetched at a time when a report streams the ledger

@@ -39,8 +39,9 @@ from gateway.datasets import EXPIRED
 from gateway.ports import SourceBatch
 from gateway.publicity import PublicitySettings, early_repair, period_of
 from gateway.records import LedgerEntry
-from gateway.store import Reject, _translated
+from gateway.store import _translated
 from gateway.store_confirmations import deliveries
+from gateway.stored import Reject
 
 if TYPE_CHECKING:
     from gateway.config import Config

@@ -24,9 +24,9 @@ from gateway.engine import china_today
 from gateway.mapping import InboundMapping, load_mapping
 from gateway.records import Record
 from gateway.sampledata import SampleResult, SampleSpec, create_department_db
-from gateway.store import Reject
-from gateway.store_delivery import EncodedBatch, LeasedRecord
+from gateway.store_delivery import EncodedBatch
 from gateway.store_ops import Store
+from gateway.stored import LeasedRecord, Reject
 
 ROOT = Path(__file__).resolve().parents[1]
 MAPPINGS = ROOT / "mappings"

@@ -28,8 +28,9 @@ from gateway.engine import Intake
 from gateway.ports import AdapterContext, SourceBatch
 from gateway.records import LedgerEntry
 from gateway.sampledata import apply_changes, insert_rows
-from gateway.store import Reject, open_store
+from gateway.store import open_store
 from gateway.store_ops import Store
+from gateway.stored import Reject
 from tests.helpers import DEPARTMENT_CODE, SOURCE, ledger, make_department_db, penalty_mapping, read_rows, to_record
 
 ROUTES = {"penalty": ["platform"]}

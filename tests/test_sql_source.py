@@ -19,7 +19,7 @@ import asyncpg
 import pytest
 from sqlalchemy.exc import SQLAlchemyError
 
-from adapters import sql_source
+from adapters import sql_pages
 from adapters.sql_source import SqlSource
 from gateway.config import SourceConfig, load_config
 from gateway.engine import Intake
@@ -202,7 +202,7 @@ class TestWatermark:
         sample = make_department_db(tmp_path, penalties=30)
         async with opened(tmp_path, url=f"sqlite:///{sample.path}", table="xzcf") as source:
             cursor = (await source.fetch(None, 10)).cursor
-            sql, params = sql_source._select(source._spec, cursor, 10, draining=True)
+            sql, params = sql_pages.select_page(source._spec, cursor, 10, draining=True)
         # as the driver gets it: SQLAlchemy binds SQLite parameters by position, one "?" per use of a name
         names = re.findall(r":(\w+)", sql)
         positional = re.sub(r":\w+", "?", sql), [params[name] for name in names]

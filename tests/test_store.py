@@ -20,9 +20,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from gateway import schema as s
 from gateway.errors import StoreError
 from gateway.sampledata import SampleResult, apply_changes
-from gateway.store import RAW_BODY, Reject, open_store
-from gateway.store_delivery import Batch, DeliveryResult, EncodedBatch, LeasedRecord, LeaseLost, Outcome
+from gateway.store import open_store
+from gateway.store_delivery import Batch, DeliveryResult, EncodedBatch, LeaseLost, Outcome
 from gateway.store_ops import Store
+from gateway.stored import RAW_BODY, LeasedRecord, Reject
 from tests.helpers import (
     SOURCE,
     attempts,

@@ -23,9 +23,10 @@ from gateway.mapping import OutboundMapping
 from gateway.outbound import Encoded, EncodePlan
 from gateway.publicity import PublicitySettings, stamped
 from gateway.sandbox import Sandbox, SandboxConfig
-from gateway.store import RAW_BODY, open_store, pack_body, unpack_body
-from gateway.store_delivery import Candidate, EncodedBatch, body_digest
+from gateway.store import open_store
+from gateway.store_delivery import EncodedBatch
 from gateway.store_ops import Store
+from gateway.stored import RAW_BODY, Candidate, body_digest, pack_body, unpack_body
 from tests.conftest import TOKEN
 from tests.helpers import batches, make_department_db, outbox, write_config
 from tests.pki import make_ca

@@ -11,14 +11,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import pickle
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from adapters.sql_source import SqlitePageReader, SqlSource
+from adapters.sql_pages import SqlitePageReader
+from adapters.sql_source import SqlSource
 from gateway.config import SourceConfig
 from gateway.cpu import MapPool
 from gateway.engine import Intake, china_today
@@ -239,3 +243,24 @@ class TestWarmUp:
         assert pool._pool is not None
         held = await asyncio.get_running_loop().run_in_executor(pool._pool, _compiled_here)
         assert held == {inbound.path: inbound.version}
+
+    def test_a_worker_leaves_the_daemons_main_module_and_its_libraries_behind(self, tmp_path: Path) -> None:
+        """A worker is a spawned process: it would import the daemon's main module again (the console script
+        imports the whole command line) and, through it, SQLAlchemy and aiohttp, which no worker uses. It
+        imports neither, so the first page does not wait for them."""
+        script = tmp_path / "daemon_like.py"
+        script.write_text(
+            "import json, sys\n"
+            "import gateway.cli  # as the credit-gateway console script does\n"
+            "from gateway.cpu import MapPool\n"
+            "if __name__ == '__main__':\n"
+            "    pool = MapPool(1)\n"
+            "    pool.warm([(sys.argv[1], 1)])\n"
+            "    modules = pool._pool.submit(eval, 'sorted(__import__(\"sys\").modules)').result(timeout=60)\n"
+            "    pool.close()\n"
+            "    print(json.dumps(modules))\n", encoding="utf-8")
+        done = subprocess.run([sys.executable, str(script), penalty_mapping().path], capture_output=True,
+                              text=True, timeout=120, cwd=Path(__file__).resolve().parents[1], check=True)
+        modules = set(json.loads(done.stdout.strip().splitlines()[-1]))
+        assert "gateway.cpu" in modules and "gateway.mapping" in modules  # the worker did its warm-up
+        assert not {"gateway.cli", "gateway.store", "sqlalchemy", "aiohttp"} & modules
