@@ -194,10 +194,10 @@ def _main_module_left_behind() -> Iterator[None]:
     """Processes spawned inside do not import the daemon's main module.
 
     A spawned process first imports the parent's ``__main__`` again, so that functions defined there can be
-    unpickled. Everything a worker runs lives in gateway modules, and the main module is the console script,
-    which imports the whole command line (the store, the web side, every adapter): measured, that was 0.2 s
-    of a worker's 0.6 s start, and the first page waits for it. A module without a spec or file in its place
-    tells multiprocessing there is nothing to import."""
+    unpickled. Everything a worker runs lives in importable modules (gateway's, an adapter's), never in the
+    main script; and the main module is the console script, which imports the whole command line (the store,
+    the web side, every adapter): measured, that was 0.2 s of a worker's 0.6 s start, and the first page waits
+    for it. A module without a spec or file in its place tells multiprocessing there is nothing to import."""
     real = sys.modules["__main__"]
     sys.modules["__main__"] = types.ModuleType("__main__")
     try:

@@ -486,10 +486,9 @@ def _compile_inbound_field(name: str, spec: FieldSpec, raw: dict[str, Any], ctx:
     steps = ctx.transforms(raw, ["strip"])
     convert = _inbound_kind_step(spec, raw, ctx)
     run = _inbound_converter(spec, raw, fetch, steps, convert)
-    column = raw.get("from") if "value" not in raw else None
+    column, table = _plan_source(raw, ctx.codes)
     names = raw.get("transform", ["strip"])
-    table = ctx.codes.get(raw["codes"]) if isinstance(raw.get("codes"), str) else None
-    return FieldPlan(name, spec, column if isinstance(column, str) and column else None,
+    return FieldPlan(name, spec, column,
                      tuple(n for n in ([names] if isinstance(names, str) else names) if n in TRANSFORMS), table,
                      tuple(map(str, _date_formats(raw))) if spec.kind == "date" else (),
                      UNITS.get(raw.get("unit", "none"), Decimal(1)), raw.get("default"), convert, run)
@@ -791,10 +790,16 @@ def _operation_plan(raw: Any, codes: Mapping[str, CodeTable]) -> OperationPlan |
     """What the code generator needs of ``[operation]`` (problems with it are reported by the converter)."""
     if not isinstance(raw, dict):
         return None
+    column, table = _plan_source(raw, codes)
+    return OperationPlan(column, table, str(raw.get("default", Operation.UPSERT.value)))
+
+
+def _plan_source(raw: dict[str, Any], codes: Mapping[str, CodeTable]) -> tuple[str | None, CodeTable | None]:
+    """The column a field or ``[operation]`` reads (None: a constant or nothing) and its code table, as the
+    code generator sees them."""
     column = raw.get("from") if "value" not in raw else None
     table = codes.get(raw["codes"]) if isinstance(raw.get("codes"), str) else None
-    return OperationPlan(column if isinstance(column, str) and column else None, table,
-                         str(raw.get("default", Operation.UPSERT.value)))
+    return (column if isinstance(column, str) and column else None), table
 
 
 def _compile_outbound(path: Path, doc: dict[str, Any], dataset: Dataset, codes: Mapping[str, CodeTable],
