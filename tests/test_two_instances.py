@@ -227,13 +227,16 @@ class TwoInstances:
         self.change("xzxk", self.pick(delivered["xzxk"], 20, edited["xzxk"]), "repair")
         self.start(first).wait_event(event_is("gateway started"), WAIT_S, f"{first} to start again")
 
-        # Work that cannot be done before the kill point: new rows, and uploads that take a second each, so a
-        # send is in flight when the store is looked at (a fast machine would otherwise finish first).
-        for table in ("xzcf", "xzxk"):
-            self.insert(table, 200)
+        # Uploads that take a second each, so a send is in flight when the store is looked at (a fast machine
+        # would otherwise finish first), then work that cannot be done before the kill point: new rows, ten
+        # batches while at most four are in flight (two instances, two each), so sends still go on for seconds
+        # after the kill point. The kill point counts from before the rows: none is delivered before it is set.
         self.sandbox_client().set_faults(delay_s=1.0)
         for attempt in range(3):  # a send may end (a quick failure) before the SIGKILL lands: then again, later
-            left_open = self.kill_while_sending(survivor, 0.70 + 0.05 * attempt)
+            before = self.accepted()
+            for table in ("xzcf", "xzxk"):
+                self.insert(table, 5 * BATCH_SIZE)
+            left_open = self.kill_while_sending(survivor, 0.70 + 0.05 * attempt, before)
             self.start(survivor).wait_event(event_is("gateway started"), WAIT_S, f"{survivor} to start again")
             if left_open:
                 break
@@ -244,8 +247,9 @@ class TwoInstances:
             self.insert(table, 30)
         self.finish()
 
-    def wait_accepted(self, fraction: float) -> int:
-        threshold = max(int(fraction * self.total), self.accepted() + 100)
+    def wait_accepted(self, fraction: float, before: int | None = None) -> int:
+        """Wait for ``fraction`` of the records, and 100 more than ``before`` (default: those accepted now)."""
+        threshold = max(int(fraction * self.total), (self.accepted() if before is None else before) + 100)
         wait_until(lambda: self.accepted() >= threshold, WAIT_S, f"{threshold} accepted records", 0.05,
                    alive=self.running_on)
         return threshold
@@ -271,11 +275,11 @@ class TwoInstances:
                           f"({event.get('error')}); >= {threshold} records in", [event["batch"]])
         return victim, str(event["batch"])
 
-    def kill_while_sending(self, victim: str, fraction: float) -> bool:
-        """Once ``fraction`` of the records are in, SIGKILL ``victim`` the moment the store shows it sending a batch
-        (claimed for longer than any retry delay): the claim outlives it, so only its restart (which releases the
-        claims of its earlier run) or the claim's expiry lets the batch be sent again."""
-        threshold = self.wait_accepted(fraction)
+    def kill_while_sending(self, victim: str, fraction: float, before: int) -> bool:
+        """Once ``fraction`` of the records and 100 more than ``before`` are in, SIGKILL ``victim`` the moment the
+        store shows it sending a batch (claimed for longer than any retry delay): the claim outlives it, so only its
+        restart (which releases the claims of its earlier run) or the claim's expiry lets the batch be sent again."""
+        threshold = self.wait_accepted(fraction, before)
         claimed = wait_until(lambda: self.store.open_batches_claimed_by(victim, beyond_s=10.0) or None, WAIT_S,
                              f"{victim} sending a batch", 0.005, alive=self.running_on)
         self.kill(victim, f"while the store showed it sending batch(es) {', '.join(claimed)}; "
