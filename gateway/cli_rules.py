@@ -111,7 +111,7 @@ def print_changes(changes: list[Change]) -> None:
     rows = [{"id": c.id, "dataset": c.dataset, "key": c.record_key, "version": c.version, "operation": c.operation,
              "reason": c.reason, "origin": c.origin, "at": c.at, "confirmed": c.summary(),
              "waiting": ", ".join(f"{d.target} {d.state}" for d in c.deliveries
-                                  if d.state not in ("delivered", "superseded"))} for c in changes]
+                                  if d.state not in ("delivered", "superseded", "withheld"))} for c in changes]
     table(rows, ["id", "dataset", "key", "version", "operation", "reason", "origin", "at", "confirmed", "waiting"])
     out(f"{len(changes)} change(s); {sum(1 for c in changes if c.unconfirmed)} not confirmed by every target")
 

@@ -135,14 +135,14 @@ def _ignore(future: Future[Any]) -> None:
         future.result()
 
 
-def _encode_in_worker(plan: EncodePlan, batch_id: str, rows: Sequence[Candidate]) -> Encoded:
+def _encode_in_worker(plan: EncodePlan, batch_id: str, rows: Sequence[Candidate], today: dt.date) -> Encoded:
     kept = _PLANS.get(plan.key)
     if kept is None:
         if len(_PLANS) >= _KEEP:
             _PLANS.clear()
         kept = _PLANS[plan.key] = plan
     mapping = _compiled(plan.mapping_path, plan.mapping_version, OutboundMapping)
-    return encode_stored(kept, mapping, batch_id, rows)
+    return encode_stored(kept, mapping, batch_id, rows, today)
 
 
 def tune_gc() -> None:
@@ -230,16 +230,16 @@ class MapPool:
         return self._pool is not None and rows >= self.min_rows
 
     async def encode(self, plan: EncodePlan, batch_id: str, rows: Sequence[Candidate],
-                     mapping: OutboundMapping) -> Encoded:
+                     mapping: OutboundMapping, today: dt.date) -> Encoded:
         """Encode and seal a batch in a worker process (gateway.outbound.encode_stored); here, with ``mapping``
         (the daemon's compiled copy), when the file on disk is no longer that version."""
         if self._pool is None:
             raise RuntimeError("encode() needs worker processes")
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._pool, _encode_in_worker, plan, batch_id, list(rows))
+            return await loop.run_in_executor(self._pool, _encode_in_worker, plan, batch_id, list(rows), today)
         except MappingMoved:
-            return encode_stored(plan, mapping, batch_id, rows)
+            return encode_stored(plan, mapping, batch_id, rows, today)
 
     async def read(self, reader: Callable[[Any, int], SourceBatch], cursor: Any, limit: int, source: str,
                    mappings: Sequence[tuple[str, int, KeySecret | None]], today: dt.date

@@ -59,15 +59,19 @@ class Gateway:
         self.web = WebServers()  # the inbound endpoint and the admin API, when configured (started by run)
 
     def _publication_rules(self) -> None:
-        """The repair check at intake and the computed 公示截止期 on the way out (gateway.publicity)."""
+        """The repair check at intake, the computed 公示截止期 on the way out, and nothing past its publicity period
+        sent to a public target (gateway.publicity)."""
         rules = self.config.publicity
         if not rules.enabled:
             return
         for intake in self.intakes.values():
             intake.screens.append(repair_screen(self.store, rules))
-        if rules.set_publicity_end:
-            for worker in self.workers.values():
+        for worker in self.workers.values():
+            worker.today = self.today
+            if rules.set_publicity_end:
                 worker.derive = functools.partial(stamped, rules)
+            if worker.cfg.public:  # what has ended is not published there, even when first read after its end
+                worker.publicity = rules
 
     async def run_publicity(self) -> JobResult:
         """The publicity job once, as of ``today()``: periods up to date, due withdrawals queued."""

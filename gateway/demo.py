@@ -247,6 +247,7 @@ async def _summary(store: Store, sandbox: Sandbox, sample: SampleResult, retries
          + status.get("rejected", 0)},
         {"step": "acknowledged (signed-off by receipt)", "records": status.get("delivered", 0)},
         {"step": "rejected by the platform (quarantined)", "records": len(target_q)},
+        {"step": "withheld: publicity period already over", "records": status.get("withheld", 0)},
         {"step": "failed (dead letters)", "records": status.get("dead", 0)},
         {"step": "still pending", "records": status.get("backlog", 0)},
     ], ["step", "records"])
@@ -297,16 +298,19 @@ def _shape(message: str) -> str:
 
 
 def _verify(sandbox: Sandbox, sample: SampleResult, status: dict[str, Any], done: bool, refused: int) -> bool:
-    """Every valid row is held by the sandbox exactly once, except those the platform refused."""
+    """Every valid row is held by the sandbox exactly once, except those the platform refused and penalties
+    whose publicity period was over before they were first read (a public platform never gets those)."""
     # Over-long names ("platform_reject" rows) are caught by the gateway's own length check already.
     valid = sum(len(sample.valid_ids(t)) - _kind_count(sample, t, "platform_reject") for t in ("xzcf", "xzxk"))
     held = {code: len(sandbox.held(code)) for code in ("XZCF", "XZXK")}
     twice = sum(1 for code in held for n in sandbox.applied_counts(code).values() if n != 1)
-    ok = (done and sum(held.values()) + refused == valid and twice == 0
+    withheld = status.get("withheld", 0)
+    ok = (done and sum(held.values()) + refused + withheld == valid and twice == 0
           and not status.get("dead") and not status.get("backlog"))
     out()
     out(f"Check: {valid} valid rows; the sandbox holds {held['XZCF']} penalties + {held['XZXK']} licences, "
-        f"refused {refused}; records applied more than once: {twice} → " + ("OK" if ok else "MISMATCH"))
+        f"refused {refused}, withheld {withheld}; records applied more than once: {twice} → "
+        + ("OK" if ok else "MISMATCH"))
     return ok
 
 

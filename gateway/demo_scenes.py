@@ -1,7 +1,7 @@
-"""The demo's second part: four scenes of what the gateway does besides delivering 双公示 records.
+"""The demo's second part: five scenes of what the gateway does besides delivering 双公示 records.
 
 After the sample department database has been delivered (:mod:`gateway.demo`), the same gateway, store and
-sandbox play four scenes, each ending with a check that can fail:
+sandbox play five scenes, each ending with a check that can fail:
 
 1. **a credit list arrives**: the platform publishes a black list and a red list naming one subject on
    both; the gateway takes them (``platform_lists``) and writes them into the department's own table (the
@@ -14,7 +14,10 @@ sandbox play four scenes, each ending with a check that can fail:
 3. **a revocation propagated**: the department revokes a penalty every target already holds; the change
    must be confirmed by every one of them (``records changes``);
 4. **a late record reported**: the sample's decision dates reach back three years, so records delivered
-   today are past their 7-working-day due date; ``timeliness`` must report at least one.
+   today are past their 7-working-day due date; ``timeliness`` must report at least one;
+5. **a historical penalty withheld**: the department adds a penalty decided four years ago, past its
+   maximum publicity period (3 years); the archive (internal) must receive it and the platform (public)
+   must not: its outbox row for the platform is ``withheld`` (``records show``).
 
 The platform and the department act through their own means only (the sandbox's publish/issue controls,
 the department's tables); between those acts the gateway runs until idle. Nothing is slept.
@@ -34,7 +37,7 @@ from typing import Any
 from gateway.calendar import CalendarError, WorkCalendar
 from gateway.cli_lists import print_conflicts, print_status
 from gateway.cli_ops import out, table
-from gateway.cli_rules import print_changes
+from gateway.cli_rules import print_changes, print_history
 from gateway.cli_sanctions import print_sanctions, report_for
 from gateway.config import Config
 from gateway.daemon import Gateway
@@ -43,10 +46,10 @@ from gateway.engine import china_today
 from gateway.identifiers import id_check_char
 from gateway.lists import ListView, conflicts, list_status
 from gateway.mapping import OutboundMapping, load_mapping
-from gateway.sampledata import SampleResult, apply_changes, format_gxsj, make_uscc
+from gateway.sampledata import SampleResult, apply_changes, format_gxsj, insert_rows, make_uscc
 from gateway.sanctions import ANSWERED
 from gateway.sandbox import Sandbox
-from gateway.store_confirmations import Change, list_changes
+from gateway.store_confirmations import Change, list_changes, record_history
 from gateway.store_ops import Store
 from gateway.store_sources import source_records
 from gateway.timeliness import LATE, WORKDAYS, TimelinessReport, timeliness_report
@@ -129,7 +132,7 @@ def verdict(scene: str, problems: Sequence[str]) -> Verdict:
 
 async def run_scenes(stage: Stage) -> list[Verdict]:
     return [await credit_lists(stage), await sanction_case(stage), await revocation(stage),
-            await late_records(stage)]
+            await late_records(stage), await historical_penalty(stage)]
 
 
 def heading(title: str) -> None:
@@ -378,3 +381,34 @@ def _due(calendar: WorkCalendar, decided: Any) -> str:
     except (CalendarError, ValueError):
         return "unknown"
 
+
+
+# ---------------------------------------------------------------- 5. a historical penalty withheld
+
+HISTORICAL_YEARS = 4
+
+
+async def historical_penalty(stage: Stage) -> Verdict:
+    heading("5. A historical penalty withheld: decided four years ago, its publicity period (3 years) is over")
+    today = china_today()
+    decided_by = today.replace(year=today.year - HISTORICAL_YEARS)
+    [row_id] = await asyncio.to_thread(insert_rows, stage.department_db, table="xzcf", count=1, seed=4,
+                                       today=decided_by)
+    out(f"  the department adds xzcf row {row_id}, decided in the week before {decided_by} (a backfill of old "
+        "records); the archive gets it, the platform, which publishes, must not")
+    problems = [] if await stage.run() else ["the gateway did not finish"]
+    found = [r for r in await source_records(stage.store, "penalty", PENALTY_SOURCE, limit=100_000)
+             if r.source_key == str(row_id)]
+    if not found:
+        return verdict("historical penalty withheld from the platform", [f"xzcf row {row_id} is not in the ledger"])
+    key = found[0].record_key
+    history = await record_history(stage.store.engine, "penalty", key, list(stage.config.targets))
+    assert history is not None
+    out(f"  records show penalty '{key}':")
+    print_history(history)
+    states = {d.target: d.state for d in history["deliveries"]}
+    if states != {"sandbox": "withheld", "archive": "delivered"}:
+        problems.append(f"deliveries {states}, expected the sandbox withheld and the archive delivered")
+    if key in stage.sandbox.held("XZCF"):
+        problems.append("the sandbox holds it")
+    return verdict("historical penalty withheld from the platform", problems)

@@ -28,6 +28,7 @@ from gateway.errors import GatewayError, PermanentError, RetryableError
 from gateway.mapping import InboundMapping, OutboundMapping
 from gateway.outbound import Derive, EncodePlan, Route, encode_stored
 from gateway.ports import OutgoingBatch, SourceBatch
+from gateway.publicity import PublicitySettings
 from gateway.records import LedgerEntry
 from gateway.store import WatermarkMoved
 from gateway.store_delivery import Batch, Candidates, EncodedBatch, LeaseLost
@@ -251,6 +252,9 @@ class TargetWorker:
         self._personal = {ds: m.dataset.personal_id_fields for ds, m in cfg.mappings.items()}
         self.mappings: dict[str, OutboundMapping] = dict(cfg.mappings)  # replaced when a file is reloaded
         self.derive: Derive | None = None
+        # A public target's publicity rules: records whose publicity has ended are not sent (gateway.outbound)
+        self.publicity: PublicitySettings | None = None
+        self.today: Callable[[], dt.date] = china_today
         self.pool = pool  # large batches are encoded in its worker processes
         self._route = Route(cfg.omit_fields, cfg.personal_ids)
         self._plan_id = uuid.uuid4().hex
@@ -324,6 +328,9 @@ class TargetWorker:
             encoded = await self.encode_batch(dataset, found, batch_id) if found.rows else None
             batch = await self.store.lease_encoded(self.cfg.name, dataset, found, encoded,
                                                    claimant=self.claimant, claim_s=self.claim_s)
+            if encoded is not None and encoded.withheld:
+                log.info("records withheld: their publicity period has ended", extra={
+                    "target": self.cfg.name, "dataset": dataset, "records": len(encoded.withheld)})
         except LeaseLost:  # another sender took some of the rows: they are read again
             log.info("batch not leased: another sender took some of its rows first",
                      extra={"target": self.cfg.name, "dataset": dataset, "batch": batch_id})
@@ -368,16 +375,17 @@ class TargetWorker:
         """Encode and seal rows read from the outbox: in a worker process when the batch is large enough and the
         adapter has a picklable encoder (gateway.outbound), else here."""
         plan = self._plan(dataset)
+        today = self.today()
         if plan.picklable and self.pool is not None and self.pool.offloads(len(found.rows)):
-            done = await self.pool.encode(plan, batch_id, found.rows, self.mappings[dataset])
+            done = await self.pool.encode(plan, batch_id, found.rows, self.mappings[dataset], today)
         else:
-            done = encode_stored(plan, self.mappings[dataset], batch_id, found.rows)
+            done = encode_stored(plan, self.mappings[dataset], batch_id, found.rows, today)
         rows = {row[0]: row for row in found.rows}
         # after encoding only the ids of the included rows matter; refused ones are quarantined with their payload
         included = [LeasedRecord(i, rows[i][1], rows[i][2], rows[i][3], {}) for i in done.included]
         failed = [(LeasedRecord(i, rows[i][1], rows[i][2], rows[i][3], _parsed(rows[i][4])), reason)
                   for i, reason in done.failed]
-        return EncodedBatch(batch_id, done.body, included, failed, done.stored)
+        return EncodedBatch(batch_id, done.body, included, failed, done.stored, done.withheld)
 
     def _plan(self, dataset: str) -> EncodePlan:
         """How this dataset's batches are encoded; picklable (for a worker process) when the adapter can give
@@ -387,7 +395,8 @@ class TargetWorker:
         mapping = self.mappings[dataset]
         return EncodePlan(f"{self._plan_id}|{dataset}|{mapping.version}", self.cfg.name, dataset, self._route,
                           mapping.path, mapping.version, self._personal[dataset], self.derive,
-                          body or self.cfg.adapter.encode, self.cfg.sealing, picklable=body is not None)
+                          body or self.cfg.adapter.encode, self.cfg.sealing, picklable=body is not None,
+                          publicity=self.publicity)
 
     # ------------------------------------------------------------ send
 

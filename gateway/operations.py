@@ -83,7 +83,7 @@ async def status_lines(store: Store, calendar: WorkCalendar | None = None, sanct
                                      due_working_days=sanctions_due_days)).status_lines()
     rows = [{**r, "oldest pending": age(r["oldest_pending_s"]), "last success": r["last_success"]}
             for r in await store.target_status()]
-    lines += table_lines(rows, ["target", "backlog", "oldest pending", "delivered", "rejected", "dead",
+    lines += table_lines(rows, ["target", "backlog", "oldest pending", "delivered", "rejected", "dead", "withheld",
                                 "open_batches", "retrying", "last success"])
     for beat in await store.heartbeats():
         lines.append(f"instance {beat['instance']} pid {beat['pid']}: {beat['state'].get('state')}, "

@@ -9,8 +9,9 @@ digested, so neither the parsing nor the mapping, serialising or sealing takes t
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
@@ -18,6 +19,7 @@ import orjson
 from gateway.identifiers import mask_id
 from gateway.mapping import MappingError, OutboundMapping
 from gateway.ports import TargetRecord
+from gateway.publicity import PUBLISHED, PublicitySettings
 from gateway.sealing import Sealing
 from gateway.stored import Candidate, LeasedRecord, body_digest, pack_body
 
@@ -74,6 +76,7 @@ class Encoded:
     included: list[int]
     failed: list[tuple[int, str]]
     stored: tuple[bytes, str] | None = None  # the body as the store keeps it, and its SHA-256
+    withheld: list[int] = field(default_factory=list)  # not sent: publicity had ended (EncodePlan.publicity)
 
 
 @dataclass(frozen=True)
@@ -93,31 +96,51 @@ class EncodePlan:
     body: BodyEncoder
     sealing: Sealing  # the target's envelope (its PEMs cross with the plan: the worker seals too)
     picklable: bool = True  # False: ``body`` is a bound method of an adapter, the daemon encodes itself
+    # A public-facing target's publicity rules: a published state (upsert, object) of a record whose maximum
+    # publicity end is today or earlier is not sent there (a historical backfill would publish it again).
+    publicity: PublicitySettings | None = None
 
 
-def encode_rows(plan: EncodePlan, mapping: OutboundMapping, batch_id: str, rows: Sequence[Candidate]) -> Encoded:
+def ended(rules: PublicitySettings, dataset: str, rec: LeasedRecord, today: dt.date) -> bool:
+    """True when ``rec`` is a published state (upsert, object) of a record whose maximum publicity end under
+    ``rules`` is ``today`` or earlier: a public target must not get it (the publicity job withdraws a record on
+    that day; one first read later, e.g. in a backfill of old records, would otherwise be published again)."""
+    if rec.operation not in PUBLISHED or dataset not in rules.datasets:
+        return False
+    end = rules.max_end(dataset, rec.payload)
+    return end is not None and end <= today
+
+
+def encode_rows(plan: EncodePlan, mapping: OutboundMapping, batch_id: str, rows: Sequence[Candidate],
+                today: dt.date) -> Encoded:
     """The body of a batch from candidate rows as stored; a record its mapping refuses is left out with the
-    reason (it is quarantined for this target)."""
+    reason (it is quarantined for this target), and one whose publicity ended by ``today`` (:func:`ended`) is
+    left out (withheld)."""
     records: list[TargetRecord] = []
     included: list[int] = []
     failed: list[tuple[int, str]] = []
-    route, personal, derive = plan.route, plan.personal_fields, plan.derive
+    withheld: list[int] = []
+    route, personal, derive, publicity = plan.route, plan.personal_fields, plan.derive, plan.publicity
     for outbox_id, key, version, operation, stored in rows:
         try:
             rec = LeasedRecord(outbox_id, key, version, operation, orjson.loads(stored))
+            if publicity is not None and ended(publicity, plan.dataset, rec, today):
+                withheld.append(outbox_id)
+                continue
             records.append(route_record(route, mapping, personal, rec, derive))
             included.append(outbox_id)
         except (MappingError, ValueError, KeyError) as exc:
             failed.append((outbox_id, f"cannot encode for {plan.target}: {exc}"))
     body = plan.body(batch_id, plan.dataset, mapping.table_code, records) if records else b""
-    return Encoded(body, included, failed)
+    return Encoded(body, included, failed, withheld=withheld)
 
 
-def encode_stored(plan: EncodePlan, mapping: OutboundMapping, batch_id: str, rows: Sequence[Candidate]) -> Encoded:
+def encode_stored(plan: EncodePlan, mapping: OutboundMapping, batch_id: str, rows: Sequence[Candidate],
+                  today: dt.date) -> Encoded:
     """:func:`encode_rows`, then the body sealed (once: the stored, resent and evidenced bytes), compressed and
     digested as the store keeps it."""
-    done = encode_rows(plan, mapping, batch_id, rows)
+    done = encode_rows(plan, mapping, batch_id, rows, today)
     if not done.body:
         return done
     body = plan.sealing.seal(done.body)
-    return Encoded(body, done.included, done.failed, (pack_body(body), body_digest(body)))
+    return Encoded(body, done.included, done.failed, (pack_body(body), body_digest(body)), done.withheld)

@@ -29,6 +29,8 @@ from gateway.datasets import REPAIR, get_dataset
 from gateway.errors import Problem
 from gateway.settings import parse_settings, setting
 
+PUBLISHED = ("upsert", "object")  # the states in which a record is shown to the public
+
 _UNITS = {"day": "day", "days": "day", "天": "day", "日": "day", "month": "month", "months": "month",
           "个月": "month", "月": "month", "year": "year", "years": "year", "年": "year"}
 _DURATION = re.compile(r"\s*(\d+)\s*([a-z]+|天|日|个月|月|年)\s*")

@@ -120,7 +120,7 @@ outbox = Table(
     Column("record_key", String(400), nullable=False),
     Column("record_id", Integer, nullable=True),  # the key's ledger row (cg_records.id): set on every new row
     Column("version", Integer, nullable=False),
-    # pending | leased | delivered | rejected | dead | superseded | replayed
+    # pending | leased | delivered | rejected | dead | superseded | replayed | withheld
     Column("state", String(16), nullable=False),
     Column("batch_id", String(64), ForeignKey("cg_batches.id"), nullable=True),
     Column("enqueued_at", Float, nullable=False),

@@ -21,6 +21,8 @@ from gateway.store import _chunks, _translated
 from gateway.store_changes import known_targets
 
 PAGE = 500
+# why a public target was not sent a version (gateway.outbound.ended)
+WITHHELD_REASON = "publicity period over before it was sent: not published"
 
 
 @dataclass
@@ -29,11 +31,11 @@ class Delivery:
 
     target: str
     version: int
-    state: str  # pending | leased | delivered | rejected | dead | superseded | replayed
+    state: str  # pending | leased | delivered | rejected | dead | superseded | replayed | withheld
     at: float
     receipt_id: str = ""
     received_at: float | None = None
-    reason: str = ""  # the target's code and message, for a rejected version
+    reason: str = ""  # the target's code and message for a rejected version; why one was withheld
 
     def as_json(self) -> dict[str, Any]:
         return {"target": self.target, "version": self.version, "state": self.state, "at": self.at,
@@ -63,17 +65,24 @@ class Change:
         return sum(1 for d in self.deliveries if d.state == "superseded")
 
     @property
+    def withheld(self) -> int:
+        """Targets not sent this version on purpose: public ones, after the record's publicity ended."""
+        return sum(1 for d in self.deliveries if d.state == "withheld")
+
+    @property
     def unconfirmed(self) -> bool:
-        return self.confirmed + self.superseded < len(self.deliveries)
+        return self.confirmed + self.superseded + self.withheld < len(self.deliveries)
 
     def summary(self) -> str:
         text = f"confirmed {self.confirmed} of {len(self.deliveries)} target(s)"
-        return text + (f", {self.superseded} superseded by a later version" if self.superseded else "")
+        text += f", {self.superseded} superseded by a later version" if self.superseded else ""
+        return text + (f", {self.withheld} withheld (publicity ended)" if self.withheld else "")
 
     def as_json(self) -> dict[str, Any]:
         return {"id": self.id, "dataset": self.dataset, "record_key": self.record_key, "version": self.version,
                 "operation": self.operation, "reason": self.reason or None, "origin": self.origin, "at": self.at,
                 "targets": len(self.deliveries), "confirmed": self.confirmed, "superseded": self.superseded,
+                "withheld": self.withheld,
                 "deliveries": [d.as_json() for d in self.deliveries]}
 
 
@@ -91,7 +100,8 @@ async def deliveries(conn: AsyncConnection, dataset: str, keys: Sequence[str],
             .where(and_(s.outbox_of_keys(dataset, chunk), o.target.in_(list(targets))))
             .order_by(o.id))
         for key, target, version, state, at, receipt_id, received_at in rows:
-            found.setdefault(key, []).append(Delivery(target, version, state, at, receipt_id or "", received_at))
+            found.setdefault(key, []).append(Delivery(target, version, state, at, receipt_id or "", received_at,
+                                                      WITHHELD_REASON if state == "withheld" else ""))
     await _rejection_reasons(conn, dataset, found)
     return found
 

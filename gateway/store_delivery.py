@@ -82,6 +82,7 @@ class EncodedBatch:
     included: Sequence[LeasedRecord]
     failed: Sequence[tuple[LeasedRecord, str]] = field(default_factory=list)
     stored: tuple[bytes, str] | None = None  # pack_body(body), body_digest(body) if the encoder made them
+    withheld: Sequence[int] = ()  # outbox ids not sent: the record's publicity ended (gateway.outbound.ended)
 
 
 Encoder = Callable[[Sequence[LeasedRecord]], EncodedBatch | Awaitable[EncodedBatch]]
@@ -153,6 +154,11 @@ class DeliveryMixin(StoreBase):
                 return None
             if encoded.failed:
                 await self._reject_unencodable(conn, target, dataset, encoded.failed, now)
+            if encoded.withheld:
+                await self._set_state(conn, encoded.withheld, "withheld", now, only_pending=True)
+                await conn.execute(s.events.insert().values(
+                    at=now, kind="publicity.withheld", target=target, dataset=dataset, record_key="",
+                    detail=_json({"records": len(encoded.withheld), "batch": encoded.batch_id})))
             if not encoded.included:
                 return None
             return await self._open_batch(conn, target, dataset, encoded, now, claimant, claim_s)

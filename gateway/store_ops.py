@@ -32,7 +32,8 @@ class Store(InboundMixin, ListsMixin, DeliveryMixin, StoreBase):
     # ------------------------------------------------------------ status
 
     async def target_status(self) -> list[dict[str, Any]]:
-        """Per target: backlog, oldest pending age, dead letters, open and retrying batches, last success."""
+        """Per target: backlog, oldest pending age, delivered, rejected, dead letters, withheld (a public target's
+        records whose publicity had ended: gateway.outbound.ended), open and retrying batches, last success."""
         o, b, rc = s.outbox.c, s.batches.c, s.receipts.c
         async with self.engine.connect() as conn:
             backlog = _rows(await conn.execute(select(
@@ -40,6 +41,7 @@ class Store(InboundMixin, ListsMixin, DeliveryMixin, StoreBase):
                 func.sum(case((o.state == "dead", 1), else_=0)).label("dead"),
                 func.sum(case((o.state == "delivered", 1), else_=0)).label("delivered"),
                 func.sum(case((o.state == "rejected", 1), else_=0)).label("rejected"),
+                func.sum(case((o.state == "withheld", 1), else_=0)).label("withheld"),
                 func.min(case((o.state.in_(OPEN_STATES), o.enqueued_at), else_=None)).label("oldest"),
             ).group_by(o.target)))
             batches = {r["target"]: r for r in _rows(await conn.execute(select(
@@ -55,7 +57,7 @@ class Store(InboundMixin, ListsMixin, DeliveryMixin, StoreBase):
             row.update(open_batches=extra.get("open_batches", 0), retrying=extra.get("retrying") or 0,
                        last_error=extra.get("last_error"), last_success=last.get(row["target"]),
                        oldest_pending_s=(now - row["oldest"]) if row["oldest"] else None)
-            for key in ("backlog", "dead", "delivered", "rejected"):
+            for key in ("backlog", "dead", "delivered", "rejected", "withheld"):
                 row[key] = int(row[key] or 0)
         return backlog
 

@@ -37,7 +37,7 @@ from gateway import schema as s
 from gateway import store_changes
 from gateway.datasets import EXPIRED
 from gateway.ports import SourceBatch
-from gateway.publicity import PublicitySettings, early_repair, period_of
+from gateway.publicity import PUBLISHED, PublicitySettings, early_repair, period_of
 from gateway.records import LedgerEntry
 from gateway.store import _translated
 from gateway.store_confirmations import deliveries
@@ -49,7 +49,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway.publicity")
 PAGE = 500
-PUBLISHED = ("upsert", "object")
 LIVE = ("pending", "leased", "delivered")  # a target holds the record, or is about to
 Screen = Callable[[list[LedgerEntry], list[Reject], SourceBatch, dt.date],
                   Awaitable[tuple[list[LedgerEntry], list[Reject]]]]

@@ -42,7 +42,7 @@ class Delivery:
     key: str
     target: str
     version: int
-    state: str  # pending | leased | delivered | rejected | dead | superseded | replayed
+    state: str  # pending | leased | delivered | rejected | dead | superseded | replayed | withheld
     receipt_id: str | None
     received_at: float | None
 

@@ -1,7 +1,8 @@
 """`credit-gateway demo` end to end, small: the sealed delivery, then a credit list arriving, a sanction case
-answered, a revocation propagated and a late record reported — each checked in the summary *and* against
-what the demo left behind (the department's and the archive's SQLite files, the sandbox's database, the
-store through the commands the summary points to). A broken scene makes the demo exit 1 and say why."""
+answered, a revocation propagated, a late record reported and a historical penalty withheld — each checked in
+the summary *and* against what the demo left behind (the department's and the archive's SQLite files, the
+sandbox's database, the store through the commands the summary points to). A broken scene makes the demo exit
+1 and say why."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from gateway.engine import china_today
 SMALL = {"licences": 40, "penalties": 40}
 CHECKS = ("delivered, every valid record held once", "evidence verified offline",
           "credit lists arrived, digests equal at every end, red/black conflict caught", "sanction case answered",
-          "revocation confirmed by every target", "late record reported")
+          "revocation confirmed by every target", "late record reported",
+          "historical penalty withheld from the platform")
 
 
 def query(db: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
@@ -116,9 +118,30 @@ class TestDemo:
         late = sum(t["late"] for t in report["datasets"].values())
         assert code == 0 and late >= 1
         found = re.search(r"(\d+) late in all; e\.g\. \w+ (\S+): decided (\S+), due (\S+)", text)
-        assert found is not None and int(found[1]) == late and found[2] in late_keys
+        # the fifth scene's penalty, decided four years ago and received by the archive since, is late too
+        assert found is not None and int(found[1]) + 1 == late and found[2] in late_keys
         assert found[4] < china_today().isoformat()  # due before the day it was delivered
 
+
+    def test_the_historical_penalty_went_to_the_archive_only(
+            self, demo_run: tuple[Path, int, str], capsys: pytest.CaptureFixture[str]) -> None:
+        """The penalty decided four years ago: in the archive's table, not at the sandbox; withheld there, and
+        `status` counts it."""
+        workdir, _, text = demo_run
+        found = re.search(r"records show penalty '([^']+)'", text)
+        assert found is not None
+        key = found[1]
+        wsh, code_ = key.split("|")
+        [(decided,)] = query(workdir / "department.db", "SELECT jdrq FROM xzcf WHERE cfjdswh = ? AND cfjgdm = ?",
+                             wsh, code_)
+        assert decided.replace("/", "-") < china_today().replace(year=china_today().year - 3).isoformat()
+        assert query(workdir / "archive.db", "SELECT count(*) FROM xzcf_archive WHERE CF_WSH = ?", wsh) == [(1,)]
+        assert query(workdir / "sandbox.db", "SELECT count(*) FROM held WHERE record_key = ?", key) == [(0,)]
+        code, history = cli_json(capsys, workdir, "records", "show", "penalty", key)
+        assert code == 0 and {d["target"]: d["state"] for d in history["deliveries"]} == {
+            "archive": "delivered", "sandbox": "withheld"}
+        code, status = cli_json(capsys, workdir, "status")
+        assert code == 0 and {t["target"]: t["withheld"] for t in status["targets"]}["sandbox"] >= 1
 
 def test_a_failed_scene_makes_the_demo_exit_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                               capsys: pytest.CaptureFixture[str]) -> None:

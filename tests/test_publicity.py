@@ -7,7 +7,9 @@ one internal) with a real department database and the store on SQLite and Postgr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -258,11 +260,23 @@ THREE = ("province", "city", "partner")
 PUBLIC = ("province", "partner")
 
 
-async def _published(tmp_path: Path, store_url: str, store: Store) -> tuple[Any, str, Any, Any]:
-    """A sample delivered to three platforms; the picked record is the oldest (nothing else is due first)."""
+def _dated(tmp_path: Path, days_ago: int) -> tuple[Any, dict[str, Any]]:
+    """A sample of 10 penalties: the picked one decided ``days_ago``, every other one 30 days ago (so the picked
+    record is the only one whose publicity ends within the test)."""
     sample = make_department_db(tmp_path, penalties=10)
-    row = set_decision(sample.path, pick_row(sample.path)["id"], china_today() - dt.timedelta(days=1200))
+    picked = pick_row(sample.path)["id"]
+    recent = (china_today() - dt.timedelta(days=30)).strftime("%Y/%m/%d")
+    with contextlib.closing(sqlite3.connect(sample.path)) as conn, conn:
+        conn.execute("UPDATE xzcf SET jdrq = ?, cfyxq = ?, gsjzq = '' WHERE id != ?", (recent, recent, picked))
+    return sample, set_decision(sample.path, picked, china_today() - dt.timedelta(days=days_ago))
+
+
+async def _published(tmp_path: Path, store_url: str, store: Store) -> tuple[Any, str, Any, Any]:
+    """A sample delivered to three platforms; the picked record is still within its publicity period (its
+    maximum end about three months ahead: the job is run as of dates up to then) and nothing else ends first."""
+    sample, row = _dated(tmp_path, 1000)
     period = period_of(DEFAULT_RULES, "penalty", to_record(row).payload())
+    assert period.max_end > china_today()
     return sample, key_of(row), row, period
 
 
@@ -331,6 +345,80 @@ class TestAutomaticWithdraw:
         assert outside["upcoming"] == [] and inside["undated"] == 0
         code, text = await run_cli(capsys, config, "publicity", "--today", str(period.max_end), "--due-within", "0")
         assert code == 0 and key in text and "due" in text and str(period.max_end) in text
+
+
+class TestEndedBeforeSending:
+    """A published state whose publicity is over by the day it is sent never reaches a public target."""
+
+    async def test_a_backfilled_record_goes_to_the_internal_target_only(
+            self, tmp_path: Path, store_url: str, store: Store, capsys: pytest.CaptureFixture[str]) -> None:
+        """Read for the first time after its end (a backfill of old records): the internal target gets it, the
+        public ones nothing; their outbox rows say withheld, `status` counts them and `records show` says why;
+        the publicity job has nothing to withdraw; a later edit and an objection reach the internal target only,
+        and `records changes` counts the objection settled (confirmed by one target, withheld from two)."""
+        sample, row = _dated(tmp_path, 1200)
+        key = key_of(row)
+        async with platforms(tmp_path, THREE) as sandboxes:
+            config = write_rules_config(tmp_path, store_url, sample.path, sandboxes, public=PUBLIC)
+            await deliver(config, store)
+            held = {n: set(sb.held(TABLE)) for n, sb in sandboxes.items()}
+            assert key in held["city"] and len(held["city"]) >= 5
+            assert held["province"] == held["partner"] == held["city"] - {key}  # only that record is withheld
+            assert _states(await outbox(store, key)) == [
+                ("city", 1, "delivered"), ("partner", 1, "withheld"), ("province", 1, "withheld")]
+            status = {r["target"]: (r["withheld"], r["backlog"]) for r in await store.target_status()}
+            assert status == {"city": (0, 0), "partner": (1, 0), "province": (1, 0)}
+
+            rows = len(await outbox(store))
+            for _ in range(2):
+                job = await run_publicity(store, config, china_today())
+                assert (job.withdrawn, job.sent, job.waiting) == (0, {}, 0)
+            assert len(await outbox(store)) == rows
+
+            apply_changes(sample.path, table="xzcf", ids=[row["id"]], change="edit")
+            await deliver(config, store)
+            assert sandboxes["city"].held(TABLE)[key][:2] == (2, "upsert")
+            assert all(key not in sandboxes[n].held(TABLE) for n in PUBLIC)
+            assert [s for s in _states(await outbox(store, key)) if s[1] == 2] == [
+                ("city", 2, "delivered"), ("partner", 2, "withheld"), ("province", 2, "withheld")]
+
+            apply_changes(sample.path, table="xzcf", ids=[row["id"]], change="object")  # 异议: still published
+            await deliver(config, store)
+            assert sandboxes["city"].held(TABLE)[key][:2] == (3, "object")
+            assert all(key not in sandboxes[n].held(TABLE) for n in PUBLIC)
+        [change] = [c for c in await list_changes(store.engine, list(config.targets)) if c.record_key == key]
+        assert (change.version, change.operation, change.confirmed, change.withheld, change.unconfirmed) == (
+            3, "object", 1, 2, False)
+        assert change.summary() == "confirmed 1 of 3 target(s), 2 withheld (publicity ended)"
+        code, text = await run_cli(capsys, config, "records", "show", "penalty", key)
+        assert code == 0 and text.count("withheld") == 6 and text.count("publicity period over") == 6
+        code, text = await run_cli(capsys, config, "status")
+        assert code == 0 and "withheld" in text
+
+    async def test_a_change_after_the_end_is_withheld_and_the_job_withdraws_the_published_version(
+            self, tmp_path: Path, store_url: str, store: Store) -> None:
+        """Sent the day before its end; edited and read again on the end date: the public target does not get the
+        edit (it would publish the record again), and the publicity job then withdraws the version it holds."""
+        sample, key, row, period = await _published(tmp_path, store_url, store)
+        async with platforms(tmp_path, ("province",)) as sandboxes:
+            config = write_rules_config(tmp_path, store_url, sample.path, sandboxes, public=("province",))
+            province = sandboxes["province"]
+            await deliver(config, store, today=period.max_end - dt.timedelta(days=1))
+            assert province.held(TABLE)[key][:2] == (1, "upsert")
+
+            apply_changes(sample.path, table="xzcf", ids=[row["id"]], change="edit")
+            await deliver(config, store, today=period.max_end)
+            assert _states(await outbox(store, key)) == [("province", 1, "delivered"), ("province", 2, "withheld")]
+            assert province.held(TABLE)[key][:2] == (1, "upsert")  # until the job runs
+
+            job = await run_publicity(store, config, period.max_end)
+            assert (job.withdrawn, job.sent) == (1, {"province": 1})
+            await deliver(config, store, today=period.max_end)
+            assert province.held(TABLE)[key][:2] == (3, "withdraw")
+
+
+def _states(rows: list[dict[str, Any]]) -> list[tuple[str, int, str]]:
+    return sorted((r["target"], r["version"], r["state"]) for r in rows)
 
 
 def test_mapping_has_the_reason_field() -> None:

@@ -7,7 +7,10 @@ path, on a real store and the sandbox.
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import pickle
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from sqlalchemy import update
 from gateway import schema as s
 from gateway.config import load_config
 from gateway.daemon import Gateway
+from gateway.engine import china_today
 from gateway.envelope import Credentials
 from gateway.mapping import OutboundMapping
 from gateway.outbound import Encoded, EncodePlan
@@ -80,6 +84,29 @@ class TestWorkerEncoding:
         assert [r.record_key for r, _ in in_worker.failed] == [broken["record_key"]]
         assert "cannot encode for platform" in in_worker.failed[0][1]
 
+    async def test_the_worker_withholds_what_the_daemon_would(self, tmp_path: Path, sandbox: Sandbox,
+                                                              store: Store) -> None:
+        """A public target: records past their publicity end (decided 1,200 days ago) are withheld on both paths,
+        the same rows, and the bodies are the same bytes."""
+        sample = make_department_db(tmp_path, penalties=300, invalid_fraction=0.0)
+        old = (china_today() - dt.timedelta(days=1200)).strftime("%Y/%m/%d")
+        with contextlib.closing(sqlite3.connect(sample.path)) as conn, conn:
+            aged = conn.execute("UPDATE xzcf SET jdrq = ?, cfyxq = ?, gsjzq = '' WHERE id % 40 = 0 AND zt = '0'",
+                                (old, old)).rowcount
+        path = write_config(tmp_path, url=sandbox.upload_url, db=sample.path, token=TOKEN, batch_size=300,
+                            source_batch_size=300)
+        path.write_text(path.read_text("utf-8").replace("external = false\n", "external = false\npublic = true\n"),
+                        encoding="utf-8")  # an unsealed link to a public-facing platform
+        config = load_config(path)
+        assert config.targets[TARGET].public
+        async with Gateway(config, store) as gw:
+            for intake in gw.intakes.values():
+                await intake.poll()
+            in_worker, here = await _both_ways(gw, store, 300)
+        assert aged >= 3 and len(in_worker.withheld) == aged and list(in_worker.withheld) == list(here.withheld)
+        assert [r.outbox_id for r in in_worker.included] == [r.outbox_id for r in here.included]
+        assert len(in_worker.included) == 300 - aged and in_worker.body == here.body
+
     async def test_everything_arrives_through_the_worker(self, tmp_path: Path, sandbox: Sandbox,
                                                          store: Store) -> None:
         """A run whose batches are all encoded in the worker delivers every record once, in order per key."""
@@ -91,9 +118,9 @@ class TestWorkerEncoding:
             encode = gw.pool.encode
 
             async def counted(plan: EncodePlan, batch_id: str, rows: Sequence[Candidate],
-                              mapping: OutboundMapping) -> Encoded:
+                              mapping: OutboundMapping, today: dt.date) -> Encoded:
                 sent_to_worker.append(len(rows))
-                return await encode(plan, batch_id, rows, mapping)
+                return await encode(plan, batch_id, rows, mapping, today)
 
             gw.pool.encode = counted  # type: ignore[method-assign]
             assert await gw.run_until_idle(timeout_s=120)
@@ -126,8 +153,8 @@ class TestSealedThroughTheWorker:
                     encode = gw.pool.encode
 
                     async def watched(plan: EncodePlan, batch_id: str, rows: Sequence[Candidate],
-                                      mapping: OutboundMapping) -> Encoded:
-                        done = await encode(plan, batch_id, rows, mapping)
+                                      mapping: OutboundMapping, today: dt.date) -> Encoded:
+                        done = await encode(plan, batch_id, rows, mapping, today)
                         sealed_in_worker.append(not done.body.startswith(b"{"))
                         return done
 
