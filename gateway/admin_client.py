@@ -1,7 +1,9 @@
 """The CLI's client for the admin API (``--admin-url``): one request per call, errors as GatewayError.
 
 The token comes from ``--token-file`` or the ``CG_ADMIN_TOKEN`` environment variable, never from the command
-line (it would show in ``ps`` and shell history), and is never printed.
+line (it would show in ``ps`` and shell history), and is never printed. Over HTTPS, ``--admin-ca`` is the CA
+to trust for the server's certificate, and ``--admin-cert`` / ``--admin-key`` (or ``CG_ADMIN_CERT`` /
+``CG_ADMIN_KEY``) the client certificate an API with ``[admin] client_ca`` asks for.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import orjson
 from gateway.errors import ConfigError, GatewayError, Problem
 
 TOKEN_ENV = "CG_ADMIN_TOKEN"  # noqa: S105 - the name of the variable, not a token
+CERT_ENV, KEY_ENV = "CG_ADMIN_CERT", "CG_ADMIN_KEY"
 
 
 def read_token(token_file: str | None) -> str:
@@ -36,12 +39,42 @@ def read_token(token_file: str | None) -> str:
     return token
 
 
+def client_cert_files(cert_file: str | None, key_file: str | None) -> tuple[str, str] | None:
+    """``--admin-cert`` and ``--admin-key`` (or ``CG_ADMIN_CERT`` / ``CG_ADMIN_KEY``): both or neither."""
+    cert, key = cert_file or os.environ.get(CERT_ENV, ""), key_file or os.environ.get(KEY_ENV, "")
+    if bool(cert) != bool(key):
+        missing = "--admin-key" if cert else "--admin-cert"
+        raise ConfigError([Problem(missing, "a client certificate needs both --admin-cert and --admin-key "
+                                            f"(or {CERT_ENV} and {KEY_ENV})")])
+    return (cert, key) if cert else None
+
+
+def client_context(ca_file: str | None, client_cert: tuple[str, str] | None) -> ssl.SSLContext:
+    """TLS to the admin API: the server checked against ``ca_file`` (else the system's CAs); our certificate
+    presented when given. An unreadable file or a key that does not match is a ConfigError naming the option."""
+    try:
+        context = ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError([Problem("--admin-ca", f"cannot use {ca_file}: {exc}")]) from None
+    if client_cert is not None:
+        try:
+            context.load_cert_chain(*client_cert)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError([Problem("--admin-cert", f"cannot use {client_cert[0]} with {client_cert[1]}: "
+                                                       f"{exc}")]) from None
+    return context
+
+
 class AdminClient:
     """GET and POST JSON to an admin API at ``url`` with a bearer token."""
 
-    def __init__(self, url: str, token: str, ca_file: str | None = None, timeout_s: float = 30.0) -> None:
+    def __init__(self, url: str, token: str, ca_file: str | None = None, timeout_s: float = 30.0,
+                 client_cert: tuple[str, str] | None = None) -> None:
         self.url, self._token, self.timeout_s = url.rstrip("/"), token, timeout_s
-        self._ssl: ssl.SSLContext | bool = ssl.create_default_context(cafile=ca_file) if ca_file else True
+        self._ssl: ssl.SSLContext | bool = True
+        if ca_file or client_cert:
+            self._ssl = client_context(ca_file, client_cert)
+        self._with_cert = client_cert is not None
 
     async def get(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
         query = {k: str(v) for k, v in (params or {}).items() if v is not None and v is not False}
@@ -58,7 +91,12 @@ class AdminClient:
                                     **kwargs) as response:
                 raw, status = await response.read(), response.status
         except (TimeoutError, aiohttp.ClientError, ssl.SSLError) as exc:
-            raise GatewayError(f"admin API {self.url}: {type(exc).__name__}: {exc}") from exc
+            hint = ""
+            if (self.url.startswith("https:") and not self._with_cert
+                    and isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError)):
+                hint = (" (an admin API with mutual TLS drops a client without a certificate from its client_ca: "
+                        "give --admin-cert and --admin-key)")
+            raise GatewayError(f"admin API {self.url}: {type(exc).__name__}: {exc}{hint}") from exc
         try:
             answer = orjson.loads(raw)
         except orjson.JSONDecodeError:

@@ -34,6 +34,10 @@ def _admin_args(p: argparse.ArgumentParser) -> None:
                    help="use the admin API at this URL (default: $CG_ADMIN_URL; none = the local store)")
     p.add_argument("--token-file", default=argparse.SUPPRESS, help="admin token file (default: $CG_ADMIN_TOKEN)")
     p.add_argument("--admin-ca", default=argparse.SUPPRESS, help="CA certificate to trust for an https admin URL")
+    p.add_argument("--admin-cert", default=argparse.SUPPRESS,
+                   help="our client certificate for an admin API with mutual TLS (default: $CG_ADMIN_CERT)")
+    p.add_argument("--admin-key", default=argparse.SUPPRESS,
+                   help="the client certificate's private key (default: $CG_ADMIN_KEY)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from gateway.admin_client import AdminClient, read_token
+from gateway.admin_client import AdminClient, client_cert_files, read_token
 from gateway.calendar import WorkCalendar
 from gateway.certs import RETIRED, expiry_warnings, init_dev_pki, inventory
 from gateway.config import Config, load_config
@@ -122,7 +122,9 @@ def _admin(args: argparse.Namespace) -> AdminClient | None:
     url = getattr(args, "admin_url", None) or os.environ.get("CG_ADMIN_URL")
     if not url:
         return None
-    return AdminClient(url, read_token(getattr(args, "token_file", None)), getattr(args, "admin_ca", None))
+    client_cert = client_cert_files(getattr(args, "admin_cert", None), getattr(args, "admin_key", None))
+    return AdminClient(url, read_token(getattr(args, "token_file", None)), getattr(args, "admin_ca", None),
+                       client_cert=client_cert)
 
 
 async def cmd_status(args: argparse.Namespace) -> int:

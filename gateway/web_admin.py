@@ -4,6 +4,8 @@ Every endpoint but ``/healthz`` needs ``Authorization: Bearer <token>``; a missi
 ``WWW-Authenticate``. Tokens are compared in constant time (each configured token, every time), never logged;
 the log names the token's configured name. ``read`` tokens may GET; changes (POST) need an ``operator``
 token, else 403. Every answer is JSON with personal ID numbers masked (:func:`gateway.operations.mask_personal`).
+With ``[admin] client_ca`` (mutual TLS) a client must also present a certificate from that CA: without one the
+TLS handshake fails before any HTTP is read; the log names the certificate's subject with the token's name.
 
 ::
 
@@ -37,7 +39,7 @@ from gateway.operations import mask_personal, personal_keys, replay_entries, sta
 from gateway.store_ops import Store
 from gateway.timeliness import timeliness_report
 from gateway.web_config import AdminConfig, AdminToken
-from gateway.web_inbound import json_response
+from gateway.web_inbound import json_response, tls_subject
 
 log = logging.getLogger("gateway.admin")
 PREFIX = "/api/v1"
@@ -102,7 +104,8 @@ class AdminServer:
             raise
         host, port = self._runner.addresses[0][:2]
         self.url = f"{'https' if tls else 'http'}://{f'[{host}]' if ':' in host else host}:{port}"
-        log.info("admin API listening", extra={"url": self.url, "tokens": [t.name for t in self.admin.tokens]})
+        log.info("admin API listening", extra={"url": self.url, "tokens": [t.name for t in self.admin.tokens],
+                                               "mutual_tls": bool(tls and tls.client_ca)})
         return self
 
     async def __aexit__(self, *_exc: object) -> None:
@@ -143,17 +146,19 @@ class AdminServer:
         if request.path == "/healthz":
             return await handler(request)
         token = self._token(request)
+        client = tls_subject(request)  # with [admin] client_ca: the certificate the TLS handshake accepted
         if token is None:
             log.warning("admin request refused: missing or unknown token",
-                        extra={"path": request.path, "remote": request.remote})
+                        extra={"path": request.path, "remote": request.remote, "client": client})
             return json_response(401, {"error": "unauthorized", "message": "a valid bearer token is required"},
                                  {"WWW-Authenticate": 'Bearer realm="credit-gateway admin"'})
         if request.method != "GET" and token.role != "operator":
-            log.warning("admin request refused: read-only token", extra={"path": request.path, "token": token.name})
+            log.warning("admin request refused: read-only token",
+                        extra={"path": request.path, "token": token.name, "client": client})
             return json_response(403, {"error": "forbidden", "message": f"token {token.name} has role "
                                                                         f"{token.role}; this needs operator"})
         if request.method != "GET":
-            log.info("admin action", extra={"path": request.path, "token": token.name})
+            log.info("admin action", extra={"path": request.path, "token": token.name, "client": client})
         return await handler(request)
 
     def _answering(self, handler: Callable[[web.Request], Awaitable[Any]]) -> Handler:

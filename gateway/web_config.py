@@ -128,6 +128,8 @@ class AdminSettings:
     port: int = setting(8472, help="port (0 picks a free one)")
     tls_cert: str = setting("", help="TLS certificate (PEM)")
     tls_key: str = setting("", help="TLS private key (PEM)")
+    client_ca: str = setting("", help="CA certificate(s) (PEM) a client certificate must chain to (mutual TLS: "
+                                      "a client without one is refused in the handshake, before its token is read)")
 
 
 @dataclass(frozen=True)
@@ -326,7 +328,7 @@ def load_admin(raw: Any, base: Path) -> tuple[AdminConfig | None, list[Problem]]
     if settings is None:
         return None, problems
     _port(settings.port, "admin.port", problems)
-    tls = _tls(settings.tls_cert, settings.tls_key, "", "admin", base, problems)
+    tls = _tls(settings.tls_cert, settings.tls_key, settings.client_ca, "admin", base, problems)
     if tls is None and not _loopback(settings.host):
         problems.append(Problem("admin.host", f"{settings.host} is not a loopback address: tokens would cross the "
                                               "network in clear; set tls_cert and tls_key"))

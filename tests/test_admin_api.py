@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
+import socket
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,7 @@ import aiohttp
 import orjson
 import pytest
 
+from gateway.admin_client import client_context
 from gateway.cli import main
 from gateway.config import Config, load_config
 from gateway.errors import ConfigError
@@ -21,6 +25,7 @@ from gateway.store_ops import Store
 from gateway.web_admin import AdminServer
 from tests.helpers import make_department_db, read_rows, to_record, to_reject
 from tests.inbound_helpers import make_pki, write_config
+from tests.pki import make_ca
 
 READ_TOKEN = "read-token-0123456789abcdef"
 OPERATOR_TOKEN = "operator-token-0123456789abcdef"
@@ -174,6 +179,98 @@ class TestCli:
                       "inbound.channels.platform.trusted_cas[0]"):
             assert where in out
         assert "role operator" in out and OPERATOR_TOKEN not in out and READ_TOKEN not in out
+
+
+def _handshake(context: ssl.SSLContext, url: str) -> bytes:
+    """GET /healthz over a raw TLS socket: the first bytes of the answer, b"" when the server drops us."""
+    port = int(url.rsplit(":", 1)[1])
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+                context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            return tls.recv(100)
+    except (ssl.SSLError, ConnectionError):
+        return b""
+
+
+class TestMutualTls:
+    """``[admin] client_ca``: a client needs a certificate from that CA for the TLS handshake, and a token."""
+
+    @staticmethod
+    @contextlib.asynccontextmanager
+    async def _api(tmp_path: Path) -> AsyncIterator[tuple[Any, str]]:
+        pki = make_pki(tmp_path / "pki", "rsa")
+        tls = (f'tls_cert = "{pki.gateway.cert_path}"\ntls_key = "{pki.gateway.key_path}"\n'
+               f'client_ca = "{pki.ca.root.cert_path}"\n')
+        config = load_config(write_config(tmp_path, f"sqlite:///{tmp_path / 's.db'}", None,
+                                          extra=_admin_toml(tmp_path, tls)))
+        assert config.admin is not None and config.admin.tls is not None and config.admin.tls.client_ca
+        store = await open_store(config.store_url())
+        try:
+            async with AdminServer(config, config.admin, store) as server:
+                yield pki, server.url
+        finally:
+            await store.aclose()
+
+    async def test_the_cli_presents_its_certificate(self, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+        """With --admin-cert/--admin-key from the CA the CLI works; without them, or with only one, it stops
+        with a clear error; an operator action is logged with the token's name and the certificate's subject."""
+        async with self._api(tmp_path) as (pki, url):
+            assert url.startswith("https://127.0.0.1:")
+            desk = pki.ca.issue("ops-desk")
+            base = ["--admin-url", url, "--admin-ca", str(pki.ca.root.cert_path)]
+            mine = ["--admin-cert", str(desk.cert_path), "--admin-key", str(desk.key_path)]
+            read = ["--token-file", str(tmp_path / "read.token")]
+            assert await asyncio.to_thread(_cli, "status", *base, *read, *mine) == 0
+            assert capsys.readouterr().out.startswith("rows read 0;")
+
+            assert await asyncio.to_thread(_cli, "status", *base, *read) == 1
+            err = capsys.readouterr().err
+            assert f"admin API {url}" in err and "give --admin-cert and --admin-key" in err and READ_TOKEN not in err
+            assert await asyncio.to_thread(_cli, "status", *base, *read, *mine[:2]) == 2  # a usage error
+            assert "--admin-key: a client certificate needs both --admin-cert and --admin-key" in \
+                   capsys.readouterr().err
+
+            operator = ["--token-file", str(tmp_path / "operator.token")]
+            with caplog.at_level(logging.INFO, logger="gateway.admin"):
+                assert await asyncio.to_thread(_cli, "spool", *base, *operator, *mine, "retry", "--all") == 0
+            [action] = [r for r in caplog.records if r.getMessage() == "admin action"]
+            assert action.__dict__["token"] == "ops" and "CN=ops-desk" in action.__dict__["client"]
+
+    async def test_the_handshake_needs_a_certificate_from_the_ca(self, tmp_path: Path) -> None:
+        """No certificate, or one from another CA: the server drops the handshake before any HTTP; one from the
+        CA gets an answer. A certificate is not a token: without one the API still answers 401."""
+        async with self._api(tmp_path) as (pki, url):
+            ca = str(pki.ca.root.cert_path)
+            stranger = make_ca(tmp_path / "other", "rsa").issue("stranger")
+            desk = pki.ca.issue("ops-desk")
+            assert await asyncio.to_thread(_handshake, client_context(ca, None), url) == b""
+            assert await asyncio.to_thread(
+                _handshake, client_context(ca, (str(stranger.cert_path), str(stranger.key_path))), url) == b""
+            with_desk = client_context(ca, (str(desk.cert_path), str(desk.key_path)))
+            assert (await asyncio.to_thread(_handshake, with_desk, url)).startswith(b"HTTP/1.1 200")
+            async with aiohttp.ClientSession() as session, session.get(f"{url}/api/v1/status", ssl=with_desk) as r:
+                assert r.status == 401
+            async with aiohttp.ClientSession() as session, session.get(
+                    f"{url}/api/v1/status", ssl=with_desk, headers={"Authorization": f"Bearer {READ_TOKEN}"}) as r:
+                assert r.status == 200
+
+    def test_client_ca_needs_tls(self, tmp_path: Path) -> None:
+        path = write_config(tmp_path, f"sqlite:///{tmp_path / 's.db'}", None,
+                            extra=_admin_toml(tmp_path, 'client_ca = "ca.crt"\n'))
+        with pytest.raises(ConfigError) as caught:
+            load_config(path)
+        assert "admin.client_ca: mutual TLS needs tls_cert and tls_key too" in str(caught.value)
+
+    def test_certs_list_shows_the_client_ca(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        pki = make_pki(tmp_path / "pki", "rsa")
+        tls = (f'tls_cert = "{pki.gateway.cert_path}"\ntls_key = "{pki.gateway.key_path}"\n'
+               f'client_ca = "{pki.ca.root.cert_path}"\n')
+        path = write_config(tmp_path, f"sqlite:///{tmp_path / 's.db'}", None, extra=_admin_toml(tmp_path, tls))
+        assert _cli("-c", str(path), "certs", "list") == 0
+        out = capsys.readouterr().out
+        assert "admin.tls_cert" in out and "admin.client_ca" in out
 
 
 class TestConfig:
