@@ -19,7 +19,7 @@ from gateway.cli_ops import _cell, out, table
 from gateway.config import load_config
 from gateway.engine import china_today
 from gateway.store import open_store
-from gateway.store_confirmations import Change, Delivery, list_changes, record_history
+from gateway.store_confirmations import SETTLED, Change, Delivery, list_changes, record_history
 from gateway.store_publicity import publicity_report
 
 ConfigArg = Callable[[argparse.ArgumentParser], None]
@@ -111,7 +111,7 @@ def print_changes(changes: list[Change]) -> None:
     rows = [{"id": c.id, "dataset": c.dataset, "key": c.record_key, "version": c.version, "operation": c.operation,
              "reason": c.reason, "origin": c.origin, "at": c.at, "confirmed": c.summary(),
              "waiting": ", ".join(f"{d.target} {d.state}" for d in c.deliveries
-                                  if d.state not in ("delivered", "superseded", "withheld"))} for c in changes]
+                                  if d.state not in SETTLED)} for c in changes]
     table(rows, ["id", "dataset", "key", "version", "operation", "reason", "origin", "at", "confirmed", "waiting"])
     out(f"{len(changes)} change(s); {sum(1 for c in changes if c.unconfirmed)} not confirmed by every target")
 

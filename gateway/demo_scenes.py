@@ -382,7 +382,6 @@ def _due(calendar: WorkCalendar, decided: Any) -> str:
         return "unknown"
 
 
-
 # ---------------------------------------------------------------- 5. a historical penalty withheld
 
 HISTORICAL_YEARS = 4
@@ -397,13 +396,10 @@ async def historical_penalty(stage: Stage) -> Verdict:
     out(f"  the department adds xzcf row {row_id}, decided in the week before {decided_by} (a backfill of old "
         "records); the archive gets it, the platform, which publishes, must not")
     problems = [] if await stage.run() else ["the gateway did not finish"]
-    found = [r for r in await source_records(stage.store, "penalty", PENALTY_SOURCE, limit=100_000)
-             if r.source_key == str(row_id)]
-    if not found:
-        return verdict("historical penalty withheld from the platform", [f"xzcf row {row_id} is not in the ledger"])
-    key = found[0].record_key
+    key = await asyncio.to_thread(_penalty_key, stage.department_db, row_id)
     history = await record_history(stage.store.engine, "penalty", key, list(stage.config.targets))
-    assert history is not None
+    if history is None:
+        return verdict("historical penalty withheld from the platform", [f"{key} is not in the ledger"])
     out(f"  records show penalty '{key}':")
     print_history(history)
     states = {d.target: d.state for d in history["deliveries"]}
@@ -412,3 +408,10 @@ async def historical_penalty(stage: Stage) -> Verdict:
     if key in stage.sandbox.held("XZCF"):
         problems.append("the sandbox holds it")
     return verdict("historical penalty withheld from the platform", problems)
+
+
+def _penalty_key(db: Path, row_id: int) -> str:
+    """The record key of a penalty row as the department mapping makes it: 决定书文号|处罚机关代码."""
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        wsh, code = conn.execute("SELECT cfjdswh, cfjgdm FROM xzcf WHERE id = ?", (row_id,)).fetchone()
+    return f"{wsh}|{code}"

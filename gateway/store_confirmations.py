@@ -21,6 +21,9 @@ from gateway.store import _chunks, _translated
 from gateway.store_changes import known_targets
 
 PAGE = 500
+# outbox states after which a version needs nothing more at a target: acknowledged, replaced by a later version,
+# or not sent on purpose (publicity over)
+SETTLED = ("delivered", "superseded", "withheld")
 # why a public target was not sent a version (gateway.outbound.ended)
 WITHHELD_REASON = "publicity period over before it was sent: not published"
 
@@ -71,7 +74,7 @@ class Change:
 
     @property
     def unconfirmed(self) -> bool:
-        return self.confirmed + self.superseded + self.withheld < len(self.deliveries)
+        return any(d.state not in SETTLED for d in self.deliveries)
 
     def summary(self) -> str:
         text = f"confirmed {self.confirmed} of {len(self.deliveries)} target(s)"
