@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import ctypes
 import datetime as dt
-import gc
 import multiprocessing
 import os
 import signal
@@ -35,6 +34,7 @@ from gateway.ports import SourceBatch
 from gateway.records import LedgerEntry
 from gateway.stored import Candidate, Reject
 from gateway.subject_keys import KeySecret
+from gateway.tuning import tune_process
 
 Rows = Sequence[tuple[str, Mapping[str, Any], tuple[Problem, ...]]]
 Mapped = tuple[list[LedgerEntry], list[Reject]]
@@ -145,46 +145,9 @@ def _encode_in_worker(plan: EncodePlan, batch_id: str, rows: Sequence[Candidate]
     return encode_stored(kept, mapping, batch_id, rows, today)
 
 
-def tune_gc() -> None:
-    """The pipeline allocates millions of short-lived dicts and few cycles: the default thresholds run a
-    collection every 700 allocations, about a tenth of the daemon's time. Collect less often (measured: higher
-    thresholds than these let garbage pile up between full collections at a million rows), and leave
-    everything loaded at start-up out of it."""
-    gc.freeze()
-    gc.set_threshold(10_000, 10, 10)
-    _tune_malloc()
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # glibc mallopt parameters
-_MMAP_THRESHOLD = 32 << 20  # the largest glibc accepts on 64-bit: every buffer of the pipeline is smaller
-_TRIM_THRESHOLD = 64 << 20
-
-
-def _tune_malloc() -> None:
-    """Batch bodies, pages and their pickles are megabytes each, made and freed all the time by several threads.
-
-    Measured at 100,000 rows (perf, minor faults per record):
-
-    * glibc's defaults keep the freed megabytes in per-thread arenas and raise the mmap threshold after the
-      first free: the peak RSS at 1M rows kept rising;
-    * with buffers of a megabyte or more mapped and unmapped instead (the setting before), every
-      byte of them was a fresh page from the kernel: 2.5 page faults per record in the daemon and 1 in the
-      worker, and zeroing those pages alone took 6–7 % of the gateway's CPU;
-    * with the buffers taken from the heap (threshold 32 MiB), two arenas shared by the threads, and up to
-      64 MiB of free heap kept rather than returned, the faults fall to 0.5 and 0.2 per record and the CPU per
-      record by about a tenth; the peak RSS at 1M rows levels off at about 240 MB, as before.
-
-    The cost: after a large backlog the daemon keeps up to 64 MiB of free heap for the next one."""
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to tune
-        libc = ctypes.CDLL(None)
-        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
-        libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
-        libc.mallopt(_M_ARENA_MAX, 2)
-
-
 def _die_with_parent(parent: int) -> None:
     """Worker initializer: a worker must not outlive a daemon that was killed (SIGKILL gives it no chance)."""
-    tune_gc()
+    tune_process()
     with contextlib.suppress(OSError, AttributeError):  # Linux: the kernel signals us when the parent dies
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # it died before the line above took effect

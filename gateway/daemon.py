@@ -21,7 +21,7 @@ from typing import Any
 
 from gateway.certs import expiry_warnings
 from gateway.config import Config
-from gateway.cpu import MapPool, tune_gc
+from gateway.cpu import MapPool
 from gateway.engine import Intake, TargetWorker, china_today
 from gateway.errors import ConfigError, GatewayError
 from gateway.lists import list_targets, reconcile
@@ -31,6 +31,7 @@ from gateway.scheduler import Scheduler
 from gateway.store import open_store
 from gateway.store_ops import Store
 from gateway.store_publicity import JobResult, repair_screen, run_publicity
+from gateway.tuning import tune_process
 from gateway.web import WebServers, start_web
 
 log = logging.getLogger("gateway.daemon")
@@ -48,7 +49,7 @@ class Gateway:
                                            config.gateway.instance, pool=self.pool)
                         for name, t in config.targets.items()}
         routes = config.routes()
-        tune_gc()
+        tune_process()
         self.intakes = {name: Intake(s, store, routes, self.sem, d.adapter_timeout_s, self._wake_all, today,
                                      pool=self.pool) for name, s in config.sources.items()}
         self._publication_rules()

@@ -71,6 +71,7 @@ from gateway.sandbox_push import PushDesk
 from gateway.sandbox_sanctions import SanctionsDesk
 from gateway.sandbox_store import TABLES, Outcome, Platform, SandboxStore, error_body
 from gateway.sealing import Sealing, load_sealing
+from gateway.tuning import tune_process
 
 log = logging.getLogger("gateway.sandbox")
 
@@ -495,7 +496,9 @@ class Sandbox:
 # Running it as a process
 
 def run_sandbox(config: SandboxConfig, ready_file: str | None = None) -> None:
-    """Serve until SIGTERM/SIGINT; announce the URL on stdout and, atomically, in ``ready_file``."""
+    """Serve until SIGTERM/SIGINT; announce the URL on stdout and, atomically, in ``ready_file``. The process is
+    tuned as the daemon's (gateway.tuning): measured, the collector and fresh pages took a sixth of its CPU."""
+    tune_process()
     asyncio.run(_serve(config, ready_file))
 
 

@@ -1,5 +1,6 @@
-"""The daemon's and workers' allocator tuning (gateway.cpu.tune_gc): buffers of megabytes, made and freed over
-and over by the main thread and by other threads, reuse the process's memory instead of fresh pages.
+"""The allocator tuning of the daemon, its workers and the sandbox (gateway.tuning.tune_process): buffers of
+megabytes, made and freed over and over by the main thread and by other threads, reuse the process's memory
+instead of fresh pages.
 
 Each case runs in its own interpreter (the tuning is process-wide) and counts the minor page faults of a loop
 that makes and fills an 8 MiB buffer forty times: a fresh mapping would fault in all 2,048 of its pages each
@@ -23,9 +24,9 @@ ROUNDS = 40
 LOOP = textwrap.dedent(f"""
     import json, resource, sys, threading
     sys.path.insert(0, {str(ROOT)!r})
-    from gateway.cpu import tune_gc
+    from gateway.tuning import tune_process
     if sys.argv[1] == "tuned":
-        tune_gc()
+        tune_process()
 
     def churn(out, name):
         bytes(8 << 20)  # the first one may take fresh pages
@@ -63,7 +64,7 @@ def test_megabyte_buffers_reuse_memory_in_every_thread() -> None:
 def test_the_loop_measures_faults() -> None:
     """The same loop with the buffers mapped afresh each time (what the tuning replaced) faults every page of
     every round: the count above would catch a tuning that does not take effect."""
-    loop = LOOP.replace("if sys.argv[1] == \"tuned\":\n    tune_gc()",
+    loop = LOOP.replace("if sys.argv[1] == \"tuned\":\n    tune_process()",
                         "import ctypes\nctypes.CDLL(None).mallopt(-3, 1 << 20)")
     assert loop != LOOP
     done = subprocess.run([sys.executable, "-c", loop, "mapped"], capture_output=True, text=True, timeout=60,
