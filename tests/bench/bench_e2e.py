@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
-TUNING = {"source_batch": 4000, "target_batch": 2000, "in_flight": 3}
+TUNING = {"source_batch": 4000, "target_batch": 2000, "in_flight": 5}
 WORK = ROOT / ".bench"
 
 CONFIG = """\
