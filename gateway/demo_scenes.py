@@ -46,6 +46,7 @@ from gateway.engine import china_today
 from gateway.identifiers import id_check_char
 from gateway.lists import ListView, conflicts, list_status
 from gateway.mapping import OutboundMapping, load_mapping
+from gateway.records import make_key
 from gateway.sampledata import SampleResult, apply_changes, format_gxsj, insert_rows, make_uscc
 from gateway.sanctions import ANSWERED
 from gateway.sandbox import Sandbox
@@ -414,4 +415,4 @@ def _penalty_key(db: Path, row_id: int) -> str:
     """The record key of a penalty row as the department mapping makes it: 决定书文号|处罚机关代码."""
     with contextlib.closing(sqlite3.connect(db)) as conn:
         wsh, code = conn.execute("SELECT cfjdswh, cfjgdm FROM xzcf WHERE id = ?", (row_id,)).fetchone()
-    return f"{wsh}|{code}"
+    return make_key(wsh, code)

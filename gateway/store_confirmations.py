@@ -59,18 +59,21 @@ class Change:
     at: float
     deliveries: list[Delivery] = field(default_factory=list)
 
+    def _in_state(self, state: str) -> int:
+        return sum(1 for d in self.deliveries if d.state == state)
+
     @property
     def confirmed(self) -> int:
-        return sum(1 for d in self.deliveries if d.state == "delivered")
+        return self._in_state("delivered")
 
     @property
     def superseded(self) -> int:
-        return sum(1 for d in self.deliveries if d.state == "superseded")
+        return self._in_state("superseded")
 
     @property
     def withheld(self) -> int:
         """Targets not sent this version on purpose: public ones, after the record's publicity ended."""
-        return sum(1 for d in self.deliveries if d.state == "withheld")
+        return self._in_state("withheld")
 
     @property
     def unconfirmed(self) -> bool:

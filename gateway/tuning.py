@@ -33,12 +33,12 @@ def _tune_malloc() -> None:
 
     * glibc's defaults keep the freed megabytes in per-thread arenas and raise the mmap threshold after the
       first free: the peak RSS at 1M rows kept rising;
-    * with buffers of a megabyte or more mapped and unmapped instead (the setting before), every
-      byte of them was a fresh page from the kernel: 2.5 page faults per record in the daemon and 1 in the
+    * with buffers of a megabyte or more mapped and unmapped instead (the setting before), every byte of them
+      was a fresh page from the kernel: 2.5 page faults per record in the daemon and 1 in the
       worker, and zeroing those pages alone took 6–7 % of the gateway's CPU;
     * with the buffers taken from the heap (threshold 32 MiB), two arenas shared by the threads, and up to
       64 MiB of free heap kept rather than returned, the faults fall to 0.5 and 0.2 per record and the CPU per
-      record by about a tenth; the peak RSS at 1M rows levels off at about 240 MB, as before.
+      record by 5–8 % in each process; the peak RSS at 1M rows levels off at about 240 MB, as before.
 
     The cost: after a large backlog the daemon keeps up to 64 MiB of free heap for the next one."""
     with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to tune
