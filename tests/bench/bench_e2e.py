@@ -269,6 +269,14 @@ def signing_rates(profile: str) -> dict[str, float]:
     return rates
 
 
+def interpreter() -> str:
+    """Which CPython runs the benchmark (and the sandbox): its build moves the figures by 10-20 % (README)."""
+    maps = Path("/proc/self/maps")
+    shared = maps.exists() and "libpython" in maps.read_text(encoding="utf-8", errors="replace")
+    return (f"Python {sys.version.split()[0]} at {os.path.realpath(sys.executable)} "
+            f"(libpython {'shared' if shared else 'linked in'})")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--sizes", default="100000,1000000")
@@ -280,7 +288,7 @@ def main() -> int:
     if args.child:
         print(json.dumps(asyncio.run(_throughput(Path(args.child)))))
         return 0
-    print(f"credit-gateway benchmark on {os.cpu_count()} cores, Python {sys.version.split()[0]}")
+    print(f"credit-gateway benchmark on {os.cpu_count()} cores, {interpreter()}")
     print(f"{'rows':>10} {'seconds':>9} {'records/s':>10} {'peak RSS MB':>12}  batches")
     ok = True
     sizes = [int(s) for s in args.sizes.split(",") if s]
