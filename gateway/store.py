@@ -182,10 +182,11 @@ class StoreBase:
         now = time.time()
         if cursor is not None and read_from is not ANY_WATERMARK:
             await self._check_watermark(conn, source, read_from)
-        changed, unchanged = await self._write_ledger(conn, accepted, now)
+        ids: dict[tuple[str, str], int] = {}
+        changed, unchanged = await self._write_ledger(conn, accepted, now, ids)
         if snapshot is not None:
             changed += await self._snapshot_page(conn, source, snapshot, accepted, rejects, now)
-        enqueued = await self._enqueue(conn, changed, routes, now)
+        enqueued = await self._enqueue(conn, changed, routes, now, ids)
         await self._ledger_changed(conn, changed, now)
         await self._quarantine_rejects(conn, rejects, now)
         keys = [item.source_key for item in accepted]
@@ -243,8 +244,10 @@ class StoreBase:
             found.update({row[0]: (row[1], row[2], row[3]) for row in rows})
         return found
 
-    async def _write_ledger(self, conn: AsyncConnection, accepted: Sequence[Record | LedgerEntry],
-                            now: float) -> tuple[list[tuple[LedgerEntry, int]], int]:
+    async def _write_ledger(self, conn: AsyncConnection, accepted: Sequence[Record | LedgerEntry], now: float,
+                            ids: dict[tuple[str, str], int] | None = None) -> tuple[list[tuple[LedgerEntry, int]], int]:
+        """Write the new versions of ``accepted`` (unchanged contents are skipped). ``ids`` gets the ledger row id
+        of each key written, where known without another query (:meth:`_enqueue` looks up the others)."""
         changed: list[tuple[LedgerEntry, int]] = []
         unchanged = 0
         by_dataset: dict[str, list[LedgerEntry]] = {}
@@ -268,7 +271,11 @@ class StoreBase:
                 else:
                     versions[e.key] = row  # a key seen twice in one batch keeps its last state
                 changed.append((e, version))
-            await self._flush_ledger(conn, list(versions.values()), list(upd_rows.values()))
+            inserts = list(versions.values())
+            await self._flush_ledger(conn, inserts, list(upd_rows.values()))
+            if ids is not None:
+                ids.update({(dataset, key): row["b_id"] for key, row in upd_rows.items()})
+                ids.update({(dataset, row["record_key"]): row["id"] for row in inserts if "id" in row})
         return changed, unchanged
 
     async def _flush_ledger(self, conn: AsyncConnection, inserts: list[dict[str, Any]],
@@ -276,6 +283,13 @@ class StoreBase:
         if inserts:
             for row in inserts:
                 row["first_seen_at"] = row["updated_at"]
+            if self.dialect == "sqlite":
+                # SQLite's write transactions are serial, so the rows get the ids SQLite itself would give them
+                # (the largest + 1, 2, ...), and the outbox rows need not look them up again by key (a second
+                # probe of the key index per record: 6 us per record at 300k rows).
+                top = (await conn.execute(select(func.max(s.records.c.id)))).scalar() or 0
+                for record_id, row in enumerate(inserts, top + 1):
+                    row["id"] = record_id
             await self.bulk_insert(conn, s.records, inserts)
         if updates:
             r = s.records.c
@@ -287,14 +301,17 @@ class StoreBase:
             await conn.execute(stmt, updates)
 
     async def _enqueue(self, conn: AsyncConnection, changed: Sequence[tuple[LedgerEntry, int]],
-                       routes: Mapping[str, Sequence[str]], now: float) -> dict[str, int]:
+                       routes: Mapping[str, Sequence[str]], now: float,
+                       known: Mapping[tuple[str, str], int] | None = None) -> dict[str, int]:
         counts: dict[str, int] = {}
         rows: list[dict[str, Any]] = []
         superseded: list[dict[str, Any]] = []
         latest = {(e.dataset, e.key): (e, v) for e, v in changed}  # a key changed twice in a batch: its last state
         # A change of a key sent before goes to the targets that hold it, routed or not (gateway.store_changes).
         plan = await store_changes.plan_targets(conn, list(latest.values()), routes, now)
-        ids = await self._record_ids(conn, list(latest))
+        ids = dict(known or {})
+        if missing := [key for key in latest if key not in ids]:
+            ids.update(await self._record_ids(conn, missing))
         for e, version in latest.values():
             record_id = ids[(e.dataset, e.key)]
             for target in plan.get((e.dataset, e.key), routes.get(e.dataset, ())):

@@ -222,6 +222,32 @@ class TestCommitIntake:
         assert sorted(r["target"] for r in pending) == ["national", "province"]
         assert {r["version"] for r in pending} == {book[key]["version"]}
 
+    async def test_every_outbox_row_points_at_its_keys_ledger_row(self, store: Store,
+                                                                   valid_rows: list[dict[str, Any]]) -> None:
+        """The outbox's record_id is its key's ledger row for new keys, changed keys and a new key seen twice in
+        one page, written together in one intake; also after the ledger's highest rows were deleted (SQLite then
+        gives their ids again) and when the page's keys do not arrive in key order."""
+        await intake(store, valid_rows[:6])
+        first = await ledger(store)
+        top = [first[to_record(r).key]["id"] for r in valid_rows[4:6]]  # the page's last keys got the last ids
+        assert top == sorted(row["id"] for row in first.values())[-2:]
+        async with store.tx() as conn:  # a hole at the top of the id range
+            await conn.execute(s.outbox.delete().where(s.outbox.c.record_id.in_(top)))
+            await conn.execute(s.records.delete().where(s.records.c.id.in_(top)))
+        fresh = list(reversed(valid_rows[6:12]))
+        page = [edited(valid_rows[0]), fresh[0], edited(valid_rows[3]), *fresh[1:], edited(fresh[2])]
+        result = await intake(store, page)
+        assert result.accepted == 9  # 2 changed + 6 new + 1 of them changed again
+        ids = {key: row["id"] for key, row in (await ledger(store)).items()}
+        assert len(set(ids.values())) == len(ids) == 10
+        rows = await outbox(store)
+        assert len(rows) == 2 * (4 + 2 + 6)  # the first page's 4 left, the 2 changed and 6 new keys again
+        assert all(row["record_id"] == ids[row["record_key"]] for row in rows), \
+            [(row["record_key"], row["record_id"], ids[row["record_key"]]) for row in rows]
+        versions = {key: row["version"] for key, row in (await ledger(store)).items()}
+        pending = Counter((row["record_key"], row["version"]) for row in rows if row["state"] == "pending")
+        assert pending == Counter({(key, version): 2 for key, version in versions.items()})
+
     async def test_rejects_are_quarantined_with_reasons_and_raw_row(
             self, store: Store, invalid_rows: list[dict[str, Any]]) -> None:
         """Rejected rows are quarantined (stage mapping) with every problem and the raw source row."""
