@@ -43,8 +43,8 @@ from typing import Any, Self
 
 import orjson
 
+from gateway.adapter import AdapterContext, OutgoingBatch, Receipt, RecordResult, SourceBatch, SourceRow, TargetRecord
 from gateway.errors import PermanentError, Problem, RetryableError
-from gateway.ports import AdapterContext, OutgoingBatch, Receipt, RecordResult, SourceBatch, SourceRow, TargetRecord
 from gateway.settings import parse_settings, setting
 
 log = logging.getLogger("adapters.file_drop")

@@ -14,15 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.calendar import parse_overrides
-from gateway.envelope import get_profile
+from gateway.adapter import SINK_GROUP, SOURCE_GROUP, AdapterContext, load_adapter
+from gateway.domain.calendar import parse_overrides
+from gateway.domain.publicity import PublicitySettings, parse_publicity
 from gateway.errors import ConfigError, Problem
 from gateway.mapping import InboundMapping, OutboundMapping, load_mapping
-from gateway.ports import SINK_GROUP, SOURCE_GROUP, AdapterContext, load_adapter
-from gateway.publicity import PublicitySettings, parse_publicity
-from gateway.sealing import Sealing, load_sealing
+from gateway.sealing.base import get_profile
+from gateway.sealing.target import Sealing, load_sealing
 from gateway.settings import parse_settings, setting
-from gateway.web_config import AdminConfig, InboundConfig, load_admin, load_inbound
+from gateway.web.config import AdminConfig, InboundConfig, load_admin, load_inbound
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ class CircuitSettings:
 
 @dataclass(frozen=True)
 class CalendarSettings:
-    """``[calendar]``: the official schedule for years the calendar package does not cover yet (gateway.calendar)."""
+    """``[calendar]``: the official schedule for years the calendar package does not cover yet (domain.calendar)."""
 
     holidays: tuple[dt.date, ...] = setting((), help="days off (放假), weekend days inside a holiday included")
     workdays: tuple[dt.date, ...] = setting((), help="adjusted working Saturdays and Sundays (调休上班)")
@@ -80,7 +80,7 @@ class CalendarSettings:
 
 @dataclass(frozen=True)
 class SanctionsSettings:
-    """``[sanctions]``: the joint-sanction (联合奖惩) loop (gateway.sanctions)."""
+    """``[sanctions]``: the joint-sanction (联合奖惩) loop (gateway.domain.sanctions)."""
 
     feedback_due_working_days: int = setting(10, check="positive",
                                              help="a case with no feedback delivered this many working days after "
@@ -89,7 +89,7 @@ class SanctionsSettings:
 
 @dataclass(frozen=True)
 class ListsSettings:
-    """``[lists]``: credit lists (gateway.lists): drift checks against targets that can read back what they hold."""
+    """``[lists]``: credit lists (domain.lists): drift checks against targets that can read back what they hold."""
 
     reconcile_interval_s: float = setting(3600.0, help="how often the daemon compares each target with the "
                                                        "ledger and re-sends the difference; 0 = never")

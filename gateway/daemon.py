@@ -19,20 +19,20 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gateway.certs import expiry_warnings
 from gateway.config import Config
-from gateway.cpu import MapPool
-from gateway.engine import Intake, TargetWorker, china_today
+from gateway.domain.lists import list_targets, reconcile
+from gateway.domain.publicity import stamped
 from gateway.errors import ConfigError, GatewayError
-from gateway.lists import list_targets, reconcile
 from gateway.mapping import load_mapping, mapping_version
-from gateway.publicity import stamped
+from gateway.pipeline.engine import Intake, TargetWorker, china_today
+from gateway.pipeline.workers import MapPool
 from gateway.scheduler import Scheduler
-from gateway.store import open_store
-from gateway.store_ops import Store
-from gateway.store_publicity import JobResult, repair_screen, run_publicity
+from gateway.sealing.certs import expiry_warnings
+from gateway.store.composed import Store
+from gateway.store.database import open_store
+from gateway.store.publicity import JobResult, repair_screen, run_publicity
 from gateway.tuning import tune_process
-from gateway.web import WebServers, start_web
+from gateway.web.server import WebServers, start_web
 
 log = logging.getLogger("gateway.daemon")
 
@@ -61,7 +61,7 @@ class Gateway:
 
     def _publication_rules(self) -> None:
         """The repair check at intake, the computed 公示截止期 on the way out, and nothing past its publicity period
-        sent to a public target (gateway.publicity)."""
+        sent to a public target (gateway.domain.publicity)."""
         rules = self.config.publicity
         if not rules.enabled:
             return
@@ -190,7 +190,7 @@ class Gateway:
         return fresh
 
     async def reconcile_lists(self) -> None:
-        """Compare list targets with the ledger and queue only the difference (gateway.lists)."""
+        """Compare list targets with the ledger and queue only the difference (gateway.domain.lists)."""
         if self.stopping.is_set():
             return
         try:

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from gateway.identifiers import check_resident_id, check_uscc, mask_id
+from gateway.domain.identifiers import check_resident_id, check_uscc, mask_id
 
 # 18 characters, not part of a longer token; not after a decimal point (the digits of a float are no ID).
 _ID_RUN = re.compile(r"(?<![0-9A-Za-z.])\d{17}[\dXx](?![0-9A-Za-z])")

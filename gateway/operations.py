@@ -16,19 +16,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.calendar import WorkCalendar
-from gateway.certs import expiry_warnings
+from gateway.adapter import SourceBatch, SourceRow
 from gateway.config import Config
-from gateway.engine import china_today
-from gateway.identifiers import mask_id
+from gateway.domain.calendar import WorkCalendar
+from gateway.domain.identifiers import mask_id
+from gateway.domain.sanctions import sanctions_report
+from gateway.domain.timeliness import timeliness_report
 from gateway.logs import redact
 from gateway.mapping import InboundMapping
-from gateway.ports import SourceBatch, SourceRow
-from gateway.sanctions import sanctions_report
-from gateway.store_ops import Store
-from gateway.store_publicity import repair_screen
+from gateway.pipeline.engine import china_today
+from gateway.sealing.certs import expiry_warnings
+from gateway.store.composed import Store
+from gateway.store.publicity import repair_screen
 from gateway.stored import Reject
-from gateway.timeliness import timeliness_report
 
 # ---------------------------------------------------------------- text tables and ages
 

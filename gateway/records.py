@@ -2,7 +2,7 @@
 
 A :class:`Record` is one state of one natural key of a dataset. Its ``fields`` hold canonical values
 (str, ``datetime.date``, ``decimal.Decimal``, ``list[str]``); the dataset definitions in
-:mod:`gateway.datasets` say which fields exist and how they are validated. The ledger gives each
+:mod:`gateway.domain.datasets` say which fields exist and how they are validated. The ledger gives each
 change of a key a new ``version``; a record coming from a source has version 0 until the ledger numbers it.
 """
 

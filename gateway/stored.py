@@ -1,7 +1,7 @@
 """What the store keeps and the mapping workers make or read: request bodies as stored, outbox rows read for
 encoding, leased records, and rejected source rows.
 
-It imports no database code: a worker process (gateway.cpu) needs these and nothing of SQLAlchemy, which
+It imports no database code: a worker process (gateway.pipeline.workers) needs these and nothing of SQLAlchemy, which
 would add a quarter of a second to every worker's start.
 """
 

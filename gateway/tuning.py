@@ -1,5 +1,5 @@
 """Process-wide tuning of the garbage collector and the C allocator, for the processes that move records in bulk:
-the daemon, its mapping workers (gateway.cpu) and the platform sandbox (gateway.sandbox).
+the daemon, its mapping workers (gateway.pipeline.workers) and the platform sandbox (gateway.sandbox.server).
 
 It imports nothing of the gateway, so the sandbox uses it without loading the daemon's modules.
 """

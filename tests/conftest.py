@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.sandbox import Sandbox, SandboxConfig
-from gateway.store import open_store
-from gateway.store_ops import Store
-from tests.pg_server import create_database, postgres_server
+from gateway.sandbox.server import Sandbox, SandboxConfig
+from gateway.store.composed import Store
+from gateway.store.database import open_store
+from tests.support.pg_server import create_database, postgres_server
 
 TOKEN = "test-token-0123456789"
 _db_counter = itertools.count()

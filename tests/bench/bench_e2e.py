@@ -109,7 +109,7 @@ def sandbox_process(workdir: Path, token: str, profile: str = "none") -> Iterato
 
 
 def prepare(workdir: Path, rows: int, url: str, token: str, poll: float, profile: str = "none") -> Path:
-    from gateway.sampledata import SampleSpec, create_department_db
+    from gateway.testing.rows import SampleSpec, create_department_db
 
     (workdir / "spool").mkdir(parents=True, exist_ok=True)
     if rows:
@@ -133,7 +133,7 @@ async def _throughput(config_path: Path) -> dict[str, Any]:
     from gateway.config import load_config
     from gateway.daemon import Gateway
     from gateway.logs import setup_logging
-    from gateway.store import open_store
+    from gateway.store.database import open_store
 
     config = load_config(config_path)
     setup_logging(config.daemon.log_level, config.daemon.log_format, config.secrets)
@@ -153,7 +153,7 @@ async def _throughput(config_path: Path) -> dict[str, Any]:
 
 
 def run_one(rows: int, profile: str = "none") -> dict[str, Any]:
-    from gateway.certs import init_dev_pki
+    from gateway.sealing.certs import init_dev_pki
 
     workdir = WORK / f"throughput-{rows}-{profile}"
     shutil.rmtree(workdir, ignore_errors=True)
@@ -162,7 +162,7 @@ def run_one(rows: int, profile: str = "none") -> dict[str, Any]:
     if profile != "none":
         init_dev_pki(workdir / "certs", [PKI_KIND[profile]])
     # Build the department database in a child process so its memory is not counted as the gateway's.
-    subprocess.run([sys.executable, "-m", "gateway.sampledata", str(workdir / "department.db"),
+    subprocess.run([sys.executable, "-m", "gateway.testing.rows", str(workdir / "department.db"),
                     "--licences", "0", "--penalties", str(rows)], check=True, stdout=subprocess.DEVNULL)
     with sandbox_process(workdir, token, profile) as url:
         config = prepare(workdir, 0, url, token, poll=5.0, profile=profile)
@@ -179,8 +179,8 @@ async def _trickle(config_path: Path, db: Path, count: int, rate_per_s: float) -
     from gateway.config import load_config
     from gateway.daemon import Gateway
     from gateway.logs import setup_logging
-    from gateway.sampledata import insert_rows
-    from gateway.store import open_store
+    from gateway.store.database import open_store
+    from gateway.testing.rows import insert_rows
 
     config = load_config(config_path)
     setup_logging(config.daemon.log_level, config.daemon.log_format, config.secrets)
@@ -248,8 +248,8 @@ def _rate(fn: Any, min_s: float = 2.0) -> float:
 
 def signing_rates(profile: str) -> dict[str, float]:
     """Seals of a 1,000-record batch body, receipt signatures and verifications per second, on one core."""
-    from gateway.envelope import Credentials, Peer, get_profile, sign_detached, verify_detached
-    from gateway.envelope_pki import make_ca
+    from gateway.sealing.base import Credentials, Peer, get_profile, sign_detached, verify_detached
+    from gateway.sealing.pki import make_ca
 
     workdir = WORK / f"signing-{profile}"
     shutil.rmtree(workdir, ignore_errors=True)

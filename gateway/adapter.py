@@ -1,0 +1,192 @@
+"""The two adapter roles, as small protocols, and the entry-point registry that finds adapters.
+
+A **source** fetches rows after a cursor and is told when they are durably taken (``ack``); a **sink**
+encodes a batch of target records into a body and delivers a body, answering with per-record outcomes.
+The engine owns everything else: cursors, retries, dead letters, quarantine. Adapters are registered
+under the entry-point groups ``credit_gateway.sources`` and ``credit_gateway.sinks``; ours are
+registered the same way as a third party's. Adapters raise only :mod:`gateway.errors` exceptions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol, Self, runtime_checkable
+
+from gateway.errors import Problem
+
+SOURCE_GROUP = "credit_gateway.sources"
+SINK_GROUP = "credit_gateway.sinks"
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRow:
+    """One row as the source has it: a stable identity within the source, and its columns."""
+
+    key: str
+    data: Mapping[str, Any]
+    problems: tuple[Problem, ...] = ()  # found while reading (e.g. bytes not in the source's encoding)
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotPage:
+    """Marks a page as part of a full snapshot of one scope (e.g. one credit list) of a dataset.
+
+    Every key the page's rows map to is noted under ``snapshot_id``; on the ``final`` page, keys of the
+    scope (ledger keys whose first key part is ``scope``) that no page of this snapshot named are
+    withdrawn, in the same transaction. A snapshot may span any number of pages and restarts.
+    """
+
+    dataset: str
+    scope: str
+    snapshot_id: str
+    final: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SourceBatch:
+    rows: Sequence[SourceRow]
+    cursor: Any  # JSON-serialisable position after these rows; saved in the intake transaction
+    more: bool  # the source has more rows right now
+    snapshot: SnapshotPage | None = None  # these rows belong to a full snapshot (committed even when empty)
+
+
+@dataclass(frozen=True, slots=True)
+class TargetRecord:
+    """One record as a target receives it: identity, version, operation and mapped fields."""
+
+    key: str
+    version: int
+    operation: str
+    fields: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingBatch:
+    id: str  # also the idempotency key
+    dataset: str
+    body: bytes
+    record_count: int
+    content_type: str = "application/json"  # or a sealed envelope's type (application/pkcs7-mime, …)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordResult:
+    key: str
+    version: int
+    status: str  # accepted | duplicate | stale | rejected
+    code: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """The peer's answer to a batch: its id for the receipt, per-record results, and the raw answer."""
+
+    receipt_id: str
+    results: Sequence[RecordResult]
+    raw: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class AdapterContext:
+    """What an adapter may know about its surroundings when it is built."""
+
+    name: str  # the source's or target's name in the config
+    path: str  # its TOML path, e.g. "targets.province"
+    base_dir: Path  # relative paths in settings are relative to the config file
+    department_code: str
+    department_name: str
+    common_keys: frozenset[str] = frozenset()  # keys the engine takes itself (listed as known in problems)
+    # A target's datasets → the field names its outbound mapping produces (e.g. a table sink's columns).
+    fields: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Source(Protocol):
+    """Reads rows from a department system.
+
+    A source may also have ``page_reader() -> Callable[[cursor, limit], SourceBatch] | None``: ``fetch`` of a
+    page after the first of a poll as a picklable, synchronous callable, so that a mapping worker process reads
+    and maps the pages of a backlog itself (gateway.pipeline.engine.Intake); without it, or when it gives None, the
+    daemon fetches every page and the worker maps it."""
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, t: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None: ...
+
+    async def fetch(self, cursor: Any, limit: int) -> SourceBatch:
+        """Rows after ``cursor`` (None = from the beginning), at most ``limit``."""
+        ...
+
+    async def ack(self, cursor: Any) -> None:
+        """Called after the rows up to ``cursor`` were committed to the store."""
+        ...
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """Delivers batches to a platform or system.
+
+    A sink may also have ``batch_encoder() -> Callable[[batch_id, dataset, table_code, records], bytes]``:
+    ``encode`` as a picklable function, so that large batches are encoded in a worker process
+    (gateway.pipeline.encode); without it the daemon encodes them itself."""
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, t: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None: ...
+
+    def encode(self, batch_id: str, dataset: str, table_code: str, records: Sequence[TargetRecord]) -> bytes:
+        """The request body for a batch (pure, synchronous)."""
+        ...
+
+    async def deliver(self, batch: OutgoingBatch) -> Receipt:
+        """Send one batch; raise RetryableError / PermanentError, or return the per-record results."""
+        ...
+
+
+@runtime_checkable
+class Holdings(Protocol):
+    """Optional sink capability: read back what the target holds, to compare it and repair drift.
+
+    ``expected`` says, for target records as the engine would send them, which row identity each becomes at
+    the target and the digest of that row's content, or None when the target should not hold it at all
+    (e.g. a withdraw applied as a delete). ``held`` reads the target's rows of one scope (target field →
+    value, e.g. a list's code) as identity → digest, computed the same way. ``discard`` removes rows of
+    the target the gateway never sent.
+    """
+
+    async def expected(self, dataset: str, records: Sequence[TargetRecord]) -> list[tuple[str, str | None]]: ...
+
+    async def held(self, dataset: str, scope: Mapping[str, Any]) -> Mapping[str, str]: ...
+
+    async def discard(self, dataset: str, identities: Sequence[str]) -> int: ...
+
+
+class AdapterFactory(Protocol):
+    """What an entry point names: a class with ``from_settings`` building the adapter or listing problems."""
+
+    @classmethod
+    def from_settings(cls, raw: Mapping[str, Any], ctx: AdapterContext) -> tuple[Any, list[Problem]]: ...
+
+
+def installed(group: str) -> dict[str, Any]:
+    """Installed adapters of a group: name → entry point."""
+    return {ep.name: ep for ep in entry_points(group=group)}
+
+
+def load_adapter(group: str, kind: str, where: str) -> tuple[AdapterFactory | None, Problem | None]:
+    """The adapter class registered as ``kind``, or a problem listing the installed names."""
+    eps = installed(group)
+    if kind not in eps:
+        names = ", ".join(sorted(eps)) or "none"
+        return None, Problem(f"{where}.type", f"unknown type {kind!r}; installed: {names}")
+    try:
+        return eps[kind].load(), None
+    except (ImportError, AttributeError) as exc:
+        return None, Problem(f"{where}.type", f"adapter {kind!r} failed to load: {exc}")

@@ -1,0 +1,154 @@
+"""Credentials: a development PKI for trying things out, and the inventory of what a configuration uses.
+
+``credit-gateway certs init`` writes, per key type (RSA, EC P-256, SM2), a development CA, the gateway's key
+and certificate and a sandbox peer's (``certs/<kind>/{ca,gateway,platform}.{key,crt}``). ``certs list`` shows
+every credential the configuration uses with its expiry; certificates due within 60, 30 and 7 days are
+flagged (also in the daemon's log at start and in ``status``), expired ones refuse transfers when sealing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway.config import Config
+from gateway.sealing.base import EnvelopeError, load_certificates
+from gateway.sealing.pki import KINDS, make_ca
+
+WARN_DAYS = (60, 30, 7)
+RETIRED = "retired (key rotation)"
+
+
+@dataclass(frozen=True)
+class Credential:
+    """One credential a configuration uses."""
+
+    where: str  # TOML path, e.g. targets.province.envelope.peer_cert
+    kind: str  # key | certificate | token
+    subject: str = ""
+    not_after: dt.datetime | None = None
+    detail: str = ""
+
+    def days_left(self, now: dt.datetime) -> float | None:
+        return None if self.not_after is None else (self.not_after - now).total_seconds() / 86400
+
+    def status(self, now: dt.datetime) -> str:
+        """ok | expires in ≤60/≤30/≤7 days | EXPIRED (no expiry: ok)."""
+        days = self.days_left(now)
+        if days is None:
+            return "ok"
+        if days < 0:
+            return "EXPIRED"
+        for limit in sorted(WARN_DAYS):
+            if days <= limit:
+                return f"expires within {limit} days"
+        return "ok"
+
+
+def inventory(config: Config) -> list[Credential]:
+    """Every key, certificate and token the configuration uses."""
+    out: list[Credential] = []
+    for name, target in config.targets.items():
+        out += _sealing_credentials(f"targets.{name}.envelope", target.sealing)
+        out += _token(f"targets.{name}", target.adapter)
+    out += _inbound_credentials(config)
+    if config.admin is not None:
+        out += [Credential(t.where, "token", detail=f"role {t.role}, from {t.origin}") for t in config.admin.tokens]
+        out += _tls_credentials("admin", config.admin.tls)
+    return out
+
+
+def _inbound_credentials(config: Config) -> list[Credential]:
+    """The inbound endpoint's TLS certificate and client CA, each channel's key, certificate, CAs and peers."""
+    if config.inbound is None:
+        return []
+    out = _tls_credentials("inbound", config.inbound.tls)
+    for name, channel in config.inbound.channels.items():
+        where = f"inbound.channels.{name}"
+        if channel.ours is not None:
+            encrypted = b"ENCRYPTED" in channel.ours.key_pem
+            out.append(Credential(f"{where}.key", "key", detail="encrypted" if encrypted else "not encrypted"))
+            out += _certificates(f"{where}.cert", channel.ours.cert_pem)
+        for i, pem in enumerate(channel.peer.trusted_ca_pems):
+            out += _certificates(f"{where}.trusted_cas[{i}]", pem)
+        for label, pem in channel.peer_files:
+            out += _certificates(label, pem)
+    return out
+
+
+def _tls_credentials(section: str, tls: Any) -> list[Credential]:
+    if tls is None:
+        return []
+    out = [Credential(f"{section}.tls_key", "key", detail=str(tls.key))]
+    out += _read_certificates(f"{section}.tls_cert", tls.cert)
+    return out + (_read_certificates(f"{section}.client_ca", tls.client_ca) if tls.client_ca else [])
+
+
+def _read_certificates(where: str, path: Path) -> list[Credential]:
+    try:
+        return _certificates(where, path.read_bytes())
+    except OSError as exc:
+        return [Credential(where, "certificate", detail=f"unreadable: {exc.strerror}")]
+
+
+def _sealing_credentials(where: str, sealing: Any) -> list[Credential]:
+    if not sealing.active or sealing.ours is None or sealing.peer is None:
+        return []
+    key = sealing.ours.key_pem
+    out = [Credential(f"{where}.key", "key", detail="encrypted" if b"ENCRYPTED" in key else "not encrypted")]
+    out += _certificates(f"{where}.cert", sealing.ours.cert_pem)
+    out += _certificates(f"{where}.peer_cert", sealing.peer.cert_pem)
+    for i, pem in enumerate(sealing.peer.trusted_ca_pems):
+        out += _certificates(f"{where}.trusted_cas[{i}]", pem)
+    until = f"until {sealing.overlap_until:%Y-%m-%d %H:%M} UTC" if sealing.overlap_until else ""
+    retired = f"{RETIRED}: honoured {until}" if sealing.in_overlap() else f"{RETIRED}: no longer honoured"
+    for i, pem in enumerate(sealing.retired_peer_pems):
+        out += _certificates(f"{where}.previous_peer_certs[{i}]", pem, retired)
+    if sealing.previous is not None:
+        out += _certificates(f"{where}.previous_cert", sealing.previous.cert_pem, retired)
+    return out
+
+
+def _certificates(where: str, pem: bytes, detail: str = "") -> list[Credential]:
+    try:
+        certs = load_certificates(pem, where)
+    except EnvelopeError as exc:
+        return [Credential(where, "certificate", detail=f"unreadable: {exc}")]
+    return [Credential(where if i == 0 else f"{where} (#{i + 1})", "certificate", c.subject.rfc4514_string(),
+                       c.not_valid_after_utc, detail) for i, c in enumerate(certs)]
+
+
+def _token(where: str, adapter: Any) -> list[Credential]:
+    settings = getattr(adapter, "settings", None)
+    env, file = getattr(settings, "token_env", ""), getattr(settings, "token_file", "")
+    if not (env or file):
+        return []
+    source = f"environment variable {env}" if env else f"file {file}"
+    return [Credential(f"{where}.{'token_env' if env else 'token_file'}", "token", detail=f"from {source}")]
+
+
+def expiry_warnings(config: Config, now: dt.datetime | None = None) -> list[str]:
+    """One line per certificate that is expired or due within 60 days."""
+    now = now or dt.datetime.now(dt.UTC)
+    return [f"{c.where}: {c.subject} {c.status(now)} (not after {c.not_after:%Y-%m-%d})"
+            for c in inventory(config)
+            if c.not_after is not None and c.status(now) != "ok" and not c.detail.startswith(RETIRED)]
+
+
+def init_dev_pki(directory: Path, kinds: Sequence[str] = KINDS) -> list[Path]:
+    """A development CA, our key/certificate and a sandbox peer's, per key type; returns the directories."""
+    made = []
+    for kind in kinds:
+        if kind not in KINDS:
+            raise EnvelopeError(f"unknown key type {kind!r}; known: {', '.join(KINDS)}")
+        target = directory / kind
+        if (target / "ca.crt").exists():
+            raise EnvelopeError(f"{target} already holds a PKI; remove it first to make a new one")
+        ca = make_ca(target, kind, common_name=f"credit-gateway development CA ({kind})")
+        ca.issue("gateway", hosts=("localhost", "127.0.0.1"))  # also usable as the inbound endpoint's TLS cert
+        ca.issue("platform")
+        made.append(target)
+    return made

@@ -1,0 +1,138 @@
+"""Evidence files: what was sent in a batch, and the receipt that proves it arrived, checkable offline.
+
+An evidence file is a ZIP archive:
+
+``manifest.json``   batch id, target, dataset, envelope profile, content type, record count, times, digests
+``sent.bin``        the request body exactly as sent (for ``cms`` a DER CMS EnvelopedData: the platform opens it
+                    with ``openssl cms -decrypt -inform DER -in sent.bin -recip platform.crt -inkey platform.key``)
+``answer.json``     the platform's answer as stored (per-record results and the receipt)
+``receipt.json``    the receipt's canonical bytes (JSON, sorted keys): what its signature covers
+``receipt.sig``     the receipt's detached signature (DER CMS for RSA/EC, the ``sm`` container for SM2), if signed
+
+:func:`verify_evidence` checks that the receipt names the batch and the SHA-256 of ``sent.bin``, that the
+per-record results match the receipt's ``resultsSha256``, and (given trusted CA certificates) the receipt's
+signature. With openssl alone, for a CMS signature::
+
+    openssl cms -verify -binary -inform DER -in receipt.sig -content receipt.json -CAfile ca.pem -out /dev/null
+    sha256sum sent.bin            # equals bodySha256 in receipt.json
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from gateway.errors import GatewayError
+from gateway.sealing.base import EnvelopeError, verify_detached
+from gateway.sealing.target import receipt_bytes, results_digest
+
+PARTS = ("manifest.json", "sent.bin", "answer.json", "receipt.json")
+
+
+class EvidenceError(GatewayError):
+    """An evidence file is malformed or does not prove what it claims; the message says which check failed."""
+
+
+@dataclass
+class Verdict:
+    """The outcome of checking one evidence file: each check with its result."""
+
+    batch_id: str
+    checks: list[tuple[str, bool, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(passed for _, passed, _ in self.checks)
+
+    def add(self, name: str, passed: bool, detail: str = "") -> None:
+        self.checks.append((name, passed, detail))
+
+
+def build_evidence(batch: Mapping[str, Any], content_type: str, profile: str) -> bytes:
+    """The ZIP evidence for one batch as :meth:`Store.show_batch` returns it (with its receipt)."""
+    receipt_row = batch.get("receipt")
+    if receipt_row is None:
+        raise EvidenceError(f"batch {batch['id']} has no receipt yet: nothing proves it arrived")
+    answer = orjson.loads(receipt_row["body"])
+    sent = batch["body_bytes"]
+    manifest = {"batchId": batch["id"], "target": batch["target"], "dataset": batch["dataset"],
+                "profile": profile, "contentType": content_type, "records": batch["record_count"],
+                "createdAt": batch["created_at"], "receivedAt": receipt_row["received_at"],
+                "sentSha256": hashlib.sha256(sent).hexdigest(), "receiptId": receipt_row["receipt_id"]}
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("manifest.json", orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+        z.writestr("sent.bin", sent)
+        z.writestr("answer.json", receipt_row["body"])
+        receipt = answer.get("receipt")
+        if isinstance(receipt, dict):
+            z.writestr("receipt.json", receipt_bytes(receipt))
+        signature = answer.get("receiptSignature")
+        if signature:
+            import base64
+
+            z.writestr("receipt.sig", base64.b64decode(signature))
+    return out.getvalue()
+
+
+def _read(path: Path) -> dict[str, bytes]:
+    try:
+        with zipfile.ZipFile(path) as z:
+            return {name: z.read(name) for name in z.namelist()}
+    except (OSError, zipfile.BadZipFile, KeyError) as exc:
+        raise EvidenceError(f"{path}: not an evidence file ({exc})") from None
+
+
+def verify_evidence(path: Path, trusted_ca_pems: Sequence[bytes] = (), expected_signer: str = "") -> Verdict:
+    """Check an evidence file offline; signature checks need ``trusted_ca_pems``."""
+    parts = _read(path)
+    missing = [p for p in PARTS if p not in parts]
+    if missing:
+        raise EvidenceError(f"{path}: missing {', '.join(missing)}")
+    try:
+        manifest, answer = orjson.loads(parts["manifest.json"]), orjson.loads(parts["answer.json"])
+        receipt = orjson.loads(parts["receipt.json"])
+    except orjson.JSONDecodeError as exc:
+        raise EvidenceError(f"{path}: broken JSON ({exc})") from None
+    verdict = Verdict(str(manifest.get("batchId")))
+    _check_digests(verdict, parts, manifest, answer, receipt)
+    _check_signature(verdict, parts, trusted_ca_pems, expected_signer)
+    return verdict
+
+
+def _check_digests(verdict: Verdict, parts: Mapping[str, bytes], manifest: Mapping[str, Any],
+                   answer: Mapping[str, Any], receipt: Mapping[str, Any]) -> None:
+    sent_sha = hashlib.sha256(parts["sent.bin"]).hexdigest()
+    verdict.add("receipt names this batch", receipt.get("batchId") == manifest.get("batchId"),
+                f"receipt batchId {receipt.get('batchId')}")
+    verdict.add("receipt digest equals the body sent", receipt.get("bodySha256") == sent_sha, f"sha256 {sent_sha}")
+    verdict.add("receipt.json is the answer's receipt", receipt_bytes(answer.get("receipt") or {}) ==
+                parts["receipt.json"])
+    if "resultsSha256" in receipt:
+        verdict.add("per-record results match the receipt", receipt["resultsSha256"] ==
+                    results_digest(answer.get("results")))
+
+
+def _check_signature(verdict: Verdict, parts: Mapping[str, bytes], trusted: Sequence[bytes],
+                     expected_signer: str) -> None:
+    signature = parts.get("receipt.sig")
+    if signature is None:
+        verdict.add("receipt is signed", False, "no receipt.sig in the file")
+        return
+    if not trusted:
+        verdict.add("receipt signature", False, "give the CA certificate(s) to check it against (--trusted-ca)")
+        return
+    try:
+        opened = verify_detached(parts["receipt.json"], signature, tuple(trusted))
+    except EnvelopeError as exc:
+        verdict.add("receipt signature", False, str(exc))
+        return
+    signer_ok = not expected_signer or opened.signer_subject == expected_signer
+    verdict.add("receipt signature", signer_ok, f"signed by {opened.signer_subject}")

@@ -1,0 +1,282 @@
+"""The operations half of the store: status, spool and quarantine inspection, retry and replay."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+from sqlalchemy import JSON, and_, case, cast, func, select, type_coerce, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.store import schema as s
+from gateway.store.database import StoreBase, _chunks, _json, translate_errors
+from gateway.store.inbound import InboundMixin
+from gateway.store.lists import ListsMixin
+from gateway.store.outbox import DeliveryMixin
+from gateway.stored import unpack_body
+
+OPEN_STATES = ("pending", "leased")
+PAGE = 5000  # ledger rows fetched at a time when a report streams the ledger
+
+
+def _rows(result: Any) -> list[dict[str, Any]]:
+    return [{str(k): v for k, v in row._mapping.items()} for row in result]  # plain str keys for JSON
+
+
+@translate_errors
+class Store(InboundMixin, ListsMixin, DeliveryMixin, StoreBase):
+    """All durable state of one gateway (or several, on PostgreSQL)."""
+
+    # ------------------------------------------------------------ status
+
+    async def target_status(self) -> list[dict[str, Any]]:
+        """Per target: backlog, oldest pending age, delivered, rejected, dead letters, withheld (a public target's
+        records whose publicity had ended: gateway.pipeline.encode.ended), open and retrying batches, last success."""
+        o, b, rc = s.outbox.c, s.batches.c, s.receipts.c
+        async with self.engine.connect() as conn:
+            backlog = _rows(await conn.execute(select(
+                o.target, func.sum(case((o.state.in_(OPEN_STATES), 1), else_=0)).label("backlog"),
+                func.sum(case((o.state == "dead", 1), else_=0)).label("dead"),
+                func.sum(case((o.state == "delivered", 1), else_=0)).label("delivered"),
+                func.sum(case((o.state == "rejected", 1), else_=0)).label("rejected"),
+                func.sum(case((o.state == "withheld", 1), else_=0)).label("withheld"),
+                func.min(case((o.state.in_(OPEN_STATES), o.enqueued_at), else_=None)).label("oldest"),
+            ).group_by(o.target)))
+            batches = {r["target"]: r for r in _rows(await conn.execute(select(
+                b.target, func.count().label("open_batches"),
+                func.sum(case((b.attempts > 0, 1), else_=0)).label("retrying"),
+                func.max(b.last_error).label("last_error"),
+            ).where(b.state == "open").group_by(b.target)))}
+            last = {r["target"]: r["last"] for r in _rows(await conn.execute(
+                select(rc.target, func.max(rc.received_at).label("last")).group_by(rc.target)))}
+        now = time.time()
+        for row in backlog:
+            extra = batches.get(row["target"], {})
+            row.update(open_batches=extra.get("open_batches", 0), retrying=extra.get("retrying") or 0,
+                       last_error=extra.get("last_error"), last_success=last.get(row["target"]),
+                       oldest_pending_s=(now - row["oldest"]) if row["oldest"] else None)
+            for key in ("backlog", "dead", "delivered", "rejected", "withheld"):
+                row[key] = int(row[key] or 0)
+        return backlog
+
+    async def has_backlog(self, targets: Sequence[str]) -> bool:
+        """Anything pending or in an open batch for these targets (cheap: two indexed look-ups)."""
+        o, b = s.outbox.c, s.batches.c
+        async with self.engine.connect() as conn:
+            for target in targets:
+                pending = select(o.id).where(and_(o.target == target, o.state == "pending")).limit(1)
+                if (await conn.execute(pending)).first() is not None:
+                    return True
+                open_batch = select(b.id).where(and_(b.target == target, b.state == "open")).limit(1)
+                if (await conn.execute(open_batch)).first() is not None:
+                    return True
+        return False
+
+    async def counts(self) -> dict[str, Any]:
+        """Ledger size per dataset and open quarantine per stage."""
+        r, q = s.records.c, s.quarantine.c
+        async with self.engine.connect() as conn:
+            ledger = {row[0]: row[1] for row in await conn.execute(
+                select(r.dataset, func.count()).group_by(r.dataset))}
+            quarantine = {row[0]: row[1] for row in await conn.execute(
+                select(q.stage, func.count()).where(q.state == "open").group_by(q.stage))}
+            intake = (await conn.execute(select(func.coalesce(func.sum(s.intake.c.rows), 0)))).scalar()
+        return {"ledger": ledger, "quarantine": quarantine, "rows_read": int(intake or 0)}
+
+    async def beat(self, instance: str, pid: int, started_at: float, state: dict[str, Any]) -> None:
+        stmt = self._insert(s.heartbeats).values(instance=instance, pid=pid, started_at=started_at,
+                                                 beat_at=time.time(), state=_json(state))
+        async with self.tx() as conn:
+            await conn.execute(stmt.on_conflict_do_update(index_elements=["instance"], set_={
+                "pid": pid, "started_at": started_at, "beat_at": stmt.excluded.beat_at, "state": stmt.excluded.state}))
+
+    async def heartbeats(self) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            rows = _rows(await conn.execute(select(s.heartbeats)))
+        for row in rows:
+            row["state"] = orjson.loads(row["state"])
+        return rows
+
+    async def events(self, limit: int = 50, kind: str | None = None) -> list[dict[str, Any]]:
+        e = s.events.c
+        stmt = select(s.events).order_by(e.id.desc()).limit(limit)
+        if kind:
+            stmt = stmt.where(e.kind.like(f"{kind}%"))
+        async with self.engine.connect() as conn:
+            return _rows(await conn.execute(stmt))
+
+    # ------------------------------------------------------------ timeliness
+
+    async def timeliness_rows(self, deadline: Callable[[str | None], float | None],
+                              datasets: Sequence[str] | None = None,
+                              target: str | None = None) -> list[tuple[Any, ...]]:
+        """Per department and decision date: (dataset, authority, decision_date, records, delivered, in time).
+
+        A record is delivered once a receipt acknowledged a version of it (to any target, or to ``target``),
+        in time when its first receipt is earlier than ``deadline(decision_date)`` (epoch seconds; None: not
+        known), asked once per distinct date. ``authority`` is the payload's deciding body. The ledger is
+        streamed a page at a time and counted here: memory holds the groups, not the records (a GROUP BY
+        would make SQLite sort every record in memory, as the store keeps temp_store=MEMORY).
+        """
+        groups: dict[tuple[Any, Any, Any], list[int]] = {}
+        deadlines: dict[str | None, float | None] = {}
+        async with self.engine.connect() as conn:
+            stmt = await self._timeliness_select(conn, datasets, target)
+            result = await conn.stream(stmt.execution_options(yield_per=PAGE))
+            async for page in result.partitions():
+                for dataset, authority, decision, first_at, _key in page:
+                    counts = groups.setdefault((dataset, authority, decision), [0, 0, 0])
+                    counts[0] += 1
+                    if first_at is None:
+                        continue
+                    if decision not in deadlines:
+                        deadlines[decision] = deadline(decision)
+                    counts[1] += 1
+                    if (due_at := deadlines[decision]) is not None and first_at < due_at:
+                        counts[2] += 1
+        return [(*key, *counts) for key, counts in groups.items()]
+
+    async def timeliness_keys(self, dates: Sequence[str], datasets: Sequence[str] | None = None,
+                              target: str | None = None) -> list[tuple[Any, ...]]:
+        """The records decided on ``dates``: (dataset, authority, decision_date, first receipt or None, key)."""
+        found: list[tuple[Any, ...]] = []
+        async with self.engine.connect() as conn:
+            stmt = await self._timeliness_select(conn, datasets, target)
+            for chunk in _chunks(list(dates)):
+                found += [tuple(row) for row in await conn.execute(stmt.where(s.records.c.decision_date.in_(chunk)))]
+        return found
+
+    async def _timeliness_select(self, conn: AsyncConnection, datasets: Sequence[str] | None,
+                                 target: str | None) -> Any:
+        """Each record with its authority and the time of its first receipt (an indexed look-up per record)."""
+        o, rc, r = s.outbox.c, s.receipts.c, s.records.c
+        targets = [target] if target else list((await conn.execute(select(rc.target).distinct())).scalars())
+        first = (select(func.min(rc.received_at)).select_from(s.outbox).join(s.receipts, rc.batch_id == o.batch_id)
+                 .where(and_(o.record_id == r.id, o.target.in_(targets), o.state == "delivered"))
+                 .scalar_subquery())
+        payload = type_coerce(r.payload, JSON) if self.dialect == "sqlite" else cast(r.payload, JSON)
+        stmt = select(r.dataset, payload["authority"].as_string(), r.decision_date, first, r.record_key)
+        return stmt.where(r.dataset.in_(list(datasets))) if datasets is not None else stmt
+
+    # ------------------------------------------------------------ spool
+
+    async def list_batches(self, target: str | None = None, state: str | None = None,
+                           limit: int = 50) -> list[dict[str, Any]]:
+        b = s.batches.c
+        stmt = select(b.id, b.target, b.dataset, b.state, b.record_count, b.attempts, b.next_attempt_at,
+                      b.last_error, b.created_at, b.completed_at).order_by(b.created_at.desc()).limit(limit)
+        if target:
+            stmt = stmt.where(b.target == target)
+        if state:
+            stmt = stmt.where(b.state == state)
+        async with self.engine.connect() as conn:
+            return _rows(await conn.execute(stmt))
+
+    async def show_batch(self, batch_id: str) -> dict[str, Any] | None:
+        """A batch with its attempts, receipt, records and body."""
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(s.batches).where(s.batches.c.id == batch_id))).first()
+            if row is None:
+                return None
+            batch = dict(row._mapping)
+            batch["body_bytes"] = unpack_body(batch["body"])
+            try:
+                batch["body"] = batch["body_bytes"].decode()
+            except UnicodeDecodeError:  # a sealed envelope (DER): not text
+                batch["body"] = f"<{len(batch['body_bytes'])} bytes, sealed>"
+            batch["attempt_log"] = _rows(await conn.execute(
+                select(s.attempts).where(s.attempts.c.batch_id == batch_id).order_by(s.attempts.c.id)))
+            receipt = (await conn.execute(select(s.receipts).where(s.receipts.c.batch_id == batch_id))).first()
+            batch["receipt"] = dict(receipt._mapping) if receipt else None
+            batch["records"] = _rows(await conn.execute(
+                select(s.outbox.c.record_key, s.outbox.c.version, s.outbox.c.state)
+                .where(s.outbox.c.batch_id == batch_id).order_by(s.outbox.c.id)))
+        return batch
+
+    async def retry_now(self, batch_id: str | None = None, target: str | None = None) -> int:
+        """Make open batches due now (the daemon picks them up within a second)."""
+        b = s.batches.c
+        cond = b.state == "open"
+        cond = and_(cond, b.id == batch_id) if batch_id else cond
+        cond = and_(cond, b.target == target) if target else cond
+        async with self.tx() as conn:
+            result = await conn.execute(update(s.batches).where(cond).values(next_attempt_at=time.time()))
+        return int(result.rowcount or 0)
+
+    async def replay_dead(self, batch_id: str | None = None, target: str | None = None) -> int:
+        """Queue the current version of every dead-lettered key again; returns how many were queued."""
+        o, b = s.outbox.c, s.batches.c
+        cond = o.state == "dead"
+        cond = and_(cond, o.batch_id == batch_id) if batch_id else cond
+        cond = and_(cond, o.target == target) if target else cond
+        now = time.time()
+        async with self.tx() as conn:
+            dead = (await conn.execute(select(o.id, o.target, o.dataset, o.record_key, o.batch_id)
+                                       .where(cond))).all()
+            queued = 0
+            for tgt, ds, key in sorted({(row[1], row[2], row[3]) for row in dead}):
+                queued += await self._requeue_key(conn, tgt, ds, key, now)
+            for chunk in _chunks([row[0] for row in dead]):
+                await conn.execute(update(s.outbox).where(o.id.in_(chunk)).values(state="replayed", updated_at=now))
+            for chunk in _chunks(sorted({row[4] for row in dead if row[4]})):
+                await conn.execute(update(s.batches).where(and_(b.id.in_(chunk), b.state == "dead"))
+                                   .values(state="replayed"))
+        return queued
+
+    async def _requeue_key(self, conn: AsyncConnection, target: str, dataset: str, key: str, now: float) -> int:
+        """Queue the ledger's current version of a key for a target unless it is queued or delivered."""
+        o, r = s.outbox.c, s.records.c
+        found = (await conn.execute(select(r.id, r.version).where(
+            and_(r.dataset == dataset, r.record_key == key)))).first()
+        if found is None:
+            return 0
+        record_id, current = found
+        busy = (await conn.execute(select(func.count()).where(and_(
+            o.record_id == record_id, o.target == target, o.version >= current,
+            o.state.in_(("pending", "leased", "delivered")))))).scalar()
+        if busy:
+            return 0
+        await conn.execute(s.outbox.insert().values(
+            target=target, dataset=dataset, record_key=key, record_id=record_id, version=current, state="pending",
+            enqueued_at=now, updated_at=now))
+        return 1
+
+    # ------------------------------------------------------------ quarantine
+
+    async def list_quarantine(self, state: str | None = "open", stage: str | None = None,
+                              limit: int = 100, ids: Sequence[int] = ()) -> list[dict[str, Any]]:
+        q = s.quarantine.c
+        stmt = select(s.quarantine).order_by(q.id).limit(limit)
+        if state:
+            stmt = stmt.where(q.state == state)
+        if stage:
+            stmt = stmt.where(q.stage == stage)
+        if ids:
+            stmt = stmt.where(q.id.in_(list(ids)))
+        async with self.engine.connect() as conn:
+            rows = _rows(await conn.execute(stmt))
+        for row in rows:
+            row["reasons"], row["raw"] = orjson.loads(row["reasons"]), orjson.loads(row["raw"])
+        return rows
+
+    async def requeue_rejected(self, entries: Sequence[dict[str, Any]]) -> int:
+        """Send the current version of target-rejected records again and resolve their entries."""
+        now = time.time()
+        queued = 0
+        async with self.tx() as conn:
+            for e in entries:
+                queued += await self._requeue_key(conn, e["target"], e["dataset"], e["record_key"], now)
+            await self._resolve(conn, [e["id"] for e in entries], now)
+        return queued
+
+    async def resolve_quarantine(self, ids: Sequence[int]) -> None:
+        async with self.tx() as conn:
+            await self._resolve(conn, ids, time.time())
+
+    async def _resolve(self, conn: AsyncConnection, ids: Sequence[int], now: float) -> None:
+        for chunk in _chunks(list(ids)):
+            await conn.execute(update(s.quarantine).where(s.quarantine.c.id.in_(chunk))
+                               .values(state="resolved", updated_at=now))
+

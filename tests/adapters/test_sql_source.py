@@ -1,0 +1,305 @@
+"""The SQL source on real department databases: SQLite files made by gateway.testing.rows, and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import itertools
+import os
+import re
+import sqlite3
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy.exc import SQLAlchemyError
+
+from adapters.sql import pages as sql_pages
+from adapters.sql.source import SqlSource
+from gateway.adapter import AdapterContext, SourceBatch
+from gateway.config import SourceConfig, load_config
+from gateway.errors import ConfigError, StoreError
+from gateway.pipeline.engine import Intake
+from gateway.store.composed import Store
+from gateway.testing.rows import COLUMNS, apply_changes, format_gxsj, insert_rows, same_gxsj_rows
+from tests.conftest import TOKEN
+from tests.support.helpers import (
+    DEPARTMENT_CODE,
+    break_intake_writes,
+    heal_intake_writes,
+    ledger,
+    make_department_db,
+    outbox,
+    penalty_mapping,
+    read_rows,
+    write_config,
+)
+from tests.support.pg_server import create_database
+
+NAME = "s1"
+ROUTES = {"penalty": ["province"]}
+_pg_counter = itertools.count()
+
+
+def context(base: Path) -> AdapterContext:
+    return AdapterContext(NAME, f"sources.{NAME}", base, DEPARTMENT_CODE, "苏州市市场监督管理局")
+
+
+def build(base: Path, **raw: Any) -> SqlSource:
+    source, problems = SqlSource.from_settings(raw, context(base))
+    assert problems == [] and source is not None
+    return source
+
+
+@asynccontextmanager
+async def opened(base: Path, **raw: Any) -> AsyncIterator[SqlSource]:
+    async with build(base, **raw) as source:
+        yield source
+
+
+async def read_all(source: SqlSource, limit: int, cursor: Any = None) -> list[SourceBatch]:
+    """Every page the source yields from ``cursor`` on, the way the intake drains it."""
+    pages: list[SourceBatch] = []
+    for _ in range(10_000):
+        page = await source.fetch(cursor, limit)
+        pages.append(page)
+        cursor = page.cursor
+        if not page.more:
+            return pages
+    raise AssertionError("the source never reported it was drained")
+
+
+def ids_of(pages: list[SourceBatch]) -> list[int]:
+    return [int(row.data["id"]) for page in pages for row in page.rows]
+
+
+def intake_for(source: SqlSource, store: Store, batch_size: int) -> Intake:
+    mapping = penalty_mapping()
+    cfg = SourceConfig(NAME, "sql", {"penalty": mapping}, 1.0, batch_size, source)
+    return Intake(cfg, store, ROUTES, asyncio.Semaphore(4), 10.0, lambda: None)
+
+
+def recent(minutes: float) -> dt.datetime:
+    return dt.datetime.now(dt.UTC) - dt.timedelta(minutes=minutes)
+
+
+class TestSettings:
+    @pytest.mark.parametrize(("raw", "path"), [
+        pytest.param({"table": "xzcf"}, "sources.s1.url", id="missing-url"),
+        pytest.param({"url": "sqlite:///d.db", "table": "xzcf", "query": "SELECT * FROM xzcf"}, "sources.s1.table",
+                     id="table-and-query"),
+        pytest.param({"url": "sqlite:///d.db"}, "sources.s1.table", id="neither-table-nor-query"),
+        pytest.param({"url": "sqlite:///d.db", "table": "x; drop table y"}, "sources.s1.table", id="table-injection"),
+        pytest.param({"url": "sqlite:///d.db", "query": "DELETE FROM xzcf"}, "sources.s1.query", id="not-a-select"),
+        pytest.param({"url": "sqlite:///d.db", "table": "xzcf", "key_columns": ["id --"]}, "sources.s1.key_columns",
+                     id="bad-key-column"),
+        pytest.param({"url": "sqlite:///d.db", "table": "xzcf", "update_column": "gxsj)"},
+                     "sources.s1.update_column", id="bad-update-column"),
+        pytest.param({"url": "sqlite:///d.db", "table": "xzcf", "tabel": "xzxk"}, "sources.s1.tabel",
+                     id="unknown-setting"),
+        pytest.param({"url": "not a database url", "table": "xzcf"}, "sources.s1.url", id="not-a-url"),
+        pytest.param({"url": "mysql://user@db.example/credit", "table": "xzcf"}, "sources.s1.url",
+                     id="unsupported-scheme"),
+        pytest.param({"url": "mysql+aiomysql://user@db.example/credit", "table": "xzcf"}, "sources.s1.url",
+                     id="unsupported-scheme-with-driver"),
+        pytest.param({"url": "sqlite:///d.db", "table": "xzcf", "password_env": "CG_TEST_UNSET_PASSWORD"},
+                     "sources.s1.password_env", id="password-env-unset"),
+    ])
+    def test_problem_names_its_path(self, tmp_path: Path, raw: dict[str, Any], path: str) -> None:
+        """A bad setting is reported with its TOML path and no adapter is built."""
+        os.environ.pop("CG_TEST_UNSET_PASSWORD", None)
+        source, problems = SqlSource.from_settings(raw, context(tmp_path))
+        assert source is None
+        assert path in [p.path for p in problems], problems
+
+    def test_every_problem_is_reported(self, tmp_path: Path) -> None:
+        """Several problems in one table are all reported, each with its own path."""
+        raw = {"url": "sqlite:///d.db", "table": "x; drop table y", "query": "SELECT 1", "key_columns": []}
+        _, problems = SqlSource.from_settings(raw, context(tmp_path))
+        assert {p.path for p in problems} >= {"sources.s1.table", "sources.s1.key_columns"}
+
+    async def test_relative_sqlite_path_is_relative_to_the_config(self, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+        """A relative SQLite URL names a file beside the config, whatever the working directory."""
+        make_department_db(tmp_path, penalties=4)
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        monkeypatch.chdir(elsewhere)
+        async with opened(tmp_path, url="sqlite:///department.db", table="xzcf") as source:
+            assert sorted(ids_of(await read_all(source, 10))) == [1, 2, 3, 4]
+        assert list(elsewhere.iterdir()) == []
+
+    def test_config_loader_reports_the_source_path(self, tmp_path: Path) -> None:
+        """A bad table name in a config file is a ConfigError naming sources.NAME.table."""
+        path = write_config(tmp_path, url="http://127.0.0.1:9/api/v1/upload", db=tmp_path / "d.db", token=TOKEN,
+                            source="dept")
+        path.write_text(path.read_text(encoding="utf-8").replace('table = "xzcf"', 'table = "x; drop table y"'),
+                        encoding="utf-8")
+        with pytest.raises(ConfigError) as caught:
+            load_config(path)
+        assert "sources.dept.table" in [p.path for p in caught.value.problems]
+
+
+class TestWatermark:
+    @pytest.mark.parametrize("limit", [2, 3, 5])
+    async def test_same_gxsj_group_split_across_pages_is_read_once(self, tmp_path: Path, limit: int) -> None:
+        """Rows sharing one gxsj across a page boundary are each read exactly once."""
+        sample = make_department_db(tmp_path, penalties=20)
+        moment = recent(1)
+        group = same_gxsj_rows(sample.path, table="xzcf", count=7, gxsj=moment)
+        later = insert_rows(sample.path, table="xzcf", count=2, seed=5, gxsj=moment + dt.timedelta(seconds=1))
+        async with opened(tmp_path, url=f"sqlite:///{sample.path}", table="xzcf") as source:
+            pages = await read_all(source, limit)
+        stamp = format_gxsj(moment)
+        split = [(a, b) for a, b in itertools.pairwise(pages)
+                 if a.rows and b.rows and a.rows[-1].data["gxsj"] == stamp == b.rows[0].data["gxsj"]]
+        assert split, "the page size must split the group for this test to mean anything"
+        assert Counter(ids_of(pages)) == Counter(range(1, 21 + len(group) + len(later)))
+
+    async def test_composite_key_skips_nothing(self, tmp_path: Path) -> None:
+        """With a composite key (body code, decision number) every row of a same-gxsj group is read once."""
+        sample = make_department_db(tmp_path, penalties=15)
+        group = same_gxsj_rows(sample.path, table="xzcf", count=9, gxsj=recent(30))
+        grouped = read_rows(sample.path, "xzcf", group)
+        assert len({r["cfjgdm"] for r in grouped}) < len(grouped), "the group must repeat the first key column"
+        async with opened(tmp_path, url=f"sqlite:///{sample.path}", table="xzcf",
+                          key_columns=["cfjgdm", "cfjdswh"]) as source:
+            pages = await read_all(source, 4)
+        assert Counter(ids_of(pages)) == Counter(range(1, 16 + len(group)))
+        assert {row.key for page in pages for row in page.rows} >= {f"{r['cfjgdm']}/{r['cfjdswh']}" for r in grouped}
+
+    async def test_rows_updated_after_a_full_read_are_read_again(self, tmp_path: Path) -> None:
+        """After a full read, only rows changed since (gxsj moved on) are read from the saved cursor."""
+        sample = make_department_db(tmp_path, penalties=25)
+        async with opened(tmp_path, url=f"sqlite:///{sample.path}", table="xzcf") as source:
+            pages = await read_all(source, 10)
+            assert sorted(ids_of(pages)) == list(range(1, 26))
+            cursor = pages[-1].cursor
+            assert ids_of(await read_all(source, 10, cursor)) == []
+            apply_changes(sample.path, table="xzcf", ids=[4, 17], change="touch")
+            apply_changes(sample.path, table="xzcf", ids=[9], change="edit")
+            again = await read_all(source, 10, cursor)
+        assert Counter(ids_of(again)) == Counter([4, 17, 9])
+
+    async def test_null_update_column_does_not_stall_the_watermark(self, tmp_path: Path) -> None:
+        """Rows never updated (gxsj NULL, common in legacy tables) do not stop the rows after them being read."""
+        sample = make_department_db(tmp_path, penalties=12)
+        with contextlib.closing(sqlite3.connect(sample.path)) as conn, conn:  # a legacy copy: gxsj may be NULL
+            conn.execute("CREATE TABLE legacy AS SELECT * FROM xzcf")
+            conn.execute("UPDATE legacy SET gxsj = NULL WHERE id IN (1, 2)")
+        async with opened(tmp_path, url=f"sqlite:///{sample.path}", table="legacy") as source:
+            pages = await read_all(source, 2)
+        assert set(ids_of(pages)) >= set(range(3, 13))
+
+    async def test_page_after_the_watermark_starts_an_index_range(self, tmp_path: Path) -> None:
+        """A page is read by searching the (gxsj, id) index from the watermark on, not by walking it from its
+        first entry (that made every page of a large table cost as much as the rows before it)."""
+        sample = make_department_db(tmp_path, penalties=30)
+        async with opened(tmp_path, url=f"sqlite:///{sample.path}", table="xzcf") as source:
+            cursor = (await source.fetch(None, 10)).cursor
+            sql, params = sql_pages.select_page(source._spec, cursor, 10, draining=True)
+        # as the driver gets it: SQLAlchemy binds SQLite parameters by position, one "?" per use of a name
+        names = re.findall(r":(\w+)", sql)
+        positional = re.sub(r":\w+", "?", sql), [params[name] for name in names]
+        with contextlib.closing(sqlite3.connect(sample.path)) as conn:
+            plan = " ".join(str(row[-1]) for row in conn.execute(f"EXPLAIN QUERY PLAN {positional[0]}", positional[1]))
+            rows = conn.execute(*positional).fetchall()
+        assert "SEARCH xzcf USING INDEX ix_xzcf_gxsj_id (gxsj>?)" in plan, plan
+        assert len(rows) == 10
+
+    async def test_columns_are_the_tables(self, tmp_path: Path) -> None:
+        """columns() lists the table's columns in order."""
+        sample = make_department_db(tmp_path, penalties=3)
+        async with opened(tmp_path, url=f"sqlite:///{sample.path}", table="xzcf") as source:
+            assert await source.columns() == ["id", *COLUMNS["xzcf"], "gxsj"]
+
+
+class TestIntake:
+    async def test_lookback_rereads_the_window_as_unchanged(self, tmp_path: Path, store: Store) -> None:
+        """A look-back window is read again on each poll; the ledger counts those rows unchanged."""
+        sample = make_department_db(tmp_path, penalties=30)
+        insert_rows(sample.path, table="xzcf", count=4, seed=11, gxsj=recent(40))
+        insert_rows(sample.path, table="xzcf", count=3, seed=12, gxsj=recent(20))
+        async with opened(tmp_path, url=f"sqlite:///{sample.path}", table="xzcf", lookback_s=3600.0) as source:
+            intake = intake_for(source, store, 10)
+            assert await intake.poll() == 37
+            queued = len(await outbox(store))
+            cursor = await store.load_cursor(NAME)
+            since = format_gxsj(dt.datetime.fromisoformat(cursor[0]).replace(tzinfo=dt.UTC)
+                                - dt.timedelta(seconds=3600))
+            window = [r for r in read_rows(sample.path) if r["gxsj"] >= since]
+            assert 0 < len(window) < 37
+            for poll in (1, 2):
+                assert await intake.poll() == len(window)
+                assert (intake.stats.accepted, intake.stats.unchanged) == (37, poll * len(window))
+        assert len(await outbox(store)) == queued
+        assert {r["version"] for r in (await ledger(store)).values()} == {1}
+        assert await store.load_cursor(NAME) == cursor
+
+    async def test_cursor_moves_only_after_the_intake_commit(self, tmp_path: Path, store: Store) -> None:
+        """When the store commit fails the cursor stays put and the same rows are read again next poll."""
+        sample = make_department_db(tmp_path, penalties=12)
+        async with opened(tmp_path, url=f"sqlite:///{sample.path}", table="xzcf") as source:
+            intake = intake_for(source, store, 5)
+            assert await intake.poll() == 12
+            cursor = await store.load_cursor(NAME)
+            new = insert_rows(sample.path, table="xzcf", count=8, seed=3, gxsj=recent(5))
+            await break_intake_writes(store)
+            with pytest.raises((StoreError, SQLAlchemyError)):
+                await intake.poll()
+            assert await store.load_cursor(NAME) == cursor
+            assert len(await ledger(store)) == 12
+            await heal_intake_writes(store)
+            assert await intake.poll() == len(new)
+        assert len(await ledger(store)) == 12 + len(new)
+        assert (await store.load_cursor(NAME))[1] == new[-1]
+
+
+class TestPostgresSource:
+    @pytest.fixture
+    def pg_url(self, pg_admin_url: str) -> str:
+        return create_database(pg_admin_url, f"cg_src_{os.getpid()}_{next(_pg_counter)}")
+
+    async def test_timestamp_watermark_reads_each_row_once(self, tmp_path: Path, pg_url: str) -> None:
+        """On PostgreSQL with a real timestamp gxsj, a same-timestamp group across pages is read once."""
+        sample = make_department_db(tmp_path, penalties=10)
+        group = same_gxsj_rows(sample.path, table="xzcf", count=7, gxsj=recent(10))
+        rows = read_rows(sample.path)
+        await copy_to_postgres(pg_url, rows, lambda v: dt.datetime.fromisoformat(v))
+        async with opened(tmp_path, url=pg_url, table="xzcf") as source:
+            assert await source.columns() == ["id", *COLUMNS["xzcf"], "gxsj"]
+            pages = await read_all(source, 3)
+        assert Counter(ids_of(pages)) == Counter(r["id"] for r in rows)
+        assert len(rows) == 10 + len(group)
+
+    async def test_text_watermark_reads_each_row_once(self, tmp_path: Path, pg_url: str) -> None:
+        """On PostgreSQL with gxsj kept as text, a same-timestamp group across pages is read once."""
+        sample = make_department_db(tmp_path, penalties=10)
+        same_gxsj_rows(sample.path, table="xzcf", count=7, gxsj=recent(10))
+        rows = read_rows(sample.path)
+        await copy_to_postgres(pg_url, rows, str, gxsj_type="text")
+        async with opened(tmp_path, url=pg_url, table="xzcf", key_columns=["cfjgdm", "id"]) as source:
+            pages = await read_all(source, 3)
+        assert Counter(ids_of(pages)) == Counter(r["id"] for r in rows)
+
+
+async def copy_to_postgres(url: str, rows: list[dict[str, Any]], gxsj: Callable[[str], Any],
+                           gxsj_type: str = "timestamp") -> None:
+    """Create the department's xzcf table on PostgreSQL and fill it with ``rows``."""
+    cols = COLUMNS["xzcf"]
+    ddl = ", ".join(f"{c} {'double precision' if c in ('fkje', 'mswfsd') else 'text'}" for c in cols)
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f"CREATE TABLE xzcf (id integer PRIMARY KEY, {ddl}, gxsj {gxsj_type} NOT NULL)")
+        await conn.execute("CREATE INDEX ix_xzcf_gxsj_id ON xzcf (gxsj, id)")
+        names = ["id", *cols, "gxsj"]
+        marks = ", ".join(f"${i}" for i in range(1, len(names) + 1))
+        await conn.executemany(f"INSERT INTO xzcf ({', '.join(names)}) VALUES ({marks})",
+                               [[*(r[c] for c in names[:-1]), gxsj(r["gxsj"])] for r in rows])
+    finally:
+        await conn.close()

@@ -1,0 +1,262 @@
+"""Tests for gateway.logs: secrets and ID numbers never leave in a log line; JSON lines are valid JSON.
+
+Each test logs through its own logger with a real handler writing to a StringIO (not propagated to the
+root), so nothing here depends on pytest's log capture or on global logging state.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import itertools
+import logging
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway.logs import JsonFormatter, Redactor, TextFormatter, redact, setup_logging
+
+VALID_ID = "11010519491231002X"  # GB 11643's own example
+INVALID_ID = "110105194912310021"  # same number, wrong check character
+SECRET = "tok-3f9c2a71e6b84d05"
+_names = itertools.count()
+
+
+def masked(number: str) -> str:
+    """How an 18-character number must look after masking: birth date starred."""
+    return number[:6] + "*" * 8 + number[14:]
+
+
+class Capture:
+    """A logger with one handler (JSON or text) and the Redactor, writing into a buffer."""
+
+    def __init__(self, formatter: logging.Formatter, secrets: tuple[str, ...] = (SECRET,)) -> None:
+        self.buffer = io.StringIO()
+        handler = logging.StreamHandler(self.buffer)
+        handler.setFormatter(formatter)
+        handler.addFilter(Redactor(secrets))
+        self.logger = logging.getLogger(f"test.logs.{next(_names)}")
+        self.logger.propagate = False
+        self.logger.setLevel(logging.DEBUG)
+        self.logger.addHandler(handler)
+        self.handler = handler
+
+    def close(self) -> None:
+        self.logger.removeHandler(self.handler)
+        self.handler.close()
+
+    @property
+    def text(self) -> str:
+        return self.buffer.getvalue()
+
+    def lines(self) -> list[dict[str, Any]]:
+        return [orjson.loads(line) for line in self.text.splitlines()]
+
+
+@pytest.fixture
+def json_log() -> Iterator[Capture]:
+    capture = Capture(JsonFormatter())
+    yield capture
+    capture.close()
+
+
+@pytest.fixture
+def text_log() -> Iterator[Capture]:
+    capture = Capture(TextFormatter())
+    yield capture
+    capture.close()
+
+
+class TestRedact:
+    @pytest.mark.parametrize("number", [VALID_ID, INVALID_ID, VALID_ID.lower(), "000000000000000000"])
+    def test_any_18_character_id_is_masked(self, number: str) -> None:
+        """Valid or not, lower-case x or not, an 18-character ID number loses its birth date."""
+        text = redact(f"证件号码{number}的当事人")
+        assert number not in text
+        assert masked(number.upper()) in text
+
+    def test_not_masked_inside_longer_runs_or_codes_with_letters(self) -> None:
+        """A USCC with letters and a 19-digit number are not ID numbers."""
+        text = "USCC 91230500MA1B3N1N2M order 1101051949123100212"
+        assert redact(text) == text
+
+    def test_several_numbers_in_one_text(self) -> None:
+        """Every number in the text is masked."""
+        text = redact(f"{VALID_ID},{INVALID_ID}")
+        assert text == f"{masked(VALID_ID)},{masked(INVALID_ID)}"
+
+    def test_secrets_are_removed(self) -> None:
+        """A registered secret is replaced wherever it appears."""
+        text = redact(f"Authorization: Bearer {SECRET}; again {SECRET}", [SECRET])
+        assert SECRET not in text
+        assert text.count("***") == 2
+
+    def test_empty_secret_is_ignored(self) -> None:
+        """An empty secret does not turn every gap into stars."""
+        assert redact("plain text", [""]) == "plain text"
+
+
+class TestRedactor:
+    def test_message_with_arguments(self, json_log: Capture) -> None:
+        """An ID passed as a %-argument is masked in the event."""
+        json_log.logger.info("row for %s quarantined", VALID_ID)
+        assert json_log.lines()[0]["event"] == f"row for {masked(VALID_ID)} quarantined"
+
+    def test_invalid_id_in_message(self, json_log: Capture) -> None:
+        """An ID number with a wrong check character is masked too."""
+        json_log.logger.warning(f"bad id {INVALID_ID}")
+        assert INVALID_ID not in json_log.text
+        assert masked(INVALID_ID) in json_log.text
+
+    def test_string_extra_fields(self, json_log: Capture) -> None:
+        """ID numbers and secrets in string extra fields are masked."""
+        json_log.logger.info("rejected", extra={"reasons": f"id_no: ID {INVALID_ID}: check", "auth": SECRET})
+        line = json_log.lines()[0]
+        assert line["reasons"] == f"id_no: ID {masked(INVALID_ID)}: check"
+        assert line["auth"] == "***"
+
+    def test_secret_in_message(self, json_log: Capture) -> None:
+        """A registered secret in the message becomes ***."""
+        json_log.logger.error("sent token %s", SECRET)
+        assert SECRET not in json_log.text
+        assert json_log.lines()[0]["event"] == "sent token ***"
+
+    def test_nested_extra_fields(self, json_log: Capture) -> None:
+        """ID numbers and secrets inside list or dict extra fields (e.g. a raw row) are masked too."""
+        json_log.logger.warning("row quarantined", extra={"row": {"zjhm": VALID_ID, "token": SECRET},
+                                                          "ids": [INVALID_ID]})
+        assert VALID_ID not in json_log.text
+        assert INVALID_ID not in json_log.text
+        assert SECRET not in json_log.text
+
+    def test_exception_text(self, json_log: Capture) -> None:
+        """An exception whose message carries an ID number or a secret is masked in the logged traceback."""
+        try:
+            raise ValueError(f"cannot map {VALID_ID} with {SECRET}")
+        except ValueError:
+            json_log.logger.exception("mapping failed")
+        assert "ValueError" in json_log.lines()[0]["exc"]
+        assert VALID_ID not in json_log.text
+        assert SECRET not in json_log.text
+
+    def test_text_format_is_redacted_too(self, text_log: Capture) -> None:
+        """The text formatter gets the same masking."""
+        text_log.logger.info("id %s", VALID_ID, extra={"token": SECRET})
+        assert VALID_ID not in text_log.text and SECRET not in text_log.text
+        assert masked(VALID_ID) in text_log.text
+
+    def test_secrets_given_to_the_redactor_only(self) -> None:
+        """Without the secret registered it is not removed: the test above relies on registration."""
+        capture = Capture(JsonFormatter(), secrets=())
+        try:
+            capture.logger.info("token %s", SECRET)
+            assert SECRET in capture.text
+        finally:
+            capture.close()
+
+
+class TestJsonFormatter:
+    def test_one_line_of_valid_json_with_extras(self, json_log: Capture) -> None:
+        """Each event is one line of JSON with ts, level, logger, event and the extra fields."""
+        json_log.logger.info("batch delivered", extra={"target": "province", "delivered": 250, "ms": 12.5})
+        assert json_log.text.count("\n") == 1
+        line = json_log.lines()[0]
+        assert line["event"] == "batch delivered"
+        assert line["level"] == "info"
+        assert line["logger"] == json_log.logger.name
+        assert (line["target"], line["delivered"], line["ms"]) == ("province", 250, 12.5)
+        assert dt.datetime.fromisoformat(line["ts"]).tzinfo is not None
+
+    def test_newlines_stay_inside_the_json(self, json_log: Capture) -> None:
+        """A multi-line message is still one line of output."""
+        json_log.logger.warning("first\nsecond")
+        assert len(json_log.text.splitlines()) == 1
+        assert json_log.lines()[0]["event"] == "first\nsecond"
+
+    def test_chinese_text_survives(self, json_log: Capture) -> None:
+        """Chinese text round-trips unchanged."""
+        json_log.logger.info("行政处罚已入库", extra={"source": "苏州市市场监督管理局"})
+        line = json_log.lines()[0]
+        assert (line["event"], line["source"]) == ("行政处罚已入库", "苏州市市场监督管理局")
+
+    def test_values_json_cannot_hold_are_rendered(self, json_log: Capture) -> None:
+        """Decimals, dates and other objects in extras are written as text, not dropped or crashing."""
+        json_log.logger.info("x", extra={"amount": Decimal("0.5"), "day": dt.date(2024, 3, 1), "obj": object()})
+        line = json_log.lines()[0]
+        assert Decimal(str(line["amount"])) == Decimal("0.5")
+        assert line["day"] == "2024-03-01"
+        assert line["obj"].startswith("<object object")
+
+    def test_each_event_is_its_own_line(self, json_log: Capture) -> None:
+        """Three events give three parseable lines."""
+        for i in range(3):
+            json_log.logger.info("tick", extra={"i": i})
+        assert [line["i"] for line in json_log.lines()] == [0, 1, 2]
+
+
+@pytest.fixture
+def root_logging() -> Iterator[None]:
+    """Restore the root logger after setup_logging replaced its handlers."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+class TestSetupLogging:
+    def test_json_lines_with_redaction_and_level(self, root_logging: None) -> None:
+        """setup_logging installs one JSON handler with the Redactor and the level."""
+        stream = io.StringIO()
+        setup_logging("warning", "json", [SECRET], stream=stream)
+        log = logging.getLogger("test.logs.setup")
+        log.info("dropped below the level")
+        log.warning("token %s for %s", SECRET, VALID_ID)
+        lines = [orjson.loads(line) for line in stream.getvalue().splitlines()]
+        assert [line["event"] for line in lines] == [f"token *** for {masked(VALID_ID)}"]
+
+    def test_text_format(self, root_logging: None) -> None:
+        """log_format = "text" writes plain lines that are not JSON."""
+        stream = io.StringIO()
+        setup_logging("info", "text", stream=stream)
+        logging.getLogger("test.logs.setup").info("hello", extra={"k": "v"})
+        line = stream.getvalue().strip()
+        assert "hello" in line and "k=v" in line
+        with pytest.raises(orjson.JSONDecodeError):
+            orjson.loads(line)
+
+
+class TestDriverLogs:
+    async def test_sql_parameters_never_reach_the_log_at_debug(self, tmp_path: Any) -> None:
+        """At log_level = debug the gateway's own debug lines appear, the database drivers' (which carry SQL
+        parameters: ID and passport numbers in full) do not; a real aiosqlite query runs in between."""
+        from gateway.store.database import open_store
+
+        buffer = io.StringIO()
+        root = logging.getLogger()
+        saved = (list(root.handlers), root.level)
+        try:
+            setup_logging("debug", "json", (), stream=buffer)
+            store = await open_store(f"sqlite:///{tmp_path / 'store.db'}")
+            try:
+                await store.load_cursor("passport E12345678")
+            finally:
+                await store.aclose()
+            logging.getLogger("gateway.test").debug("gateway debug line")
+            logging.getLogger("aiosqlite").debug("executing %s with %r", "SELECT ?", ("E12345678",))
+        finally:
+            for handler in list(root.handlers):
+                root.removeHandler(handler)
+            for handler in saved[0]:
+                root.addHandler(handler)
+            root.setLevel(saved[1])
+        text = buffer.getvalue()
+        assert "gateway debug line" in text
+        assert "E12345678" not in text and "aiosqlite" not in text

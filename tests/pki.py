@@ -1,5 +1,0 @@
-"""Test PKIs: see :mod:`gateway.envelope_pki` (the same code makes `credit-gateway certs init`)."""
-
-from gateway.envelope_pki import CA, KINDS, SM2_DEFAULT_ID, Issued, make_ca
-
-__all__ = ["CA", "KINDS", "SM2_DEFAULT_ID", "Issued", "make_ca"]

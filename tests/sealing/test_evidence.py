@@ -1,0 +1,116 @@
+"""Evidence files: a delivered batch's sent bytes and signed receipt, checked offline by us and by openssl."""
+
+from __future__ import annotations
+
+import subprocess
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from gateway.config import load_config
+from gateway.sealing.evidence import EvidenceError, build_evidence, verify_evidence
+from gateway.store.database import open_store
+from tests.sealing.test_sealed_delivery import _run
+
+
+async def _evidence(tmp_path: Path, profile: str, kind: str) -> Path:
+    sandbox, batches, done = await _run(tmp_path, profile, kind, rows=10)
+    await sandbox.aclose()
+    assert done
+    config = load_config(tmp_path / "credit-gateway.toml")
+    store = await open_store(config.store_url())
+    try:
+        batch = await store.show_batch(batches[0]["id"])
+    finally:
+        await store.aclose()
+    assert batch is not None
+    sealing = config.targets["platform"].sealing
+    path = tmp_path / "evidence.zip"
+    path.write_bytes(build_evidence(batch, sealing.content_type, sealing.profile))
+    return path
+
+
+def _ca(tmp_path: Path) -> bytes:
+    return next((tmp_path / "pki").glob("*ca*.crt")).read_bytes()
+
+
+def _rewrite(path: Path, name: str, data: bytes) -> None:
+    with zipfile.ZipFile(path) as z:
+        parts = {n: z.read(n) for n in z.namelist()}
+    parts[name] = data
+    with zipfile.ZipFile(path, "w") as z:
+        for n, d in parts.items():
+            z.writestr(n, d)
+
+
+@pytest.mark.parametrize(("profile", "kind"), [("cms", "rsa"), ("sm", "sm2")])
+class TestEvidence:
+    async def test_evidence_verifies(self, tmp_path: Path, profile: str, kind: str) -> None:
+        """Every check passes on a delivered batch's evidence, signature included."""
+        verdict = verify_evidence(await _evidence(tmp_path, profile, kind), [_ca(tmp_path)])
+        assert verdict.ok, verdict.checks
+        assert {name for name, _, _ in verdict.checks} >= {"receipt signature", "receipt digest equals the body sent"}
+
+    async def test_tampered_body_fails(self, tmp_path: Path, profile: str, kind: str) -> None:
+        """Changing one byte of what was sent breaks the receipt's digest check."""
+        path = await _evidence(tmp_path, profile, kind)
+        with zipfile.ZipFile(path) as z:
+            sent = bytearray(z.read("sent.bin"))
+        sent[len(sent) // 2] ^= 0x01
+        _rewrite(path, "sent.bin", bytes(sent))
+        verdict = verify_evidence(path, [_ca(tmp_path)])
+        assert not verdict.ok
+        assert [n for n, ok, _ in verdict.checks if not ok] == ["receipt digest equals the body sent"]
+
+    async def test_tampered_receipt_fails_signature(self, tmp_path: Path, profile: str, kind: str) -> None:
+        """Editing the receipt (and its copy in the answer) breaks its signature."""
+        path = await _evidence(tmp_path, profile, kind)
+        with zipfile.ZipFile(path) as z:
+            receipt = z.read("receipt.json").replace(b'"successSize":', b'"successSize":1')
+        _rewrite(path, "receipt.json", receipt)
+        verdict = verify_evidence(path, [_ca(tmp_path)])
+        assert not dict((n, ok) for n, ok, _ in verdict.checks)["receipt signature"]
+
+
+class TestOpenssl:
+    async def test_openssl_verifies_the_receipt_signature(self, tmp_path: Path) -> None:
+        """openssl cms -verify accepts the receipt signature over receipt.json with the CA alone."""
+        path = await _evidence(tmp_path, "cms", "rsa")
+        out = tmp_path / "x"
+        with zipfile.ZipFile(path) as z:
+            z.extractall(out)
+        ca = next((tmp_path / "pki").glob("*ca*.crt"))
+        result = subprocess.run(  # noqa: ASYNC221 - a test waiting on a real binary
+            ["openssl", "cms", "-verify", "-binary", "-inform", "DER", "-in", "receipt.sig", "-content", "receipt.json",
+             "-CAfile", str(ca), "-purpose", "any", "-out", "/dev/null"],
+            cwd=out, capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stderr
+
+    def test_not_a_zip_is_a_clear_error(self, tmp_path: Path) -> None:
+        """A file that is not an evidence archive is refused with its name."""
+        bad = tmp_path / "bad.zip"
+        bad.write_bytes(b"not a zip")
+        with pytest.raises(EvidenceError, match=r"bad\.zip"):
+            verify_evidence(bad)
+
+
+class TestCommands:
+    async def test_spool_evidence_then_verify(self, tmp_path: Path) -> None:
+        """`spool evidence` writes the file; `verify` passes with the CA and fails (exit 1) without it."""
+        import sys
+
+        sandbox, batches, done = await _run(tmp_path, "cms", "rsa", rows=10)
+        await sandbox.aclose()
+        assert done
+        cli = [sys.executable, "-m", "gateway"]
+        out = tmp_path / "e.zip"
+        written = subprocess.run([*cli, "-c", str(tmp_path / "credit-gateway.toml"), "spool", "evidence",  # noqa: ASYNC221
+                                  batches[0]["id"], "-o", str(out)], capture_output=True, text=True, check=False)
+        assert written.returncode == 0 and out.exists(), written.stderr
+        ca = next((tmp_path / "pki").glob("*ca*.crt"))
+        good = subprocess.run([*cli, "verify", str(out), "--trusted-ca", str(ca)],  # noqa: ASYNC221
+                              capture_output=True, text=True, check=False)
+        assert good.returncode == 0 and "verified" in good.stdout
+        bare = subprocess.run([*cli, "verify", str(out)], capture_output=True, text=True, check=False)  # noqa: ASYNC221
+        assert bare.returncode == 1 and "FAIL receipt signature" in bare.stdout
