@@ -7,7 +7,6 @@ Loading collects every problem (with the file and its TOML path) before raising 
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,12 +14,19 @@ from pathlib import Path
 from typing import Any
 
 from gateway.adapter import SINK_GROUP, SOURCE_GROUP, AdapterContext, load_adapter
-from gateway.domain.calendar import parse_overrides
+from gateway.domain.calendar import CalendarSettings, parse_overrides
 from gateway.domain.publicity import PublicitySettings, parse_publicity
 from gateway.errors import ConfigError, Problem
 from gateway.mapping import InboundMapping, OutboundMapping, load_mapping
+from gateway.pipeline.config import (
+    CircuitSettings,
+    DaemonSettings,
+    RetrySettings,
+    SourceConfig,
+    TargetConfig,
+)
 from gateway.sealing.base import get_profile
-from gateway.sealing.target import Sealing, load_sealing
+from gateway.sealing.target import load_sealing
 from gateway.settings import parse_settings, setting
 from gateway.web.config import AdminConfig, InboundConfig, load_admin, load_inbound
 
@@ -40,45 +46,6 @@ class StoreSettings:
 
 
 @dataclass(frozen=True)
-class DaemonSettings:
-    max_concurrency: int = setting(8, check="positive", help="adapter calls in flight at once, all adapters")
-    adapter_timeout_s: float = setting(120.0, check="positive", help="upper bound on any single adapter call")
-    shutdown_grace_s: float = setting(30.0, check="positive", help="time in-flight work gets after SIGTERM")
-    heartbeat_s: float = setting(5.0, check="positive", help="how often the daemon records it is alive")
-    idle_check_s: float = setting(1.0, check="positive", help="how often workers look for due retries")
-    map_workers: int = setting(1, help="worker processes for mapping and validation, and for encoding and sealing "
-                                          "large batches (0 = all in the daemon itself)")
-    reload_check_s: float = setting(5.0, check="positive", help="how often mapping files are checked for changes")
-    log_format: str = setting("json", choices=("json", "text"), help="json: one object per line")
-    log_level: str = setting("info", choices=("debug", "info", "warning", "error"))
-
-
-@dataclass(frozen=True)
-class RetrySettings:
-    initial_s: float = setting(1.0, check="positive", help="first backoff")
-    max_s: float = setting(300.0, check="positive", help="longest backoff")
-    multiplier: float = setting(2.0, check="positive", help="backoff growth per attempt")
-    jitter_s: float = setting(1.0, help="random extra delay, 0..jitter_s")
-    max_attempts: int = setting(50, check="positive", help="then the batch goes to the dead letters")
-    max_age_s: float = setting(7 * 86400.0, check="positive", help="…or when its first attempt is this old")
-
-
-@dataclass(frozen=True)
-class CircuitSettings:
-    failure_threshold: int = setting(5, check="positive", help="consecutive failures that open the circuit")
-    reset_s: float = setting(30.0, check="positive", help="how long it stays open before one trial batch")
-
-
-@dataclass(frozen=True)
-class CalendarSettings:
-    """``[calendar]``: the official schedule for years the calendar package does not cover yet (domain.calendar)."""
-
-    holidays: tuple[dt.date, ...] = setting((), help="days off (放假), weekend days inside a holiday included")
-    workdays: tuple[dt.date, ...] = setting((), help="adjusted working Saturdays and Sundays (调休上班)")
-    covered_until: dt.date | None = setting(None, help="the last date the lists cover; later dates are refused")
-
-
-@dataclass(frozen=True)
 class SanctionsSettings:
     """``[sanctions]``: the joint-sanction (联合奖惩) loop (gateway.domain.sanctions)."""
 
@@ -95,34 +62,6 @@ class ListsSettings:
                                                        "ledger and re-sends the difference; 0 = never")
     discard_unknown: bool = setting(True, help="reconciliation removes rows of a list at a target that the "
                                                "gateway never sent")
-
-
-@dataclass(frozen=True)
-class SourceConfig:
-    name: str
-    type: str
-    mappings: Mapping[str, InboundMapping]  # usually one; keyed by dataset
-    poll_interval_s: float
-    batch_size: int
-    adapter: Any
-
-
-@dataclass(frozen=True)
-class TargetConfig:
-    name: str
-    type: str
-    mappings: Mapping[str, OutboundMapping]  # dataset -> outbound mapping
-    batch_size: int
-    max_in_flight: int
-    personal_ids: str  # mask | full | omit
-    external: bool
-    retry: RetrySettings
-    circuit: CircuitSettings
-    adapter: Any
-    sealing: Sealing = field(default_factory=lambda: Sealing("none"))
-    omit_fields: frozenset[str] = frozenset()  # canonical fields this route may not receive
-    public: bool = False  # a public-facing route: gets the automatic withdrawal when publicity ends
-    changes_only: frozenset[str] = frozenset()  # datasets it gets changes of (records it holds) but no new records
 
 
 @dataclass(frozen=True)

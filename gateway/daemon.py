@@ -20,17 +20,16 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.config import Config
-from gateway.domain.lists import list_targets, reconcile
 from gateway.domain.publicity import stamped
 from gateway.errors import ConfigError, GatewayError
+from gateway.jobs import list_targets, reconcile, repair_screen, run_publicity
 from gateway.mapping import load_mapping, mapping_version
 from gateway.pipeline.engine import Intake, TargetWorker, china_today
 from gateway.pipeline.workers import MapPool
 from gateway.scheduler import Scheduler
 from gateway.sealing.certs import expiry_warnings
-from gateway.store.composed import Store
-from gateway.store.database import open_store
-from gateway.store.publicity import JobResult, repair_screen, run_publicity
+from gateway.store import Store, open_store
+from gateway.store.publicity import JobResult
 from gateway.tuning import tune_process
 from gateway.web.server import WebServers, start_web
 
@@ -95,7 +94,7 @@ class Gateway:
         # the worker processes start (and compile the mapping files) while the store and adapters open
         self.pool.warm([(m.path, m.version) for i in self.intakes.values() for m in i.mappings.values()]
                        + [(m.path, m.version) for w in self.workers.values() for m in w.mappings.values()])
-        released = await self.store.release_claims(self.config.gateway.instance)
+        released = await self.store.outbox.release_claims(self.config.gateway.instance)
         if released:
             log.info("batches of an earlier run are due again", extra={"batches": released})
         for src in self.config.sources.values():
@@ -203,7 +202,7 @@ class Gateway:
 
     async def beat(self, state: str = "running") -> None:
         circuits = {n: {"circuit": w.circuit.state, "in_flight": len(w.inflight)} for n, w in self.workers.items()}
-        await self.store.beat(self.config.gateway.instance, os.getpid(), self.started_at,
+        await self.store.reports.beat(self.config.gateway.instance, os.getpid(), self.started_at,
                               {"state": state, "targets": circuits})
 
     # ------------------------------------------------------------ one-shot
@@ -217,7 +216,7 @@ class Gateway:
             for intake in self.intakes.values():
                 await asyncio.wait_for(intake.poll(), max(0.0, deadline - time.monotonic()))
             while time.monotonic() < deadline:
-                if not any(w.inflight for w in self.workers.values()) and not await self.store.has_backlog(
+                if not any(w.inflight for w in self.workers.values()) and not await self.store.reports.has_backlog(
                         list(self.workers)):
                     return True
                 await asyncio.sleep(check_s)  # a progress check, not synchronisation: workers wake on events

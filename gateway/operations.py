@@ -22,12 +22,12 @@ from gateway.domain.calendar import WorkCalendar
 from gateway.domain.identifiers import mask_id
 from gateway.domain.sanctions import sanctions_report
 from gateway.domain.timeliness import timeliness_report
+from gateway.jobs import repair_screen
 from gateway.logs import redact
 from gateway.mapping import InboundMapping
 from gateway.pipeline.engine import china_today
 from gateway.sealing.certs import expiry_warnings
-from gateway.store.composed import Store
-from gateway.store.publicity import repair_screen
+from gateway.store import Store
 from gateway.stored import Reject
 
 # ---------------------------------------------------------------- text tables and ages
@@ -72,7 +72,7 @@ async def status_lines(store: Store, calendar: WorkCalendar | None = None, sanct
                        ) -> list[str]:
     """What ``credit-gateway status`` prints (without the certificate warnings)."""
     calendar = calendar or WorkCalendar()
-    counts = await store.counts()
+    counts = await store.reports.counts()
     ledger = ", ".join(f"{k} {v}" for k, v in sorted(counts["ledger"].items())) or "empty"
     quarantine = ", ".join(f"{k} {v}" for k, v in sorted(counts["quarantine"].items())) or "none"
     lines = [f"rows read {counts['rows_read']}; ledger: {ledger}; open quarantine: {quarantine}"]
@@ -82,10 +82,10 @@ async def status_lines(store: Store, calendar: WorkCalendar | None = None, sanct
     lines += (await sanctions_report(store, calendar, today=china_today(),
                                      due_working_days=sanctions_due_days)).status_lines()
     rows = [{**r, "oldest pending": age(r["oldest_pending_s"]), "last success": r["last_success"]}
-            for r in await store.target_status()]
+            for r in await store.reports.target_status()]
     lines += table_lines(rows, ["target", "backlog", "oldest pending", "delivered", "rejected", "dead", "withheld",
                                 "open_batches", "retrying", "last success"])
-    for beat in await store.heartbeats():
+    for beat in await store.reports.heartbeats():
         lines.append(f"instance {beat['instance']} pid {beat['pid']}: {beat['state'].get('state')}, "
                      f"last heartbeat {age(time.time() - beat['beat_at'])} ago")
     return lines
@@ -93,22 +93,22 @@ async def status_lines(store: Store, calendar: WorkCalendar | None = None, sanct
 
 async def status_json(store: Store, config: Config) -> dict[str, Any]:
     """What ``credit-gateway status --json`` prints."""
-    status: dict[str, Any] = {"targets": await store.target_status(), "counts": await store.counts(),
-                              "instances": await store.heartbeats()}
+    status: dict[str, Any] = {"targets": await store.reports.target_status(), "counts": await store.reports.counts(),
+                              "instances": await store.reports.heartbeats()}
     status["timeliness"] = (await timeliness_report(
         store, WorkCalendar.from_settings(config.calendar), today=china_today())).as_json()
     status["certificates"] = expiry_warnings(config)
     status["sanctions"] = (await sanctions_report(
         store, WorkCalendar.from_settings(config.calendar), today=china_today(),
         due_working_days=config.sanctions.feedback_due_working_days)).counts()
-    entries = await store.list_entries()
+    entries = await store.lists.list_entries()
     status["lists"] = {"entries": sum(1 for e in entries if e.active), "conflicts": sum(1 for e in entries if e.held)}
     return status
 
 
 async def lists_line(store: Store) -> str | None:
     """One status line for credit lists: lists, listed entries, conflicts (None without lists)."""
-    entries = await store.list_entries()
+    entries = await store.lists.list_entries()
     if not entries:
         return None
     codes = {e.list_code for e in entries}
@@ -146,7 +146,8 @@ def replay_mapping(config: Config, source: str, dataset: str) -> InboundMapping 
 async def replay_entries(store: Store, config: Config, entries: Sequence[dict[str, Any]]) -> ReplayResult:
     """Mapping rejects are mapped again with today's mapping; target rejects are sent again."""
     target_entries = [e for e in entries if e["stage"] != "mapping"]
-    result = ReplayResult(requeued=await store.requeue_rejected(target_entries) if target_entries else 0, notes=[])
+    result = ReplayResult(requeued=await store.reports.requeue_rejected(target_entries) if target_entries else 0,
+                          notes=[])
     routes = config.routes()
     for e in (e for e in entries if e["stage"] == "mapping"):
         mapping = replay_mapping(config, e["source"], e["dataset"])
@@ -163,7 +164,7 @@ async def replay_entries(store: Store, config: Config, entries: Sequence[dict[st
         if config.publicity.enabled:  # a repair replayed before its minimum period is refused again
             accepted, rejects = await repair_screen(store, config.publicity)(
                 accepted, rejects, SourceBatch([SourceRow(e["source_key"], e["raw"])], None, False), china_today())
-        await store.commit_intake(e["source"], accepted, rejects, None, routes, 0)
+        await store.intake.commit_intake(e["source"], accepted, rejects, None, routes, 0)
         if accepted:
             result.fixed += 1
         else:

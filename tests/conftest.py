@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.sandbox.server import Sandbox, SandboxConfig
-from gateway.store.composed import Store
-from gateway.store.database import open_store
+from gateway.store import Store, open_store
 from tests.support.pg_server import create_database, postgres_server
 
 TOKEN = "test-token-0123456789"

@@ -25,14 +25,7 @@ from gateway.config import Config, load_config
 from gateway.errors import ConfigError, Problem
 from gateway.operations import cell
 from gateway.sealing.target import CONTENT_TYPES, receipt_bytes
-from gateway.store.composed import Store
-from gateway.store.database import open_store
-from gateway.store.inbound_lists import (
-    inbound_answer_text,
-    inbound_batches,
-    inbound_channels_of,
-    inbound_snapshot,
-)
+from gateway.store import Store, open_store
 
 LIST_COLUMNS = ["received", "channel", "batch", "signer", "records", "accepted", "unchanged", "rejected",
                 "snapshot", "receipt"]
@@ -59,7 +52,7 @@ async def cmd_inbound(args: argparse.Namespace) -> int:
     store = await open_store(config.store_url())
     try:
         if args.inbound_command == "list":
-            rows = await inbound_batches(store, args.channel, args.limit)
+            rows = await store.inbound.batches(args.channel, args.limit)
             _print_list(rows, args.json)
             return 0
         return await _show(store, config, args)
@@ -86,11 +79,12 @@ async def _show(store: Store, config: Config, args: argparse.Namespace) -> int:
     if channel is None:
         out(f"no inbound batch {args.id}")
         return 1
-    row, answer_text = await store.show_inbound(channel, args.id), await inbound_answer_text(store, channel, args.id)
+    row, answer_text = await store.inbound.show_inbound(channel, args.id), await store.inbound.answer_text(channel,
+                                                                                                           args.id)
     if row is None or answer_text is None:
         out(f"no inbound batch {args.id} on channel {channel}")
         return 1
-    snapshot = await inbound_snapshot(store, channel, args.id)
+    snapshot = await store.inbound.batch_snapshot(channel, args.id)
     if args.receipt:
         return _write_evidence(inbound_evidence(row, answer_text, _profile(config, channel)), args.id,
                                Path(args.receipt))
@@ -105,7 +99,7 @@ def _write_evidence(data: bytes, batch_id: str, path: Path) -> int:
 
 
 async def _channel_of(store: Store, batch_id: str) -> str | None:
-    channels = await inbound_channels_of(store, batch_id)
+    channels = await store.inbound.channels_of(batch_id)
     if len(channels) > 1:
         raise ConfigError([Problem("--channel", f"batch {batch_id} was received on channels "
                                                 f"{', '.join(channels)}: name one")])

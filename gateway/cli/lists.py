@@ -10,8 +10,8 @@ import orjson
 
 from gateway.cli.ops import out, table
 from gateway.config import load_config
-from gateway.domain.lists import Conflict, ListView, Repair, conflicts, list_status, reconcile
-from gateway.store.database import open_store
+from gateway.jobs import Conflict, ListView, Repair, conflicts, list_status, reconcile
+from gateway.store import open_store
 
 
 def add_parser(sub: Any, config_arg: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -33,7 +33,7 @@ async def cmd_lists(args: argparse.Namespace) -> int:
     try:
         if args.lists_command == "status":
             views = await list_status(config, store)
-            print_status(views, await store.list_entries(), args.json)
+            print_status(views, await store.lists.list_entries(), args.json)
             return 0 if all(t.in_sync for v in views for t in v.targets) else 1
         if args.lists_command == "reconcile":
             repairs = await reconcile(config, store, dry_run=args.dry_run)

@@ -29,8 +29,7 @@ from gateway.pipeline.engine import china_today
 from gateway.records import Operation, Record, from_payload
 from gateway.sealing.certs import RETIRED, expiry_warnings, init_dev_pki, inventory
 from gateway.sealing.evidence import build_evidence, verify_evidence
-from gateway.store.composed import Store
-from gateway.store.database import open_store
+from gateway.store import Store, open_store
 
 
 def out(line: str = "") -> None:
@@ -173,7 +172,7 @@ async def cmd_health(args: argparse.Namespace) -> int:
 
 
 async def _health_problems(store: Store, config: Config, max_beat: float, max_pending: float) -> list[str]:
-    beats = {b["instance"]: b for b in await store.heartbeats()}
+    beats = {b["instance"]: b for b in await store.reports.heartbeats()}
     beat = beats.get(config.gateway.instance)
     problems = []
     if beat is None:
@@ -181,7 +180,7 @@ async def _health_problems(store: Store, config: Config, max_beat: float, max_pe
     elif beat["state"].get("state") != "running" or time.time() - beat["beat_at"] > max_beat:
         problems.append(f"instance {config.gateway.instance} is {beat['state'].get('state')}, "
                         f"last heartbeat {_age(time.time() - beat['beat_at'])} ago")
-    for row in await store.target_status():
+    for row in await store.reports.target_status():
         if max_pending and (row["oldest_pending_s"] or 0) > max_pending:
             problems.append(f"target {row['target']}: oldest pending record is {_age(row['oldest_pending_s'])} old")
     return problems
@@ -243,11 +242,11 @@ async def cmd_spool(args: argparse.Namespace) -> int:
 async def _spool(store: Store, args: argparse.Namespace, config: Config) -> int:
     cmd = args.spool_command
     if cmd == "list":
-        rows = await store.list_batches(args.target, args.state, args.limit)
+        rows = await store.reports.list_batches(args.target, args.state, args.limit)
         table(rows, SPOOL_COLUMNS)
         return 0
     if cmd in ("show", "evidence"):
-        batch = await store.show_batch(args.batch)
+        batch = await store.reports.show_batch(args.batch)
         if batch is None:
             out(f"no batch {args.batch}")
             return 1
@@ -257,10 +256,10 @@ async def _spool(store: Store, args: argparse.Namespace, config: Config) -> int:
         return 0
     target = None if args.all else args.target
     if cmd == "retry":
-        n = await store.retry_now(args.batch, target)
+        n = await store.reports.retry_now(args.batch, target)
         out(f"{n} open batch(es) due now")
     else:
-        n = await store.replay_dead(args.batch, target)
+        n = await store.reports.replay_dead(args.batch, target)
         out(f"{n} record(s) queued again")
     return 0
 
@@ -343,19 +342,19 @@ async def cmd_quarantine(args: argparse.Namespace) -> int:
 async def _quarantine(store: Store, config: Config, args: argparse.Namespace) -> int:
     cmd = args.quarantine_command
     if cmd == "list":
-        rows = await store.list_quarantine(args.state, args.stage, args.limit)
+        rows = await store.reports.list_quarantine(args.state, args.stage, args.limit)
         table(_quarantine_rows(rows), QUARANTINE_COLUMNS)
         return 0
     if cmd == "show":
-        rows = await store.list_quarantine(None, ids=[args.id])
+        rows = await store.reports.list_quarantine(None, ids=[args.id])
         if not rows:
             out(f"no quarantine entry {args.id}")
             return 1
         out(orjson.dumps(rows[0], option=orjson.OPT_INDENT_2).decode())
         return 0
-    entries = await store.list_quarantine("open", limit=1_000_000, ids=[] if args.all else args.ids)
+    entries = await store.reports.list_quarantine("open", limit=1_000_000, ids=[] if args.all else args.ids)
     if cmd == "resolve":
-        await store.resolve_quarantine([e["id"] for e in entries])
+        await store.reports.resolve_quarantine([e["id"] for e in entries])
         out(f"{len(entries)} entr(y/ies) resolved")
         return 0
     return await replay_quarantine(store, config, entries)

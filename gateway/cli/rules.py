@@ -18,9 +18,8 @@ import orjson
 from gateway.cli.ops import _cell, out, table
 from gateway.config import load_config
 from gateway.pipeline.engine import china_today
-from gateway.store.confirmations import SETTLED, Change, Delivery, list_changes, record_history
-from gateway.store.database import open_store
-from gateway.store.publicity import publicity_report
+from gateway.store import open_store
+from gateway.store.confirmations import SETTLED, Change, Delivery
 
 ConfigArg = Callable[[argparse.ArgumentParser], None]
 
@@ -66,13 +65,13 @@ async def cmd_records(args: argparse.Namespace) -> int:
     store = await open_store(config.store_url())
     try:
         if args.records_command == "show":
-            history = await record_history(store.engine, args.dataset, args.key, list(config.targets))
+            history = await store.history.record_history(args.dataset, args.key, list(config.targets))
             if history is None:
                 out(f"no {args.dataset} record {args.key!r} in the ledger")
                 return 1
             _json(history) if args.json else print_history(history)
             return 0
-        changes = await list_changes(store.engine, list(config.targets), operation=args.operation,
+        changes = await store.history.list_changes(list(config.targets), operation=args.operation,
                                      dataset=args.dataset, unconfirmed=args.unconfirmed, limit=args.limit)
     finally:
         await store.aclose()
@@ -123,7 +122,8 @@ async def cmd_publicity(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     store = await open_store(config.store_url())
     try:
-        report = await publicity_report(store, config, args.today or china_today(), args.due_within, args.limit)
+        report = await store.publicity.report(list(config.targets), config.publicity.datasets,
+                                              args.today or china_today(), args.due_within, args.limit)
     finally:
         await store.aclose()
     if args.json:

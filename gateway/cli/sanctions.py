@@ -12,8 +12,7 @@ from gateway.config import Config, load_config
 from gateway.domain.calendar import WorkCalendar
 from gateway.domain.sanctions import SanctionsReport, sanctions_report
 from gateway.pipeline.engine import china_today
-from gateway.store.composed import Store
-from gateway.store.database import open_store
+from gateway.store import Store, open_store
 
 
 async def report_for(store: Store, config: Config, today: dt.date | None = None) -> SanctionsReport:

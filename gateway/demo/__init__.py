@@ -29,8 +29,7 @@ from gateway.sandbox.server import Faults, Sandbox, SandboxConfig
 from gateway.sealing.certs import init_dev_pki
 from gateway.sealing.evidence import build_evidence, verify_evidence
 from gateway.sealing.target import load_sealing
-from gateway.store.composed import Store
-from gateway.store.database import open_store
+from gateway.store import Store, open_store
 from gateway.testing.rows import SampleResult, SampleSpec, create_department_db
 
 CONFIG_TEMPLATE = """\
@@ -232,12 +231,12 @@ def _verdicts(verdicts: list[Verdict], elapsed: float) -> bool:
 
 async def _summary(store: Store, sandbox: Sandbox, sample: SampleResult, retries: int, elapsed: float,
                    done: bool) -> bool:
-    counts = await store.counts()
-    status = {row["target"]: row for row in await store.target_status()}.get("sandbox", {})
-    mapping_q = await store.list_quarantine("open", "mapping", limit=100_000)
-    target_q = await store.list_quarantine("open", "target", limit=100_000)
+    counts = await store.reports.counts()
+    status = {row["target"]: row for row in await store.reports.target_status()}.get("sandbox", {})
+    mapping_q = await store.reports.list_quarantine("open", "mapping", limit=100_000)
+    target_q = await store.reports.list_quarantine("open", "target", limit=100_000)
     stats = sandbox.stats()
-    batches = await store.list_batches("sandbox", "done", limit=1_000_000)
+    batches = await store.reports.list_batches("sandbox", "done", limit=1_000_000)
     out()
     out(f"Summary ({elapsed:.1f}s)")
     table([
@@ -259,10 +258,10 @@ async def _summary(store: Store, sandbox: Sandbox, sample: SampleResult, retries
 
 async def _check_evidence(store: Store, config: Any, workdir: Path) -> bool:
     """Export one delivered batch's evidence and check it offline, as a platform operator would."""
-    done = await store.list_batches("sandbox", "done", limit=1)
+    done = await store.reports.list_batches("sandbox", "done", limit=1)
     if not done:
         return False
-    batch = await store.show_batch(done[0]["id"])
+    batch = await store.reports.show_batch(done[0]["id"])
     if batch is None:
         return False
     sealing = config.targets["sandbox"].sealing

@@ -43,16 +43,15 @@ from gateway.daemon import Gateway
 from gateway.domain.calendar import CalendarError, WorkCalendar
 from gateway.domain.datasets import BLACK_LIST, RED_LIST
 from gateway.domain.identifiers import id_check_char
-from gateway.domain.lists import ListView, conflicts, list_status
 from gateway.domain.sanctions import ANSWERED
 from gateway.domain.timeliness import LATE, WORKDAYS, TimelinessReport, timeliness_report
+from gateway.jobs import ListView, conflicts, list_status
 from gateway.mapping import OutboundMapping, load_mapping
 from gateway.pipeline.engine import china_today
 from gateway.records import make_key
 from gateway.sandbox.server import Sandbox
-from gateway.store.composed import Store
-from gateway.store.confirmations import Change, list_changes, record_history
-from gateway.store.sources import source_records
+from gateway.store import Store
+from gateway.store.confirmations import Change
 from gateway.testing.rows import SampleResult, apply_changes, format_gxsj, insert_rows, make_uscc
 
 PHASE_TIMEOUT_S = 120.0
@@ -184,7 +183,7 @@ async def credit_lists(stage: Stage) -> Verdict:
     views = await list_status(stage.config, stage.store, adapters_open=True)
     out(f"  the gateway took both lists (platform_lists) and wrote them into {LIST_TABLE} in department.db (sql sink)")
     out("  lists status:")
-    print_status(views, await stage.store.list_entries(), as_json=False)
+    print_status(views, await stage.store.lists.list_entries(), as_json=False)
     found = await conflicts(stage.store)
     print_conflicts(found, as_json=False)
     problems = [] if done else ["the gateway did not finish"]
@@ -305,7 +304,7 @@ async def revocation(stage: Stage) -> Verdict:
     out(f"  xzcf row {row_id} ({key}): zt 0 → 1 (撤销), gxsj bumped; the gateway sends it as version 2 of the "
         f"same record to {', '.join(targets)}")
     problems = [] if await stage.run() else ["the gateway did not finish"]
-    changes = [c for c in await list_changes(stage.store.engine, list(stage.config.targets), operation="revoke",
+    changes = [c for c in await stage.store.history.list_changes(list(stage.config.targets), operation="revoke",
                                              dataset="penalty", limit=20) if c.record_key == key]
     out("  records changes (this record):")
     print_changes(changes)
@@ -317,8 +316,8 @@ async def revocation(stage: Stage) -> Verdict:
 
 async def delivered_penalty(stage: Stage, targets: Sequence[str]) -> tuple[str, int] | None:
     """A penalty in force (among the first read) that every penalty target acknowledged at version 1."""
-    found = await source_records(stage.store, "penalty", PENALTY_SOURCE, operation="upsert", version=1, limit=50)
-    delivered = await stage.store.delivered_versions("penalty", [r.record_key for r in found])
+    found = await stage.store.history.source_records("penalty", PENALTY_SOURCE, operation="upsert", version=1, limit=50)
+    delivered = await stage.store.lists.delivered_versions("penalty", [r.record_key for r in found])
     for r in found:
         if all(delivered.get((t, r.record_key)) == 1 for t in targets):
             return r.record_key, int(r.source_key)
@@ -362,7 +361,7 @@ async def late_records(stage: Stage) -> Verdict:
     if example is None:
         return verdict("late record reported", [f"{late} late records, none listed"])
     key = example.late_keys[0]
-    decided = (await stage.store.ledger_payloads(example.dataset, [key])).get(key, {}).get("decision_date")
+    decided = (await stage.store.lists.ledger_payloads(example.dataset, [key])).get(key, {}).get("decision_date")
     out(f"  {late} late in all; e.g. {example.dataset} {key}: decided {decided}, due {_due(calendar, decided)}, "
         "first receipt today")
     return verdict("late record reported", [] if late else ["no late record"])
@@ -398,7 +397,7 @@ async def historical_penalty(stage: Stage) -> Verdict:
         "records); the archive gets it, the platform, which publishes, must not")
     problems = [] if await stage.run() else ["the gateway did not finish"]
     key = await asyncio.to_thread(_penalty_key, stage.department_db, row_id)
-    history = await record_history(stage.store.engine, "penalty", key, list(stage.config.targets))
+    history = await stage.store.history.record_history("penalty", key, list(stage.config.targets))
     if history is None:
         return verdict("historical penalty withheld from the platform", [f"{key} is not in the ledger"])
     out(f"  records show penalty '{key}':")

@@ -20,17 +20,25 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import chinese_calendar
 
 from gateway.errors import GatewayError, Problem
-
-if TYPE_CHECKING:
-    from gateway.config import CalendarSettings
+from gateway.settings import setting
 
 ONE_DAY = dt.timedelta(days=1)
 OVERRIDE_KEYS = ("covered_until", "holidays", "workdays")
+
+
+@dataclass(frozen=True)
+class CalendarSettings:
+    """``[calendar]``: the official schedule for years the calendar package does not cover yet (domain.calendar)."""
+
+    holidays: tuple[dt.date, ...] = setting((), help="days off (放假), weekend days inside a holiday included")
+    workdays: tuple[dt.date, ...] = setting((), help="adjusted working Saturdays and Sundays (调休上班)")
+    covered_until: dt.date | None = setting(None, help="the last date the lists cover; later dates are refused")
+
 
 
 class CalendarError(GatewayError):

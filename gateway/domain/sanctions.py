@@ -26,8 +26,8 @@ from typing import Any
 
 from gateway.domain.calendar import CalendarError, WorkCalendar
 from gateway.pipeline.engine import CHINA
-from gateway.store.composed import Store
-from gateway.store.sanctions import CASES, FEEDBACK, Delivery, LedgerCase, sanction_rows
+from gateway.store import Store
+from gateway.store.sanctions import CASES, FEEDBACK, Delivery, LedgerCase
 
 STATES = ("open", "answered", "overdue", "revoked", "no_calendar")
 OPEN, ANSWERED, OVERDUE, REVOKED, NO_CALENDAR = STATES
@@ -121,7 +121,7 @@ def classify(received_on: dt.date, today: dt.date, answered_on: dt.date | None, 
 async def sanctions_report(store: Store, calendar: WorkCalendar, *, today: dt.date,
                            due_working_days: int) -> SanctionsReport:
     """Every case in the ledger with its steps and state as of ``today``."""
-    rows = await sanction_rows(store)
+    rows = await store.history.sanction_rows()
     by_case: dict[str, list[str]] = {}
     for fb in rows.feedback:
         by_case.setdefault(fb.case_id, []).append(fb.key)

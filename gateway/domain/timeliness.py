@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from gateway.domain.calendar import CalendarError, WorkCalendar
 from gateway.domain.datasets import DATASETS
 from gateway.pipeline.engine import CHINA
-from gateway.store.composed import Store
+from gateway.store import Store
 
 WORKDAYS = 7  # 自作出决定之日起7个工作日内
 
@@ -138,7 +138,7 @@ async def timeliness_report(store: Store, calendar: WorkCalendar, *, today: dt.d
     classifier = Classifier(calendar, today, at_risk_days)
     groups: dict[tuple[str, str], Group] = {}
     late: dict[tuple[str, str], list[tuple[str, int]]] = {}  # group → (decision date, late records)
-    for dataset, authority, decision, records, delivered, in_time in await store.timeliness_rows(
+    for dataset, authority, decision, records, delivered, in_time in await store.reports.timeliness_rows(
             classifier.deadline, datasets, target):
         key = (dataset, authority or "")
         counts = groups.setdefault(key, Group(*key)).counts
@@ -171,7 +171,7 @@ async def _fill_late_keys(store: Store, classifier: Classifier, groups: dict[tup
                 break
             dates.add(decision)
             seen += n
-    found = await store.timeliness_keys(sorted(dates), datasets, target)
+    found = await store.reports.timeliness_keys(sorted(dates), datasets, target)
     for dataset, authority, decision, first_at, record_key in sorted(found, key=lambda r: (r[2], r[4])):
         group = groups[(dataset, authority or "")]
         cls = classifier.undelivered(decision) if first_at is None else classifier.delivered(decision, first_at)

@@ -40,7 +40,7 @@ from gateway.records import LedgerEntry
 from gateway.sealing.base import CertificateError, EnvelopeError, Opened, get_profile, sign_detached
 from gateway.sealing.target import receipt_bytes, results_digest
 from gateway.sealing.xmlsafe import XmlRefused, parse_xml
-from gateway.store.composed import Store
+from gateway.store import Store
 from gateway.store.inbound import Accepted, Arrival, InboundConflict
 from gateway.stored import Reject
 from gateway.web.config import Channel, InboundConfig
@@ -165,7 +165,7 @@ class InboundService:
             return await self._answer(channel, arrival, record_results(mapped, changed), now)
 
         try:
-            accepted = await self.store.accept_inbound(arrival, self.routes, now.timestamp(),
+            accepted = await self.store.inbound.accept_inbound(arrival, self.routes, now.timestamp(),
                                                        self.config.settings.nonce_retention_s, answer)
         except InboundConflict as exc:
             raise InboundRefused(409, "conflict", str(exc)) from None

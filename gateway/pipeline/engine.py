@@ -23,15 +23,15 @@ import orjson
 import tenacity
 
 from gateway.adapter import OutgoingBatch, SourceBatch
-from gateway.config import RetrySettings, SourceConfig, TargetConfig
 from gateway.domain.publicity import PublicitySettings
 from gateway.errors import GatewayError, PermanentError, RetryableError
 from gateway.mapping import InboundMapping, OutboundMapping
+from gateway.pipeline.config import RetrySettings, SourceConfig, TargetConfig
 from gateway.pipeline.encode import Derive, EncodePlan, Route, encode_stored
 from gateway.pipeline.workers import Mapped, MapPool
 from gateway.records import LedgerEntry
-from gateway.store.composed import Store
-from gateway.store.database import WatermarkMoved
+from gateway.store import Store
+from gateway.store.intake import WatermarkMoved
 from gateway.store.outbox import Batch, Candidates, EncodedBatch, LeaseLost
 from gateway.stored import LeasedRecord, Reject
 
@@ -92,7 +92,7 @@ class Intake:
 
     async def poll(self) -> int:
         """Drain the source: pages are fetched and mapped ahead while earlier ones commit, strictly in order."""
-        cursor = await self.store.load_cursor(self.cfg.name)
+        cursor = await self.store.intake.load_cursor(self.cfg.name)
         pages: asyncio.Queue[Page | None] = asyncio.Queue(maxsize=2)
         producer = asyncio.create_task(self._produce(cursor, pages), name=f"fetch {self.cfg.name}")
         total = 0
@@ -155,7 +155,7 @@ class Intake:
         for screen in self.screens:
             accepted, rejects = await screen(accepted, rejects, batch, self.today())
         try:
-            result = await self.store.commit_intake(self.cfg.name, accepted, rejects, batch.cursor, self.routes,
+            result = await self.store.intake.commit_intake(self.cfg.name, accepted, rejects, batch.cursor, self.routes,
                                                     rows, snapshot=batch.snapshot, read_from=read_from)
         except WatermarkMoved:
             log.info("page left to another instance", extra={"source": self.cfg.name, "rows": rows})
@@ -283,7 +283,7 @@ class TargetWorker:
         reopen = self.circuit.reopens_in()
         if reopen > 0:  # nothing can be sent before the circuit lets a trial batch through
             return min(wait, reopen)
-        due = await self.store.next_due_at(self.cfg.name)
+        due = await self.store.outbox.next_due_at(self.cfg.name)
         if due is not None and len(self.inflight) < self.cfg.max_in_flight:
             wait = min(wait, max(0.01, due - time.time()))
         return wait
@@ -294,7 +294,7 @@ class TargetWorker:
         started = 0
         if free <= 0:
             return 0
-        for due in await self.store.claim_due(self.cfg.name, free, self.claimant, self.claim_s):
+        for due in await self.store.outbox.claim_due(self.cfg.name, free, self.claimant, self.claim_s):
             if due.id not in self.inflight:
                 self._start(due)
                 started += 1
@@ -303,7 +303,7 @@ class TargetWorker:
             for dataset in list(waiting):
                 if started >= free:
                     break
-                found = await self.store.read_candidates(self.cfg.name, dataset, self.cfg.batch_size,
+                found = await self.store.outbox.read_candidates(self.cfg.name, dataset, self.cfg.batch_size,
                                                          after=self._read_to.get(dataset, 0))
                 if not found.rows and not found.stale:
                     waiting.remove(dataset)
@@ -326,7 +326,7 @@ class TargetWorker:
     async def _lease_and_send(self, dataset: str, found: Candidates, batch_id: str) -> None:
         try:
             encoded = await self.encode_batch(dataset, found, batch_id) if found.rows else None
-            batch = await self.store.lease_encoded(self.cfg.name, dataset, found, encoded,
+            batch = await self.store.outbox.lease_encoded(self.cfg.name, dataset, found, encoded,
                                                    claimant=self.claimant, claim_s=self.claim_s)
             if encoded is not None and encoded.withheld:
                 log.info("records withheld: their publicity period has ended", extra={
@@ -432,7 +432,7 @@ class TargetWorker:
     async def _delivered(self, batch: Batch, receipt: Any, started: float) -> None:
         outcomes = list(receipt.results)
         ms = (time.monotonic() - started) * 1000
-        result = await self.store.complete_batch(batch, outcomes, dict(receipt.raw), receipt.receipt_id, ms)
+        result = await self.store.outbox.complete_batch(batch, outcomes, dict(receipt.raw), receipt.receipt_id, ms)
         self.circuit.success()
         st = self.stats
         st.batches, st.delivered, st.rejected = st.batches + 1, st.delivered + result.delivered, \
@@ -455,7 +455,7 @@ class TargetWorker:
         delay = retry_after if retry_after is not None else backoff_s(self.cfg.retry, attempt)
         ms = (time.monotonic() - started) * 1000
         try:
-            await self.store.fail_attempt(batch, error, time.time() + delay, dead, ms)
+            await self.store.outbox.fail_attempt(batch, error, time.time() + delay, dead, ms)
         except GatewayError as exc:  # the store failed too: the batch stays open; its claim expires, then retry
             log.error("could not record a failed attempt", extra={"target": self.cfg.name, "batch": batch.id,
                                                                  "error": str(exc)})

@@ -14,11 +14,10 @@ from typing import Any
 
 import orjson
 from sqlalchemy import and_, select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.store import schema as s
-from gateway.store.changes import known_targets
-from gateway.store.database import _chunks, _translated
+from gateway.store.database import chunks
 
 PAGE = 500
 # outbox states after which a version needs nothing more at a target: acknowledged, replaced by a later version,
@@ -99,7 +98,7 @@ async def deliveries(conn: AsyncConnection, dataset: str, keys: Sequence[str],
     found: dict[str, list[Delivery]] = {}
     if not targets:
         return found
-    for chunk in _chunks(sorted(set(keys))):
+    for chunk in chunks(sorted(set(keys))):
         rows = await conn.execute(
             select(o.record_key, o.target, o.version, o.state, o.updated_at, rc.receipt_id, rc.received_at)
             .select_from(s.outbox.outerjoin(s.receipts, rc.batch_id == o.batch_id))
@@ -116,7 +115,7 @@ async def _rejection_reasons(conn: AsyncConnection, dataset: str, found: Mapping
     """The target's code and message for rejected versions (kept in the target quarantine)."""
     wanted = {f"t|{d.target}|{dataset}|{key}": key for key, ds in found.items() for d in ds if d.state == "rejected"}
     q = s.quarantine.c
-    for chunk in _chunks(sorted(wanted)):
+    for chunk in chunks(sorted(wanted)):
         for qkey, reasons in await conn.execute(select(q.qkey, q.reasons).where(q.qkey.in_(list(chunk)))):
             target = qkey.split("|")[1]
             for r in orjson.loads(reasons):
@@ -125,52 +124,7 @@ async def _rejection_reasons(conn: AsyncConnection, dataset: str, found: Mapping
                         d.reason = f"{r.get('code') or ''} {r.get('message') or ''}".strip()
 
 
-@_translated
-async def record_history(engine: AsyncEngine, dataset: str, key: str,
-                         targets: Sequence[str]) -> dict[str, Any] | None:
-    """A record's ledger state, its changes, its publicity period and every delivery of every version."""
-    r, c, p = s.records.c, s.changes.c, s.publicity.c
-    async with engine.connect() as conn:
-        row = (await conn.execute(select(r.version, r.operation, r.payload, r.first_seen_at, r.updated_at).where(
-            and_(r.dataset == dataset, r.record_key == key)))).first()
-        if row is None:
-            return None
-        known = sorted(set(targets) | set(await known_targets(conn)))
-        changes = [_plain(m) for m in await conn.execute(
-            select(c.version, c.operation, c.reason, c.origin, c.at)
-            .where(and_(c.dataset == dataset, c.record_key == key)).order_by(c.id))]
-        period = (await conn.execute(select(s.publicity).where(
-            and_(p.dataset == dataset, p.record_key == key)))).first()
-        sent = (await deliveries(conn, dataset, [key], known)).get(key, [])
-    return {"dataset": dataset, "record_key": key, "version": row[0], "operation": row[1],
-            "payload": orjson.loads(row[2]), "first_seen_at": row[3], "updated_at": row[4], "changes": changes,
-            "publicity": _plain(period) if period else None, "deliveries": sent}
-
-
-@_translated
-async def list_changes(engine: AsyncEngine, targets: Sequence[str], *, operation: str | None = None,
-                       dataset: str | None = None, unconfirmed: bool = False, limit: int = 100) -> list[Change]:
-    """The newest changes first, each with its deliveries (only unconfirmed ones when asked)."""
-    c = s.changes.c
-    out: list[Change] = []
-    before: int | None = None
-    async with engine.connect() as conn:
-        known = sorted(set(targets) | set(await known_targets(conn)))
-        while len(out) < limit:
-            stmt = select(s.changes).order_by(c.id.desc()).limit(PAGE)
-            for cond in ((c.operation == operation) if operation else None, (c.dataset == dataset) if dataset else None,
-                         (c.id < before) if before is not None else None):
-                stmt = stmt.where(cond) if cond is not None else stmt
-            page = [Change(**_plain(m)) for m in await conn.execute(stmt)]
-            if not page:
-                break
-            await _attach(conn, page, known)
-            out += [ch for ch in page if ch.unconfirmed or not unconfirmed]
-            before = page[-1].id
-    return out[:limit]
-
-
-async def _attach(conn: AsyncConnection, page: Sequence[Change], targets: Sequence[str]) -> None:
+async def attach(conn: AsyncConnection, page: Sequence[Change], targets: Sequence[str]) -> None:
     by_dataset: dict[str, list[Change]] = {}
     for ch in page:
         by_dataset.setdefault(ch.dataset, []).append(ch)
@@ -178,8 +132,3 @@ async def _attach(conn: AsyncConnection, page: Sequence[Change], targets: Sequen
         sent = await deliveries(conn, dataset, [ch.record_key for ch in items], targets)
         for ch in items:
             ch.deliveries = [d for d in sent.get(ch.record_key, []) if d.version == ch.version]
-
-
-def _plain(row: Any) -> dict[str, Any]:
-    """A result row as a dict with plain str keys (for JSON)."""
-    return {str(k): v for k, v in row._mapping.items()}

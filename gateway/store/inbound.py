@@ -21,8 +21,9 @@ from gateway.errors import GatewayError
 from gateway.inbound.batch import ListState, SnapshotMark
 from gateway.records import LedgerEntry
 from gateway.store import schema as s
-from gateway.store.database import IntakeResult, StoreBase, translate_errors
-from gateway.store.inbound_lists import list_cursor, snapshot_problem
+from gateway.store.database import Database, Repository
+from gateway.store.inbound_lists import list_cursor, receipt_of, snapshot_of, snapshot_problem
+from gateway.store.intake import IntakeLedger, IntakeResult
 from gateway.stored import Reject, pack_body, unpack_body
 
 # Given the ledger entries that made a new version, returns our answer (with the signed receipt).
@@ -67,9 +68,12 @@ class Accepted:
     intake: IntakeResult | None = None
 
 
-@translate_errors
-class InboundMixin(StoreBase):
-    """Nonces, inbound batches and their receipts."""
+class InboundLog(Repository):
+    """Nonces, inbound batches and their receipts; the reads behind ``credit-gateway inbound``."""
+
+    def __init__(self, db: Database, intake: IntakeLedger) -> None:
+        super().__init__(db)
+        self.intake = intake
 
     async def accept_inbound(self, arrival: Arrival, routes: Mapping[str, Sequence[str]], now: float,
                              retention_s: float, make_answer: AnswerMaker) -> Accepted:
@@ -93,7 +97,8 @@ class InboundMixin(StoreBase):
                 problem = await snapshot_problem(conn, arrival.channel, arrival.batch_id, arrival.snapshot, now)
             if problem is not None:
                 raise InboundConflict(problem)
-            result, changed = await self.intake_in(conn, arrival.source, arrival.accepted, arrival.rejects, cursor,
+            result, changed = await self.intake.intake_in(conn, arrival.source, arrival.accepted, arrival.rejects,
+                                                          cursor,
                                                    routes, arrival.rows, arrival.snapshot_page())
             answer = await make_answer(changed)
             await conn.execute(s.inbound_batches.insert().values(
@@ -140,3 +145,44 @@ class InboundMixin(StoreBase):
         async with self.tx() as conn:
             result = await conn.execute(delete(s.inbound_nonces).where(s.inbound_nonces.c.seen_at < cutoff))
         return int(result.rowcount or 0)
+
+    async def batches(self, channel: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """Received batches, newest first: channel, batch id, signer, counts, our receipt id, snapshot page."""
+        b, p = s.inbound_batches.c, s.inbound_snapshot_pages.c
+        stmt = (select(b.channel, b.batch_id, b.dataset, b.signer, b.received_at, b.records, b.accepted, b.unchanged,
+                       b.rejected, b.answer, p.scope, p.snapshot_id, p.page, p.last)
+                .outerjoin(s.inbound_snapshot_pages, and_(p.channel == b.channel, p.batch_id == b.batch_id))
+                .order_by(b.received_at.desc(), b.id.desc()).limit(limit))
+        if channel:
+            stmt = stmt.where(b.channel == channel)
+        async with self.engine.connect() as conn:
+            rows = [dict(row._mapping) for row in await conn.execute(stmt)]
+        out = []
+        for row in rows:
+            answer = str(row.pop("answer"))
+            snapshot = snapshot_of(*(row.pop(k) for k in ("scope", "snapshot_id", "page", "last")))
+            out.append({str(k): v for k, v in row.items()} | receipt_of(answer) | {"snapshot": snapshot})
+        return out
+
+    async def batch_snapshot(self, channel: str, batch_id: str) -> dict[str, Any] | None:
+        """The snapshot page a received batch was (scope, id, page, last), or None."""
+        p = s.inbound_snapshot_pages.c
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(p.scope, p.snapshot_id, p.page, p.last).where(and_(
+                p.channel == channel, p.batch_id == batch_id)))).first()
+        return snapshot_of(*row) if row is not None else None
+
+    async def channels_of(self, batch_id: str) -> list[str]:
+        """The channels that received a batch with this id (a batch id is unique per channel)."""
+        b = s.inbound_batches.c
+        async with self.engine.connect() as conn:
+            return [row[0] for row in await conn.execute(
+                select(b.channel).where(b.batch_id == batch_id).order_by(b.channel))]
+
+    async def answer_text(self, channel: str, batch_id: str) -> str | None:
+        """Our answer to a batch exactly as stored (the evidence file keeps these bytes)."""
+        b = s.inbound_batches.c
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(b.answer).where(and_(b.channel == channel,
+                                                                  b.batch_id == batch_id)))).first()
+        return str(row[0]) if row is not None else None

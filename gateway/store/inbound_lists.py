@@ -18,7 +18,7 @@ from must start from the applied one (else a delta went missing and is refused).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from sqlalchemy import and_, select
@@ -26,9 +26,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.inbound.batch import ListState, SnapshotMark
 from gateway.store import schema as s
-
-if TYPE_CHECKING:
-    from gateway.store.composed import Store
 
 
 def _pages(numbers: list[int]) -> str:
@@ -91,59 +88,15 @@ async def list_cursor(conn: AsyncConnection, source: str, cursor: dict[str, Any]
 
 # ---------------------------------------------------------------- reads for `credit-gateway inbound`
 
-def _receipt_of(answer: str) -> dict[str, Any]:
+def receipt_of(answer: str) -> dict[str, Any]:
     parsed = orjson.loads(answer)
     receipt = parsed.get("receipt") if isinstance(parsed, dict) else None
     return {"receipt_id": receipt.get("receiptId") if isinstance(receipt, dict) else None,
             "signed": bool(isinstance(parsed, dict) and parsed.get("receiptSignature"))}
 
 
-async def inbound_batches(store: Store, channel: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-    """Received batches, newest first: channel, batch id, signer, counts, our receipt id, snapshot page."""
-    b, p = s.inbound_batches.c, s.inbound_snapshot_pages.c
-    stmt = (select(b.channel, b.batch_id, b.dataset, b.signer, b.received_at, b.records, b.accepted, b.unchanged,
-                   b.rejected, b.answer, p.scope, p.snapshot_id, p.page, p.last)
-            .outerjoin(s.inbound_snapshot_pages, and_(p.channel == b.channel, p.batch_id == b.batch_id))
-            .order_by(b.received_at.desc(), b.id.desc()).limit(limit))
-    if channel:
-        stmt = stmt.where(b.channel == channel)
-    async with store.engine.connect() as conn:
-        rows = [dict(row._mapping) for row in await conn.execute(stmt)]
-    out = []
-    for row in rows:
-        answer = str(row.pop("answer"))
-        snapshot = _snapshot_of(*(row.pop(k) for k in ("scope", "snapshot_id", "page", "last")))
-        out.append({str(k): v for k, v in row.items()} | _receipt_of(answer) | {"snapshot": snapshot})
-    return out
-
-
-def _snapshot_of(scope: str | None, snapshot_id: str | None, page: int | None, last: int | None
+def snapshot_of(scope: str | None, snapshot_id: str | None, page: int | None, last: int | None
                  ) -> dict[str, Any] | None:
     if snapshot_id is None:
         return None
     return {"scope": scope, "id": snapshot_id, "page": page, "last": bool(last)}
-
-
-async def inbound_snapshot(store: Store, channel: str, batch_id: str) -> dict[str, Any] | None:
-    """The snapshot page a received batch was (scope, id, page, last), or None."""
-    p = s.inbound_snapshot_pages.c
-    async with store.engine.connect() as conn:
-        row = (await conn.execute(select(p.scope, p.snapshot_id, p.page, p.last).where(and_(
-            p.channel == channel, p.batch_id == batch_id)))).first()
-    return _snapshot_of(*row) if row is not None else None
-
-
-async def inbound_channels_of(store: Store, batch_id: str) -> list[str]:
-    """The channels that received a batch with this id (a batch id is unique per channel)."""
-    b = s.inbound_batches.c
-    async with store.engine.connect() as conn:
-        return [row[0] for row in await conn.execute(
-            select(b.channel).where(b.batch_id == batch_id).order_by(b.channel))]
-
-
-async def inbound_answer_text(store: Store, channel: str, batch_id: str) -> str | None:
-    """Our answer to a batch exactly as stored (the evidence file keeps these bytes)."""
-    b = s.inbound_batches.c
-    async with store.engine.connect() as conn:
-        row = (await conn.execute(select(b.answer).where(and_(b.channel == channel, b.batch_id == batch_id)))).first()
-    return str(row[0]) if row is not None else None

@@ -1,12 +1,13 @@
 """The store's side of full snapshots and credit lists: snapshot sweeps, list entries by subject, red/black holds.
 
-Two hooks of :meth:`gateway.store.database.StoreBase.commit_intake` run here, inside the intake transaction:
+The intake ledger (gateway.store.intake) calls two methods here, inside the intake transaction:
 
-* ``_snapshot_page`` notes the keys of a snapshot page (``cg_snapshot_seen``); on the final page, every key
+* :meth:`ListBook.sweep_snapshot` notes the keys of a snapshot page (``cg_snapshot_seen``); on the final page, every key
   of the scope that is still listed in the ledger but was named by no page of this snapshot gets a new
-  ledger version with operation ``withdraw`` (same content), queued like any other change. Pages and the
+  ledger version with operation ``withdraw`` (same content,
+                                              written by the intake ledger), queued like any other change. Pages and the
   sweep are separate transactions, so a snapshot survives restarts: its marks and cursor are durable.
-* ``_ledger_changed`` keeps ``cg_list_entries`` (list, type, subject, listed?) for every changed
+* :meth:`ListBook.after_change` keeps ``cg_list_entries`` (list, type, subject, listed?) for every changed
   ``credit_list`` key and re-checks the subjects it touched: a red-list entry whose subject (same USCC or
   ID number) is on a black list is *held*: its queued outbox rows are parked in state ``held`` (never
   leased, not backlog) until the black entry is withdrawn, when they become ``pending`` again. Holding in
@@ -27,11 +28,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.adapter import SnapshotPage
 from gateway.domain.datasets import BLACK_LIST, CREDIT_LIST, RED_LIST, get_dataset
-from gateway.domain.subject_keys import META_NAME, KeySecret
-from gateway.errors import StoreError
 from gateway.records import LedgerEntry, Operation, Record, from_payload, make_key
 from gateway.store import schema as s
-from gateway.store.database import StoreBase, _chunks, _json, translate_errors
+from gateway.store.database import Repository, chunks, dumps
 from gateway.stored import LeasedRecord, Reject
 
 log = logging.getLogger("gateway.lists")
@@ -70,38 +69,15 @@ def _as_entry(row: Any) -> ListEntry:
                      row.held_by)
 
 
-@translate_errors
-class ListsMixin(StoreBase):
-    """Snapshot sweeps, list entries and red/black holds (see the module docstring); the key secret."""
-
-    _key_secret: KeySecret | None = None
-
-    # ------------------------------------------------------------ the key secret (gateway.domain.subject_keys)
-
-    async def key_secret(self) -> KeySecret:
-        """The secret that keys the ID-number pseudonyms in record keys: made on first use by whichever instance
-        comes first (the others read that one: one store, one secret), then kept for this Store's life.
-
-        Call it outside a transaction (it may write one of its own).
-        """
-        if self._key_secret is None:
-            m = s.meta.c
-            async with self.tx() as conn:
-                stmt = self._insert(s.meta).values(name=META_NAME, value=KeySecret.new_stored())
-                await conn.execute(stmt.on_conflict_do_nothing(index_elements=["name"]))
-                stored = (await conn.execute(select(m.value).where(m.name == META_NAME))).scalar_one()
-            try:
-                self._key_secret = KeySecret.from_stored(stored)
-            except ValueError as exc:
-                raise StoreError(f"store: {exc}") from None
-        return self._key_secret
+class ListBook(Repository):
+    """Snapshot sweeps, list entries and red/black holds (see the module docstring)."""
 
     # ------------------------------------------------------------ snapshots
 
-    async def _snapshot_page(self, conn: AsyncConnection, source: str, snapshot: SnapshotPage,
-                             accepted: Sequence[Record | LedgerEntry], rejects: Sequence[Reject],
-                             now: float) -> list[tuple[LedgerEntry, int]]:
-        changed = await super()._snapshot_page(conn, source, snapshot, accepted, rejects, now)
+    async def sweep_snapshot(self, conn: AsyncConnection, source: str, snapshot: SnapshotPage,
+                             accepted: Sequence[Record | LedgerEntry], rejects: Sequence[Reject]) -> list[LedgerEntry]:
+        """Note the keys of a snapshot page; on its final page, return the withdrawals of the scope's listed keys
+        that no page named (the intake ledger writes them) and forget the pages' keys."""
         prefix = scope_prefix(snapshot.scope)
         # A row the mapping refused still names a listed subject: it must not be swept away for being invalid.
         keys = {item.key for item in accepted if item.dataset == snapshot.dataset}
@@ -114,16 +90,11 @@ class ListsMixin(StoreBase):
                 index_elements=["source", "scope", "record_key"], set_={"snapshot_id": stmt.excluded.snapshot_id}),
                 marks)
         if not snapshot.final:
-            return changed
+            return []
         gone = await self._unnamed(conn, source, snapshot, prefix)
-        if gone:
-            more, _ = await self._write_ledger(conn, gone, now)
-            changed += more
-            log.info("snapshot withdrew keys it did not name", extra={
-                "source": source, "scope": snapshot.scope, "withdrawn": len(more)})
         seen = s.snapshot_seen.c
         await conn.execute(s.snapshot_seen.delete().where(and_(seen.source == source, seen.scope == snapshot.scope)))
-        return changed
+        return gone
 
     async def _unnamed(self, conn: AsyncConnection, source: str, snapshot: SnapshotPage,
                        prefix: str) -> list[LedgerEntry]:
@@ -141,9 +112,9 @@ class ListsMixin(StoreBase):
 
     # ------------------------------------------------------------ list entries and holds
 
-    async def _ledger_changed(self, conn: AsyncConnection, changed: Sequence[tuple[LedgerEntry, int]],
-                              now: float) -> None:
-        await super()._ledger_changed(conn, changed, now)
+    async def after_change(self, conn: AsyncConnection, changed: Sequence[tuple[LedgerEntry, int]],
+                           now: float) -> None:
+        """Inside the intake transaction, after the outbox rows are queued: list entries and red/black holds."""
         rows = {e.key: _entry_row(e, now) for e, _ in changed if e.dataset == CREDIT_LIST.name}
         if not rows:
             return
@@ -155,7 +126,7 @@ class ListsMixin(StoreBase):
             "updated_at": stmt.excluded.updated_at}), list(rows.values()))
         subjects = sorted({row["subject"] for row in rows.values() if row["subject"]})
         entries: list[ListEntry] = []
-        for chunk in _chunks(subjects):
+        for chunk in chunks(subjects):
             entries += [_as_entry(row) for row in await conn.execute(
                 select(s.list_entries).where(le.subject.in_(chunk)))]
         await self._check_conflicts(conn, entries, now)
@@ -184,7 +155,7 @@ class ListsMixin(StoreBase):
                            .values(held=1, held_by=black_key))
         detail = {"red": red.record_key, "black": black_key}  # the keys name the subject; its ID number stays out
         await conn.execute(s.events.insert().values(at=now, kind="lists.conflict", target="", dataset=CREDIT_LIST.name,
-                                                    record_key=red.record_key, detail=_json(detail)))
+                                                    record_key=red.record_key, detail=dumps(detail)))
         log.warning("red-list entry held back: its subject is on a black list", extra={
             "key": red.record_key, "black": black_key, "list": red.list_code})
 
@@ -197,7 +168,7 @@ class ListsMixin(StoreBase):
                            .values(held=0, held_by=None))
         detail = {"red": red.record_key, "black": red.held_by}
         await conn.execute(s.events.insert().values(at=now, kind="lists.released", target="", dataset=CREDIT_LIST.name,
-                                                    record_key=red.record_key, detail=_json(detail)))
+                                                    record_key=red.record_key, detail=dumps(detail)))
         log.info("red-list entry released: no black-list entry holds it back any more", extra={
             "key": red.record_key, "list": red.list_code})
 
@@ -225,7 +196,7 @@ class ListsMixin(StoreBase):
         r = s.records.c
         found: dict[str, dict[str, Any]] = {}
         async with self.engine.connect() as conn:
-            for chunk in _chunks(sorted(set(keys))):
+            for chunk in chunks(sorted(set(keys))):
                 rows = await conn.execute(select(r.record_key, r.payload).where(
                     and_(r.dataset == dataset, r.record_key.in_(chunk))))
                 found.update({key: orjson.loads(payload) for key, payload in rows})
@@ -236,7 +207,7 @@ class ListsMixin(StoreBase):
         o = s.outbox.c
         found: dict[tuple[str, str], int] = {}
         async with self.engine.connect() as conn:
-            for chunk in _chunks(sorted(set(keys))):
+            for chunk in chunks(sorted(set(keys))):
                 rows = await conn.execute(select(o.target, o.record_key, func.max(o.version)).where(and_(
                     s.outbox_of_keys(dataset, chunk), o.state == "delivered"))
                     .group_by(o.target, o.record_key))
@@ -248,7 +219,7 @@ class ListsMixin(StoreBase):
         o = s.outbox.c
         busy: set[str] = set()
         async with self.engine.connect() as conn:
-            for chunk in _chunks(sorted(set(keys))):
+            for chunk in chunks(sorted(set(keys))):
                 busy.update(row[0] for row in await conn.execute(select(o.record_key).where(and_(
                     s.outbox_of_keys(dataset, chunk), o.target == target, o.state.in_(("pending", "leased"))))))
         return busy
@@ -268,7 +239,7 @@ class ListsMixin(StoreBase):
         o, r, le = s.outbox.c, s.records.c, s.list_entries.c
         queued = 0
         async with self.tx() as conn:
-            for chunk in _chunks(sorted(set(keys))):
+            for chunk in chunks(sorted(set(keys))):
                 busy = {row[0] for row in await conn.execute(select(o.record_key).where(and_(
                     s.outbox_of_keys(dataset, chunk), o.target == target, o.state.in_(("pending", "leased", HELD)))))}
                 held = {row[0] for row in await conn.execute(select(le.record_key).where(and_(
@@ -287,5 +258,5 @@ class ListsMixin(StoreBase):
             if queued:
                 await conn.execute(s.events.insert().values(
                     at=now, kind="lists.repair", target=target, dataset=dataset, record_key="",
-                    detail=_json({"queued": queued, "reason": reason})))
+                    detail=dumps({"queued": queued, "reason": reason})))
         return queued

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.adapter import RecordResult
 from gateway.store import schema as s
-from gateway.store.database import StoreBase, _chunks, _json, translate_errors
+from gateway.store.database import Repository, chunks, dumps
 from gateway.stored import Candidate, LeasedRecord, body_digest, pack_body, unpack_body
 
 ACK_STATUSES = frozenset({"accepted", "duplicate", "stale"})
@@ -95,8 +95,7 @@ class DeliveryResult:
     requeued: int
 
 
-@translate_errors
-class DeliveryMixin(StoreBase):
+class Outbox(Repository):
     """Leasing and completing batches."""
 
     async def lease_batch(self, target: str, dataset: str, limit: int, encode: Encoder, *, claimant: str = "",
@@ -158,7 +157,7 @@ class DeliveryMixin(StoreBase):
                 await self._set_state(conn, encoded.withheld, "withheld", now, only_pending=True)
                 await conn.execute(s.events.insert().values(
                     at=now, kind="publicity.withheld", target=target, dataset=dataset, record_key="",
-                    detail=_json({"records": len(encoded.withheld), "batch": encoded.batch_id})))
+                    detail=dumps({"records": len(encoded.withheld), "batch": encoded.batch_id})))
             if not encoded.included:
                 return None
             return await self._open_batch(conn, target, dataset, encoded, now, claimant, claim_s)
@@ -172,7 +171,7 @@ class DeliveryMixin(StoreBase):
             claimed_by=claimant or None, created_at=now))
         o = s.outbox.c
         leased = 0
-        for chunk in _chunks([rec.outbox_id for rec in encoded.included]):
+        for chunk in chunks([rec.outbox_id for rec in encoded.included]):
             result = await conn.execute(update(s.outbox).where(and_(
                 o.id.in_(chunk), o.state == "pending", ~_key_leased(o))).values(
                 state="leased", batch_id=encoded.batch_id, updated_at=now))
@@ -184,7 +183,7 @@ class DeliveryMixin(StoreBase):
     async def _reject_unencodable(self, conn: AsyncConnection, target: str, dataset: str,
                                   failed: Sequence[tuple[LeasedRecord, str]], now: float) -> None:
         await self._set_state(conn, [rec.outbox_id for rec, _ in failed], "rejected", now, only_pending=True)
-        await self.upsert_quarantine(conn, [_target_reject(target, dataset, rec, "encode", reason, now)
+        await self.db.upsert_quarantine(conn, [_target_reject(target, dataset, rec, "encode", reason, now)
                                             for rec, reason in failed])
 
     async def due_batches(self, target: str, limit: int, now: float | None = None,
@@ -242,7 +241,7 @@ class DeliveryMixin(StoreBase):
                 state="done", completed_at=now, attempts=s.batches.c.attempts + 1, last_error=None))
             await conn.execute(s.receipts.insert().values(
                 batch_id=batch.id, target=batch.target, receipt_id=receipt_id, received_at=now,
-                accepted=result.delivered, rejected=result.rejected, body=_json(receipt)))
+                accepted=result.delivered, rejected=result.rejected, body=dumps(receipt)))
             await conn.execute(s.attempts.insert().values(
                 batch_id=batch.id, at=now, outcome="ok", duration_ms=duration_ms,
                 detail=f"delivered {result.delivered}, rejected {result.rejected}, requeued {result.requeued}"))
@@ -265,7 +264,7 @@ class DeliveryMixin(StoreBase):
         """Canonical payloads of some keys (only needed for the few records a peer rejects)."""
         r = s.records.c
         found: dict[str, Any] = {}
-        for chunk in _chunks(list(keys)):
+        for chunk in chunks(list(keys)):
             rows = await conn.execute(select(r.record_key, r.payload).where(
                 and_(r.dataset == dataset, r.record_key.in_(chunk))))
             found.update({row[0]: orjson.loads(row[1]) for row in rows})
@@ -287,7 +286,7 @@ class DeliveryMixin(StoreBase):
         if bad:
             await self._set_state(conn, [outbox_id for outbox_id, _ in bad], "rejected", now)
             payloads = await self._payloads(conn, batch.dataset, [out.key for _, out in bad])
-            await self.upsert_quarantine(conn, [_target_reject(
+            await self.db.upsert_quarantine(conn, [_target_reject(
                 batch.target, batch.dataset, LeasedRecord(outbox_id, out.key, out.version, "",
                                                           payloads.get(out.key, {})),
                 out.code, out.message, now) for outbox_id, out in bad])
@@ -301,7 +300,7 @@ class DeliveryMixin(StoreBase):
     async def _set_state(self, conn: AsyncConnection, ids: Sequence[int], state: str, now: float,
                          only_pending: bool = False, **extra: Any) -> None:
         o = s.outbox.c
-        for chunk in _chunks(list(ids)):
+        for chunk in chunks(list(ids)):
             cond = and_(o.id.in_(chunk), o.state == "pending") if only_pending else o.id.in_(chunk)
             await conn.execute(update(s.outbox).where(cond).values(state=state, updated_at=now, **extra))
 
@@ -322,7 +321,7 @@ class DeliveryMixin(StoreBase):
                                    .values(state="dead", updated_at=now))
                 await conn.execute(s.events.insert().values(
                     at=now, kind="dead_letter", target=batch.target, dataset=batch.dataset,
-                    record_key="", detail=_json({"batch": batch.id, "error": error[:500]})))
+                    record_key="", detail=dumps({"batch": batch.id, "error": error[:500]})))
             await conn.execute(s.attempts.insert().values(
                 batch_id=batch.id, at=now, outcome="dead" if dead else "retry", detail=error[:2000],
                 duration_ms=duration_ms))
@@ -341,5 +340,5 @@ def _target_reject(target: str, dataset: str, rec: LeasedRecord, code: str, mess
                    now: float) -> dict[str, Any]:
     return {"qkey": f"t|{target}|{dataset}|{rec.record_key}", "stage": "target", "source": "", "source_key": "",
             "target": target, "dataset": dataset, "record_key": rec.record_key,
-            "reasons": _json([{"field": "", "code": code, "message": message, "version": rec.version}]),
-            "raw": _json(rec.payload), "state": "open", "hits": 1, "created_at": now, "updated_at": now}
+            "reasons": dumps([{"field": "", "code": code, "message": message, "version": rec.version}]),
+            "raw": dumps(rec.payload), "state": "open", "hits": 1, "created_at": now, "updated_at": now}

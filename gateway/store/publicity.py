@@ -24,34 +24,25 @@ import datetime as dt
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from sqlalchemy import and_, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.adapter import SourceBatch
 from gateway.domain.datasets import EXPIRED
-from gateway.domain.publicity import PUBLISHED, PublicitySettings, early_repair, period_of
+from gateway.domain.publicity import PUBLISHED, PublicitySettings, period_of
 from gateway.records import LedgerEntry
 from gateway.store import changes as store_changes
 from gateway.store import schema as s
 from gateway.store.confirmations import deliveries
-from gateway.store.database import _translated
-from gateway.stored import Reject
-
-if TYPE_CHECKING:
-    from gateway.config import Config
-    from gateway.store.composed import Store
+from gateway.store.database import Repository, plain
 
 log = logging.getLogger("gateway.publicity")
 PAGE = 500
 LIVE = ("pending", "leased", "delivered")  # a target holds the record, or is about to
-Screen = Callable[[list[LedgerEntry], list[Reject], SourceBatch, dt.date],
-                  Awaitable[tuple[list[LedgerEntry], list[Reject]]]]
 
 
 @dataclass
@@ -62,56 +53,11 @@ class JobResult:
     waiting: int = 0  # due, but a non-public target still has the current version queued
 
 
-def public_targets(config: Config) -> dict[str, list[str]]:
-    """dataset → the public-facing targets that receive it (``public``, default ``external``)."""
-    out: dict[str, list[str]] = {}
-    for t in config.targets.values():
-        for dataset in t.mappings:
-            if t.public:
-                out.setdefault(dataset, []).append(t.name)
-    return out
-
-
-@_translated
-async def run_publicity(store: Store, config: Config, today: dt.date) -> JobResult:
-    """One run of the job: bring the periods up to date, then withdraw what is due ``today``."""
-    settings = config.publicity
-    result = JobResult()
-    if not settings.enabled:
-        return result
-    result.dated = await sync_periods(store, settings)
-    await withdraw_due(store, settings, public_targets(config), list(config.targets), today, result)
-    if result.withdrawn or result.waiting:
-        log.info("publicity withdrawals", extra={"records": result.withdrawn, "targets": result.sent,
-                                                 "waiting": result.waiting, "today": today.isoformat()})
-    return result
-
-
 # ---------------------------------------------------------------- periods
 
 
 def rules_digest(settings: PublicitySettings) -> str:
     return hashlib.sha256(repr(settings.rules).encode()).hexdigest()[:32]
-
-
-@_translated
-async def sync_periods(store: Store, settings: PublicitySettings) -> int:
-    """Compute the period of every record whose current version has none yet (of every record after the
-    rules changed); returns how many were computed."""
-    digest = rules_digest(settings)
-    async with store.engine.connect() as conn:
-        stored = (await conn.execute(select(s.meta.c.value).where(s.meta.c.name == "publicity_rules"))).scalar()
-    everything = stored != digest
-    done, after = 0, 0
-    while True:
-        async with store.tx() as conn:
-            rows = await _stale_periods(conn, settings, everything, after)
-            if not rows:
-                await _save_digest(store, conn, digest)
-                return done
-            await _upsert_periods(store, conn, settings, rows)
-        done += len(rows)
-        after = rows[-1][0]
 
 
 async def _stale_periods(conn: AsyncConnection, settings: PublicitySettings, everything: bool,
@@ -123,31 +69,6 @@ async def _stale_periods(conn: AsyncConnection, settings: PublicitySettings, eve
     if not everything:
         stmt = stmt.where(or_(p.id.is_(None), p.version != r.version))
     return [tuple(row) for row in await conn.execute(stmt)]
-
-
-async def _upsert_periods(store: Store, conn: AsyncConnection, settings: PublicitySettings,
-                          rows: Sequence[tuple[Any, ...]]) -> None:
-    now = time.time()
-    values = []
-    for _id, dataset, key, version, payload in rows:
-        period = period_of(settings.rules, dataset, orjson.loads(payload))
-        values.append({"dataset": dataset, "record_key": key, "version": version,
-                       "decision_date": _iso(period.decision), "min_end": _iso(period.min_end),
-                       "max_end": _iso(period.max_end), "min_rule": period.min_rule[:200],
-                       "max_rule": period.max_rule[:200], "computed_at": now, "withdrawn_targets": "[]"})
-    stmt = _insert(store)(s.publicity)
-    await conn.execute(stmt.on_conflict_do_update(index_elements=["dataset", "record_key"], set_={
-        name: stmt.excluded[name] for name in ("version", "decision_date", "min_end", "max_end", "min_rule",
-                                               "max_rule", "computed_at")}), values)
-
-
-async def _save_digest(store: Store, conn: AsyncConnection, digest: str) -> None:
-    stmt = _insert(store)(s.meta).values(name="publicity_rules", value=digest)
-    await conn.execute(stmt.on_conflict_do_update(index_elements=["name"], set_={"value": digest}))
-
-
-def _insert(store: Store) -> Any:
-    return postgresql.insert if store.dialect == "postgresql" else sqlite.insert
 
 
 def _iso(day: dt.date | None) -> str | None:
@@ -171,22 +92,6 @@ class _Due:
     decision_date: str | None
     withdrawn_version: int | None
     withdrawn_targets: str
-
-
-@_translated
-async def withdraw_due(store: Store, settings: PublicitySettings, public: Mapping[str, Sequence[str]],
-                       targets: Sequence[str], today: dt.date, result: JobResult) -> None:
-    """Withdraw every record due ``today`` from the public targets that hold it (see the module docstring)."""
-    after = 0
-    while True:
-        async with store.tx() as conn:
-            due = await _due(conn, settings, today, after)
-            if not due:
-                return
-            known = sorted(set(targets) | set(await store_changes.known_targets(conn)))
-            for item in due:
-                await _settle(conn, item, public.get(item.dataset, ()), known, result)
-        after = due[-1].record_id
 
 
 async def _due(conn: AsyncConnection, settings: PublicitySettings, today: dt.date, after: int) -> list[_Due]:
@@ -273,34 +178,6 @@ async def _mark(conn: AsyncConnection, item: _Due, *, handled: int, withdrawn: i
 # ---------------------------------------------------------------- report
 
 
-@_translated
-async def publicity_report(store: Store, config: Config, today: dt.date, due_within_days: int,
-                           limit: int = 200) -> dict[str, Any]:
-    """Upcoming withdrawals (due within the window, or due and not yet made) and the ones made, with the
-    public targets that confirmed them; and how many records have no period computed yet."""
-    r, p = s.records.c, s.publicity.c
-    until = (today + dt.timedelta(days=due_within_days)).isoformat()
-    join = s.publicity.join(s.records, and_(r.dataset == p.dataset, r.record_key == p.record_key))
-    cols = (p.dataset, p.record_key, p.decision_date, p.max_end, p.max_rule, r.version, r.operation)
-    async with store.engine.connect() as conn:
-        upcoming = [_plain(m) for m in await conn.execute(
-            select(*cols).select_from(join).where(and_(
-                p.max_end <= until, r.operation.in_(PUBLISHED),
-                or_(p.handled_version.is_(None), p.handled_version < r.version))).order_by(p.max_end).limit(limit))]
-        made = [_plain(m) for m in await conn.execute(
-            select(*cols, p.withdrawn_version, p.withdrawn_at).select_from(join)
-            .where(p.withdrawn_version.is_not(None)).order_by(p.withdrawn_at.desc()).limit(limit))]
-        undated = (await conn.execute(select(r.id).select_from(s.records.outerjoin(s.publicity, and_(
-            p.dataset == r.dataset, p.record_key == r.record_key))).where(and_(
-                r.dataset.in_(sorted(config.publicity.datasets)),
-                or_(p.id.is_(None), p.version != r.version))).limit(limit + 1))).all()
-        await _confirmations(conn, made, list(config.targets))
-    for row in upcoming:
-        row["state"] = "due" if row["max_end"] <= today.isoformat() else "upcoming"
-    return {"today": today.isoformat(), "due_within_days": due_within_days, "upcoming": upcoming,
-            "withdrawn": made, "undated": min(len(undated), limit), "undated_more": len(undated) > limit}
-
-
 async def _confirmations(conn: AsyncConnection, made: list[dict[str, Any]], targets: Sequence[str]) -> None:
     known = sorted(set(targets) | set(await store_changes.known_targets(conn)))
     by_dataset: dict[str, list[dict[str, Any]]] = {}
@@ -314,61 +191,96 @@ async def _confirmations(conn: AsyncConnection, made: list[dict[str, Any]], targ
             row["confirmed"] = sum(1 for d in mine if d.state == "delivered")
 
 
-# ---------------------------------------------------------------- intake: repairs before the minimum period
 
+class PublicityBook(Repository):
+    """Publicity periods per record and the withdrawals due at their end (the SQL of the publicity job)."""
 
-def repair_screen(store: Store, settings: PublicitySettings) -> Screen:
-    """The intake check (``Intake.screens``) that refuses a repair of a published record before its minimum
-    publicity period ends: the row is quarantined with the rule and the date, nothing is written or sent."""
+    async def sync_periods(self, settings: PublicitySettings) -> int:
+        """Compute the period of every record whose current version has none yet (of every record after the
+        rules changed); returns how many were computed."""
+        digest = rules_digest(settings)
+        async with self.engine.connect() as conn:
+            stored = (await conn.execute(select(s.meta.c.value).where(s.meta.c.name == "publicity_rules"))).scalar()
+        everything = stored != digest
+        done, after = 0, 0
+        while True:
+            async with self.tx() as conn:
+                rows = await _stale_periods(conn, settings, everything, after)
+                if not rows:
+                    await self._save_digest(conn, digest)
+                    return done
+                await self._upsert_periods(conn, settings, rows)
+            done += len(rows)
+            after = rows[-1][0]
 
-    @_translated
-    async def screen(accepted: list[LedgerEntry], rejects: list[Reject], batch: SourceBatch,
-                     today: dt.date) -> tuple[list[LedgerEntry], list[Reject]]:
-        if not settings.enabled:
-            return accepted, rejects
-        early = {}
-        for e in accepted:
-            if e.operation == "withdraw" and e.dataset in settings.datasets:
-                problem = early_repair(settings, e.dataset, orjson.loads(e.body), today)
-                if problem is not None:
-                    early[(e.dataset, e.key)] = problem
-        if not early:
-            return accepted, rejects
-        published = await _published(store, list(early))
-        refused = [e for e in accepted if (e.dataset, e.key) in early and (e.dataset, e.key) in published]
-        if not refused:
-            return accepted, rejects
-        raw = {row.key: row.data for row in batch.rows}
-        for e in refused:
-            log.warning("repair refused", extra={"key": e.key, "reason": early[(e.dataset, e.key)].message})
-        return ([e for e in accepted if e not in refused],
-                [*rejects, *(Reject(e.source, e.source_key, e.dataset, e.key, [early[(e.dataset, e.key)]],
-                                    _json_safe(raw.get(e.source_key, {}))) for e in refused)])
+    async def _upsert_periods(self, conn: AsyncConnection, settings: PublicitySettings,
+                              rows: Sequence[tuple[Any, ...]]) -> None:
+        now = time.time()
+        values = []
+        for _id, dataset, key, version, payload in rows:
+            period = period_of(settings.rules, dataset, orjson.loads(payload))
+            values.append({"dataset": dataset, "record_key": key, "version": version,
+                           "decision_date": _iso(period.decision), "min_end": _iso(period.min_end),
+                           "max_end": _iso(period.max_end), "min_rule": period.min_rule[:200],
+                           "max_rule": period.max_rule[:200], "computed_at": now, "withdrawn_targets": "[]"})
+        stmt = self._insert(s.publicity)
+        await conn.execute(stmt.on_conflict_do_update(index_elements=["dataset", "record_key"], set_={
+            name: stmt.excluded[name] for name in ("version", "decision_date", "min_end", "max_end", "min_rule",
+                                                   "max_rule", "computed_at")}), values)
 
-    return screen
+    async def _save_digest(self, conn: AsyncConnection, digest: str) -> None:
+        stmt = self._insert(s.meta).values(name="publicity_rules", value=digest)
+        await conn.execute(stmt.on_conflict_do_update(index_elements=["name"], set_={"value": digest}))
 
+    async def withdraw_due(self, settings: PublicitySettings, public: Mapping[str, Sequence[str]],
+                           targets: Sequence[str], today: dt.date, result: JobResult) -> None:
+        """Withdraw every record due ``today`` from the public targets that hold it (see the module docstring)."""
+        after = 0
+        while True:
+            async with self.tx() as conn:
+                due = await _due(conn, settings, today, after)
+                if not due:
+                    return
+                known = sorted(set(targets) | set(await store_changes.known_targets(conn)))
+                for item in due:
+                    await _settle(conn, item, public.get(item.dataset, ()), known, result)
+            after = due[-1].record_id
 
-@_translated
-async def _published(store: Store, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
-    """The (dataset, key) pairs whose ledger state is published (upsert or object)."""
-    r = s.records.c
-    found: set[tuple[str, str]] = set()
-    async with store.engine.connect() as conn:
-        for dataset in {d for d, _ in keys}:
-            names = [k for d, k in keys if d == dataset]
-            for i in range(0, len(names), PAGE):
-                rows = await conn.execute(select(r.record_key).where(and_(
-                    r.dataset == dataset, r.record_key.in_(names[i:i + PAGE]), r.operation.in_(PUBLISHED))))
-                found.update((dataset, key) for (key,) in rows)
-    return found
+    async def report(self, targets: Sequence[str], datasets: Collection[str], today: dt.date,
+                               due_within_days: int, limit: int = 200) -> dict[str, Any]:
+        """Upcoming withdrawals (due within the window, or due and not yet made) and the ones made, with the
+        public targets that confirmed them; and how many records have no period computed yet."""
+        r, p = s.records.c, s.publicity.c
+        until = (today + dt.timedelta(days=due_within_days)).isoformat()
+        join = s.publicity.join(s.records, and_(r.dataset == p.dataset, r.record_key == p.record_key))
+        cols = (p.dataset, p.record_key, p.decision_date, p.max_end, p.max_rule, r.version, r.operation)
+        async with self.engine.connect() as conn:
+            upcoming = [plain(m) for m in await conn.execute(
+                select(*cols).select_from(join).where(and_(
+                    p.max_end <= until, r.operation.in_(PUBLISHED),
+                    or_(p.handled_version.is_(None), p.handled_version < r.version))).order_by(p.max_end).limit(limit))]
+            made = [plain(m) for m in await conn.execute(
+                select(*cols, p.withdrawn_version, p.withdrawn_at).select_from(join)
+                .where(p.withdrawn_version.is_not(None)).order_by(p.withdrawn_at.desc()).limit(limit))]
+            undated = (await conn.execute(select(r.id).select_from(s.records.outerjoin(s.publicity, and_(
+                p.dataset == r.dataset, p.record_key == r.record_key))).where(and_(
+                    r.dataset.in_(sorted(datasets)),
+                    or_(p.id.is_(None), p.version != r.version))).limit(limit + 1))).all()
+            await _confirmations(conn, made, targets)
+        for row in upcoming:
+            row["state"] = "due" if row["max_end"] <= today.isoformat() else "upcoming"
+        return {"today": today.isoformat(), "due_within_days": due_within_days, "upcoming": upcoming,
+                "withdrawn": made, "undated": min(len(undated), limit), "undated_more": len(undated) > limit}
 
-
-def _json_safe(row: Mapping[str, Any]) -> dict[str, Any]:
-    """A source row as the quarantine keeps it (JSON): dates as ISO text, anything unusual as text."""
-    return {k: v.isoformat() if isinstance(v, dt.date) else v if isinstance(v, str | int | float | None) else str(v)
-            for k, v in row.items()}
-
-
-def _plain(row: Any) -> dict[str, Any]:
-    """A result row as a dict with plain str keys (for JSON)."""
-    return {str(k): v for k, v in row._mapping.items()}
+    async def published(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        """The (dataset, key) pairs whose ledger state is published (upsert or object)."""
+        r = s.records.c
+        found: set[tuple[str, str]] = set()
+        async with self.engine.connect() as conn:
+            for dataset in {d for d, _ in keys}:
+                names = [k for d, k in keys if d == dataset]
+                for i in range(0, len(names), PAGE):
+                    rows = await conn.execute(select(r.record_key).where(and_(
+                        r.dataset == dataset, r.record_key.in_(names[i:i + PAGE]), r.operation.in_(PUBLISHED))))
+                    found.update((dataset, key) for (key,) in rows)
+        return found

@@ -37,7 +37,7 @@ from gateway.domain.timeliness import timeliness_report
 from gateway.errors import GatewayError
 from gateway.operations import mask_personal, personal_keys, replay_entries, status_json, status_lines
 from gateway.pipeline.engine import china_today
-from gateway.store.composed import Store
+from gateway.store import Store
 from gateway.web.config import AdminConfig, AdminToken
 from gateway.web.inbound import json_response, tls_subject
 
@@ -200,10 +200,11 @@ class AdminServer:
 
     async def _spool_list(self, request: web.Request) -> list[dict[str, Any]]:
         q = request.query
-        return await self.store.list_batches(q.get("target") or None, q.get("state") or None, _limit(request, 50))
+        return await self.store.reports.list_batches(q.get("target") or None, q.get("state") or None, _limit(request,
+                                                                                                             50))
 
     async def _spool_show(self, request: web.Request) -> dict[str, Any]:
-        batch = await self.store.show_batch(request.match_info["batch"])
+        batch = await self.store.reports.show_batch(request.match_info["batch"])
         if batch is None:
             raise web.HTTPNotFound(text=f"no batch {request.match_info['batch']}")
         raw = batch.pop("body_bytes")
@@ -219,7 +220,7 @@ class AdminServer:
 
     async def _quarantine_list(self, request: web.Request) -> list[dict[str, Any]]:
         q = request.query
-        return await self.store.list_quarantine(q.get("state", "open") or None, q.get("stage") or None,
+        return await self.store.reports.list_quarantine(q.get("state", "open") or None, q.get("stage") or None,
                                                 _limit(request, 100))
 
     async def _quarantine_show(self, request: web.Request) -> dict[str, Any]:
@@ -227,16 +228,16 @@ class AdminServer:
             entry_id = int(request.match_info["id"])
         except ValueError:
             raise BadRequest("the quarantine id is an integer") from None
-        rows = await self.store.list_quarantine(None, ids=[entry_id])
+        rows = await self.store.reports.list_quarantine(None, ids=[entry_id])
         if not rows:
             raise web.HTTPNotFound(text=f"no quarantine entry {entry_id}")
         return rows[0]
 
     async def _inbound_list(self, request: web.Request) -> list[dict[str, Any]]:
-        return await self.store.list_inbound(request.query.get("channel") or None, _limit(request, 50))
+        return await self.store.inbound.list_inbound(request.query.get("channel") or None, _limit(request, 50))
 
     async def _inbound_show(self, request: web.Request) -> dict[str, Any]:
-        found = await self.store.show_inbound(request.match_info["channel"], request.match_info["batch"])
+        found = await self.store.inbound.show_inbound(request.match_info["channel"], request.match_info["batch"])
         if found is None:
             raise web.HTTPNotFound(text=f"no inbound batch {request.match_info['batch']}")
         found["body"] = f"<{len(found['body'])} bytes>"
@@ -246,18 +247,18 @@ class AdminServer:
 
     async def _spool_retry(self, request: web.Request) -> dict[str, Any]:
         batch, target = _selection(await _json_body(request))
-        return {"batches": await self.store.retry_now(batch, target)}
+        return {"batches": await self.store.reports.retry_now(batch, target)}
 
     async def _spool_replay(self, request: web.Request) -> dict[str, Any]:
         batch, target = _selection(await _json_body(request))
-        return {"records": await self.store.replay_dead(batch, target)}
+        return {"records": await self.store.reports.replay_dead(batch, target)}
 
     async def _entries(self, request: web.Request) -> list[dict[str, Any]]:
         body = await _json_body(request)
         ids = body.get("ids") or []
         if bool(body.get("all")) == bool(ids) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
             raise BadRequest('give "ids": [integers] or "all": true')
-        return await self.store.list_quarantine("open", limit=1_000_000, ids=[] if body.get("all") else ids)
+        return await self.store.reports.list_quarantine("open", limit=1_000_000, ids=[] if body.get("all") else ids)
 
     async def _quarantine_replay(self, request: web.Request) -> dict[str, Any]:
         result = await replay_entries(self.store, self.config, await self._entries(request))
@@ -266,5 +267,5 @@ class AdminServer:
 
     async def _quarantine_resolve(self, request: web.Request) -> dict[str, Any]:
         entries = await self._entries(request)
-        await self.store.resolve_quarantine([e["id"] for e in entries])
+        await self.store.reports.resolve_quarantine([e["id"] for e in entries])
         return {"resolved": len(entries)}

@@ -9,7 +9,7 @@ from typing import Any
 from gateway.config import Config
 from gateway.errors import GatewayError
 from gateway.inbound.service import InboundService
-from gateway.store.composed import Store
+from gateway.store import Store
 from gateway.web.admin import AdminServer
 from gateway.web.inbound import InboundServer
 

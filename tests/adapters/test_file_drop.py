@@ -19,7 +19,7 @@ from gateway.adapter import AdapterContext, OutgoingBatch, TargetRecord
 from gateway.config import load_config
 from gateway.daemon import Gateway
 from gateway.errors import PermanentError, RetryableError
-from gateway.store.database import open_store
+from gateway.store import open_store
 from tests.support.helpers import MAPPINGS
 
 DEPT_CODE = "11320500014117422Q"
@@ -353,7 +353,7 @@ class TestThroughTheGateway:
         try:
             async with Gateway(load_config(path), store) as gw:
                 assert await gw.run_until_idle(timeout_s=30)
-            quarantined = await store.list_quarantine("open", "mapping")
+            quarantined = await store.reports.list_quarantine("open", "mapping")
         finally:
             await store.aclose()
         assert [(q["source_key"], q["reasons"][0]["field"]) for q in quarantined] == [("fk-20261120.csv:2", "result")]

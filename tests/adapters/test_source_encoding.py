@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from gateway.store.composed import Store
+from gateway.store import Store
 from tests.adapters.test_sql_source import build, intake_for, opened
 from tests.support.helpers import make_department_db, outbox
 
@@ -37,7 +37,7 @@ class TestGbkBytes:
         _store_gbk(sample.path, 5, "xdr_mc", "苏州瑞丰食品有限公司")
         async with opened(tmp_path, url=f"sqlite:///{sample.path}", table="xzcf") as source:
             await intake_for(source, store, 50).poll()
-        entries = await store.list_quarantine("open", "mapping")
+        entries = await store.reports.list_quarantine("open", "mapping")
         assert [e["source_key"] for e in entries] == ["5"]
         reason = entries[0]["reasons"][0]
         assert reason["field"] == "xdr_mc" and "not utf-8 at byte" in reason["message"]

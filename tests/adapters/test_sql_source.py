@@ -22,10 +22,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from adapters.sql import pages as sql_pages
 from adapters.sql.source import SqlSource
 from gateway.adapter import AdapterContext, SourceBatch
-from gateway.config import SourceConfig, load_config
+from gateway.config import load_config
 from gateway.errors import ConfigError, StoreError
+from gateway.pipeline.config import SourceConfig
 from gateway.pipeline.engine import Intake
-from gateway.store.composed import Store
+from gateway.store import Store
 from gateway.testing.rows import COLUMNS, apply_changes, format_gxsj, insert_rows, same_gxsj_rows
 from tests.conftest import TOKEN
 from tests.support.helpers import (
@@ -229,7 +230,7 @@ class TestIntake:
             intake = intake_for(source, store, 10)
             assert await intake.poll() == 37
             queued = len(await outbox(store))
-            cursor = await store.load_cursor(NAME)
+            cursor = await store.intake.load_cursor(NAME)
             since = format_gxsj(dt.datetime.fromisoformat(cursor[0]).replace(tzinfo=dt.UTC)
                                 - dt.timedelta(seconds=3600))
             window = [r for r in read_rows(sample.path) if r["gxsj"] >= since]
@@ -239,7 +240,7 @@ class TestIntake:
                 assert (intake.stats.accepted, intake.stats.unchanged) == (37, poll * len(window))
         assert len(await outbox(store)) == queued
         assert {r["version"] for r in (await ledger(store)).values()} == {1}
-        assert await store.load_cursor(NAME) == cursor
+        assert await store.intake.load_cursor(NAME) == cursor
 
     async def test_cursor_moves_only_after_the_intake_commit(self, tmp_path: Path, store: Store) -> None:
         """When the store commit fails the cursor stays put and the same rows are read again next poll."""
@@ -247,17 +248,17 @@ class TestIntake:
         async with opened(tmp_path, url=f"sqlite:///{sample.path}", table="xzcf") as source:
             intake = intake_for(source, store, 5)
             assert await intake.poll() == 12
-            cursor = await store.load_cursor(NAME)
+            cursor = await store.intake.load_cursor(NAME)
             new = insert_rows(sample.path, table="xzcf", count=8, seed=3, gxsj=recent(5))
             await break_intake_writes(store)
             with pytest.raises((StoreError, SQLAlchemyError)):
                 await intake.poll()
-            assert await store.load_cursor(NAME) == cursor
+            assert await store.intake.load_cursor(NAME) == cursor
             assert len(await ledger(store)) == 12
             await heal_intake_writes(store)
             assert await intake.poll() == len(new)
         assert len(await ledger(store)) == 12 + len(new)
-        assert (await store.load_cursor(NAME))[1] == new[-1]
+        assert (await store.intake.load_cursor(NAME))[1] == new[-1]
 
 
 class TestPostgresSource:

@@ -133,7 +133,7 @@ async def _throughput(config_path: Path) -> dict[str, Any]:
     from gateway.config import load_config
     from gateway.daemon import Gateway
     from gateway.logs import setup_logging
-    from gateway.store.database import open_store
+    from gateway.store import open_store
 
     config = load_config(config_path)
     setup_logging(config.daemon.log_level, config.daemon.log_format, config.secrets)
@@ -145,7 +145,7 @@ async def _throughput(config_path: Path) -> dict[str, Any]:
             done = await gw.run_until_idle(timeout_s=3600)
             stats = gw.workers["platform"].stats
         elapsed = time.perf_counter() - started
-        counts = await store.counts()
+        counts = await store.reports.counts()
     finally:
         await store.aclose()
     return {"done": done, "rows": counts["rows_read"], "delivered": stats.delivered, "batches": stats.batches,
@@ -179,7 +179,7 @@ async def _trickle(config_path: Path, db: Path, count: int, rate_per_s: float) -
     from gateway.config import load_config
     from gateway.daemon import Gateway
     from gateway.logs import setup_logging
-    from gateway.store.database import open_store
+    from gateway.store import open_store
     from gateway.testing.rows import insert_rows
 
     config = load_config(config_path)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import CalendarSettings, load_config
-from gateway.domain.calendar import CalendarError, Official, WorkCalendar
+from gateway.config import load_config
+from gateway.domain.calendar import CalendarError, CalendarSettings, Official, WorkCalendar
 from gateway.errors import ConfigError
 from tests.support.helpers import write_config
 

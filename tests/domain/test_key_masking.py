@@ -12,7 +12,7 @@ from gateway.cli.rules import cmd_records
 from gateway.config import load_config
 from gateway.domain.identifiers import check_resident_id, check_uscc
 from gateway.logs import redact
-from gateway.store.database import open_store
+from gateway.store import open_store
 from gateway.testing.rows import make_uscc
 from tests.conftest import TOKEN
 from tests.support.helpers import make_department_db, read_rows, to_record, write_config
@@ -57,7 +57,7 @@ class TestRecordsShow:
         config = load_config(write_config(tmp_path, url="http://127.0.0.1:9/upload", db=sample.path, token=TOKEN))
         store = await open_store(config.store_url())
         try:
-            await store.commit_intake("department_penalties", [record], [], None, {}, 1)
+            await store.intake.commit_intake("department_penalties", [record], [], None, {}, 1)
         finally:
             await store.aclose()
 

@@ -23,9 +23,9 @@ from gateway.config import Config, load_config
 from gateway.daemon import Gateway
 from gateway.domain.datasets import BLACK_LIST, CREDIT_LIST, PENALTY, RED_LIST
 from gateway.domain.identifiers import mask_id
-from gateway.domain.lists import conflicts, reconcile
 from gateway.domain.subject_keys import META_NAME, KeySecret, KeySecretMissing, is_pseudonym, record_key
 from gateway.errors import StoreError
+from gateway.jobs import conflicts, reconcile
 from gateway.logs import redact
 from gateway.mapping import InboundMapping, load_mapping
 from gateway.pipeline.workers import MapPool
@@ -33,9 +33,8 @@ from gateway.sandbox.lists import PARTNER_TABLE
 from gateway.sandbox.server import Sandbox, SandboxConfig
 from gateway.sealing.evidence import build_evidence
 from gateway.sealing.target import Sealing, load_sealing
+from gateway.store import Store, open_store
 from gateway.store import schema as s
-from gateway.store.composed import Store
-from gateway.store.database import open_store
 from tests.conftest import TOKEN
 from tests.support.helpers import MAPPINGS, select_rows
 from tests.support.list_helpers import (
@@ -175,7 +174,7 @@ class TestStoreSecret:
     async def test_a_damaged_secret_is_a_store_error(self, store: Store, store_url: str) -> None:
         """A cg_meta value that is not the secret stops the gateway with a clear message, not with new keys."""
         await store.key_secret()
-        async with store.tx() as conn:
+        async with store.db.tx() as conn:
             await conn.execute(update(s.meta).where(s.meta.c.name == META_NAME).values(value="%%%"))
         fresh = await open_store(store_url)
         try:
@@ -276,10 +275,10 @@ class TestPartnerRoute:
         assert number not in text_of(held)
         assert dept_rows(dept)[person_key]["id_no"] == number  # internal, personal_ids = "full"
 
-        batches = await store.list_batches("partner")
+        batches = await store.reports.list_batches("partner")
         assert batches and {b["state"] for b in batches} == {"done"}
         for row in batches:
-            batch = await store.show_batch(row["id"])
+            batch = await store.reports.show_batch(row["id"])
             assert batch is not None
             opened = partner_sealing.open(batch["body_bytes"]).body  # what the partner decrypts
             records = orjson.loads(opened)["records"]

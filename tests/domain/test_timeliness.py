@@ -23,8 +23,8 @@ from gateway.domain.calendar import Official, WorkCalendar
 from gateway.domain.timeliness import LATE_KEYS, TimelinessReport, timeliness_report
 from gateway.errors import ConfigError
 from gateway.records import Operation, Record
+from gateway.store import Store
 from gateway.store import schema as s
-from gateway.store.composed import Store
 from gateway.store.outbox import Outcome
 from tests.support.helpers import json_encoder, outbox, write_config
 
@@ -43,17 +43,17 @@ def record(key: str, decision: str, authority: str = MARKET, dataset: str = "pen
 
 
 async def intake(store: Store, records: Sequence[Record], routes: dict[str, list[str]] = ROUTES) -> None:
-    await store.commit_intake("test", records, [], None, routes, len(records))
+    await store.intake.commit_intake("test", records, [], None, routes, len(records))
 
 
 async def deliver(store: Store, keys: Sequence[str], at: str, dataset: str = "penalty",
                   target: str = "province") -> None:
     """Lease what is pending, acknowledge ``keys`` (the rest goes back to pending), receipt dated ``at``."""
-    batch = await store.lease_batch(target, dataset, 1000, json_encoder())
+    batch = await store.outbox.lease_batch(target, dataset, 1000, json_encoder())
     assert batch is not None
     leased = [(r["record_key"], r["version"]) for r in await outbox(store) if r["batch_id"] == batch.id]
-    await store.complete_batch(batch, [Outcome(k, v, "accepted") for k, v in leased if k in keys], {}, "r", 1.0)
-    async with store.tx() as conn:
+    await store.outbox.complete_batch(batch, [Outcome(k, v, "accepted") for k, v in leased if k in keys], {}, "r", 1.0)
+    async with store.db.tx() as conn:
         await conn.execute(update(s.receipts).where(s.receipts.c.batch_id == batch.id)
                            .values(received_at=dt.datetime.fromisoformat(at).timestamp()))
 
@@ -182,7 +182,7 @@ class TestLimitsAndGaps:
             asked.append(str(decision))
             return midnight if decision == "2026-02-12" else None  # 02-09: no deadline known
 
-        rows = sorted(await store.timeliness_rows(deadline))
+        rows = sorted(await store.reports.timeliness_rows(deadline))
         assert sorted(asked) == ["2026-02-09", "2026-02-12"]  # only dates with deliveries need a deadline
         assert rows == [("penalty", MARKET, "2026-02-09", 1, 1, 0), ("penalty", MARKET, "2026-02-10", 1, 0, 0),
                         ("penalty", MARKET, "2026-02-12", 4, 3, 2)]

@@ -24,8 +24,8 @@ from gateway.inbound.batch import as_xml_text, batch_json, batch_xml
 from gateway.inbound.client import InboundClient, PushRefused
 from gateway.sealing.base import Credentials, get_profile, verify_detached
 from gateway.sealing.target import receipt_bytes
+from gateway.store import open_store
 from gateway.store import schema as s
-from gateway.store.database import open_store
 from tests.sealing.test_xmlsafe import BILLION_LAUGHS, external_entity
 from tests.support.helpers import ledger, outbox, select_rows, wait_for
 from tests.support.inbound_helpers import (
@@ -68,8 +68,8 @@ async def test_push_lands_in_ledger_and_outbox(tmp_path: Path, store_url: str, p
         answer = await partner.send(batch)  # raises unless the receipt verifies
         held = await ledger(store)
         queued = await outbox(store, target="platform")
-        quarantined = await store.list_quarantine()
-        stored = await store.show_inbound("platform", batch.batch_id)
+        quarantined = await store.reports.list_quarantine()
+        stored = await store.inbound.show_inbound("platform", batch.batch_id)
     assert [r["status"] for r in answer["results"]] == ["accepted"] * 4 + ["rejected"]
     assert answer["results"][4]["errors"][0]["field"] == "decision_date"
     assert len(held) == 4 and {r["source"] for r in held.values()} == {"inbound.platform"}
@@ -148,8 +148,9 @@ async def test_old_nonces_are_pruned(tmp_path: Path, rsa_pki: Pki) -> None:
     rows = sample_rows(tmp_path, 1)
     async with endpoint(write_config(tmp_path, sqlite_url(tmp_path), rsa_pki)) as (_config, store, server):
         await client(server.url, rsa_pki, "cms").send(rows)
-        assert await store.prune_nonces(900) == 0 and await store.nonce_count() == 1
-        assert await store.prune_nonces(900, now=time.time() + 901) == 1 and await store.nonce_count() == 0
+        assert await store.inbound.prune_nonces(900) == 0 and await store.inbound.nonce_count() == 1
+        assert await store.inbound.prune_nonces(900,
+                                                now=time.time() + 901) == 1 and await store.inbound.nonce_count() == 0
 
 
 # ---------------------------------------------------------------- refusals: nothing stored

@@ -28,17 +28,16 @@ from gateway.config import Config, load_config
 from gateway.daemon import Gateway
 from gateway.domain.calendar import WorkCalendar
 from gateway.domain.datasets import BLACK_LIST, RED_LIST
-from gateway.domain.lists import ListView, conflicts, list_status
 from gateway.domain.sanctions import OPEN, sanctions_report
 from gateway.domain.subject_keys import KeySecret
 from gateway.inbound.batch import BatchError, ListState, SnapshotMark, batch_json, batch_xml, parse_batch
 from gateway.inbound.client import InboundClient
+from gateway.jobs import ListView, conflicts, list_status
 from gateway.pipeline.engine import china_today
 from gateway.sandbox.server import Sandbox, SandboxConfig
 from gateway.sealing.target import load_sealing
+from gateway.store import Store, open_store
 from gateway.store import schema as s
-from gateway.store.composed import Store
-from gateway.store.database import open_store
 from gateway.web.server import start_web
 from tests.conftest import TOKEN
 from tests.pipeline.test_sanctions import case
@@ -339,7 +338,7 @@ async def test_pushed_case_lands_like_a_pulled_one(world: World) -> None:
     await world.deliver()  # the platform_cases source pulls the same case; the department gets it once
     held = await ledger(world.store)
     assert [r["version"] for r in held.values()] == [1]
-    async with world.store.engine.connect() as conn:
+    async with world.store.db.engine.connect() as conn:
         pulled = (await conn.execute(select(s.intake.c.accepted, s.intake.c.unchanged).where(
             s.intake.c.source == "platform_cases", s.intake.c.rows > 0))).all()
     assert [tuple(r) for r in pulled] == [(0, 1)]

@@ -20,8 +20,7 @@ from gateway.cli import main
 from gateway.cli.remote import client_context
 from gateway.config import Config, load_config
 from gateway.errors import ConfigError
-from gateway.store.composed import Store
-from gateway.store.database import open_store
+from gateway.store import Store, open_store
 from gateway.web.admin import AdminServer
 from tests.support.helpers import make_department_db, read_rows, to_record, to_reject
 from tests.support.inbound_helpers import make_pki, write_config
@@ -62,7 +61,7 @@ async def admin_api(tmp_path: Path, store_url: str) -> AsyncIterator[tuple[Confi
     assert config.admin is not None
     store = await open_store(config.store_url())
     valid, invalid = _rows_with_ids(tmp_path)
-    await store.commit_intake("department_penalties", [to_record(r) for r in valid],
+    await store.intake.commit_intake("department_penalties", [to_record(r) for r in valid],
                               [to_reject(r) for r in invalid], None, config.routes(), len(valid) + len(invalid))
     try:
         async with AdminServer(config, config.admin, store) as server:
@@ -97,15 +96,15 @@ class TestTokens:
             assert status == 403 and "needs operator" in answer["message"]
             status, answer, _ = await _call(url, "POST", "/spool/retry", READ_TOKEN, {"all": True})
             assert status == 403
-            assert len(await store.list_quarantine()) == 3  # nothing was resolved
+            assert len(await store.reports.list_quarantine()) == 3  # nothing was resolved
 
     async def test_operator_token_acts(self, tmp_path: Path, store_url: str) -> None:
         async with admin_api(tmp_path, store_url) as (_config, store, url, _path):
-            entries = await store.list_quarantine()
+            entries = await store.reports.list_quarantine()
             status, answer, _ = await _call(url, "POST", "/quarantine/resolve", OPERATOR_TOKEN,
                                             {"ids": [entries[0]["id"]]})
             assert (status, answer) == (200, {"resolved": 1})
-            assert len(await store.list_quarantine()) == 2
+            assert len(await store.reports.list_quarantine()) == 2
             status, answer, _ = await _call(url, "POST", "/quarantine/replay", OPERATOR_TOKEN, {"all": True})
             assert status == 200 and (answer["fixed"], answer["still"]) == (0, 2)
             status, answer, _ = await _call(url, "POST", "/spool/retry", OPERATOR_TOKEN, {"target": "platform"})
@@ -126,7 +125,7 @@ class TestMasking:
                 status, answer, _ = await _call(url, "GET", path, READ_TOKEN)
                 assert status == 200
                 texts.append(orjson.dumps(answer).decode())
-            entry = (await store.list_quarantine())[0]
+            entry = (await store.reports.list_quarantine())[0]
             status, shown, _ = await _call(url, "GET", f"/quarantine/{entry['id']}", READ_TOKEN)
             texts.append(orjson.dumps(shown).decode())
         assert entry["raw"]["zjhm"] in numbers  # the store holds the number...

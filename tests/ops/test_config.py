@@ -14,10 +14,11 @@ from typing import ClassVar
 
 import pytest
 
-from gateway.config import DaemonSettings, RetrySettings, load_config
+from gateway.config import load_config
 from gateway.domain.datasets import CREDIT_LIST, DATASETS
 from gateway.errors import ConfigError
 from gateway.mapping import InboundMapping, OutboundMapping
+from gateway.pipeline.config import DaemonSettings, RetrySettings
 
 ROOT = Path(__file__).resolve().parents[2]
 MAPPINGS = (ROOT / "mappings").as_posix()

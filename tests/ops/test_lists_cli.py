@@ -16,8 +16,8 @@ from gateway.daemon import Gateway
 from gateway.domain.datasets import BLACK_LIST, RED_LIST
 from gateway.errors import ConfigError
 from gateway.sandbox.server import Sandbox
+from gateway.store import Store
 from gateway.store import schema as s
-from gateway.store.composed import Store
 from tests.support.helpers import select_rows
 from tests.support.list_helpers import (
     dept_rows,
@@ -106,7 +106,7 @@ async def test_daemon_job_repairs_with_the_adapters_it_has_open(prepared: tuple[
     rows = dept_rows(dept)
     assert rows[f"{BLACK}|{uscc(1)}|"]["subject_name"] == "苏州测试企业1有限公司"
     assert rows[f"{RED}|{uscc(3)}|"]["reason"] == "事由3"
-    repairs = [e for e in await store.events(kind="lists.repair")]
+    repairs = [e for e in await store.reports.events(kind="lists.repair")]
     assert sorted(orjson.loads(e["detail"])["queued"] for e in repairs) == [1, 1]
 
 

@@ -237,7 +237,7 @@ class TestDriverLogs:
     async def test_sql_parameters_never_reach_the_log_at_debug(self, tmp_path: Any) -> None:
         """At log_level = debug the gateway's own debug lines appear, the database drivers' (which carry SQL
         parameters: ID and passport numbers in full) do not; a real aiosqlite query runs in between."""
-        from gateway.store.database import open_store
+        from gateway.store import open_store
 
         buffer = io.StringIO()
         root = logging.getLogger()
@@ -246,7 +246,7 @@ class TestDriverLogs:
             setup_logging("debug", "json", (), stream=buffer)
             store = await open_store(f"sqlite:///{tmp_path / 'store.db'}")
             try:
-                await store.load_cursor("passport E12345678")
+                await store.intake.load_cursor("passport E12345678")
             finally:
                 await store.aclose()
             logging.getLogger("gateway.test").debug("gateway debug line")

@@ -12,7 +12,7 @@ import pytest
 
 from gateway.config import load_config
 from gateway.daemon import Gateway
-from gateway.store.database import open_store
+from gateway.store import open_store
 from tests.support.helpers import MAPPINGS, make_department_db, write_config
 
 

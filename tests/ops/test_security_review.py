@@ -146,7 +146,7 @@ class TestSlowClients:
     async def test_admin_api_cuts_off_headers_that_never_end(self, tmp_path: Path) -> None:
         """The admin API (tokens are checked only once the headers are in) had the same hour-long default."""
         from gateway.config import load_config
-        from gateway.store.database import open_store
+        from gateway.store import open_store
 
         config = load_config(write_config(tmp_path, f"sqlite:///{tmp_path / 's.db'}", None,
                                           extra=_admin_toml(tmp_path)))
@@ -183,7 +183,7 @@ class TestNumericIdNumbers:
         async with endpoint(path) as (config, store, server):
             answer = await client(server.url, pki, "cms").send([row])
             assert answer["failSize"] == 1
-            held = (await store.list_quarantine())[0]
+            held = (await store.reports.list_quarantine())[0]
             assert held["raw"]["zjhm"] == ID_NUMBER  # the store keeps what was sent
             assert config.admin is not None
             async with AdminServer(config, config.admin, store) as admin:

@@ -25,8 +25,7 @@ from gateway.errors import ConfigError
 from gateway.pipeline.engine import TargetWorker, china_today
 from gateway.sandbox.platform import simulated_reject
 from gateway.sandbox.server import Faults, Sandbox
-from gateway.store.composed import Store
-from gateway.store.database import open_store
+from gateway.store import Store, open_store
 from gateway.testing.rows import SampleResult, apply_changes
 from tests.conftest import TOKEN
 from tests.support.helpers import (
@@ -85,7 +84,7 @@ def assert_applied_once(sandbox: Sandbox, keys: Sequence[str]) -> None:
 
 
 async def status(store: Store) -> dict[str, Any]:
-    return {row["target"]: row for row in await store.target_status()}[TARGET]
+    return {row["target"]: row for row in await store.reports.target_status()}[TARGET]
 
 
 async def assert_consistent(store: Store) -> None:
@@ -111,7 +110,7 @@ class TestHappyPath:
         keys = expected_keys(sample)
         assert_applied_once(sandbox, list(keys))
         assert {k: v[0] for k, v in sandbox.held(TABLE).items()} == dict.fromkeys(keys, 1)
-        quarantined = await store.list_quarantine("open", "mapping", limit=1000)
+        quarantined = await store.reports.list_quarantine("open", "mapping", limit=1000)
         assert {q["source_key"] for q in quarantined} == {str(i) for i in broken_ids(sample)}
         assert all(q["reasons"] and q["reasons"][0]["message"] for q in quarantined)
         done = [b for b in await batches(store) if b["state"] == "done"]
@@ -136,7 +135,7 @@ class TestPartialRejection:
         keys = set(expected_keys(sample))
         refused = {k for k in keys if simulated_reject(k, 1, faults.reject_rate, faults.seed)}
         assert refused, "the seed must make the platform refuse some records"
-        entries = await store.list_quarantine("open", "target", limit=1000)
+        entries = await store.reports.list_quarantine("open", "target", limit=1000)
         assert {e["record_key"] for e in entries} == refused
         assert {(r["code"], r["message"]) for e in entries for r in e["reasons"]} == {("7099", "模拟拒收")}
         assert all(e["target"] == TARGET and e["raw"]["decision_no"] for e in entries)
@@ -227,7 +226,7 @@ class TestCircuitBreaker:
             assert worker.circuit.state == "open"
             sent = sandbox.stats()["requests"]
             assert sent == 3
-            await store.retry_now()
+            await store.reports.retry_now()
             for _ in range(5):
                 assert await settle(worker) == 0
             clock.now += 29.0
@@ -256,7 +255,7 @@ class TestDeadLetters:
             assert len(dead) == 4 and {b["attempts"] for b in dead} == {2}
             assert ((await status(store))["dead"], sandbox.held(TABLE)) == (40, {})
             sandbox.set_faults(Faults())
-            assert await store.replay_dead() == 40
+            assert await store.reports.replay_dead() == 40
             assert await gw.run_until_idle(timeout_s=60)
         assert_applied_once(sandbox, keys)
         st = await status(store)
@@ -293,7 +292,7 @@ class TestPerKeyOrder:
             row = read_rows(sample.path, "xzcf", [7])[0]
             key = to_record(row).key
             await poll_all(gw)
-            await store.retry_now()
+            await store.reports.retry_now()
             assert await settle(worker) == 1  # only the v1 batch is retried; v2 is held back
             assert [(r["version"], r["state"]) for r in await outbox(store, key)] == [(1, "leased"), (2, "pending")]
             sandbox.set_faults(Faults())
@@ -361,7 +360,7 @@ class TestShutdown:
             await asyncio.wait_for(task, timeout=config.daemon.shutdown_grace_s + 5)
             assert worker.inflight == {}
         await assert_consistent(store)
-        assert (await store.heartbeats())[0]["state"]["state"] == "stopped"
+        assert (await store.reports.heartbeats())[0]["state"]["state"] == "stopped"
         sandbox.set_faults(Faults())
         async with Gateway(config, store) as again:
             assert await again.run_until_idle(timeout_s=60)

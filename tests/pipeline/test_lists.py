@@ -13,14 +13,15 @@ from gateway.adapter import SnapshotPage
 from gateway.config import Config
 from gateway.daemon import Gateway
 from gateway.domain.datasets import BLACK_LIST, RED_LIST, WATCH_LIST
-from gateway.domain.lists import ListView, conflicts, list_status, membership_digest, reconcile
+from gateway.domain.lists import membership_digest
 from gateway.domain.subject_keys import KeySecret
 from gateway.errors import PermanentError
+from gateway.jobs import ListView, conflicts, list_status, reconcile
 from gateway.records import Operation, Record
 from gateway.sandbox.server import Sandbox, SandboxConfig
 from gateway.sealing.base import Credentials
+from gateway.store import Store
 from gateway.store import schema as s
-from gateway.store.composed import Store
 from tests.conftest import TOKEN
 from tests.support.helpers import select_rows
 from tests.support.list_helpers import (
@@ -195,7 +196,7 @@ class TestRefusedByTheDepartment:
         sandbox.lists.publish(RED, RED_LIST, [org_item(1), org_item(2, ZTMC="拒收企业")])
         await run(config, store)
         assert set(dept_rows(dept)) == {key(RED, 1)}
-        [entry] = await store.list_quarantine("open", "target")
+        [entry] = await store.reports.list_quarantine("open", "target")
         assert entry["record_key"] == key(RED, 2) and "refused by the department" in entry["reasons"][0]["message"]
         [repair] = await reconcile(config, store)
         assert repair.requeued == 0
@@ -213,16 +214,16 @@ class TestSnapshotStore:
     async def test_pages_restarts_and_scope(self, store: Store) -> None:
         """Only the final page sweeps; a restarted snapshot ignores the earlier attempt; other lists are untouched."""
         routes = {"credit_list": ["t"]}
-        await store.commit_intake("src", [self.entry("A", n) for n in (1, 2, 3)] + [self.entry("AB", 9)], [],
+        await store.intake.commit_intake("src", [self.entry("A", n) for n in (1, 2, 3)] + [self.entry("AB", 9)], [],
                                   {"p": 0}, routes, 4)
         first = SnapshotPage("credit_list", "A", "s-1", final=False)
-        await store.commit_intake("src", [self.entry("A", 1), self.entry("A", 2)], [], {"p": 1}, routes, 2,
+        await store.intake.commit_intake("src", [self.entry("A", 1), self.entry("A", 2)], [], {"p": 1}, routes, 2,
                                   snapshot=first)
         retry = SnapshotPage("credit_list", "A", "s-2", final=False)  # the list moved: start again
-        await store.commit_intake("src", [self.entry("A", 1)], [], {"p": 2}, routes, 1, snapshot=retry)
+        await store.intake.commit_intake("src", [self.entry("A", 1)], [], {"p": 2}, routes, 1, snapshot=retry)
         ledger = {r["record_key"]: r for r in await select_rows(store, s.records, order=s.records.c.id)}
         assert {r["operation"] for r in ledger.values()} == {"upsert"}  # nothing swept before the final page
-        result = await store.commit_intake("src", [self.entry("A", 3)], [], {"p": 3}, routes, 1,
+        result = await store.intake.commit_intake("src", [self.entry("A", 3)], [], {"p": 3}, routes, 1,
                                            snapshot=SnapshotPage("credit_list", "A", "s-2", final=True))
         ledger = {r["record_key"]: r for r in await select_rows(store, s.records, order=s.records.c.id)}
         assert ledger[f"A|{uscc(2)}|"]["operation"] == "withdraw"  # named only by the abandoned attempt
@@ -249,7 +250,7 @@ class TestRedBlackConflicts:
         assert found[key(RED, person=6, secret=secret)].subject == "320505********" + resident_id(6)[-4:]  # masked
         assert found[key(RED, person=6, secret=secret)].red["id_no"].count("*") == 8
         assert found[key(RED, person=6, secret=secret)].black_key == key(BLACK, person=6, secret=secret)
-        events = await store.events(kind="lists.conflict")
+        events = await store.reports.events(kind="lists.conflict")
         assert {e["record_key"] for e in events} == set(found)
         assert not any(resident_id(6) in str(e) for e in events)  # the keys name the subject, not its ID number
         held = [r for r in await outbox_rows(store) if r["state"] == "held"]
@@ -263,7 +264,7 @@ class TestRedBlackConflicts:
         rows = dept_rows(dept)
         assert rows[key(RED, 5)]["reason"] == "新事由" and key(RED, person=6, secret=secret) not in rows
         assert [c.red_key for c in await conflicts(store)] == [key(RED, person=6, secret=secret)]
-        assert {e["record_key"] for e in await store.events(kind="lists.released")} == {key(RED, 5)}
+        assert {e["record_key"] for e in await store.reports.events(kind="lists.released")} == {key(RED, 5)}
         assert_converged(await views(config, store))
 
     async def test_full_width_id_number_is_the_same_subject(self, sandbox: Sandbox, store: Store, config: Config,
@@ -276,7 +277,7 @@ class TestRedBlackConflicts:
         sandbox.lists.publish(BLACK, BLACK_LIST, [person_item(6, ZJHM=wide)])
         sandbox.lists.publish(RED, RED_LIST, [person_item(6)])
         await run(config, store)
-        assert await store.list_quarantine("open") == []
+        assert await store.reports.list_quarantine("open") == []
         rows = dept_rows(dept)
         assert key(BLACK, person=6, secret=secret) in rows and key(RED, person=6, secret=secret) not in rows
         assert rows[key(BLACK, person=6, secret=secret)]["id_no"] == resident_id(6)
@@ -330,4 +331,4 @@ class TestSignedAnswers:
                 with pytest.raises(PermanentError, match="refused"):
                     await gw.intakes["platform_lists"].poll()
         assert await select_rows(store, s.records, order=s.records.c.id) == []
-        assert await store.load_cursor("platform_lists") is None
+        assert await store.intake.load_cursor("platform_lists") is None

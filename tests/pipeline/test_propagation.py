@@ -15,8 +15,7 @@ import pytest
 
 from gateway.domain.publicity import DEFAULT_RULES, period_of
 from gateway.pipeline.engine import china_today
-from gateway.store.composed import Store
-from gateway.store.confirmations import list_changes
+from gateway.store import Store
 from gateway.testing.rows import apply_changes, insert_rows
 from tests.support.helpers import make_department_db, outbox, read_rows, receipts, to_record
 from tests.support.rules_helpers import (
@@ -72,7 +71,7 @@ class TestChangeReachesEveryTarget:
 
         rows = [r for r in await outbox(store, key) if r["version"] == 2]
         assert sorted((r["target"], r["state"]) for r in rows) == sorted((t, "delivered") for t in THREE)
-        changes = [c for c in await list_changes(store.engine, list(config.targets)) if c.record_key == key]
+        changes = [c for c in await store.history.list_changes(list(config.targets)) if c.record_key == key]
         assert [(c.version, c.operation, c.confirmed, len(c.deliveries)) for c in changes] == [(2, change, 3, 3)]
         stored = await receipt_ids(store)
         assert all(d.receipt_id in stored[d.target] for d in changes[0].deliveries)
@@ -108,7 +107,7 @@ class TestUnroutedHolder:
             new_keys = {to_record(r).key for r in read_rows(sample.path, ids=new_ids)}
             assert new_keys <= set(sandboxes["province"].held(TABLE)) and new_keys <= set(sandboxes["city"].held(TABLE))
             assert not new_keys & set(sandboxes["partner"].held(TABLE))
-        changes = await list_changes(store.engine, list(narrowed.targets), operation="revoke")
+        changes = await store.history.list_changes(list(narrowed.targets), operation="revoke")
         assert [(c.confirmed, len(c.deliveries)) for c in changes if c.record_key == key] == [(3, 3)]
 
     async def test_a_target_added_later_gets_the_record_as_it_now_is(
@@ -125,7 +124,7 @@ class TestUnroutedHolder:
             everyone = write_rules_config(tmp_path, store_url, sample.path, sandboxes, name="three.toml")
             await deliver(everyone, store)
             assert held(sandboxes, key) == dict.fromkeys(THREE, (2, "revoke", "1"))
-        assert await store.list_quarantine("open", "target") == []
+        assert await store.reports.list_quarantine("open", "target") == []
 
 
 class TestRepair:
@@ -149,7 +148,7 @@ class TestRepair:
             await deliver(config, store, today=period.min_end - dt.timedelta(days=1))
             assert held(sandboxes, key) == dict.fromkeys(THREE, (1, "upsert", "0"))
             assert len(await outbox(store)) == before
-            [entry] = await store.list_quarantine("open", "mapping")
+            [entry] = await store.reports.list_quarantine("open", "mapping")
             reason = entry["reasons"][0]["message"]
             assert entry["source_key"] == str(row["id"]) and entry["record_key"] == key
             assert "特种设备" in reason and str(period.min_end) in reason and "信用修复" in reason
@@ -159,8 +158,8 @@ class TestRepair:
             apply_changes(sample.path, table="xzcf", ids=[row["id"]], change="touch")  # read again, on the day
             await deliver(config, store, today=period.min_end)
             assert held(sandboxes, key) == dict.fromkeys(THREE, (2, "withdraw", "3"))
-        assert await store.list_quarantine("open", "mapping") == []
-        [change] = [c for c in await list_changes(store.engine, list(config.targets)) if c.record_key == key]
+        assert await store.reports.list_quarantine("open", "mapping") == []
+        [change] = [c for c in await store.history.list_changes(list(config.targets)) if c.record_key == key]
         assert (change.version, change.operation, change.reason, change.confirmed) == (2, "withdraw", "信用修复", 3)
 
 
@@ -184,5 +183,5 @@ class TestRepairReplay:
             assert code == 1 and "0 row(s) now valid" in text
             assert sandboxes["province"].held(TABLE)[key_of(row)][:2] == (1, "upsert")
         assert len(await outbox(store)) == before
-        [entry] = await store.list_quarantine("open", "mapping")
+        [entry] = await store.reports.list_quarantine("open", "mapping")
         assert entry["hits"] == 2 and "minimum publicity period ends" in entry["reasons"][0]["message"]

@@ -29,11 +29,9 @@ from gateway.domain.publicity import (
     stamped,
 )
 from gateway.errors import ConfigError
+from gateway.jobs import run_publicity
 from gateway.pipeline.engine import china_today
-from gateway.store.composed import Store
-from gateway.store.confirmations import list_changes
-from gateway.store.database import open_store
-from gateway.store.publicity import publicity_report, run_publicity
+from gateway.store import Store, open_store
 from gateway.testing.rows import apply_changes
 from tests.support.helpers import ledger, make_department_db, outbox, penalty_mapping, to_record
 from tests.support.rules_helpers import (
@@ -316,7 +314,7 @@ class TestAutomaticWithdraw:
             await deliver(config, store)
             assert len(await outbox(store)) == rows + 2 and (await ledger(store))[key]["version"] == 2
 
-        [change] = [c for c in await list_changes(store.engine, list(config.targets)) if c.record_key == key]
+        [change] = [c for c in await store.history.list_changes(list(config.targets)) if c.record_key == key]
         assert (change.origin, change.reason, change.confirmed, len(change.deliveries)) == (
             "publicity", "公示期满", 2, 2)
         code, text = await run_cli(capsys, config, "publicity", "--today", str(period.max_end), "--json")
@@ -348,8 +346,10 @@ class TestAutomaticWithdraw:
             config = write_rules_config(tmp_path, store_url, sample.path, sandboxes, public=PUBLIC)
             await deliver(config, store)
             await run_publicity(store, config, period.max_end - dt.timedelta(days=20))
-        inside = await publicity_report(store, config, period.max_end - dt.timedelta(days=10), 10)
-        outside = await publicity_report(store, config, period.max_end - dt.timedelta(days=10), 9)
+        inside = await store.publicity.report(list(config.targets), config.publicity.datasets,
+                                              period.max_end - dt.timedelta(days=10), 10)
+        outside = await store.publicity.report(list(config.targets), config.publicity.datasets,
+                                               period.max_end - dt.timedelta(days=10), 9)
         assert [(r["record_key"], r["state"]) for r in inside["upcoming"]] == [(key, "upcoming")]
         assert outside["upcoming"] == [] and inside["undated"] == 0
         code, text = await run_cli(capsys, config, "publicity", "--today", str(period.max_end), "--due-within", "0")
@@ -375,7 +375,7 @@ class TestEndedBeforeSending:
             assert held["province"] == held["partner"] == held["city"] - {key}  # only that record is withheld
             assert _states(await outbox(store, key)) == [
                 ("city", 1, "delivered"), ("partner", 1, "withheld"), ("province", 1, "withheld")]
-            status = {r["target"]: (r["withheld"], r["backlog"]) for r in await store.target_status()}
+            status = {r["target"]: (r["withheld"], r["backlog"]) for r in await store.reports.target_status()}
             assert status == {"city": (0, 0), "partner": (1, 0), "province": (1, 0)}
 
             rows = len(await outbox(store))
@@ -395,7 +395,7 @@ class TestEndedBeforeSending:
             await deliver(config, store)
             assert sandboxes["city"].held(TABLE)[key][:2] == (3, "object")
             assert all(key not in sandboxes[n].held(TABLE) for n in PUBLIC)
-        [change] = [c for c in await list_changes(store.engine, list(config.targets)) if c.record_key == key]
+        [change] = [c for c in await store.history.list_changes(list(config.targets)) if c.record_key == key]
         assert (change.version, change.operation, change.confirmed, change.withheld, change.unconfirmed) == (
             3, "object", 1, 2, False)
         assert change.summary() == "confirmed 1 of 3 target(s), 2 withheld (publicity ended)"
@@ -452,7 +452,7 @@ class TestWaiting:
             waiting = await run_publicity(store, config, period.max_end)
             assert (waiting.withdrawn, waiting.waiting) == (0, 1)
             sandboxes["city"].set_faults(Faults())
-            await store.retry_now(target="city")
+            await store.reports.retry_now(target="city")
             await deliver(config, store)
             assert sandboxes["city"].held(TABLE)[key][:2] == (1, "upsert")
             done = await run_publicity(store, config, period.max_end)

@@ -10,7 +10,7 @@ from gateway.config import load_config
 from gateway.daemon import Gateway
 from gateway.errors import ConfigError
 from gateway.sandbox.server import Sandbox
-from gateway.store.database import open_store
+from gateway.store import open_store
 from tests.conftest import TOKEN
 from tests.support.helpers import make_department_db, write_config
 

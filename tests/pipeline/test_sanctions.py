@@ -30,7 +30,7 @@ from gateway.pipeline.engine import china_today
 from gateway.sandbox.server import Sandbox, SandboxConfig
 from gateway.sealing.base import Credentials
 from gateway.sealing.target import load_sealing
-from gateway.store.database import open_store
+from gateway.store import open_store
 from tests.conftest import TOKEN
 from tests.support.helpers import MAPPINGS
 from tests.support.pki import CA, Issued, make_ca
@@ -293,8 +293,8 @@ class TestClosedLoop:
         """Every platform receipt kept in the store carries the platform's signature (checked before storing)."""
         store = await open_store(world.config.store_url())
         try:
-            batches = await store.list_batches("platform", limit=100)
-            bodies = [(await store.show_batch(b["id"]) or {})["receipt"]["body"] for b in batches]
+            batches = await store.reports.list_batches("platform", limit=100)
+            bodies = [(await store.reports.show_batch(b["id"]) or {})["receipt"]["body"] for b in batches]
         finally:
             await store.aclose()
         assert batches and {b["state"] for b in batches} == {"done"}
@@ -304,7 +304,7 @@ class TestClosedLoop:
         """Feedback for a case the platform never issued is refused with its code 7101 and quarantined."""
         store = await open_store(world.config.store_url())
         try:
-            entries = await store.list_quarantine("open", "target")
+            entries = await store.reports.list_quarantine("open", "target")
         finally:
             await store.aclose()
         assert [(e["target"], e["record_key"], e["reasons"][0]["code"]) for e in entries] == [

@@ -24,11 +24,10 @@ import pytest
 
 from adapters.sql.source import SqlSource
 from gateway.adapter import AdapterContext, SourceBatch
-from gateway.config import SourceConfig
+from gateway.pipeline.config import SourceConfig
 from gateway.pipeline.engine import Intake
 from gateway.records import LedgerEntry
-from gateway.store.composed import Store
-from gateway.store.database import open_store
+from gateway.store import Store, open_store
 from gateway.stored import Reject
 from gateway.testing.rows import apply_changes, insert_rows
 from tests.support.helpers import (
@@ -129,11 +128,11 @@ async def test_a_page_read_before_another_instance_committed_is_not_committed(
     assert await b.intake.poll() == 1  # hub-b commits R's second edit
     new_ids = insert_rows(department, table="xzcf", count=2, seed=7, gxsj=base + dt.timedelta(seconds=2))
     held_b = await b.start_held_poll()  # hub-b has read the new rows from the watermark after R's second edit
-    watermark = await b.intake.store.load_cursor(SOURCE)
+    watermark = await b.intake.store.intake.load_cursor(SOURCE)
 
     a.hold.release.set()
     await asyncio.wait_for(held_a, 30)
-    after_a = await a.intake.store.load_cursor(SOURCE)
+    after_a = await a.intake.store.intake.load_cursor(SOURCE)
     b.hold.release.set()
     assert await asyncio.wait_for(held_b, 30) == 2
     for inst in (a, b):
@@ -144,7 +143,8 @@ async def test_a_page_read_before_another_instance_committed_is_not_committed(
         f"the ledger holds v{held['version']} of row {row_id} with older content than the source's latest")
     assert after_a == watermark, f"hub-a's stale page moved the watermark from {watermark} to {after_a}"
     assert held["version"] == 2  # v1, then the second edit; the first edit was never committed over it
-    assert await a.intake.store.load_cursor(SOURCE) == [read_rows(department, ids=new_ids)[-1]["gxsj"], new_ids[-1]]
+    assert await a.intake.store.intake.load_cursor(SOURCE) == [read_rows(department, ids=new_ids)[-1]["gxsj"],
+                                                               new_ids[-1]]
 
 
 async def test_an_instance_whose_page_was_overtaken_logs_no_error(

@@ -26,9 +26,8 @@ from gateway.pipeline.encode import Encoded, EncodePlan
 from gateway.pipeline.engine import china_today
 from gateway.sandbox.server import Sandbox, SandboxConfig
 from gateway.sealing.base import Credentials
+from gateway.store import Store, open_store
 from gateway.store import schema as s
-from gateway.store.composed import Store
-from gateway.store.database import open_store
 from gateway.store.outbox import EncodedBatch
 from gateway.stored import RAW_BODY, Candidate, body_digest, pack_body, unpack_body
 from tests.conftest import TOKEN
@@ -42,7 +41,7 @@ TARGET = "platform"
 async def _both_ways(gw: Gateway, store: Store, rows: int) -> tuple[EncodedBatch, EncodedBatch]:
     """The same candidate rows encoded in the worker process and in the daemon, under one batch id."""
     worker = gw.workers[TARGET]
-    found = await store.read_candidates(TARGET, "penalty", rows)
+    found = await store.outbox.read_candidates(TARGET, "penalty", rows)
     assert len(found.rows) >= gw.pool.min_rows  # large enough to go to the worker
     assert worker.pool is gw.pool and gw.pool.offloads(len(found.rows))
     in_worker = await worker.encode_batch("penalty", found, "b-same")
@@ -64,7 +63,7 @@ class TestWorkerEncoding:
             for intake in gw.intakes.values():
                 await intake.poll()
             broken = (await outbox(store))[7]
-            async with store.tx() as conn:
+            async with store.db.tx() as conn:
                 await conn.execute(update(s.records).where(s.records.c.id == broken["record_id"])
                                    .values(payload="{not json"))
             in_worker, here = await _both_ways(gw, store, 300)
@@ -225,7 +224,7 @@ class TestFileChangedUnderTheDaemon:
             for intake in gw.intakes.values():
                 await intake.poll()
             worker = gw.workers[TARGET]
-            found = await store.read_candidates(TARGET, "penalty", 300)
+            found = await store.outbox.read_candidates(TARGET, "penalty", 300)
             worker.pool = None
             expected = await worker.encode_batch("penalty", found, "b-same")
             worker.pool = gw.pool

@@ -24,14 +24,13 @@ import pytest
 from adapters.sql.pages import SqlitePageReader
 from adapters.sql.source import SqlSource
 from gateway.adapter import SourceBatch
-from gateway.config import SourceConfig
 from gateway.domain.publicity import PublicitySettings
 from gateway.errors import RetryableError
+from gateway.jobs import repair_screen
+from gateway.pipeline.config import SourceConfig
 from gateway.pipeline.engine import Intake, china_today
 from gateway.pipeline.workers import MapPool
-from gateway.store.composed import Store
-from gateway.store.database import open_store
-from gateway.store.publicity import repair_screen
+from gateway.store import Store, open_store
 from gateway.testing.rows import apply_changes
 from tests.adapters.test_source_encoding import _convert_to_gbk, _store_gbk
 from tests.adapters.test_sql_source import NAME, ROUTES, opened
@@ -207,7 +206,7 @@ class TestIntakeThroughTheWorker:
             in_worker = _count_worker_reads(pool)
             assert await intake.poll() == 251
         assert in_worker == [51]
-        [entry] = await store.list_quarantine("open", "mapping")
+        [entry] = await store.reports.list_quarantine("open", "mapping")
         assert entry["record_key"] == key_of(row) and "minimum publicity period" in entry["reasons"][0]["message"]
         with contextlib.closing(sqlite3.connect(sample.path)) as conn:
             zt = conn.execute("SELECT zt FROM xzcf WHERE id = ?", (row["id"],)).fetchone()[0]
@@ -221,7 +220,7 @@ async def _contents(store: Store) -> tuple[list[tuple[Any, ...]], list[tuple[Any
                      for r in (await ledger(store)).values())
     queued = sorted((r["record_key"], r["version"], r["target"]) for r in await outbox(store))
     held = sorted((q["source_key"], q["record_key"], str(q["reasons"]), str(q["raw"]))
-                  for q in await store.list_quarantine("open", "mapping", limit=10_000))
+                  for q in await store.reports.list_quarantine("open", "mapping", limit=10_000))
     return records, queued, held
 
 

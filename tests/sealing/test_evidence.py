@@ -10,7 +10,7 @@ import pytest
 
 from gateway.config import load_config
 from gateway.sealing.evidence import EvidenceError, build_evidence, verify_evidence
-from gateway.store.database import open_store
+from gateway.store import open_store
 from tests.sealing.test_sealed_delivery import _run
 
 
@@ -21,7 +21,7 @@ async def _evidence(tmp_path: Path, profile: str, kind: str) -> Path:
     config = load_config(tmp_path / "credit-gateway.toml")
     store = await open_store(config.store_url())
     try:
-        batch = await store.show_batch(batches[0]["id"])
+        batch = await store.reports.show_batch(batches[0]["id"])
     finally:
         await store.aclose()
     assert batch is not None

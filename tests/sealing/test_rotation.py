@@ -15,7 +15,7 @@ from gateway.sandbox.server import Sandbox, SandboxConfig
 from gateway.sealing.base import Credentials, EnvelopeError, Peer, SignatureError, get_profile
 from gateway.sealing.certs import RETIRED, expiry_warnings, inventory
 from gateway.sealing.target import load_sealing
-from gateway.store.database import open_store
+from gateway.store import open_store
 from tests.conftest import TOKEN
 from tests.support.helpers import make_department_db, write_config
 from tests.support.pki import CA, Issued, make_ca
@@ -54,7 +54,7 @@ async def _deliver(tmp_path: Path, profile: str, kind: str, overlap_until: str) 
     try:
         async with Gateway(config, store) as gw:
             await gw.run_until_idle(timeout_s=30)
-        batches = await store.list_batches("platform", limit=100)
+        batches = await store.reports.list_batches("platform", limit=100)
     finally:
         await store.aclose()
     return sandbox, batches, config

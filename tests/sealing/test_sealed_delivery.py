@@ -16,7 +16,7 @@ from gateway.daemon import Gateway
 from gateway.sandbox.server import Sandbox, SandboxConfig
 from gateway.sealing.base import Credentials, verify_detached
 from gateway.sealing.target import load_sealing, receipt_bytes
-from gateway.store.database import open_store
+from gateway.store import open_store
 from tests.conftest import TOKEN
 from tests.support.helpers import make_department_db, write_config
 from tests.support.pki import CA, Issued, make_ca
@@ -56,7 +56,7 @@ async def _run(tmp_path: Path, profile: str, kind: str, *, platform_cert: Issued
     try:
         async with Gateway(config, store) as gw:
             done = await gw.run_until_idle(timeout_s=timeout_s)
-        receipts = await store.list_batches("platform", limit=1000)
+        receipts = await store.reports.list_batches("platform", limit=1000)
     finally:
         await store.aclose()
     return sandbox, receipts, done

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, text, update
 
+from gateway.store import open_store
 from gateway.store import schema as s
-from gateway.store.database import open_store
 from tests.support.helpers import SOURCE, edited, ledger, make_department_db, outbox, read_rows, to_record
 from tests.support.pg_server import create_database
 
@@ -35,15 +35,16 @@ async def test_intake_waits_for_a_concurrent_version_and_builds_on_it(pg_url: st
     store = await open_store(pg_url)
     other = await open_store(pg_url)
     try:
-        await store.commit_intake(SOURCE, [to_record(row)], [], None, ROUTES, 1)
+        await store.intake.commit_intake(SOURCE, [to_record(row)], [], None, ROUTES, 1)
         key = to_record(row).key
         r = s.records.c
-        async with other.engine.connect() as conn:
+        async with other.db.engine.connect() as conn:
             tx = await conn.begin()
             # Another writer's next version of the key (what the publicity job's withdrawal does), not committed.
             await conn.execute(update(s.records).where(r.record_key == key).values(
                 version=2, operation="withdraw", updated_at=0.0))
-            intake = asyncio.create_task(store.commit_intake(SOURCE, [to_record(edited(row))], [], None, ROUTES, 1))
+            intake = asyncio.create_task(store.intake.commit_intake(SOURCE, [to_record(edited(row))], [], None,
+                                                                    ROUTES, 1))
             await _wait_until_blocked(other, intake)
             await tx.commit()
         result = await asyncio.wait_for(intake, 30)
@@ -57,7 +58,7 @@ async def test_intake_waits_for_a_concurrent_version_and_builds_on_it(pg_url: st
 
 async def _wait_until_blocked(store: object, intake: asyncio.Task[object]) -> None:
     """Until a backend of this database waits for a row lock (the intake), failing if intake finished first."""
-    engine = store.engine  # type: ignore[attr-defined]
+    engine = store.db.engine  # type: ignore[attr-defined]
     for _ in range(3000):
         if intake.done():
             raise AssertionError(f"intake did not wait for the other writer: {intake.result()!r}")

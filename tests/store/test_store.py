@@ -19,9 +19,8 @@ from sqlalchemy import event, inspect, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from gateway.errors import StoreError
+from gateway.store import Store, open_store
 from gateway.store import schema as s
-from gateway.store.composed import Store
-from gateway.store.database import open_store
 from gateway.store.outbox import Batch, DeliveryResult, EncodedBatch, LeaseLost, Outcome
 from gateway.stored import RAW_BODY, LeasedRecord, Reject
 from gateway.testing.rows import SampleResult, apply_changes
@@ -75,7 +74,7 @@ def cursor_of(rows: Sequence[dict[str, Any]]) -> list[Any]:
 async def intake(store: Store, rows: Sequence[dict[str, Any]], routes: Any = ROUTES,
                  rejects: Sequence[Reject] = ()) -> Any:
     records = [to_record(r) for r in rows]
-    return await store.commit_intake(SOURCE, records, rejects, cursor_of(rows) if rows else None, routes,
+    return await store.intake.commit_intake(SOURCE, records, rejects, cursor_of(rows) if rows else None, routes,
                                      len(rows) + len(rejects))
 
 
@@ -84,7 +83,7 @@ def states(rows: Sequence[dict[str, Any]]) -> Counter[tuple[str, int, str]]:
 
 
 async def lease(store: Store, limit: int = 100, target: str = "province", encoder: Any = None) -> Batch | None:
-    return await store.lease_batch(target, "penalty", limit, encoder or json_encoder())
+    return await store.outbox.lease_batch(target, "penalty", limit, encoder or json_encoder())
 
 
 async def leased_keys(store: Store, batch: Batch) -> list[tuple[str, int]]:
@@ -96,14 +95,14 @@ class TestMigrate:
         """Opening the same store again migrates nothing away: one schema_version row, the data stays."""
         first = await open_store(store_url)
         try:
-            await first.commit_intake(SOURCE, [], [], ["2025-01-01 00:00:00.000000", 7], ROUTES, 0)
+            await first.intake.commit_intake(SOURCE, [], [], ["2025-01-01 00:00:00.000000", 7], ROUTES, 0)
             second = await open_store(store_url)
             try:
                 assert await second.migrate() == s.SCHEMA_VERSION
-                async with second.engine.connect() as conn:
+                async with second.db.engine.connect() as conn:
                     meta = (await conn.execute(select(s.meta.c.name, s.meta.c.value))).all()
                 assert [tuple(m) for m in meta] == [("schema_version", str(s.SCHEMA_VERSION))]
-                assert await second.load_cursor(SOURCE) == ["2025-01-01 00:00:00.000000", 7]
+                assert await second.intake.load_cursor(SOURCE) == ["2025-01-01 00:00:00.000000", 7]
             finally:
                 await second.aclose()
         finally:
@@ -113,7 +112,7 @@ class TestMigrate:
         """A store written by a newer gateway (higher schema version) is refused with StoreError."""
         first = await open_store(store_url)
         try:
-            async with first.tx() as conn:
+            async with first.db.tx() as conn:
                 await conn.execute(update(s.meta).where(s.meta.c.name == "schema_version")
                                    .values(value=str(s.SCHEMA_VERSION + 1)))
         finally:
@@ -127,10 +126,10 @@ class TestMigrate:
         queue keeps working: a batch leases, and a new version supersedes the pending row of its key."""
         first = await open_store(store_url)
         try:
-            await first.commit_intake(SOURCE, [to_record(r) for r in valid_rows[:6]], [], None, ONE, 6)
-            leased = await first.lease_batch("province", "penalty", 2, json_encoder())
+            await first.intake.commit_intake(SOURCE, [to_record(r) for r in valid_rows[:6]], [], None, ONE, 6)
+            leased = await first.outbox.lease_batch("province", "penalty", 2, json_encoder())
             assert leased is not None
-            async with first.tx() as conn:  # the schema 1 shape: no record_id, an index on the keys
+            async with first.db.tx() as conn:  # the schema 1 shape: no record_id, an index on the keys
                 await conn.execute(text("DROP INDEX ix_outbox_record"))
                 await conn.execute(text("ALTER TABLE cg_outbox DROP COLUMN record_id"))
                 await conn.execute(text("CREATE INDEX ix_outbox_key ON cg_outbox (target, dataset, record_key)"))
@@ -139,7 +138,7 @@ class TestMigrate:
             await first.aclose()
         store = await open_store(store_url)
         try:
-            async with store.engine.connect() as conn:
+            async with store.db.engine.connect() as conn:
                 assert (await conn.execute(select(s.meta.c.value))).scalar() == str(s.SCHEMA_VERSION)
                 indexes = await conn.run_sync(lambda c: {i["name"] for i in inspect(c).get_indexes("cg_outbox")})
             assert "ix_outbox_record" in indexes and "ix_outbox_key" not in indexes
@@ -148,10 +147,10 @@ class TestMigrate:
             assert len(rows) == 6 and all(row["record_id"] == ids[row["record_key"]] for row in rows)
             pending = next(row for row in rows if row["state"] == "pending")
             changed = edited(next(r for r in valid_rows if to_record(r).key == pending["record_key"]))
-            await store.commit_intake(SOURCE, [to_record(changed)], [], None, ONE, 1)
+            await store.intake.commit_intake(SOURCE, [to_record(changed)], [], None, ONE, 1)
             states = [(row["version"], row["state"]) for row in await outbox(store, pending["record_key"])]
             assert states == [(1, "superseded"), (2, "pending")]
-            again = await store.lease_batch("province", "penalty", 10, json_encoder())
+            again = await store.outbox.lease_batch("province", "penalty", 10, json_encoder())
             assert again is not None and again.record_count == 4  # the other pending rows and the new version
         finally:
             await store.aclose()
@@ -160,10 +159,10 @@ class TestMigrate:
 class TestOutboxIndex:
     async def test_rows_of_keys_are_found_through_the_record_index(self, store: Store) -> None:
         """SQLite looks an outbox row up by ledger row id (ix_outbox_record), never by scanning the outbox."""
-        if store.dialect != "sqlite":
+        if store.db.dialect != "sqlite":
             pytest.skip("a SQLite query plan")
         stmt = select(s.outbox.c.id).where(s.outbox_of_keys("penalty", ["a", "b"]), s.outbox.c.target == "t")
-        async with store.engine.connect() as conn:
+        async with store.db.engine.connect() as conn:
             compiled = stmt.compile(conn.sync_engine, compile_kwargs={"literal_binds": True})
             plan = " | ".join(row[-1] for row in await conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}"))
         assert "USING INDEX ix_outbox_record" in plan or "USING COVERING INDEX ix_outbox_record" in plan, plan
@@ -215,7 +214,8 @@ class TestCommitIntake:
         """A key seen twice in one batch keeps its last state, with one pending row per target."""
         row = valid_rows[1]
         key = to_record(row).key
-        await store.commit_intake(SOURCE, [to_record(row), to_record(edited(row))], [], cursor_of([row]), ROUTES, 2)
+        await store.intake.commit_intake(SOURCE, [to_record(row), to_record(edited(row))], [], cursor_of([row]),
+                                         ROUTES, 2)
         book = await ledger(store)
         assert orjson.loads(book[key]["payload"])["content"].endswith("（更正）")
         pending = [r for r in await outbox(store, key) if r["state"] == "pending"]
@@ -231,7 +231,7 @@ class TestCommitIntake:
         first = await ledger(store)
         top = [first[to_record(r).key]["id"] for r in valid_rows[4:6]]  # the page's last keys got the last ids
         assert top == sorted(row["id"] for row in first.values())[-2:]
-        async with store.tx() as conn:  # a hole at the top of the id range
+        async with store.db.tx() as conn:  # a hole at the top of the id range
             await conn.execute(s.outbox.delete().where(s.outbox.c.record_id.in_(top)))
             await conn.execute(s.records.delete().where(s.records.c.id.in_(top)))
         fresh = list(reversed(valid_rows[6:12]))
@@ -252,9 +252,9 @@ class TestCommitIntake:
             self, store: Store, invalid_rows: list[dict[str, Any]]) -> None:
         """Rejected rows are quarantined (stage mapping) with every problem and the raw source row."""
         rejects = [to_reject(r) for r in invalid_rows[:4]]
-        result = await store.commit_intake(SOURCE, [], rejects, cursor_of(invalid_rows[:4]), ROUTES, 4)
+        result = await store.intake.commit_intake(SOURCE, [], rejects, cursor_of(invalid_rows[:4]), ROUTES, 4)
         assert result.quarantined == 4
-        entries = {e["source_key"]: e for e in await store.list_quarantine("open", "mapping")}
+        entries = {e["source_key"]: e for e in await store.reports.list_quarantine("open", "mapping")}
         assert set(entries) == {rj.source_key for rj in rejects}
         for rj in rejects:
             entry = entries[rj.source_key]
@@ -268,8 +268,8 @@ class TestCommitIntake:
             self, store: Store, invalid_rows: list[dict[str, Any]]) -> None:
         """The same source row rejected twice in one batch leaves one open entry counting both hits."""
         reject = to_reject(invalid_rows[0])
-        await store.commit_intake(SOURCE, [], [reject, reject], cursor_of(invalid_rows[:1]), ROUTES, 2)
-        entries = await store.list_quarantine("open", "mapping")
+        await store.intake.commit_intake(SOURCE, [], [reject, reject], cursor_of(invalid_rows[:1]), ROUTES, 2)
+        entries = await store.reports.list_quarantine("open", "mapping")
         assert [(e["source_key"], e["hits"]) for e in entries] == [(reject.source_key, 2)]
 
     async def test_accepted_row_resolves_its_mapping_entry(self, store: Store, tmp_path: Path) -> None:
@@ -278,13 +278,13 @@ class TestCommitIntake:
         bad = sorted(i for i, kind in sample.invalid["xzcf"].items() if kind in ("bad_uscc", "bad_id"))[:2]
         assert len(bad) == 2
         rows = read_rows(sample.path, "xzcf", bad)
-        await store.commit_intake(SOURCE, [], [to_reject(r) for r in rows], cursor_of(rows), ROUTES, 2)
+        await store.intake.commit_intake(SOURCE, [], [to_reject(r) for r in rows], cursor_of(rows), ROUTES, 2)
         apply_changes(sample.path, table="xzcf", ids=[bad[0]], change="fix")
         fixed = read_rows(sample.path, "xzcf", [bad[0]])
         await intake(store, fixed)
-        still_open = await store.list_quarantine("open", "mapping")
+        still_open = await store.reports.list_quarantine("open", "mapping")
         assert [e["source_key"] for e in still_open] == [str(bad[1])]
-        resolved = await store.list_quarantine("resolved", "mapping")
+        resolved = await store.reports.list_quarantine("resolved", "mapping")
         assert [e["source_key"] for e in resolved] == [str(bad[0])]
 
     async def test_resolving_finds_entries_by_their_key_not_by_walking_the_open_ones(
@@ -292,9 +292,9 @@ class TestCommitIntake:
         """Each intake page resolves the entries of the rows it accepted. SQLite must find them through the
         unique qkey index: through the (state, stage) index it walked every open entry once per chunk, which
         made a page cost as much as the whole open quarantine (11 µs per row at 20,000 open entries)."""
-        if store.dialect != "sqlite":
+        if store.db.dialect != "sqlite":
             pytest.skip("the plan checked is SQLite's (PostgreSQL plans from statistics)")
-        await store.commit_intake(SOURCE, [], [to_reject(r) for r in invalid_rows], cursor_of(invalid_rows),
+        await store.intake.commit_intake(SOURCE, [], [to_reject(r) for r in invalid_rows], cursor_of(invalid_rows),
                                   ROUTES, len(invalid_rows))
         seen: list[tuple[str, Any]] = []
 
@@ -302,13 +302,13 @@ class TestCommitIntake:
             if statement.startswith("UPDATE cg_quarantine"):
                 seen.append((statement, parameters))
 
-        event.listen(store.engine.sync_engine, "before_cursor_execute", capture)
+        event.listen(store.db.engine.sync_engine, "before_cursor_execute", capture)
         try:
             await intake(store, valid_rows[:5])
         finally:
-            event.remove(store.engine.sync_engine, "before_cursor_execute", capture)
+            event.remove(store.db.engine.sync_engine, "before_cursor_execute", capture)
         assert seen, "the intake resolves the entries of the rows it accepted"
-        async with store.engine.connect() as conn:
+        async with store.db.engine.connect() as conn:
             for statement, parameters in seen:
                 plan = " ".join(str(row[-1]) for row in await conn.exec_driver_sql(
                     f"EXPLAIN QUERY PLAN {statement}", parameters))
@@ -316,12 +316,12 @@ class TestCommitIntake:
 
     async def test_cursor_is_saved_with_the_intake(self, store: Store, valid_rows: list[dict[str, Any]]) -> None:
         """The cursor is saved by the intake transaction; cursor=None leaves it where it was."""
-        assert await store.load_cursor(SOURCE) is None
+        assert await store.intake.load_cursor(SOURCE) is None
         await intake(store, valid_rows[:3])
-        assert await store.load_cursor(SOURCE) == cursor_of(valid_rows[:3])
-        await store.commit_intake(SOURCE, [to_record(edited(valid_rows[0]))], [], None, ROUTES, 1)
-        assert await store.load_cursor(SOURCE) == cursor_of(valid_rows[:3])
-        assert await store.load_cursor("another_source") is None
+        assert await store.intake.load_cursor(SOURCE) == cursor_of(valid_rows[:3])
+        await store.intake.commit_intake(SOURCE, [to_record(edited(valid_rows[0]))], [], None, ROUTES, 1)
+        assert await store.intake.load_cursor(SOURCE) == cursor_of(valid_rows[:3])
+        assert await store.intake.load_cursor("another_source") is None
 
     async def test_failed_commit_leaves_no_trace(self, store: Store, valid_rows: list[dict[str, Any]],
                                                  invalid_rows: list[dict[str, Any]]) -> None:
@@ -331,8 +331,8 @@ class TestCommitIntake:
             await intake(store, valid_rows[:3], rejects=[to_reject(invalid_rows[0])])
         assert await ledger(store) == {}
         assert await outbox(store) == []
-        assert await store.list_quarantine(None) == []
-        assert await store.load_cursor(SOURCE) is None
+        assert await store.reports.list_quarantine(None) == []
+        assert await store.intake.load_cursor(SOURCE) is None
         await heal_intake_writes(store)
         assert (await intake(store, valid_rows[:3])).accepted == 3
 
@@ -372,7 +372,8 @@ class TestLeaseBatch:
         key_a = to_record(a).key
         assert states(await outbox(store, key_a)) == Counter({("province", 1, "leased"): 1,
                                                               ("province", 2, "pending"): 1})
-        await store.complete_batch(first, [Outcome(k, v, "accepted") for k, v in await leased_keys(store, first)],
+        await store.outbox.complete_batch(first, [Outcome(k, v, "accepted") for k, v in await leased_keys(store,
+                                                                                                          first)],
                                    {"errorCode": "200"}, "r-1", 5.0)
         second = await lease(store)
         assert second is not None
@@ -387,7 +388,7 @@ class TestLeaseBatch:
         assert bad_key not in [k for k, _ in await leased_keys(store, batch)]
         assert bad_key not in [r["recordKey"] for r in orjson.loads(batch.body)["records"]]
         assert [r["state"] for r in await outbox(store, bad_key)] == ["rejected"]
-        entries = await store.list_quarantine("open", "target")
+        entries = await store.reports.list_quarantine("open", "target")
         assert [(e["target"], e["record_key"]) for e in entries] == [("province", bad_key)]
         assert entries[0]["reasons"][0]["message"] == f"cannot encode {bad_key}"
         assert entries[0]["reasons"][0]["code"] == "encode"
@@ -398,7 +399,7 @@ class TestLeaseBatch:
         keys = [to_record(r).key for r in valid_rows[:2]]
         assert await lease(store, encoder=json_encoder(keys)) is None
         assert await batches(store) == []
-        assert sorted(e["record_key"] for e in await store.list_quarantine("open", "target")) == sorted(keys)
+        assert sorted(e["record_key"] for e in await store.reports.list_quarantine("open", "target")) == sorted(keys)
 
     async def test_batch_body_is_kept_byte_for_byte(self, store: Store, valid_rows: list[dict[str, Any]]) -> None:
         """The body built at lease time is what due_batches returns for every later attempt."""
@@ -412,8 +413,8 @@ class TestLeaseBatch:
 
         batch = await lease(store, encoder=encoder)
         assert batch is not None and batch.body == bodies[0]
-        await store.fail_attempt(batch, "HTTP 503", time.time() - 1, False, 3.0)
-        due = await store.due_batches("province", 10)
+        await store.outbox.fail_attempt(batch, "HTTP 503", time.time() - 1, False, 3.0)
+        due = await store.outbox.due_batches("province", 10)
         assert [(d.id, d.body, d.body_sha256, d.attempts) for d in due] == [
             (batch.id, bodies[0], hashlib.sha256(bodies[0]).hexdigest(), 1)]
 
@@ -430,14 +431,14 @@ class TestLeaseBatch:
 
         batch = await lease(store, encoder=encoder)
         assert batch is not None and len(batch.body) > 8192
-        async with store.engine.connect() as conn:
+        async with store.db.engine.connect() as conn:
             stored = (await conn.execute(select(s.batches.c.body).where(s.batches.c.id == batch.id))).scalar_one()
         if sealed:
             assert stored == RAW_BODY + batch.body
         else:
             assert len(stored) < len(batch.body) / 2 and zstandard.decompress(stored) == batch.body
-        await store.fail_attempt(batch, "HTTP 503", time.time() - 1, False, 3.0)
-        assert [d.body for d in await store.due_batches("province", 10)] == [batch.body]
+        await store.outbox.fail_attempt(batch, "HTTP 503", time.time() - 1, False, 3.0)
+        assert [d.body for d in await store.outbox.due_batches("province", 10)] == [batch.body]
 
     async def test_body_stored_by_an_earlier_version_is_read(self, store: Store,
                                                             valid_rows: list[dict[str, Any]]) -> None:
@@ -447,10 +448,10 @@ class TestLeaseBatch:
         batch = await lease(store)
         assert batch is not None
         for level in (-1, 1):
-            async with store.tx() as conn:
+            async with store.db.tx() as conn:
                 await conn.execute(update(s.batches).where(s.batches.c.id == batch.id)
                                    .values(body=zlib.compress(batch.body, level), next_attempt_at=0.0))
-            assert [d.body for d in await store.due_batches("province", 10)] == [batch.body]
+            assert [d.body for d in await store.outbox.due_batches("province", 10)] == [batch.body]
 
     async def test_concurrent_leases_take_disjoint_rows(self, store: Store,
                                                         valid_rows: list[dict[str, Any]]) -> None:
@@ -467,13 +468,13 @@ class TestLeaseBatch:
             self, store: Store, valid_rows: list[dict[str, Any]]) -> None:
         """Two senders read the same rows; the second to lease them leases nothing and writes nothing."""
         await intake(store, valid_rows[:6], ONE)
-        mine = await store.read_candidates("province", "penalty", 10)
-        theirs = await store.read_candidates("province", "penalty", 10)
+        mine = await store.outbox.read_candidates("province", "penalty", 10)
+        theirs = await store.outbox.read_candidates("province", "penalty", 10)
         assert [r[0] for r in mine.rows] == [r[0] for r in theirs.rows] and len(mine.rows) == 6
-        taken = await store.lease_encoded("province", "penalty", theirs, json_encoder()(theirs.records))
+        taken = await store.outbox.lease_encoded("province", "penalty", theirs, json_encoder()(theirs.records))
         assert taken is not None
         with pytest.raises(LeaseLost):
-            await store.lease_encoded("province", "penalty", mine, json_encoder()(mine.records))
+            await store.outbox.lease_encoded("province", "penalty", mine, json_encoder()(mine.records))
         assert [b["id"] for b in await batches(store)] == [taken.id]
         assert {(r["state"], r["batch_id"]) for r in await outbox(store)} == {("leased", taken.id)}
 
@@ -484,12 +485,12 @@ class TestLeaseBatch:
 
         async def slow_encoder(leased: Sequence[LeasedRecord]) -> EncodedBatch:
             if not other:  # another sender leases three of these rows meanwhile
-                batch = await store.lease_batch("province", "penalty", 3, json_encoder())
+                batch = await store.outbox.lease_batch("province", "penalty", 3, json_encoder())
                 assert batch is not None
                 other.append(batch)
             return json_encoder()(leased)
 
-        mine = await store.lease_batch("province", "penalty", 10, slow_encoder)
+        mine = await store.outbox.lease_batch("province", "penalty", 10, slow_encoder)
         assert mine is not None and mine.record_count == 3
         assert not set(await leased_keys(store, mine)) & set(await leased_keys(store, other[0]))
 
@@ -498,13 +499,13 @@ class TestLeaseBatch:
         """v1 read, then v2 arrives (superseding v1's pending row): v1's lease leases nothing; v2 goes instead."""
         a = valid_rows[0]
         await intake(store, [a], ONE)
-        old = await store.read_candidates("province", "penalty", 10)
+        old = await store.outbox.read_candidates("province", "penalty", 10)
         await intake(store, [edited(a)], ONE)
-        new = await store.read_candidates("province", "penalty", 10)
+        new = await store.outbox.read_candidates("province", "penalty", 10)
         assert [r[2] for r in old.rows] == [1] and [r[2] for r in new.rows] == [2]
         with pytest.raises(LeaseLost):
-            await store.lease_encoded("province", "penalty", old, json_encoder()(old.records))
-        batch = await store.lease_encoded("province", "penalty", new, json_encoder()(new.records))
+            await store.outbox.lease_encoded("province", "penalty", old, json_encoder()(old.records))
+        batch = await store.outbox.lease_encoded("province", "penalty", new, json_encoder()(new.records))
         assert batch is not None and orjson.loads(batch.body)["records"][0]["version"] == 2
         assert states(await outbox(store, to_record(a).key)) == Counter({("province", 1, "superseded"): 1,
                                                                          ("province", 2, "leased"): 1})
@@ -513,11 +514,11 @@ class TestLeaseBatch:
             self, store: Store, valid_rows: list[dict[str, Any]]) -> None:
         """``after``: a second batch read while the first is encoded takes the rows after it; both lease."""
         await intake(store, valid_rows[:10], ONE)
-        first = await store.read_candidates("province", "penalty", 4)
-        second = await store.read_candidates("province", "penalty", 4, after=first.last_id)
+        first = await store.outbox.read_candidates("province", "penalty", 4)
+        second = await store.outbox.read_candidates("province", "penalty", 4, after=first.last_id)
         assert [r[0] for r in first.rows][-1] == first.last_id < second.rows[0][0]
         for found in (second, first):
-            assert await store.lease_encoded("province", "penalty", found, json_encoder()(found.records))
+            assert await store.outbox.lease_encoded("province", "penalty", found, json_encoder()(found.records))
         assert Counter(r["state"] for r in await outbox(store)) == Counter({"leased": 8, "pending": 2})
 
 
@@ -531,16 +532,16 @@ class TestCompleteBatch:
         outcomes = [Outcome(keys[0], 1, "accepted"), Outcome(keys[1], 1, "duplicate"), Outcome(keys[2], 1, "stale"),
                     Outcome(keys[3], 1, "rejected", "7099", "模拟拒收")]
         receipt = {"errorCode": "200", "results": [o.key for o in outcomes], "receipt": {"receiptId": "r-9"}}
-        result = await store.complete_batch(batch, outcomes, receipt, "r-9", 42.0)
+        result = await store.outbox.complete_batch(batch, outcomes, receipt, "r-9", 42.0)
         assert result == DeliveryResult(delivered=3, rejected=1, requeued=1)
         by_key = {r["record_key"]: r for r in await outbox(store)}
         assert [by_key[k]["state"] for k in keys] == ["delivered"] * 3 + ["rejected", "pending"]
         assert by_key[keys[4]]["batch_id"] is None
-        entry, = await store.list_quarantine("open", "target")
+        entry, = await store.reports.list_quarantine("open", "target")
         assert entry["record_key"] == keys[3]
         assert entry["reasons"] == [{"field": "", "code": "7099", "message": "模拟拒收", "version": 1}]
         assert entry["raw"] == orjson.loads((await ledger(store))[keys[3]]["payload"])
-        shown = await store.show_batch(batch.id)
+        shown = await store.reports.show_batch(batch.id)
         assert shown is not None
         assert (shown["state"], shown["attempts"]) == ("done", 1)
         assert shown["completed_at"] is not None
@@ -559,13 +560,13 @@ class TestFailAttempt:
         batch = await lease(store)
         assert batch is not None
         at = time.time() + 30
-        await store.fail_attempt(batch, "HTTP 503 平台繁忙", at, False, 7.5)
+        await store.outbox.fail_attempt(batch, "HTTP 503 平台繁忙", at, False, 7.5)
         row, = await batches(store)
         assert (row["state"], row["attempts"], row["last_error"]) == ("open", 1, "HTTP 503 平台繁忙")
         assert row["next_attempt_at"] == pytest.approx(at)
         assert {r["state"] for r in await outbox(store)} == {"leased"}
-        assert await store.due_batches("province", 10) == []
-        assert [d.id for d in await store.due_batches("province", 10, now=at + 1)] == [batch.id]
+        assert await store.outbox.due_batches("province", 10) == []
+        assert [d.id for d in await store.outbox.due_batches("province", 10, now=at + 1)] == [batch.id]
         assert [a["outcome"] for a in await attempts(store, batch.id)] == ["retry"]
 
     async def test_dead_batch_moves_rows_to_dead_letters(self, store: Store,
@@ -574,13 +575,13 @@ class TestFailAttempt:
         await intake(store, valid_rows[:3], ONE)
         batch = await lease(store)
         assert batch is not None
-        await store.fail_attempt(batch, "HTTP 401", time.time(), True, 1.0)
+        await store.outbox.fail_attempt(batch, "HTTP 401", time.time(), True, 1.0)
         row, = await batches(store)
         assert (row["state"], row["attempts"]) == ("dead", 1)
         assert row["completed_at"] is not None
         assert {r["state"] for r in await outbox(store)} == {"dead"}
-        assert await store.due_batches("province", 10, now=time.time() + 3600) == []
-        assert [e["kind"] for e in await store.events(kind="dead_letter")] == ["dead_letter"]
+        assert await store.outbox.due_batches("province", 10, now=time.time() + 3600) == []
+        assert [e["kind"] for e in await store.reports.events(kind="dead_letter")] == ["dead_letter"]
         assert [a["outcome"] for a in await attempts(store, batch.id)] == ["dead"]
 
     async def test_replay_dead_queues_the_current_version_once(self, store: Store,
@@ -592,12 +593,13 @@ class TestFailAttempt:
         first = await lease(store)
         assert first is not None
         await intake(store, [edited(a), edited(d)], ONE)  # v2 of a and d wait behind the in-flight v1
-        await store.fail_attempt(first, "HTTP 401", time.time(), True, 1.0)
+        await store.outbox.fail_attempt(first, "HTTP 401", time.time(), True, 1.0)
         second = await lease(store)
         assert second is not None and sorted(await leased_keys(store, second)) == sorted([(key_a, 2), (key_d, 2)])
-        await store.complete_batch(second, [Outcome(key_d, 2, "accepted")], {}, "r-2", 1.0)  # a v2 back to pending
-        assert await store.replay_dead() == 1  # only b: a v2 is queued, d v2 is delivered
-        assert await store.replay_dead() == 0
+        await store.outbox.complete_batch(second, [Outcome(key_d, 2, "accepted")], {}, "r-2",
+                                          1.0)  # a v2 back to pending
+        assert await store.reports.replay_dead() == 1  # only b: a v2 is queued, d v2 is delivered
+        assert await store.reports.replay_dead() == 0
         assert {r["state"] for r in await outbox(store) if r["batch_id"] == first.id} == {"replayed"}
         assert [x["state"] for x in await batches(store) if x["id"] == first.id] == ["replayed"]
         third = await lease(store)
@@ -609,11 +611,11 @@ class TestFailAttempt:
         waiting = await lease(store, 2)
         dead = await lease(store, 2)
         assert waiting is not None and dead is not None
-        await store.fail_attempt(waiting, "HTTP 503", time.time() + 3600, False, 1.0)
-        await store.fail_attempt(dead, "HTTP 401", time.time() + 3600, True, 1.0)
-        assert await store.due_batches("province", 10) == []
-        assert await store.retry_now() == 1
-        assert [d.id for d in await store.due_batches("province", 10)] == [waiting.id]
+        await store.outbox.fail_attempt(waiting, "HTTP 503", time.time() + 3600, False, 1.0)
+        await store.outbox.fail_attempt(dead, "HTTP 401", time.time() + 3600, True, 1.0)
+        assert await store.outbox.due_batches("province", 10) == []
+        assert await store.reports.retry_now() == 1
+        assert [d.id for d in await store.outbox.due_batches("province", 10)] == [waiting.id]
 
 
 class TestStatus:
@@ -625,21 +627,21 @@ class TestStatus:
         province = await lease(store, 3, "province")
         assert province is not None
         keys = [k for k, _ in await leased_keys(store, province)]
-        await store.complete_batch(province, [Outcome(keys[0], 1, "accepted"), Outcome(keys[1], 1, "accepted"),
+        await store.outbox.complete_batch(province, [Outcome(keys[0], 1, "accepted"), Outcome(keys[1], 1, "accepted"),
                                               Outcome(keys[2], 1, "rejected", "7001", "必填字段为空")], {}, "r", 1.0)
         dead = await lease(store, 4, "national")
         retrying = await lease(store, 4, "national")
         assert dead is not None and retrying is not None and retrying.record_count == 2
-        await store.fail_attempt(dead, "HTTP 401", time.time(), True, 1.0)
-        await store.fail_attempt(retrying, "HTTP 503", time.time() + 60, False, 1.0)
-        status = {row["target"]: row for row in await store.target_status()}
+        await store.outbox.fail_attempt(dead, "HTTP 401", time.time(), True, 1.0)
+        await store.outbox.fail_attempt(retrying, "HTTP 503", time.time() + 60, False, 1.0)
+        status = {row["target"]: row for row in await store.reports.target_status()}
         p, n = status["province"], status["national"]
         assert (p["backlog"], p["delivered"], p["rejected"], p["dead"], p["open_batches"]) == (3, 2, 1, 0, 0)
         assert p["last_success"] is not None and p["oldest_pending_s"] is not None
         assert (n["backlog"], n["delivered"], n["rejected"], n["dead"]) == (2, 0, 0, 4)
         assert (n["open_batches"], n["retrying"], n["last_error"]) == (1, 1, "HTTP 503")
         assert n["last_success"] is None
-        counts = await store.counts()
+        counts = await store.reports.counts()
         assert counts == {"ledger": {"penalty": 6}, "quarantine": {"mapping": 2, "target": 1}, "rows_read": 8}
 
 
@@ -650,10 +652,11 @@ class TestReleaseClaims:
         await intake(store, valid_rows[:3])
         claimed = {}
         for claimant in ("hub_a:100", "hub-a:200", "hub%a:300"):
-            batch = await store.lease_batch("province", "penalty", 1, json_encoder(), claimant=claimant, claim_s=600)
+            batch = await store.outbox.lease_batch("province", "penalty", 1, json_encoder(), claimant=claimant,
+                                                   claim_s=600)
             assert batch is not None
             claimed[claimant] = batch.id
-        assert await store.release_claims("hub_a") == 1
-        async with store.engine.connect() as conn:
+        assert await store.outbox.release_claims("hub_a") == 1
+        async with store.db.engine.connect() as conn:
             due = dict((await conn.execute(select(s.batches.c.claimed_by, s.batches.c.next_attempt_at))).all())
         assert due["hub_a:100"] < time.time() < min(due["hub-a:200"], due["hub%a:300"])

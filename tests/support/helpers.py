@@ -22,8 +22,8 @@ from sqlalchemy import select
 from gateway.mapping import InboundMapping, load_mapping
 from gateway.pipeline.engine import china_today
 from gateway.records import Record
+from gateway.store import Store
 from gateway.store import schema as s
-from gateway.store.composed import Store
 from gateway.store.outbox import EncodedBatch
 from gateway.stored import LeasedRecord, Reject
 from gateway.testing.rows import SampleResult, SampleSpec, create_department_db
@@ -116,7 +116,7 @@ async def select_rows(store: Store, table: Any, *where: Any, order: Any) -> list
     for cond in where:
         stmt = stmt.where(cond)
     stmt = stmt.order_by(order)
-    async with store.engine.connect() as conn:
+    async with store.db.engine.connect() as conn:
         return [dict(r._mapping) for r in await conn.execute(stmt)]
 
 
@@ -253,15 +253,15 @@ _HEAL_SQL = {
 async def _run_sql(store: Store, statements: Sequence[str]) -> None:
     from sqlalchemy import text
 
-    async with store.engine.begin() as conn:
+    async with store.db.engine.begin() as conn:
         for sql in statements:
             await conn.execute(text(sql))
 
 
 async def break_intake_writes(store: Store) -> None:
     """From now on every intake commit fails inside its transaction (a database-side trigger)."""
-    await _run_sql(store, _FAIL_SQL[store.dialect])
+    await _run_sql(store, _FAIL_SQL[store.db.dialect])
 
 
 async def heal_intake_writes(store: Store) -> None:
-    await _run_sql(store, _HEAL_SQL[store.dialect])
+    await _run_sql(store, _HEAL_SQL[store.db.dialect])

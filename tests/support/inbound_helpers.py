@@ -20,9 +20,8 @@ from gateway.inbound.client import InboundClient
 from gateway.inbound.service import InboundService
 from gateway.mapping import InboundMapping
 from gateway.sealing.base import Credentials, Peer
+from gateway.store import Store, open_store
 from gateway.store import schema as s
-from gateway.store.composed import Store
-from gateway.store.database import open_store
 from gateway.web.inbound import InboundServer
 from tests.support.helpers import DEPARTMENT_CODE, MAPPINGS, make_department_db, penalty_mapping, read_rows
 from tests.support.pki import CA, Issued, make_ca
@@ -136,7 +135,7 @@ def bad_row(row: dict[str, Any]) -> dict[str, Any]:
 
 async def counts(store: Store, tables: Sequence[Any] = TABLES) -> dict[str, int]:
     """Rows per table: what a refused batch must leave untouched."""
-    async with store.engine.connect() as conn:
+    async with store.db.engine.connect() as conn:
         return {t.name: int((await conn.execute(select(func.count()).select_from(t))).scalar() or 0) for t in tables}
 
 

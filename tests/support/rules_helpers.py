@@ -20,7 +20,7 @@ from gateway import cli
 from gateway.config import Config, load_config
 from gateway.daemon import Gateway
 from gateway.sandbox.server import Sandbox, SandboxConfig
-from gateway.store.composed import Store
+from gateway.store import Store
 from gateway.testing.rows import make_uscc
 from tests.conftest import TOKEN
 from tests.support.helpers import DEPARTMENT_CODE, MAPPINGS, SOURCE, read_rows, to_record

@@ -11,10 +11,7 @@ from sqlalchemy import JSON, and_, case, cast, func, select, type_coerce, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.store import schema as s
-from gateway.store.database import StoreBase, _chunks, _json, translate_errors
-from gateway.store.inbound import InboundMixin
-from gateway.store.lists import ListsMixin
-from gateway.store.outbox import DeliveryMixin
+from gateway.store.database import Repository, chunks, dumps
 from gateway.stored import unpack_body
 
 OPEN_STATES = ("pending", "leased")
@@ -25,9 +22,8 @@ def _rows(result: Any) -> list[dict[str, Any]]:
     return [{str(k): v for k, v in row._mapping.items()} for row in result]  # plain str keys for JSON
 
 
-@translate_errors
-class Store(InboundMixin, ListsMixin, DeliveryMixin, StoreBase):
-    """All durable state of one gateway (or several, on PostgreSQL)."""
+class Reports(Repository):
+    """Status, events, heartbeats, timeliness rows, the spool and the quarantine, for operators and reports."""
 
     # ------------------------------------------------------------ status
 
@@ -87,7 +83,7 @@ class Store(InboundMixin, ListsMixin, DeliveryMixin, StoreBase):
 
     async def beat(self, instance: str, pid: int, started_at: float, state: dict[str, Any]) -> None:
         stmt = self._insert(s.heartbeats).values(instance=instance, pid=pid, started_at=started_at,
-                                                 beat_at=time.time(), state=_json(state))
+                                                 beat_at=time.time(), state=dumps(state))
         async with self.tx() as conn:
             await conn.execute(stmt.on_conflict_do_update(index_elements=["instance"], set_={
                 "pid": pid, "started_at": started_at, "beat_at": stmt.excluded.beat_at, "state": stmt.excluded.state}))
@@ -144,7 +140,7 @@ class Store(InboundMixin, ListsMixin, DeliveryMixin, StoreBase):
         found: list[tuple[Any, ...]] = []
         async with self.engine.connect() as conn:
             stmt = await self._timeliness_select(conn, datasets, target)
-            for chunk in _chunks(list(dates)):
+            for chunk in chunks(list(dates)):
                 found += [tuple(row) for row in await conn.execute(stmt.where(s.records.c.decision_date.in_(chunk)))]
         return found
 
@@ -218,9 +214,9 @@ class Store(InboundMixin, ListsMixin, DeliveryMixin, StoreBase):
             queued = 0
             for tgt, ds, key in sorted({(row[1], row[2], row[3]) for row in dead}):
                 queued += await self._requeue_key(conn, tgt, ds, key, now)
-            for chunk in _chunks([row[0] for row in dead]):
+            for chunk in chunks([row[0] for row in dead]):
                 await conn.execute(update(s.outbox).where(o.id.in_(chunk)).values(state="replayed", updated_at=now))
-            for chunk in _chunks(sorted({row[4] for row in dead if row[4]})):
+            for chunk in chunks(sorted({row[4] for row in dead if row[4]})):
                 await conn.execute(update(s.batches).where(and_(b.id.in_(chunk), b.state == "dead"))
                                    .values(state="replayed"))
         return queued
@@ -276,7 +272,7 @@ class Store(InboundMixin, ListsMixin, DeliveryMixin, StoreBase):
             await self._resolve(conn, ids, time.time())
 
     async def _resolve(self, conn: AsyncConnection, ids: Sequence[int], now: float) -> None:
-        for chunk in _chunks(list(ids)):
+        for chunk in chunks(list(ids)):
             await conn.execute(update(s.quarantine).where(s.quarantine.c.id.in_(chunk))
                                .values(state="resolved", updated_at=now))
 
