@@ -25,7 +25,7 @@ from gateway.pipeline.config import (
     SourceConfig,
     TargetConfig,
 )
-from gateway.sealing.base import get_profile
+from gateway.sealing import get_profile
 from gateway.sealing.target import load_sealing
 from gateway.settings import parse_settings, setting
 from gateway.web.config import AdminConfig, InboundConfig, load_admin, load_inbound

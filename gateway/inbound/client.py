@@ -33,7 +33,8 @@ from gateway.inbound.batch import (
     batch_xml,
     new_nonce,
 )
-from gateway.sealing.base import Credentials, EnvelopeError, Peer, get_profile
+from gateway.sealing import get_profile
+from gateway.sealing.base import Credentials, EnvelopeError, Peer
 from gateway.sealing.target import CONTENT_TYPES, Sealing
 
 

@@ -37,7 +37,9 @@ from gateway.inbound.batch import BatchError, InboundBatch, parse_batch, utc_tex
 from gateway.inbound.lists import check_heads, keep_in_scope
 from gateway.mapping import InboundMapping
 from gateway.records import LedgerEntry
-from gateway.sealing.base import CertificateError, EnvelopeError, Opened, get_profile, sign_detached
+from gateway.sealing import get_profile
+from gateway.sealing.base import CertificateError, EnvelopeError, Opened
+from gateway.sealing.signatures import sign_detached
 from gateway.sealing.target import receipt_bytes, results_digest
 from gateway.sealing.xmlsafe import XmlRefused, parse_xml
 from gateway.store import Store

@@ -13,7 +13,7 @@ this one against, row by row.
 Mapping files are edited by ops, so nothing from them — column, field or code names, defaults, code values —
 is ever written into the source: it holds our own templates, integers from the dataset definitions, and names
 made up here (``col3``, ``name7``, ``ref7``) that refer to the values in the namespace the function runs in.
-Nothing in a mapping file is evaluated; it stays data. ``python -m gateway.mapping.fast FILE`` prints the source of
+Nothing in a mapping file is evaluated; it stays data. ``python -m gateway.mapping FILE`` prints the source of
 a file's function with the values its names stand for.
 """
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import linecache
-import sys
 import unicodedata
 from collections.abc import Callable, Iterator, Mapping
 from decimal import Decimal
@@ -38,17 +37,9 @@ from gateway.domain.datasets import (
 from gateway.domain.identifiers import check_resident_id
 from gateway.domain.subject_keys import record_key
 from gateway.errors import Problem
-from gateway.mapping import (
-    CodeTable,
-    DatedStep,
-    FastMap,
-    FieldPlan,
-    InboundMapping,
-    MappingError,
-    _dedupe,
-    _plain,
-    load_mapping,
-)
+from gateway.mapping.codes import CodeTable
+from gateway.mapping.model import FastMap, FieldPlan, InboundMapping, dedupe
+from gateway.mapping.steps import DatedStep, MappingError, plain_text
 from gateway.records import Operation
 
 _DATE_CACHE = 4096  # distinct date texts remembered per date format list (a few years of days)
@@ -64,10 +55,10 @@ def _all_in(allowed: frozenset[str], items: list[Any]) -> bool:
 # What every generated function may use, by these fixed names.
 _HELPERS: Mapping[str, Any] = {
     "Problem": Problem, "MappingError": MappingError, "Decimal": Decimal, "DATE": dt.date, "EMPTY": (None, "", []),
-    "OPERATIONS": {op.value: op for op in Operation}, "UPSERT": Operation.UPSERT, "plain": _plain,
+    "OPERATIONS": {op.value: op for op in Operation}, "UPSERT": Operation.UPSERT, "plain": plain_text,
     "normalize": unicodedata.normalize, "check_value": _check_value, "uscc_reason": _uscc_reason,
     "check_resident_id": check_resident_id, "CHECKED_ID_TYPES": CHECKED_ID_TYPES, "record_key": record_key,
-    "dedupe": _dedupe, "all_in": _all_in,
+    "dedupe": dedupe, "all_in": _all_in,
 }
 
 # Transform steps on a value known to be exactly ``str`` (each keeps it one): what TRANSFORMS does to it.
@@ -437,20 +428,3 @@ def _cross_check(src: _Source, n: int, check: Callable[..., Any]) -> None:
                 f'{{{e}.isoformat()}}"))')
     else:
         src.add(f"p = {src.bind(f'check{n}', check)}(fields, today)", "if p is not None:", "    P.append(p)")
-
-
-def main(argv: list[str]) -> int:
-    """``python -m gateway.mapping.fast FILE``: the generated source of an inbound mapping file."""
-    if len(argv) != 1:
-        print("usage: python -m gateway.mapping.fast MAPPING.toml", file=sys.stderr)
-        return 2
-    mapping = load_mapping(argv[0])
-    if not isinstance(mapping, InboundMapping):
-        print(f"{argv[0]} is not an inbound mapping", file=sys.stderr)
-        return 2
-    print(generated_source(mapping), end="")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))

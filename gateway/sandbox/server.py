@@ -69,7 +69,8 @@ from gateway.sandbox.lists import ListPlatform, add_list_routes
 from gateway.sandbox.platform import TABLES, Outcome, Platform, SandboxStore, error_body
 from gateway.sandbox.push import PushDesk
 from gateway.sandbox.sanctions import SanctionsDesk
-from gateway.sealing.base import Credentials, EnvelopeError, sign_detached
+from gateway.sealing.base import Credentials, EnvelopeError
+from gateway.sealing.signatures import sign_detached
 from gateway.sealing.target import Sealing, load_sealing
 from gateway.tuning import tune_process
 

@@ -56,10 +56,6 @@ __all__ = [
     "Peer",
     "Profile",
     "SignatureError",
-    "get_profile",
-    "profile_names",
-    "sign_detached",
-    "verify_detached",
 ]
 
 MAX_CHAIN_DEPTH = 8
@@ -361,46 +357,3 @@ class NoneProfile:
     def open(self, sealed: bytes, ours: Credentials, peer: Peer, *, now: datetime | None = None) -> Opened:
         return Opened(body=sealed, signer_subject="", signer_fingerprint_sha256="", signature=b"",
                       digest_sha256=hashlib.sha256(sealed).hexdigest())
-
-
-def _make_profile(name: str) -> Profile:
-    if name == "cms":
-        from gateway.sealing.cms import CmsProfile
-        return CmsProfile()
-    if name == "sm":
-        from gateway.sealing.sm import SmProfile
-        return SmProfile()
-    if name == "xmldsig":
-        from gateway.sealing.xmldsig import XmlDsigProfile
-        return XmlDsigProfile()
-    return NoneProfile()
-
-
-def profile_names() -> tuple[str, ...]:
-    return ("cms", "none", "sm", "xmldsig")
-
-
-def get_profile(name: str) -> Profile:
-    """The profile called ``name``: "cms", "sm", "xmldsig" or "none"."""
-    if name not in profile_names():
-        raise EnvelopeError(f"unknown envelope profile {name!r}; known: {', '.join(profile_names())}")
-    return _make_profile(name)
-
-
-def sign_detached(body: bytes, ours: Credentials) -> bytes:
-    """A detached signature of ``body``: CMS SignedData (DER) for RSA/EC credentials, the ``sm`` container for SM2."""
-    from gateway.sealing import cms as envelope_cms
-    from gateway.sealing import sm as envelope_sm
-    if envelope_sm.is_sm2_certificate(load_certificate(ours.cert_pem, "our certificate")):
-        return envelope_sm.sign_detached(body, ours)
-    return envelope_cms.sign_detached(body, ours)
-
-
-def verify_detached(body: bytes, signature: bytes, trusted_ca_pems: tuple[bytes, ...], now: datetime | None = None
-                    ) -> Opened:
-    """Check a detached signature made by :func:`sign_detached` (or ``openssl cms -sign`` / the sm container)."""
-    from gateway.sealing import cms as envelope_cms
-    from gateway.sealing import sm as envelope_sm
-    if envelope_cms.is_cms_signed_data(signature):
-        return envelope_cms.verify_detached(body, signature, trusted_ca_pems, now)
-    return envelope_sm.verify_detached(body, signature, trusted_ca_pems, now)

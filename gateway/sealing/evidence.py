@@ -30,7 +30,8 @@ from typing import Any
 import orjson
 
 from gateway.errors import GatewayError
-from gateway.sealing.base import EnvelopeError, verify_detached
+from gateway.sealing.base import EnvelopeError
+from gateway.sealing.signatures import verify_detached
 from gateway.sealing.target import receipt_bytes, results_digest
 
 PARTS = ("manifest.json", "sent.bin", "answer.json", "receipt.json")

@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 
 from gateway.errors import Problem
+from gateway.sealing import get_profile, profile_names
 from gateway.sealing.base import (
     Credentials,
     EnvelopeError,
@@ -32,12 +33,10 @@ from gateway.sealing.base import (
     Peer,
     SignatureError,
     fingerprint_sha256,
-    get_profile,
     load_certificate,
     load_certificates,
-    profile_names,
-    verify_detached,
 )
+from gateway.sealing.signatures import verify_detached
 from gateway.settings import parse_settings, read_secret, setting
 
 CONTENT_TYPES = {"none": "application/json", "cms": "application/pkcs7-mime", "sm": "application/x-sm-envelope",

@@ -21,7 +21,8 @@ from typing import Any
 
 from gateway.errors import ConfigError, Problem
 from gateway.mapping import InboundMapping, load_mapping
-from gateway.sealing.base import Credentials, EnvelopeError, Peer, load_certificates, normalise_subject, profile_names
+from gateway.sealing import profile_names
+from gateway.sealing.base import Credentials, EnvelopeError, Peer, load_certificates, normalise_subject
 from gateway.sealing.target import CONTENT_TYPES
 from gateway.settings import parse_settings, read_secret, setting
 

@@ -248,8 +248,10 @@ def _rate(fn: Any, min_s: float = 2.0) -> float:
 
 def signing_rates(profile: str) -> dict[str, float]:
     """Seals of a 1,000-record batch body, receipt signatures and verifications per second, on one core."""
-    from gateway.sealing.base import Credentials, Peer, get_profile, sign_detached, verify_detached
+    from gateway.sealing import get_profile
+    from gateway.sealing.base import Credentials, Peer
     from gateway.sealing.pki import make_ca
+    from gateway.sealing.signatures import sign_detached, verify_detached
 
     workdir = WORK / f"signing-{profile}"
     shutil.rmtree(workdir, ignore_errors=True)

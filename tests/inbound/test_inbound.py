@@ -22,7 +22,9 @@ from gateway.daemon import Gateway
 from gateway.errors import ConfigError, GatewayError
 from gateway.inbound.batch import as_xml_text, batch_json, batch_xml
 from gateway.inbound.client import InboundClient, PushRefused
-from gateway.sealing.base import Credentials, get_profile, verify_detached
+from gateway.sealing import get_profile
+from gateway.sealing.base import Credentials
+from gateway.sealing.signatures import verify_detached
 from gateway.sealing.target import receipt_bytes
 from gateway.store import open_store
 from gateway.store import schema as s

@@ -21,7 +21,7 @@ import pytest
 
 from gateway.domain.subject_keys import KeySecret
 from gateway.errors import ConfigError, Problem
-from gateway.mapping import InboundMapping, load_mapping, source_columns
+from gateway.mapping import InboundMapping, load_mapping, show, source_columns
 from gateway.mapping import fast as fastmap
 from gateway.pipeline import workers as cpu
 from gateway.testing.rows import PLACEHOLDER_USCC, SampleResult, SampleSpec, create_department_db, make_uscc
@@ -519,7 +519,7 @@ class TestGeneratedSource:
             assert f"= {column!r}" in text  # the legend says what col0… stand for
 
     def test_python_m_gateway_fastmap_prints_it(self, capsys: pytest.CaptureFixture[str]) -> None:
-        assert fastmap.main([str(MAPPINGS / "department-penalty.toml")]) == 0
+        assert show.main([str(MAPPINGS / "department-penalty.toml")]) == 0
         out = capsys.readouterr().out
         assert out.startswith("def map_row(row, today, secret):") and "# col0 = " in out
-        assert fastmap.main([str(MAPPINGS / "platform-2019-penalty.toml")]) == 2
+        assert show.main([str(MAPPINGS / "platform-2019-penalty.toml")]) == 2

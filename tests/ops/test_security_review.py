@@ -22,7 +22,7 @@ import pytest
 from gateway.inbound.batch import BatchError, batch_json, batch_xml, parse_batch
 from gateway.logs import Redactor, TextFormatter
 from gateway.operations import mask_personal
-from gateway.sealing.base import get_profile
+from gateway.sealing import get_profile
 from gateway.web.admin import AdminServer
 from tests.ops.test_admin_api import READ_TOKEN, _admin_toml, _call
 from tests.support.inbound_helpers import (

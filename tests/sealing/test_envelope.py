@@ -13,6 +13,7 @@ from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
+from gateway.sealing import get_profile
 from gateway.sealing import sm as envelope_sm
 from gateway.sealing.base import (
     CertificateError,
@@ -23,10 +24,8 @@ from gateway.sealing.base import (
     Peer,
     Profile,
     SignatureError,
-    get_profile,
-    sign_detached,
-    verify_detached,
 )
+from gateway.sealing.signatures import sign_detached, verify_detached
 from tests.support.pki import CA, SM2_DEFAULT_ID, Issued, make_ca
 
 NOW = datetime.now(UTC)

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from gateway.sealing.base import Credentials, SignatureError, sign_detached
+from gateway.sealing.base import Credentials, SignatureError
+from gateway.sealing.signatures import sign_detached
 from gateway.sealing.target import Sealing, load_sealing, receipt_bytes, results_digest
 from tests.support.pki import CA, Issued, make_ca
 

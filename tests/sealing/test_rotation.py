@@ -12,7 +12,8 @@ import pytest
 from gateway.config import load_config
 from gateway.daemon import Gateway
 from gateway.sandbox.server import Sandbox, SandboxConfig
-from gateway.sealing.base import Credentials, EnvelopeError, Peer, SignatureError, get_profile
+from gateway.sealing import get_profile
+from gateway.sealing.base import Credentials, EnvelopeError, Peer, SignatureError
 from gateway.sealing.certs import RETIRED, expiry_warnings, inventory
 from gateway.sealing.target import load_sealing
 from gateway.store import open_store

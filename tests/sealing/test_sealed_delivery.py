@@ -14,7 +14,8 @@ import pytest
 from gateway.config import load_config
 from gateway.daemon import Gateway
 from gateway.sandbox.server import Sandbox, SandboxConfig
-from gateway.sealing.base import Credentials, verify_detached
+from gateway.sealing.base import Credentials
+from gateway.sealing.signatures import verify_detached
 from gateway.sealing.target import load_sealing, receipt_bytes
 from gateway.store import open_store
 from tests.conftest import TOKEN
