@@ -20,10 +20,10 @@ from typing import Any
 
 import orjson
 
-from gateway.cli.ops import out, table
 from gateway.config import Config, load_config
 from gateway.errors import ConfigError, Problem
 from gateway.operations import cell
+from gateway.report import out, table
 from gateway.sealing.target import CONTENT_TYPES, receipt_bytes
 from gateway.store import Store, open_store
 

@@ -20,27 +20,17 @@ from gateway.config import Config, load_config
 from gateway.daemon import Gateway, serve
 from gateway.domain.calendar import WorkCalendar
 from gateway.domain.subject_keys import KeySecret
-from gateway.domain.timeliness import TimelinessReport, timeliness_report
+from gateway.domain.timeliness import timeliness_report
 from gateway.errors import ConfigError, GatewayError, Problem
 from gateway.logs import redact, setup_logging
 from gateway.mapping import InboundMapping, OutboundMapping, load_mapping, source_columns
-from gateway.operations import age, cell, replay_entries, status_json, status_lines, table_lines
+from gateway.operations import age, cell, replay_entries, status_json
 from gateway.pipeline.engine import china_today
 from gateway.records import Operation, Record, from_payload
+from gateway.report import out, print_status, print_timeliness, table
 from gateway.sealing.certs import RETIRED, expiry_warnings, init_dev_pki, inventory
 from gateway.sealing.evidence import build_evidence, verify_evidence
 from gateway.store import Store, open_store
-
-
-def out(line: str = "") -> None:
-    print(redact(line), flush=True)
-
-
-def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
-    """Print rows as an aligned text table."""
-    for line in table_lines(rows, columns):
-        out(line)
-
 
 _cell, _age = cell, age
 
@@ -152,9 +142,6 @@ async def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-async def print_status(store: Store, calendar: WorkCalendar | None = None, sanctions_due_days: int = 10) -> None:
-    for line in await status_lines(store, calendar, sanctions_due_days):
-        out(line)
 
 
 async def cmd_health(args: argparse.Namespace) -> int:
@@ -211,18 +198,6 @@ async def cmd_timeliness(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_timeliness(report: TimelinessReport) -> None:
-    out(f"due 7 working days after the decision date; as of {report.today}; first delivery to "
-        f"{report.target or 'any target'}; at risk: due within {report.at_risk_days} working day(s)")
-    table([{"dataset": g.dataset, "department": g.department or "-", "on time": g.counts["on_time"],
-            "late": g.counts["late"], "at risk": g.counts["at_risk"], "pending": g.counts["pending"],
-            "no calendar": g.counts["uncovered"]} for g in report.groups],
-          ["dataset", "department", "on time", "late", "at risk", "pending", "no calendar"])
-    for g in (g for g in report.groups if g.late_keys):
-        more = " …" if g.counts["late"] > len(g.late_keys) else ""
-        out(f"late {g.dataset} {g.department or '-'}: {', '.join(g.late_keys)}{more}")
-    for message in report.uncovered:
-        out(f"no calendar: {message}")
 
 
 # ---------------------------------------------------------------- spool

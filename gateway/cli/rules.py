@@ -13,13 +13,10 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
-import orjson
-
-from gateway.cli.ops import _cell, out, table
 from gateway.config import load_config
 from gateway.pipeline.engine import china_today
+from gateway.report import out, print_changes, print_history, print_json, table
 from gateway.store import open_store
-from gateway.store.confirmations import SETTLED, Change, Delivery
 
 ConfigArg = Callable[[argparse.ArgumentParser], None]
 
@@ -47,14 +44,8 @@ def add_parsers(sub: Any, config_arg: ConfigArg) -> None:
     p.add_argument("--json", action="store_true")
 
 
-def _json(value: Any) -> None:
-    out(orjson.dumps(value, option=orjson.OPT_INDENT_2, default=_default).decode())
 
 
-def _default(value: Any) -> Any:
-    if isinstance(value, Delivery | Change):
-        return value.as_json()
-    raise TypeError(type(value).__name__)
 
 
 # ---------------------------------------------------------------- records
@@ -69,50 +60,18 @@ async def cmd_records(args: argparse.Namespace) -> int:
             if history is None:
                 out(f"no {args.dataset} record {args.key!r} in the ledger")
                 return 1
-            _json(history) if args.json else print_history(history)
+            print_json(history) if args.json else print_history(history)
             return 0
         changes = await store.history.list_changes(list(config.targets), operation=args.operation,
                                      dataset=args.dataset, unconfirmed=args.unconfirmed, limit=args.limit)
     finally:
         await store.aclose()
-    _json(changes) if args.json else print_changes(changes)
+    print_json(changes) if args.json else print_changes(changes)
     return 0
 
 
-def print_history(history: dict[str, Any]) -> None:
-    out(f"{history['dataset']} {history['record_key']}")
-    out(f"ledger     version {history['version']}, {history['operation']}"
-        + (f" ({history['payload']['withdraw_reason']})" if history["payload"].get("withdraw_reason") else "")
-        + f", updated {_cell(history['updated_at'])}")
-    period = history["publicity"]
-    if period:
-        out(f"publicity  decision {period['decision_date']}; minimum until {period['min_end'] or '-'}"
-            f" ({period['min_rule'] or 'no rule'}); maximum until {period['max_end'] or '-'}"
-            f" ({period['max_rule'] or 'no rule'})")
-    kinds = {c["version"]: c for c in history["changes"]}
-    rows = []
-    for d in history["deliveries"]:
-        change = kinds.get(d.version, {})
-        rows.append({"version": d.version, "operation": change.get("operation", "upsert"),
-                     "reason": change.get("reason") or "", "target": d.target, "state": d.state,
-                     "receipt": d.receipt_id or "", "at": d.received_at or d.at, "detail": d.reason})
-    sent = {d.version for d in history["deliveries"]}
-    for version in sorted((set(kinds) | {history["version"]}) - sent):
-        change = kinds.get(version, {})
-        rows.append({"version": version, "operation": change.get("operation", history["operation"]),
-                     "reason": change.get("reason") or "", "target": "-", "state": "not sent",
-                     "at": change.get("at"), "detail": "no target held the record" if change else ""})
-    table(sorted(rows, key=lambda r: (r["version"], r["target"])),
-          ["version", "operation", "reason", "target", "state", "receipt", "at", "detail"])
 
 
-def print_changes(changes: list[Change]) -> None:
-    rows = [{"id": c.id, "dataset": c.dataset, "key": c.record_key, "version": c.version, "operation": c.operation,
-             "reason": c.reason, "origin": c.origin, "at": c.at, "confirmed": c.summary(),
-             "waiting": ", ".join(f"{d.target} {d.state}" for d in c.deliveries
-                                  if d.state not in SETTLED)} for c in changes]
-    table(rows, ["id", "dataset", "key", "version", "operation", "reason", "origin", "at", "confirmed", "waiting"])
-    out(f"{len(changes)} change(s); {sum(1 for c in changes if c.unconfirmed)} not confirmed by every target")
 
 
 # ---------------------------------------------------------------- publicity
@@ -127,7 +86,7 @@ async def cmd_publicity(args: argparse.Namespace) -> int:
     finally:
         await store.aclose()
     if args.json:
-        _json(report)
+        print_json(report)
         return 0
     if not config.publicity.enabled:
         out("publication rules are off ([publicity] enabled = false)")

@@ -34,10 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.cli.lists import print_conflicts, print_status
-from gateway.cli.ops import out, table
-from gateway.cli.rules import print_changes, print_history
-from gateway.cli.sanctions import print_sanctions, report_for
 from gateway.config import Config
 from gateway.daemon import Gateway
 from gateway.domain.calendar import CalendarError, WorkCalendar
@@ -49,6 +45,16 @@ from gateway.jobs import ListView, conflicts, list_status
 from gateway.mapping import OutboundMapping, load_mapping
 from gateway.pipeline.engine import china_today
 from gateway.records import make_key
+from gateway.report import (
+    out,
+    print_changes,
+    print_conflicts,
+    print_history,
+    print_lists_status,
+    print_sanctions,
+    report_for,
+    table,
+)
 from gateway.sandbox.server import Sandbox
 from gateway.store import Store
 from gateway.store.confirmations import Change
@@ -183,7 +189,7 @@ async def credit_lists(stage: Stage) -> Verdict:
     views = await list_status(stage.config, stage.store, adapters_open=True)
     out(f"  the gateway took both lists (platform_lists) and wrote them into {LIST_TABLE} in department.db (sql sink)")
     out("  lists status:")
-    print_status(views, await stage.store.lists.list_entries(), as_json=False)
+    print_lists_status(views, await stage.store.lists.list_entries(), as_json=False)
     found = await conflicts(stage.store)
     print_conflicts(found, as_json=False)
     problems = [] if done else ["the gateway did not finish"]

@@ -8,8 +8,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from gateway import report
 from gateway.cli import build_parser
-from gateway.cli import ops as cli_ops
 from gateway.cli.lists import cmd_lists
 from gateway.config import Config, load_config
 from gateway.daemon import Gateway
@@ -79,7 +79,7 @@ async def test_status_reconcile_conflicts(prepared: tuple[Config, Path], store: 
     code, text = await lists_cli(config, capsys, "conflicts")
     assert f"red    {RED}|{uscc(1)}|" in text and f"black  {BLACK}|{uscc(1)}|" in text
     assert "subject_name=苏州测试企业1有限公司" in text
-    await cli_ops.print_status(store)
+    await report.print_status(store)
     assert "credit lists: 2 list(s), 5 entries listed, 1 red/black conflict(s) held back" in capsys.readouterr().out
 
 
