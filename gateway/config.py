@@ -27,7 +27,7 @@ from gateway.pipeline.config import (
 )
 from gateway.sealing import get_profile
 from gateway.sealing.target import load_sealing
-from gateway.settings import parse_settings, setting
+from gateway.settings import parse_settings, resolve_sqlite_url, setting
 from gateway.web.config import AdminConfig, InboundConfig, load_admin, load_inbound
 
 
@@ -90,15 +90,7 @@ class Config:
         return out
 
     def store_url(self) -> str:
-        return resolve_store_url(self.store.url, self.path.parent)
-
-
-def resolve_store_url(url: str, base: Path) -> str:
-    """Make a relative SQLite path relative to the config file's directory."""
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
-        return prefix + str((base / url[len(prefix):]).resolve())
-    return url
+        return resolve_sqlite_url(self.store.url, self.path.parent)
 
 
 SOURCE_KEYS = frozenset({"type", "mapping", "poll_interval_s", "batch_size"})

@@ -19,15 +19,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from gateway.certs import expiry_warnings
+from gateway.clock import china_today
 from gateway.config import Config
 from gateway.domain.publicity import stamped
 from gateway.errors import ConfigError, GatewayError
 from gateway.jobs import list_targets, reconcile, repair_screen, run_publicity
 from gateway.mapping import load_mapping, mapping_version
-from gateway.pipeline.engine import Intake, TargetWorker, china_today
+from gateway.pipeline.engine import Intake, TargetWorker
 from gateway.pipeline.workers import MapPool
 from gateway.scheduler import Scheduler
-from gateway.sealing.certs import expiry_warnings
 from gateway.store import Store, open_store
 from gateway.store.publicity import JobResult
 from gateway.tuning import tune_process

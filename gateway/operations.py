@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from gateway.adapter import SourceBatch, SourceRow
+from gateway.certs import expiry_warnings
+from gateway.clock import china_today
 from gateway.config import Config
 from gateway.domain.calendar import WorkCalendar
 from gateway.domain.identifiers import mask_id
@@ -25,8 +27,6 @@ from gateway.domain.timeliness import timeliness_report
 from gateway.jobs import repair_screen
 from gateway.logs import redact
 from gateway.mapping import InboundMapping
-from gateway.pipeline.engine import china_today
-from gateway.sealing.certs import expiry_warnings
 from gateway.store import Store
 from gateway.stored import Reject
 
@@ -78,8 +78,8 @@ async def status_lines(store: Store, calendar: WorkCalendar | None = None, sanct
     lines = [f"rows read {counts['rows_read']}; ledger: {ledger}; open quarantine: {quarantine}"]
     if (lists := await lists_line(store)) is not None:
         lines.append(lists)
-    lines += (await timeliness_report(store, calendar, today=china_today())).status_lines()
-    lines += (await sanctions_report(store, calendar, today=china_today(),
+    lines += (await timeliness_report(store.reports, calendar, today=china_today())).status_lines()
+    lines += (await sanctions_report(store.history, calendar, today=china_today(),
                                      due_working_days=sanctions_due_days)).status_lines()
     rows = [{**r, "oldest pending": age(r["oldest_pending_s"]), "last success": r["last_success"]}
             for r in await store.reports.target_status()]
@@ -96,10 +96,10 @@ async def status_json(store: Store, config: Config) -> dict[str, Any]:
     status: dict[str, Any] = {"targets": await store.reports.target_status(), "counts": await store.reports.counts(),
                               "instances": await store.reports.heartbeats()}
     status["timeliness"] = (await timeliness_report(
-        store, WorkCalendar.from_settings(config.calendar), today=china_today())).as_json()
+        store.reports, WorkCalendar.from_settings(config.calendar), today=china_today())).as_json()
     status["certificates"] = expiry_warnings(config)
     status["sanctions"] = (await sanctions_report(
-        store, WorkCalendar.from_settings(config.calendar), today=china_today(),
+        store.history, WorkCalendar.from_settings(config.calendar), today=china_today(),
         due_working_days=config.sanctions.feedback_due_working_days)).counts()
     entries = await store.lists.list_entries()
     status["lists"] = {"entries": sum(1 for e in entries if e.active), "conflicts": sum(1 for e in entries if e.held)}

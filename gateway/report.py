@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from gateway.clock import china_today
 from gateway.config import Config
 from gateway.domain.calendar import WorkCalendar
 from gateway.domain.sanctions import SanctionsReport, sanctions_report
@@ -19,7 +20,6 @@ from gateway.domain.timeliness import TimelinessReport
 from gateway.jobs import Conflict, ListView, Repair
 from gateway.logs import redact
 from gateway.operations import cell, status_lines, table_lines
-from gateway.pipeline.engine import china_today
 from gateway.store import Store
 from gateway.store.confirmations import SETTLED, Change, Delivery
 
@@ -168,7 +168,8 @@ def print_changes(changes: list[Change]) -> None:
 
 async def report_for(store: Store, config: Config, today: dt.date | None = None) -> SanctionsReport:
     """The report as of ``today`` (default: today in China) with the config's calendar and due days."""
-    return await sanctions_report(store, WorkCalendar.from_settings(config.calendar), today=today or china_today(),
+    return await sanctions_report(store.history, WorkCalendar.from_settings(config.calendar),
+                                  today=today or china_today(),
                                   due_working_days=config.sanctions.feedback_due_working_days)
 
 

@@ -6,9 +6,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from gateway.adapter import AdapterContext
-from gateway.config import resolve_store_url
 from gateway.errors import Problem
-from gateway.settings import read_secret
+from gateway.settings import read_secret, resolve_sqlite_url
 
 DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
 
@@ -17,7 +16,7 @@ def database_url(raw_url: str, password_env: str, ctx: AdapterContext) -> tuple[
     """``sqlite:///relative.db`` resolved against the config's folder, ``postgresql://…`` with the password
     from ``password_env``; the async driver of each. A problem names ``ctx.path``.url (or .password)."""
     try:
-        url = make_url(resolve_store_url(raw_url, ctx.base_dir))
+        url = make_url(resolve_sqlite_url(raw_url, ctx.base_dir))
     except ArgumentError:
         return "", Problem(f"{ctx.path}.url", f"not a database URL: {raw_url!r}")
     driver = DRIVERS.get(url.drivername, url.drivername)

@@ -15,7 +15,9 @@ from typing import Any
 
 import orjson
 
+from gateway.certs import RETIRED, expiry_warnings, init_dev_pki, inventory
 from gateway.cli.remote import AdminClient, client_cert_files, read_token
+from gateway.clock import china_today
 from gateway.config import Config, load_config
 from gateway.daemon import Gateway, serve
 from gateway.domain.calendar import WorkCalendar
@@ -25,10 +27,8 @@ from gateway.errors import ConfigError, GatewayError, Problem
 from gateway.logs import redact, setup_logging
 from gateway.mapping import InboundMapping, OutboundMapping, load_mapping, source_columns
 from gateway.operations import age, cell, replay_entries, status_json
-from gateway.pipeline.engine import china_today
 from gateway.records import Operation, Record, from_payload
 from gateway.report import out, print_status, print_timeliness, table
-from gateway.sealing.certs import RETIRED, expiry_warnings, init_dev_pki, inventory
 from gateway.sealing.evidence import build_evidence, verify_evidence
 from gateway.store import Store, open_store
 
@@ -186,7 +186,7 @@ async def cmd_timeliness(args: argparse.Namespace) -> int:
         datasets = [d for d in target.mappings if d in (datasets or target.mappings)]
     store = await _with_store(config)
     try:
-        report = await timeliness_report(store, WorkCalendar.from_settings(config.calendar),
+        report = await timeliness_report(store.reports, WorkCalendar.from_settings(config.calendar),
                                          today=args.today or china_today(),
                                          datasets=datasets, target=args.target, at_risk_days=args.at_risk_days)
     finally:

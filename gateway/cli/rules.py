@@ -13,8 +13,8 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
+from gateway.clock import china_today
 from gateway.config import load_config
-from gateway.pipeline.engine import china_today
 from gateway.report import out, print_changes, print_history, print_json, table
 from gateway.store import open_store
 

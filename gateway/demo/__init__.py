@@ -20,13 +20,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from gateway.certs import init_dev_pki
 from gateway.config import load_config
 from gateway.daemon import Gateway
 from gateway.demo.scenes import Stage, Verdict, create_department_tables, run_scenes
 from gateway.logs import setup_logging
 from gateway.report import out, table
 from gateway.sandbox.server import Faults, Sandbox, SandboxConfig
-from gateway.sealing.certs import init_dev_pki
 from gateway.sealing.evidence import build_evidence, verify_evidence
 from gateway.sealing.target import load_sealing
 from gateway.store import Store, open_store

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.clock import china_today
 from gateway.config import Config
 from gateway.daemon import Gateway
 from gateway.domain.calendar import CalendarError, WorkCalendar
@@ -43,7 +44,6 @@ from gateway.domain.sanctions import ANSWERED
 from gateway.domain.timeliness import LATE, WORKDAYS, TimelinessReport, timeliness_report
 from gateway.jobs import ListView, conflicts, list_status
 from gateway.mapping import OutboundMapping, load_mapping
-from gateway.pipeline.engine import china_today
 from gateway.records import make_key
 from gateway.report import (
     out,
@@ -360,7 +360,7 @@ def _revocation_problems(changes: Sequence[Change], targets: Sequence[str]) -> l
 async def late_records(stage: Stage) -> Verdict:
     heading("4. A late record reported: due 7 working days after the decision date (official calendar)")
     calendar = WorkCalendar.from_settings(stage.config.calendar)
-    report = await timeliness_report(stage.store, calendar, today=china_today())
+    report = await timeliness_report(stage.store.reports, calendar, today=china_today())
     print_timeliness_summary(report)
     late = sum(t[LATE] for t in report.totals().values())
     example = next((g for g in report.groups if g.late_keys), None)

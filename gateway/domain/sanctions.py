@@ -22,12 +22,10 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+from gateway.clock import CHINA
 from gateway.domain.calendar import CalendarError, WorkCalendar
-from gateway.pipeline.engine import CHINA
-from gateway.store import Store
-from gateway.store.sanctions import CASES, FEEDBACK, Delivery, LedgerCase
 
 STATES = ("open", "answered", "overdue", "revoked", "no_calendar")
 OPEN, ANSWERED, OVERDUE, REVOKED, NO_CALENDAR = STATES
@@ -102,6 +100,51 @@ class SanctionsReport:
                 f"overdue {c[OVERDUE]}{extra}"]
 
 
+CASES = "sanction_case"
+FEEDBACK = "sanction_feedback"
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerCase:
+    key: str
+    operation: str
+    payload: dict[str, Any]
+    first_seen_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerFeedback:
+    key: str
+    case_id: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One outbox row of a case or feedback record, with the receipt of its batch when there is one."""
+
+    dataset: str
+    key: str
+    target: str
+    version: int
+    state: str  # pending | leased | delivered | rejected | dead | superseded | replayed | withheld
+    receipt_id: str | None
+    received_at: float | None
+
+
+@dataclass(frozen=True)
+class SanctionRows:
+    cases: list[LedgerCase]
+    feedback: list[LedgerFeedback]
+    deliveries: list[Delivery]
+
+
+class SanctionSource(Protocol):
+    """Where the report's rows come from (the store's history: gateway.store.History)."""
+
+    async def sanction_rows(self) -> SanctionRows: ...
+
+
 def due_date(received_on: dt.date, calendar: WorkCalendar, due_days: int) -> dt.date:
     """The day feedback is due: the ``due_days``-th working day after the day of receipt (CalendarError if unknown)."""
     return calendar.add_workdays(received_on, due_days)
@@ -118,10 +161,10 @@ def classify(received_on: dt.date, today: dt.date, answered_on: dt.date | None, 
     return (OVERDUE if today > due else OPEN), due, False
 
 
-async def sanctions_report(store: Store, calendar: WorkCalendar, *, today: dt.date,
+async def sanctions_report(source: SanctionSource, calendar: WorkCalendar, *, today: dt.date,
                            due_working_days: int) -> SanctionsReport:
     """Every case in the ledger with its steps and state as of ``today``."""
-    rows = await store.history.sanction_rows()
+    rows = await source.sanction_rows()
     by_case: dict[str, list[str]] = {}
     for fb in rows.feedback:
         by_case.setdefault(fb.case_id, []).append(fb.key)

@@ -19,12 +19,11 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
+from gateway.clock import CHINA
 from gateway.domain.calendar import CalendarError, WorkCalendar
 from gateway.domain.datasets import DATASETS
-from gateway.pipeline.engine import CHINA
-from gateway.store import Store
 
 WORKDAYS = 7  # 自作出决定之日起7个工作日内
 
@@ -126,7 +125,18 @@ class Classifier:
         return None
 
 
-async def timeliness_report(store: Store, calendar: WorkCalendar, *, today: dt.date,
+class TimelinessRows(Protocol):
+    """Where the report's counts come from (the store's reports: gateway.store.Reports)."""
+
+    async def timeliness_rows(self, deadline: Callable[[str | None], float | None],
+                              datasets: Sequence[str] | None = None,
+                              target: str | None = None) -> list[tuple[Any, ...]]: ...
+
+    async def timeliness_keys(self, dates: Sequence[str], datasets: Sequence[str] | None = None,
+                              target: str | None = None) -> list[tuple[Any, ...]]: ...
+
+
+async def timeliness_report(source: TimelinessRows, calendar: WorkCalendar, *, today: dt.date,
                             datasets: Sequence[str] | None = None, target: str | None = None,
                             at_risk_days: int = 2) -> TimelinessReport:
     """Classify every ledger record (of ``datasets``; delivered to ``target`` or to any target).
@@ -138,7 +148,7 @@ async def timeliness_report(store: Store, calendar: WorkCalendar, *, today: dt.d
     classifier = Classifier(calendar, today, at_risk_days)
     groups: dict[tuple[str, str], Group] = {}
     late: dict[tuple[str, str], list[tuple[str, int]]] = {}  # group → (decision date, late records)
-    for dataset, authority, decision, records, delivered, in_time in await store.reports.timeliness_rows(
+    for dataset, authority, decision, records, delivered, in_time in await source.timeliness_rows(
             classifier.deadline, datasets, target):
         key = (dataset, authority or "")
         counts = groups.setdefault(key, Group(*key)).counts
@@ -153,13 +163,13 @@ async def timeliness_report(store: Store, calendar: WorkCalendar, *, today: dt.d
         if n_late:
             late.setdefault(key, []).append((decision, n_late))
     if late:
-        await _fill_late_keys(store, classifier, groups, late, datasets, target)
+        await _fill_late_keys(source, classifier, groups, late, datasets, target)
     ordered = [groups[k] for k in sorted(groups)]
     return TimelinessReport(today, at_risk_days, target, ordered, [m for _, m in sorted(
         classifier.problems.items(), key=lambda item: -1 if item[0] is None else item[0])])
 
 
-async def _fill_late_keys(store: Store, classifier: Classifier, groups: dict[tuple[str, str], Group],
+async def _fill_late_keys(source: TimelinessRows, classifier: Classifier, groups: dict[tuple[str, str], Group],
                           late: dict[tuple[str, str], list[tuple[str, int]]], datasets: Sequence[str] | None,
                           target: str | None) -> None:
     """List the first LATE_KEYS late records per group, oldest decision first: only the dates needed are read."""
@@ -171,7 +181,7 @@ async def _fill_late_keys(store: Store, classifier: Classifier, groups: dict[tup
                 break
             dates.add(decision)
             seen += n
-    found = await store.reports.timeliness_keys(sorted(dates), datasets, target)
+    found = await source.timeliness_keys(sorted(dates), datasets, target)
     for dataset, authority, decision, first_at, record_key in sorted(found, key=lambda r: (r[2], r[4])):
         group = groups[(dataset, authority or "")]
         cls = classifier.undelivered(decision) if first_at is None else classifier.delivered(decision, first_at)

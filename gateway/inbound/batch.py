@@ -45,6 +45,7 @@ from typing import Any
 
 import orjson
 
+from gateway.domain.lists import ListState, SnapshotMark
 from gateway.errors import GatewayError
 from gateway.sealing.xmlsafe import parse_xml, write_records
 
@@ -59,38 +60,6 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 class BatchError(GatewayError):
     """The signed content is not a valid batch; the message names the field."""
-
-
-@dataclass(frozen=True)
-class SnapshotMark:
-    """The batch is page ``page`` (from 1) of full snapshot ``snapshot_id`` of ``scope``; ``last`` on its final page."""
-
-    scope: str
-    snapshot_id: str
-    page: int
-    last: bool
-
-    def as_json(self) -> dict[str, Any]:
-        return {"scope": self.scope, "id": self.snapshot_id, "page": self.page, "last": self.last}
-
-
-@dataclass(frozen=True)
-class ListState:
-    """What the sender says a credit list is once the batch is applied (``from_version``: a delta's start)."""
-
-    code: str
-    version: int
-    list_type: str = ""
-    digest: str = ""
-    count: int | None = None
-    from_version: int | None = None
-
-    def as_json(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {"code": self.code, "version": self.version}
-        optional = {"type": self.list_type, "digest": self.digest, "count": self.count,
-                    "fromVersion": self.from_version}
-        doc.update({k: v for k, v in optional.items() if v not in (None, "")})
-        return doc
 
 
 @dataclass(frozen=True)

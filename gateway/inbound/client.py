@@ -23,11 +23,10 @@ from typing import Any
 import aiohttp
 import orjson
 
+from gateway.domain.lists import ListState, SnapshotMark
 from gateway.errors import GatewayError
 from gateway.inbound.batch import (
     InboundBatch,
-    ListState,
-    SnapshotMark,
     as_xml_text,
     batch_json,
     batch_xml,

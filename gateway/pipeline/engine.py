@@ -23,6 +23,7 @@ import orjson
 import tenacity
 
 from gateway.adapter import OutgoingBatch, SourceBatch
+from gateway.clock import china_today
 from gateway.domain.publicity import PublicitySettings
 from gateway.errors import GatewayError, PermanentError, RetryableError
 from gateway.mapping import InboundMapping, OutboundMapping
@@ -40,11 +41,6 @@ log = logging.getLogger("gateway.engine")
 # entries to the rejects, which are quarantined with their reasons in the same intake transaction.
 Screen = Callable[[list[LedgerEntry], list[Reject], SourceBatch, dt.date],
                   Awaitable[tuple[list[LedgerEntry], list[Reject]]]]
-CHINA = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")
-
-
-def china_today() -> dt.date:
-    return dt.datetime.now(CHINA).date()
 
 
 async def bounded(call: Any, sem: asyncio.Semaphore, timeout_s: float, what: str) -> Any:

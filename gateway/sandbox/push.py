@@ -44,8 +44,9 @@ import orjson
 from aiohttp import web
 
 from gateway.domain.datasets import CREDIT_LIST, SANCTION_CASE
+from gateway.domain.lists import ListState, SnapshotMark
 from gateway.errors import GatewayError
-from gateway.inbound.batch import MAX_RECORDS, ListState, SnapshotMark
+from gateway.inbound.batch import MAX_RECORDS
 from gateway.inbound.client import InboundClient, PushRefused
 from gateway.sandbox.lists import ListPlatform, PlatformList
 from gateway.sandbox.sanctions import SanctionsDesk

@@ -1,7 +1,8 @@
 """A record's history, the changes and their confirmations, the sanction loop's rows, and where source rows went.
 
 Read-only: what ``records show``/``records changes``, ``sanctions`` and the demo ask of the ledger. The row
-types live beside their queries' helpers (gateway.store.confirmations, .sanctions, .sources).
+types live beside their queries' helpers (gateway.store.confirmations, .sources) and, for the sanction loop,
+in gateway.domain.sanctions.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ from typing import Any
 import orjson
 from sqlalchemy import and_, select
 
+from gateway.domain.sanctions import CASES, FEEDBACK, Delivery, LedgerCase, LedgerFeedback, SanctionRows
 from gateway.store import schema as s
 from gateway.store.changes import known_targets
 from gateway.store.confirmations import PAGE, Change, attach, deliveries
 from gateway.store.database import Repository, plain
-from gateway.store.sanctions import CASES, FEEDBACK, Delivery, LedgerCase, LedgerFeedback, SanctionRows
 from gateway.store.sources import SourceRecord
 
 

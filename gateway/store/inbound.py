@@ -17,8 +17,8 @@ import orjson
 from sqlalchemy import and_, delete, func, select
 
 from gateway.adapter import SnapshotPage
+from gateway.domain.lists import ListState, SnapshotMark
 from gateway.errors import GatewayError
-from gateway.inbound.batch import ListState, SnapshotMark
 from gateway.records import LedgerEntry
 from gateway.store import schema as s
 from gateway.store.database import Database, Repository

@@ -24,7 +24,7 @@ import orjson
 from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from gateway.inbound.batch import ListState, SnapshotMark
+from gateway.domain.lists import ListState, SnapshotMark
 from gateway.store import schema as s
 
 

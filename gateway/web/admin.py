@@ -31,12 +31,12 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from gateway.clock import china_today
 from gateway.config import Config
 from gateway.domain.calendar import WorkCalendar
 from gateway.domain.timeliness import timeliness_report
 from gateway.errors import GatewayError
 from gateway.operations import mask_personal, personal_keys, replay_entries, status_json, status_lines
-from gateway.pipeline.engine import china_today
 from gateway.store import Store
 from gateway.web.config import AdminConfig, AdminToken
 from gateway.web.inbound import json_response, tls_subject
@@ -193,7 +193,8 @@ class AdminServer:
             at_risk = int(q.get("at_risk_days") or 2)
         except ValueError:
             raise BadRequest("today: YYYY-MM-DD; at_risk_days: an integer") from None
-        report = await timeliness_report(self.store, WorkCalendar.from_settings(self.config.calendar), today=today,
+        report = await timeliness_report(self.store.reports, WorkCalendar.from_settings(self.config.calendar),
+                                         today=today,
                                          datasets=[q["dataset"]] if q.get("dataset") else None,
                                          target=q.get("target") or None, at_risk_days=at_risk)
         return report.as_json()

@@ -153,7 +153,7 @@ async def _throughput(config_path: Path) -> dict[str, Any]:
 
 
 def run_one(rows: int, profile: str = "none") -> dict[str, Any]:
-    from gateway.sealing.certs import init_dev_pki
+    from gateway.certs import init_dev_pki
 
     workdir = WORK / f"throughput-{rows}-{profile}"
     shutil.rmtree(workdir, ignore_errors=True)

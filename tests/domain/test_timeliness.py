@@ -83,7 +83,7 @@ class TestClassification:
     async def test_counts_per_department_and_dataset(self, store: Store) -> None:
         """Each record lands in its class, counted per deciding body and dataset."""
         await build_ledger(store)
-        report = await timeliness_report(store, CALENDAR, today=TODAY)
+        report = await timeliness_report(store.reports, CALENDAR, today=TODAY)
         assert counts(report) == {
             ("license", MARKET): {"on_time": 1},
             ("penalty", MARKET): {"on_time": 1, "late": 2, "at_risk": 1, "pending": 1},
@@ -95,7 +95,7 @@ class TestClassification:
     async def test_late_keys_name_the_late_records(self, store: Store) -> None:
         """Late delivered and overdue undelivered records are listed, oldest decision first, then by key."""
         await build_ledger(store)
-        report = await timeliness_report(store, CALENDAR, today=TODAY)
+        report = await timeliness_report(store.reports, CALENDAR, today=TODAY)
         assert late_keys(report) == {("license", MARKET): [], ("penalty", MARKET): ["p-late-utc", "p-overdue"],
                                      ("penalty", POLICE): ["p-b-overdue"]}
 
@@ -107,14 +107,14 @@ class TestClassification:
     async def test_at_risk_window(self, store: Store, days: int, expected: dict[str, int]) -> None:
         """Undelivered records due within --at-risk-days working days are at risk, later ones pending."""
         await build_ledger(store)
-        total = (await timeliness_report(store, CALENDAR, today=TODAY, at_risk_days=days)).totals()["penalty"]
+        total = (await timeliness_report(store.reports, CALENDAR, today=TODAY, at_risk_days=days)).totals()["penalty"]
         assert {k: total[k] for k in expected} == expected
 
     async def test_due_today_is_at_risk_and_the_day_after_late(self, store: Store) -> None:
         """On the due date itself an undelivered record is at risk; the next day it is late."""
         await intake(store, [record("p", "2026-02-24")])  # due 03-04
-        on_due = await timeliness_report(store, CALENDAR, today=D("2026-03-04"), at_risk_days=0)
-        after = await timeliness_report(store, CALENDAR, today=D("2026-03-05"))
+        on_due = await timeliness_report(store.reports, CALENDAR, today=D("2026-03-04"), at_risk_days=0)
+        after = await timeliness_report(store.reports, CALENDAR, today=D("2026-03-05"))
         assert counts(on_due) == {("penalty", MARKET): {"at_risk": 1}}
         assert counts(after) == {("penalty", MARKET): {"late": 1}}
 
@@ -125,12 +125,13 @@ class TestClassification:
         await intake(store, [record("p", "2026-02-12", note="（更正）")])
         await deliver(store, ["p"], "2026-03-10T10:00:00+08:00")
         await intake(store, [record("p", "2026-02-12", note="（再更正）")])  # v3 not delivered yet
-        assert counts(await timeliness_report(store, CALENDAR, today=TODAY)) == {("penalty", MARKET): {"on_time": 1}}
+        assert counts(await timeliness_report(store.reports, CALENDAR, today=TODAY)) == {("penalty",
+                                                                                          MARKET): {"on_time": 1}}
 
     async def test_dataset_filter(self, store: Store) -> None:
         """datasets limits the report to those datasets."""
         await build_ledger(store)
-        report = await timeliness_report(store, CALENDAR, today=TODAY, datasets=["license"])
+        report = await timeliness_report(store.reports, CALENDAR, today=TODAY, datasets=["license"])
         assert counts(report) == {("license", MARKET): {"on_time": 1}}
 
 
@@ -140,9 +141,9 @@ class TestTargets:
         await intake(store, [record("a", "2026-02-12"), record("b", "2026-02-12")], TWO_TARGETS)
         await deliver(store, ["a"], "2026-02-20T10:00:00+08:00", target="national")
         await deliver(store, ["a", "b"], "2026-03-01T10:00:00+08:00", target="province")
-        anywhere = await timeliness_report(store, CALENDAR, today=TODAY)
-        province = await timeliness_report(store, CALENDAR, today=TODAY, target="province")
-        national = await timeliness_report(store, CALENDAR, today=TODAY, target="national")
+        anywhere = await timeliness_report(store.reports, CALENDAR, today=TODAY)
+        province = await timeliness_report(store.reports, CALENDAR, today=TODAY, target="province")
+        national = await timeliness_report(store.reports, CALENDAR, today=TODAY, target="national")
         assert counts(anywhere) == {("penalty", MARKET): {"on_time": 1, "late": 1}}
         assert counts(province) == {("penalty", MARKET): {"late": 2}}
         assert counts(national) == {("penalty", MARKET): {"on_time": 1, "late": 1}}
@@ -155,7 +156,7 @@ class TestLimitsAndGaps:
         early = [f"k{i:02d}" for i in range(5)]
         later = [f"j{i:02d}" for i in range(17)]
         await intake(store, [record(k, "2026-02-02") for k in early] + [record(k, "2026-02-10") for k in later])
-        report = await timeliness_report(store, CALENDAR, today=TODAY)
+        report = await timeliness_report(store.reports, CALENDAR, today=TODAY)
         group, = report.groups
         assert group.counts["late"] == 22
         assert group.late_keys == early + later[:LATE_KEYS - 5]
@@ -164,7 +165,7 @@ class TestLimitsAndGaps:
         """A decision whose due date runs into a year without a schedule is counted apart and explained."""
         cal = WorkCalendar(official=Official.from_package(until_year=2026))
         await intake(store, [record("dec", "2026-12-28"), record("feb", "2026-02-12")])
-        report = await timeliness_report(store, cal, today=TODAY)
+        report = await timeliness_report(store.reports, cal, today=TODAY)
         assert counts(report) == {("penalty", MARKET): {"uncovered": 1, "late": 1}}
         message, = report.uncovered
         assert "2027-01-01" in message and "[calendar]" in message

@@ -41,8 +41,8 @@ from typing import Any
 
 import pytest
 
-from gateway.pipeline.engine import china_today
-from gateway.sealing.certs import init_dev_pki
+from gateway.certs import init_dev_pki
+from gateway.clock import china_today
 from gateway.testing.rows import SampleSpec, apply_changes, create_department_db, insert_rows
 from tests.support.crash_helpers import (
     CONTENT_FIELD,

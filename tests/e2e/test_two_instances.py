@@ -45,7 +45,7 @@ from typing import Any
 
 import pytest
 
-from gateway.pipeline.engine import china_today
+from gateway.clock import china_today
 from gateway.store import open_store
 from gateway.testing.rows import SampleSpec, apply_changes, create_department_db, insert_rows
 from tests.e2e.test_crash import (

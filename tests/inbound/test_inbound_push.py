@@ -24,16 +24,17 @@ import pytest
 from sqlalchemy import select
 
 from gateway.cli import main
+from gateway.clock import china_today
 from gateway.config import Config, load_config
 from gateway.daemon import Gateway
 from gateway.domain.calendar import WorkCalendar
 from gateway.domain.datasets import BLACK_LIST, RED_LIST
+from gateway.domain.lists import ListState, SnapshotMark
 from gateway.domain.sanctions import OPEN, sanctions_report
 from gateway.domain.subject_keys import KeySecret
-from gateway.inbound.batch import BatchError, ListState, SnapshotMark, batch_json, batch_xml, parse_batch
+from gateway.inbound.batch import BatchError, batch_json, batch_xml, parse_batch
 from gateway.inbound.client import InboundClient
 from gateway.jobs import ListView, conflicts, list_status
-from gateway.pipeline.engine import china_today
 from gateway.sandbox.server import Sandbox, SandboxConfig
 from gateway.sealing.target import load_sealing
 from gateway.store import Store, open_store
@@ -342,7 +343,7 @@ async def test_pushed_case_lands_like_a_pulled_one(world: World) -> None:
         pulled = (await conn.execute(select(s.intake.c.accepted, s.intake.c.unchanged).where(
             s.intake.c.source == "platform_cases", s.intake.c.rows > 0))).all()
     assert [tuple(r) for r in pulled] == [(0, 1)]
-    report = await sanctions_report(world.store, WorkCalendar(), today=china_today(), due_working_days=10)
+    report = await sanctions_report(world.store.history, WorkCalendar(), today=china_today(), due_working_days=10)
     (status,) = report.cases
     assert (status.case_id, status.state) == ("LH-2026-0101", OPEN)
     assert status.pushed is not None and status.pushed.target == "casedesk"

@@ -375,7 +375,7 @@ class TestAllProblemsTogether:
 class TestExampleConfig:
     def test_the_shipped_example_loads(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """config.example.toml is valid as shipped, once `certs init` has made the PKI it names."""
-        from gateway.sealing.certs import init_dev_pki
+        from gateway.certs import init_dev_pki
 
         shutil.copy(ROOT / "config.example.toml", tmp_path / "credit-gateway.toml")
         shutil.copytree(ROOT / "mappings", tmp_path / "mappings")

@@ -17,9 +17,9 @@ import orjson
 import pytest
 
 from gateway.cli import main
+from gateway.clock import china_today
 from gateway.demo import run_demo
 from gateway.demo import scenes as demo_scenes
-from gateway.pipeline.engine import china_today
 
 SMALL = {"licences": 40, "penalties": 40}
 CHECKS = ("delivered, every valid record held once", "evidence verified offline",

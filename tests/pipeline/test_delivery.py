@@ -19,10 +19,11 @@ import orjson
 import pytest
 
 from gateway.adapter import OutgoingBatch, Receipt, TargetRecord
+from gateway.clock import china_today
 from gateway.config import Config, load_config
 from gateway.daemon import Gateway
 from gateway.errors import ConfigError
-from gateway.pipeline.engine import TargetWorker, china_today
+from gateway.pipeline.engine import TargetWorker
 from gateway.sandbox.platform import simulated_reject
 from gateway.sandbox.server import Faults, Sandbox
 from gateway.store import Store, open_store

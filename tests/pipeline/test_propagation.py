@@ -13,8 +13,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from gateway.clock import china_today
 from gateway.domain.publicity import DEFAULT_RULES, period_of
-from gateway.pipeline.engine import china_today
 from gateway.store import Store
 from gateway.testing.rows import apply_changes, insert_rows
 from tests.support.helpers import make_department_db, outbox, read_rows, receipts, to_record

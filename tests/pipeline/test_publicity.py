@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway.clock import china_today
 from gateway.config import load_config
 from gateway.domain.publicity import (
     DEFAULT_RULES,
@@ -30,7 +31,6 @@ from gateway.domain.publicity import (
 )
 from gateway.errors import ConfigError
 from gateway.jobs import run_publicity
-from gateway.pipeline.engine import china_today
 from gateway.store import Store, open_store
 from gateway.testing.rows import apply_changes
 from tests.support.helpers import ledger, make_department_db, outbox, penalty_mapping, to_record

@@ -19,6 +19,7 @@ import orjson
 import pytest
 
 from gateway.cli import main
+from gateway.clock import china_today
 from gateway.config import Config, load_config
 from gateway.daemon import Gateway
 from gateway.domain.calendar import CalendarError, Official, WorkCalendar
@@ -26,7 +27,6 @@ from gateway.domain.datasets import SANCTION_CASE, SANCTION_FEEDBACK
 from gateway.domain.sanctions import ANSWERED, NO_CALENDAR, OPEN, OVERDUE, REVOKED, classify, sanctions_report
 from gateway.errors import PermanentError
 from gateway.mapping import InboundMapping, load_mapping
-from gateway.pipeline.engine import china_today
 from gateway.sandbox.server import Sandbox, SandboxConfig
 from gateway.sealing.base import Credentials
 from gateway.sealing.target import load_sealing
@@ -193,7 +193,7 @@ class World:
     async def report(self, today: dt.date | None = None, calendar: WorkCalendar | None = None) -> dict[str, Any]:
         store = await open_store(self.config.store_url())
         try:
-            report = await sanctions_report(store, calendar or WorkCalendar(), today=today or china_today(),
+            report = await sanctions_report(store.history, calendar or WorkCalendar(), today=today or china_today(),
                                             due_working_days=10)
         finally:
             await store.aclose()
@@ -351,7 +351,7 @@ class TestClosedLoop:
         calendar = WorkCalendar(official=Official.from_package(until_year=received.year - 1))
         store = await open_store(world.config.store_url())
         try:
-            report = await sanctions_report(store, calendar, today=received, due_working_days=10)
+            report = await sanctions_report(store.history, calendar, today=received, due_working_days=10)
         finally:
             await store.aclose()
         assert [c.state for c in report.cases] == [NO_CALENDAR]
@@ -507,7 +507,7 @@ class TestAnsweredMeansEveryRoute:
 
     @staticmethod
     def _delivery(target: str, state: str, at: float | None, version: int = 1) -> Any:
-        from gateway.store.sanctions import Delivery
+        from gateway.domain.sanctions import Delivery
 
         receipt = f"r-{target}" if state == "delivered" else None
         return Delivery("sanction_feedback", "LH-1|CS-1|SX-1", target, version, state, receipt, at)

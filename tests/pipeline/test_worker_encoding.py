@@ -18,12 +18,12 @@ import orjson
 import pytest
 from sqlalchemy import update
 
+from gateway.clock import china_today
 from gateway.config import load_config
 from gateway.daemon import Gateway
 from gateway.domain.publicity import PublicitySettings, stamped
 from gateway.mapping import OutboundMapping
 from gateway.pipeline.encode import Encoded, EncodePlan
-from gateway.pipeline.engine import china_today
 from gateway.sandbox.server import Sandbox, SandboxConfig
 from gateway.sealing.base import Credentials
 from gateway.store import Store, open_store
@@ -208,7 +208,7 @@ class TestFileChangedUnderTheDaemon:
         with the version it holds, with the same results."""
         import shutil
 
-        from gateway.pipeline.engine import china_today
+        from gateway.clock import china_today
         from gateway.pipeline.workers import map_rows
         from tests.support.helpers import MAPPINGS, SOURCE, read_rows
 

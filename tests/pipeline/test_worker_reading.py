@@ -24,11 +24,12 @@ import pytest
 from adapters.sql.pages import SqlitePageReader
 from adapters.sql.source import SqlSource
 from gateway.adapter import SourceBatch
+from gateway.clock import china_today
 from gateway.domain.publicity import PublicitySettings
 from gateway.errors import RetryableError
 from gateway.jobs import repair_screen
 from gateway.pipeline.config import SourceConfig
-from gateway.pipeline.engine import Intake, china_today
+from gateway.pipeline.engine import Intake
 from gateway.pipeline.workers import MapPool
 from gateway.store import Store, open_store
 from gateway.testing.rows import apply_changes

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from gateway.certs import Credential, expiry_warnings, init_dev_pki, inventory
 from gateway.config import load_config
 from gateway.sealing.base import EnvelopeError
-from gateway.sealing.certs import Credential, expiry_warnings, init_dev_pki, inventory
 from tests.support.helpers import make_department_db, write_config
 from tests.support.pki import make_ca
 

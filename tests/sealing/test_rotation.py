@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
+from gateway.certs import RETIRED, expiry_warnings, inventory
 from gateway.config import load_config
 from gateway.daemon import Gateway
 from gateway.sandbox.server import Sandbox, SandboxConfig
 from gateway.sealing import get_profile
 from gateway.sealing.base import Credentials, EnvelopeError, Peer, SignatureError
-from gateway.sealing.certs import RETIRED, expiry_warnings, inventory
 from gateway.sealing.target import load_sealing
 from gateway.store import open_store
 from tests.conftest import TOKEN

@@ -19,8 +19,8 @@ from typing import Any
 import orjson
 from sqlalchemy import select
 
+from gateway.clock import china_today
 from gateway.mapping import InboundMapping, load_mapping
-from gateway.pipeline.engine import china_today
 from gateway.records import Record
 from gateway.store import Store
 from gateway.store import schema as s

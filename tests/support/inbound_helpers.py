@@ -121,7 +121,7 @@ def sample_rows(directory: Path, n: int, seed: int = 7) -> list[dict[str, Any]]:
     """``n`` department penalty rows that the mapping accepts (the partner's field names and values)."""
     db = make_department_db(directory, penalties=n * 3, seed=seed, name=f"partner-{seed}.db")
     mapping: InboundMapping = penalty_mapping()
-    from gateway.pipeline.engine import china_today
+    from gateway.clock import china_today
 
     rows = [r for r in read_rows(db.path) if mapping.map_row(r, china_today()).record is not None]
     assert len(rows) >= n
