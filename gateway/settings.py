@@ -154,3 +154,12 @@ def read_token(env: str, file: str, where: str, base: Path) -> tuple[str | None,
     if problem is None and token is None:
         problem = Problem(f"{where}.token_env", "give token_env or token_file: the API needs a token")
     return (None, problem) if problem else (token, None)
+
+
+def resolve_sqlite_path(url: str, base: Path) -> str:
+    """A database URL with a relative SQLite path (``sqlite:///relative.db``) made relative to ``base``, the
+    config file's folder; any other URL as it is."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
+        return prefix + str((base / url[len(prefix):]).resolve())
+    return url

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from gateway.adapter import ColumnListing
 from gateway.cli.remote import AdminClient, client_cert_files, read_token
 from gateway.config import Config, load_config
 from gateway.daemon import Gateway, serve
@@ -78,12 +79,12 @@ async def cmd_check(args: argparse.Namespace) -> int:
 async def _check_sources(config: Config) -> list[Problem]:
     problems = []
     for src in config.sources.values():
-        columns = getattr(src.adapter, "columns", None)
-        if columns is None:
+        adapter = src.adapter
+        if not isinstance(adapter, ColumnListing):
             continue
         try:
-            async with src.adapter:
-                have = set(await columns())
+            async with adapter:
+                have = set(await adapter.columns())
         except GatewayError as exc:
             problems.append(Problem(f"sources.{src.name}", f"cannot read the source: {exc}"))
             continue
