@@ -31,7 +31,7 @@ from gateway.sealing.evidence import build_evidence, verify_evidence
 from gateway.sealing.target import load_sealing
 from gateway.store.composed import Store
 from gateway.store.database import open_store
-from gateway.testing.rows import SampleResult, SampleSpec, create_department_db
+from gateway.testing.department_db import SampleResult, SampleSpec, create_department_db
 
 CONFIG_TEMPLATE = """\
 # Written by `credit-gateway demo`; a real deployment starts from config.example.toml.

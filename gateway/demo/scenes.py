@@ -53,7 +53,8 @@ from gateway.sandbox.server import Sandbox
 from gateway.store.composed import Store
 from gateway.store.confirmations import Change, list_changes, record_history
 from gateway.store.sources import source_records
-from gateway.testing.rows import SampleResult, apply_changes, format_gxsj, insert_rows, make_uscc
+from gateway.testing.department_db import SampleResult, apply_changes, insert_rows
+from gateway.testing.rows import format_gxsj, make_uscc
 
 PHASE_TIMEOUT_S = 120.0
 CASE_TABLE, FEEDBACK_TABLE, LIST_TABLE, ARCHIVE_TABLE = "lhjc_aj", "lhjc_fk", "dept_credit_list", "xzcf_archive"

@@ -1,4 +1,4 @@
-"""The SQL source on real department databases: SQLite files made by gateway.testing.rows, and PostgreSQL."""
+"""The SQL source on real department databases: SQLite files made by gateway.testing.department_db, and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ from gateway.config import SourceConfig, load_config
 from gateway.errors import ConfigError, StoreError
 from gateway.pipeline.engine import Intake
 from gateway.store.composed import Store
-from gateway.testing.rows import COLUMNS, apply_changes, format_gxsj, insert_rows, same_gxsj_rows
+from gateway.testing.department_db import apply_changes, insert_rows, same_gxsj_rows
+from gateway.testing.rows import COLUMNS, format_gxsj
 from tests.conftest import TOKEN
 from tests.support.helpers import (
     DEPARTMENT_CODE,

@@ -43,7 +43,7 @@ import pytest
 
 from gateway.pipeline.engine import china_today
 from gateway.sealing.certs import init_dev_pki
-from gateway.testing.rows import SampleSpec, apply_changes, create_department_db, insert_rows
+from gateway.testing.department_db import SampleSpec, apply_changes, create_department_db, insert_rows
 from tests.support.crash_helpers import (
     CONTENT_FIELD,
     ORPHAN_GRACE_S,

@@ -27,7 +27,7 @@ from gateway.sandbox.platform import simulated_reject
 from gateway.sandbox.server import Faults, Sandbox
 from gateway.store.composed import Store
 from gateway.store.database import open_store
-from gateway.testing.rows import SampleResult, apply_changes
+from gateway.testing.department_db import SampleResult, apply_changes
 from tests.conftest import TOKEN
 from tests.support.helpers import (
     attempts,

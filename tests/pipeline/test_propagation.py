@@ -17,7 +17,7 @@ from gateway.domain.publicity import DEFAULT_RULES, period_of
 from gateway.pipeline.engine import china_today
 from gateway.store.composed import Store
 from gateway.store.confirmations import list_changes
-from gateway.testing.rows import apply_changes, insert_rows
+from gateway.testing.department_db import apply_changes, insert_rows
 from tests.support.helpers import make_department_db, outbox, read_rows, receipts, to_record
 from tests.support.rules_helpers import (
     TABLE,

@@ -34,7 +34,7 @@ from gateway.store.composed import Store
 from gateway.store.confirmations import list_changes
 from gateway.store.database import open_store
 from gateway.store.publicity import publicity_report, run_publicity
-from gateway.testing.rows import apply_changes
+from gateway.testing.department_db import apply_changes
 from tests.support.helpers import ledger, make_department_db, outbox, penalty_mapping, to_record
 from tests.support.rules_helpers import (
     TABLE,

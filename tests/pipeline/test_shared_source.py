@@ -30,7 +30,7 @@ from gateway.records import LedgerEntry
 from gateway.store.composed import Store
 from gateway.store.database import open_store
 from gateway.stored import Reject
-from gateway.testing.rows import apply_changes, insert_rows
+from gateway.testing.department_db import apply_changes, insert_rows
 from tests.support.helpers import (
     DEPARTMENT_CODE,
     SOURCE,

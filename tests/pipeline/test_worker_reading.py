@@ -32,7 +32,7 @@ from gateway.pipeline.workers import MapPool
 from gateway.store.composed import Store
 from gateway.store.database import open_store
 from gateway.store.publicity import repair_screen
-from gateway.testing.rows import apply_changes
+from gateway.testing.department_db import apply_changes
 from tests.adapters.test_source_encoding import _convert_to_gbk, _store_gbk
 from tests.adapters.test_sql_source import NAME, ROUTES, opened
 from tests.support.helpers import ledger, make_department_db, outbox, penalty_mapping, read_rows

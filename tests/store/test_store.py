@@ -24,7 +24,7 @@ from gateway.store.composed import Store
 from gateway.store.database import open_store
 from gateway.store.outbox import Batch, DeliveryResult, EncodedBatch, LeaseLost, Outcome
 from gateway.stored import RAW_BODY, LeasedRecord, Reject
-from gateway.testing.rows import SampleResult, apply_changes
+from gateway.testing.department_db import SampleResult, apply_changes
 from tests.support.helpers import (
     SOURCE,
     attempts,
