@@ -113,10 +113,11 @@ class FlakySink:
 
     async def deliver(self, batch: OutgoingBatch) -> Receipt:
         self.calls += 1
-        if self.calls <= self.fail_times:
-            raise self.error(f"injected failure {self.calls} of {self.fail_times}") \
-                if isinstance(self.error, type) else self.error
-        return await self.inner.deliver(batch)
+        if self.calls > self.fail_times:
+            return await self.inner.deliver(batch)
+        if isinstance(self.error, type):
+            raise self.error(f"injected failure {self.calls} of {self.fail_times}")
+        raise self.error
 
 
 class RaisingSink(FlakySink):
