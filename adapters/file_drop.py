@@ -105,6 +105,8 @@ class _Rendered:
 class FileDropSink:
     """Writes each batch as a data file plus a manifest, atomically and once per batch id."""
 
+    Settings = FileDropSinkSettings
+
     def __init__(self, settings: FileDropSinkSettings, directory: Path, name: str) -> None:
         self.settings, self.directory, self.name = settings, directory, name
 
@@ -278,6 +280,8 @@ class _Position:
 
 class FileDropSource:
     """Reads complete files from an inbox, page by page; a file leaves the inbox after its rows are committed."""
+
+    Settings = FileDropSourceSettings
 
     def __init__(self, settings: FileDropSourceSettings, inbox: Path, name: str) -> None:
         self.settings, self.inbox, self.name = settings, inbox, name

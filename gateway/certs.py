@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.adapter import Credentialed, Sink, Source
 from gateway.config import Config
 from gateway.sealing.base import EnvelopeError, load_certificates
 from gateway.sealing.pki import KINDS, make_ca
@@ -53,7 +54,9 @@ def inventory(config: Config) -> list[Credential]:
     out: list[Credential] = []
     for name, target in config.targets.items():
         out += _sealing_credentials(f"targets.{name}.envelope", target.sealing)
-        out += _token(f"targets.{name}", target.adapter)
+        out += _adapter_credentials(f"targets.{name}", target.adapter)
+    for name, source in config.sources.items():
+        out += _adapter_credentials(f"sources.{name}", source.adapter)
     out += _inbound_credentials(config)
     if config.admin is not None:
         out += [Credential(t.where, "token", detail=f"role {t.role}, from {t.origin}") for t in config.admin.tokens]
@@ -121,13 +124,17 @@ def _certificates(where: str, pem: bytes, detail: str = "") -> list[Credential]:
                        c.not_valid_after_utc, detail) for i, c in enumerate(certs)]
 
 
-def _token(where: str, adapter: Any) -> list[Credential]:
-    settings = getattr(adapter, "settings", None)
-    env, file = getattr(settings, "token_env", ""), getattr(settings, "token_file", "")
-    if not (env or file):
+def _adapter_credentials(where: str, adapter: Source | Sink) -> list[Credential]:
+    """The tokens, passwords and certificates an adapter says it reads (its certificates with their expiry)."""
+    if not isinstance(adapter, Credentialed):
         return []
-    source = f"environment variable {env}" if env else f"file {file}"
-    return [Credential(f"{where}.{'token_env' if env else 'token_file'}", "token", detail=f"from {source}")]
+    out: list[Credential] = []
+    for c in adapter.credential_sources():
+        if c.kind == "certificate" and c.path is not None:
+            out += _read_certificates(f"{where}.{c.setting}", c.path)
+        else:
+            out.append(Credential(f"{where}.{c.setting}", c.kind, detail=f"from {c.origin}"))
+    return out
 
 
 def expiry_warnings(config: Config, now: dt.datetime | None = None) -> list[str]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.adapter import SINK_GROUP, SOURCE_GROUP, AdapterContext, load_adapter
+from gateway.adapter import SINK_GROUP, SOURCE_GROUP, AdapterContext, Credentialed, Sink, Source, load_adapter
 from gateway.domain.calendar import CalendarSettings, parse_overrides
 from gateway.domain.publicity import PublicitySettings, parse_publicity
 from gateway.errors import ConfigError, Problem
@@ -114,19 +114,20 @@ def load_config(path: str | Path) -> Config:
     lists = _section(ListsSettings, doc, "lists", problems)
     publicity, found = parse_publicity(doc.get("publicity", {}))
     problems += found
-    secrets: list[str] = []
     # A broken [gateway] must not hide the sources' and targets' problems: check those against a stand-in.
     ctx_base = (path.parent, gw or GatewaySettings(department_code="", department_name=""))
     sources = {name: src for name, raw in _tables(doc, "sources", problems).items()
                if (src := _source(name, raw, ctx_base, problems)) is not None}
     target_tables = _tables(doc, "targets", problems)
     targets = {name: tgt for name, raw in target_tables.items()
-               if (tgt := _target(name, raw, ctx_base, problems, secrets)) is not None}
+               if (tgt := _target(name, raw, ctx_base, problems)) is not None}
     if len(targets) == len(target_tables):  # a broken target would make every route look missing
         problems += _route_problems(sources, targets)
     inbound, found = load_inbound(doc.get("inbound"), path.parent)
     admin, found_admin = load_admin(doc.get("admin"), path.parent)
     problems += found + found_admin
+    adapters = [*(s.adapter for s in sources.values()), *(t.adapter for t in targets.values())]
+    secrets = [secret for a in adapters if isinstance(a, Credentialed) for secret in a.secrets]
     secrets += [t.token for t in admin.tokens] if admin else []
     if problems or gw is None or store is None or daemon is None or sanctions is None:
         raise ConfigError(problems, str(path))
@@ -217,14 +218,17 @@ def _source(name: str, raw: dict[str, Any], base: tuple[Path, GatewaySettings],
     if isinstance(poll, bool) or not isinstance(poll, int | float) or poll <= 0:
         problems.append(Problem(f"{where}.poll_interval_s", f"expected a positive number, got {poll!r}"))
     batch_size = _common_int(raw, "batch_size", 1000, where, problems)
-    adapter = _adapter(SOURCE_GROUP, raw, where, SOURCE_KEYS, _context(name, where, base, SOURCE_KEYS), problems)
-    if len(problems) > before or mapping is None:
+    adapter = _adapter(SOURCE_GROUP, Source, raw, where, SOURCE_KEYS, _context(name, where, base, SOURCE_KEYS),
+                       problems)
+    if len(problems) > before or mapping is None or adapter is None:
         return None
     return SourceConfig(name, str(raw["type"]), {mapping.dataset.name: mapping}, float(poll), batch_size, adapter)
 
 
-def _adapter(group: str, raw: dict[str, Any], where: str, common: frozenset[str], ctx: AdapterContext,
-             problems: list[Problem]) -> Any:
+def _adapter(group: str, role: type[Any], raw: dict[str, Any], where: str, common: frozenset[str],
+             ctx: AdapterContext, problems: list[Problem]) -> Any:
+    """The adapter ``raw`` names, built from its settings and checked to be a ``role`` (Source or Sink); None
+    with the problems found."""
     kind = raw.get("type")
     if not isinstance(kind, str):
         problems.append(Problem(f"{where}.type", "required: the adapter type"))
@@ -235,11 +239,14 @@ def _adapter(group: str, raw: dict[str, Any], where: str, common: frozenset[str]
         return None
     adapter, found = factory.from_settings({k: v for k, v in raw.items() if k not in common}, ctx)
     problems += found
+    if adapter is not None and not isinstance(adapter, role):
+        problems.append(Problem(f"{where}.type", f"adapter {kind!r} is not a {role.__name__}"))
+        return None
     return adapter
 
 
-def _target(name: str, raw: dict[str, Any], base: tuple[Path, GatewaySettings], problems: list[Problem],
-            secrets: list[str]) -> TargetConfig | None:
+def _target(name: str, raw: dict[str, Any], base: tuple[Path, GatewaySettings],
+            problems: list[Problem]) -> TargetConfig | None:
     where = f"targets.{name}"
     before = len(problems)
     datasets = raw.get("datasets")
@@ -280,9 +287,8 @@ def _target(name: str, raw: dict[str, Any], base: tuple[Path, GatewaySettings], 
     in_flight = _common_int(raw, "max_in_flight", 2, where, problems)
     ctx = dataclasses.replace(_context(name, where, base, TARGET_KEYS),
                               fields={ds: m.target_fields for ds, m in mappings.items()})
-    adapter = _adapter(SINK_GROUP, raw, where, TARGET_KEYS, ctx, problems)
-    secrets += list(getattr(adapter, "secrets", ()))
-    if len(problems) > before or retry is None or circuit is None or sealing is None:
+    adapter = _adapter(SINK_GROUP, Sink, raw, where, TARGET_KEYS, ctx, problems)
+    if len(problems) > before or retry is None or circuit is None or sealing is None or adapter is None:
         return None
     return TargetConfig(name, str(raw["type"]), mappings, batch_size, in_flight, str(personal), bool(external),
                         retry, circuit, adapter, sealing, omit, public, changes_only)

@@ -211,12 +211,19 @@ def list_targets(config: Config) -> list[TargetConfig]:
     return [t for t in config.targets.values() if DATASET in t.mappings and isinstance(t.adapter, Holdings)]
 
 
+def holdings(target: TargetConfig) -> Holdings:
+    """The target's adapter as one that can read back what it holds (reconcile_targets chose it for that)."""
+    if not isinstance(target.adapter, Holdings):
+        raise TypeError(f"target {target.name} cannot read back what it holds")
+    return target.adapter
+
+
 async def compare(store: Store, target: TargetConfig, list_code: str, held_keys: set[str]) -> TargetView:
     """One target's rows of one list against the ledger (the adapter must be open)."""
     view = TargetView(target.name)
     mapping = target.mappings[DATASET]
     columns = mapping.sources_of("list_code")
-    adapter: Holdings = target.adapter
+    adapter = holdings(target)
     if not columns:
         view.error = f"{mapping.path}: no field is a plain copy of list_code, so a list's rows cannot be selected"
         return view
@@ -304,7 +311,7 @@ async def reconcile_target(store: Store, target: TargetConfig, list_codes: Seque
         if not view.error and not dry_run:
             repair.requeued = await store.lists.requeue_for_repair(target.name, DATASET, keys, f"drift in list {code}")
             if discard_unknown and view.unknown:
-                repair.discarded = await target.adapter.discard(DATASET, view.unknown)
+                repair.discarded = await holdings(target).discard(DATASET, view.unknown)
         else:
             repair.requeued, repair.discarded = len(keys), len(view.unknown) if discard_unknown else 0
         if keys or view.unknown:

@@ -19,16 +19,14 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
-import aiohttp
 import orjson
 
-from gateway.adapter import AdapterContext, SourceBatch, SourceRow
-from gateway.errors import PermanentError, Problem, RetryableError
+from adapters.platform.http import BearerSession, bearer_settings, peer_credentials, status_error, token_credentials
+from gateway.adapter import AdapterContext, Credential, SourceBatch, SourceRow
+from gateway.errors import PermanentError, Problem
 from gateway.sealing.base import EnvelopeError
 from gateway.sealing.target import SignedAnswers, load_signed_answers
-from gateway.settings import parse_settings, read_token, setting
-
-RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+from gateway.settings import setting
 
 
 @dataclass(frozen=True)
@@ -46,36 +44,37 @@ class PlatformCasesSettings:
 class PlatformCasesSource:
     """Pulls sanction cases from the platform's feed, after the stored cursor."""
 
-    def __init__(self, settings: PlatformCasesSettings, token: str, department: str, trust: SignedAnswers | None,
-                 name: str) -> None:
-        self.settings, self.name = settings, name
-        self._token, self._department, self._trust = token, department, trust
-        self._session: aiohttp.ClientSession | None = None
-        self.secrets = (token,)
+    Settings = PlatformCasesSettings
+
+    def __init__(self, settings: PlatformCasesSettings, http: BearerSession, department: str,
+                 trust: SignedAnswers | None, ctx: AdapterContext) -> None:
+        self.settings, self.name, self._base = settings, ctx.name, ctx.base_dir
+        self._http, self._department, self._trust = http, department, trust
+        self.secrets = (http.token,)
 
     @classmethod
     def from_settings(cls, raw: Mapping[str, Any],
                       ctx: AdapterContext) -> tuple[PlatformCasesSource | None, list[Problem]]:
-        settings, problems = parse_settings(PlatformCasesSettings, raw, ctx.path, ctx.common_keys)
-        if settings is None:
+        built, problems = bearer_settings(PlatformCasesSettings, raw, ctx)
+        if built is None:
             return None, problems
-        token, problem = read_token(settings.token_env, settings.token_file, ctx.path, ctx.base_dir)
-        if problem or token is None:
-            return None, [problem] if problem else []
+        settings, http = built
         trust, problems = _load_trust(settings, ctx)
         if problems:
             return None, problems
-        return cls(settings, token, settings.department_code or ctx.department_code, trust, ctx.name), []
+        return cls(settings, http, settings.department_code or ctx.department_code, trust, ctx), []
 
     async def __aenter__(self) -> Self:
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.settings.timeout_s))
+        await self._http.open()
         return self
 
     async def __aexit__(self, t: type[BaseException] | None, e: BaseException | None,
                         tb: TracebackType | None) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.aclose()
+
+    def credential_sources(self) -> list[Credential]:
+        s = self.settings
+        return token_credentials(s) + peer_credentials(s.peer_cert, s.trusted_cas, self._base)
 
     async def fetch(self, cursor: Any, limit: int) -> SourceBatch:
         after = int(cursor or 0)
@@ -93,17 +92,9 @@ class PlatformCasesSource:
         """Nothing to do: the cursor lives in the gateway's store, committed with the rows."""
 
     async def _get(self, after: int, limit: int) -> dict[str, Any]:
-        if self._session is None:
-            raise RuntimeError("source used outside `async with`")
         params = {"departmentCode": self._department, "after": str(after), "limit": str(limit)}
-        headers = {"Authorization": f"Bearer {self._token}"}
-        try:
-            async with self._session.get(self.settings.url, params=params, headers=headers) as resp:
-                raw, status = await resp.read(), resp.status
-        except TimeoutError as exc:
-            raise RetryableError(f"source {self.name}: no answer within {self.settings.timeout_s:g}s") from exc
-        except aiohttp.ClientError as exc:
-            raise RetryableError(f"source {self.name}: {type(exc).__name__}: {exc}") from exc
+        status, headers, raw = await self._http.request("GET", self.settings.url, f"source {self.name}",
+                                                        params=params)
         try:
             answer = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -111,7 +102,7 @@ class PlatformCasesSource:
         if status != 200 or not isinstance(answer, dict) or str(answer.get("errorCode")) != "200":
             detail = answer.get("errorMsg", "") if isinstance(answer, dict) else ""
             message = f"source {self.name}: case feed answered HTTP {status}: {detail}"
-            raise RetryableError(message) if status in RETRYABLE_STATUS else PermanentError(message)
+            raise status_error(status, message, headers.get("Retry-After"))
         return answer
 
     def _check_manifest(self, answer: Mapping[str, Any], cases: list[Any], after: int) -> None:

@@ -30,17 +30,16 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote
 
-import aiohttp
 import orjson
 
-from gateway.adapter import AdapterContext, SnapshotPage, SourceBatch, SourceRow
+from adapters.platform.http import BearerSession, bearer_settings, peer_credentials, status_error, token_credentials
+from gateway.adapter import AdapterContext, Credential, SnapshotPage, SourceBatch, SourceRow
 from gateway.domain.datasets import CREDIT_LIST
 from gateway.errors import PermanentError, Problem, RetryableError
 from gateway.sealing.base import EnvelopeError
 from gateway.sealing.target import SignedAnswers, load_signed_answers
-from gateway.settings import parse_settings, read_token, setting
+from gateway.settings import setting
 
-RETRYABLE_STATUS = frozenset({404, 408, 425, 429, 500, 502, 503, 504})
 MAX_RESTARTS = 3  # a list that moves on under every snapshot attempt: try again at the next poll
 
 log = logging.getLogger("adapters.platform_lists")
@@ -86,34 +85,36 @@ class _Gone(Exception):
 class PlatformListsSource:
     """Reads credit lists from the platform's list API."""
 
-    def __init__(self, settings: PlatformListsSettings, token: str, name: str, peer: SignedAnswers | None) -> None:
-        self.settings, self.name = settings, name
-        self._token = token
+    Settings = PlatformListsSettings
+
+    def __init__(self, settings: PlatformListsSettings, http: BearerSession, ctx: AdapterContext,
+                 peer: SignedAnswers | None) -> None:
+        self.settings, self.name, self._base = settings, ctx.name, ctx.base_dir
+        self._http = http
         self._peer = peer
-        self._session: aiohttp.ClientSession | None = None
-        self.secrets = (token,)
+        self.secrets = (http.token,)
 
     @classmethod
     def from_settings(cls, raw: Mapping[str, Any],
                       ctx: AdapterContext) -> tuple[PlatformListsSource | None, list[Problem]]:
-        settings, problems = parse_settings(PlatformListsSettings, raw, ctx.path, ctx.common_keys)
-        if settings is None:
+        built, problems = bearer_settings(PlatformListsSettings, raw, ctx)
+        if built is None:
             return None, problems
-        token, problem = read_token(settings.token_env, settings.token_file, ctx.path, ctx.base_dir)
-        if problem or token is None:
-            return None, [problem] if problem else []
+        settings, http = built
         peer, problems = load_signed_answers(settings.peer_cert, settings.trusted_cas, ctx.path, ctx.base_dir)
-        return (cls(settings, token, ctx.name, peer), []) if not problems else (None, problems)
+        return (cls(settings, http, ctx, peer), []) if not problems else (None, problems)
 
     async def __aenter__(self) -> Self:
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.settings.timeout_s))
+        await self._http.open()
         return self
 
     async def __aexit__(self, t: type[BaseException] | None, e: BaseException | None,
                         tb: TracebackType | None) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.aclose()
+
+    def credential_sources(self) -> list[Credential]:
+        s = self.settings
+        return token_credentials(s) + peer_credentials(s.peer_cert, s.trusted_cas, self._base)
 
     async def ack(self, cursor: Any) -> None:
         """Nothing to do: the cursor lives in the gateway's store, committed with the rows."""
@@ -195,22 +196,14 @@ class PlatformListsSource:
     # ------------------------------------------------------------ HTTP
 
     async def _get(self, path: str, query: Mapping[str, str] | None = None) -> dict[str, Any]:
-        if self._session is None:
-            raise RuntimeError("source used outside `async with`")
         url = self.settings.url.rstrip("/") + path
-        try:
-            async with self._session.get(url, params=query, headers={"Authorization": f"Bearer {self._token}"}) as r:
-                status, raw = r.status, await r.read()
-        except TimeoutError as exc:
-            raise RetryableError(f"{url}: no answer within {self.settings.timeout_s:g}s") from exc
-        except aiohttp.ClientError as exc:
-            raise RetryableError(f"{url}: {type(exc).__name__}: {exc}") from exc
-        body = _parse(raw, url)
+        status, headers, raw = await self._http.request("GET", url, url, params=query)
+        body = _parse(raw, url, status)
         if status in (409, 410):
             raise _Gone(str(body.get("errorMsg")))
         if status != 200:
             message = f"{url}: HTTP {status} {body.get('errorCode', '')} {body.get('errorMsg', '')}".strip()
-            raise (RetryableError if status in RETRYABLE_STATUS else PermanentError)(message)
+            raise status_error(status, message, headers.get("Retry-After"))
         data = body.get("data")
         if not isinstance(data, dict):
             raise RetryableError(f"{url}: the answer has no data object")
@@ -239,10 +232,12 @@ def _row(code: str, item: Mapping[str, Any], op: str) -> SourceRow:
     return SourceRow(f"{code}/{subject}", {**item, "op": op})
 
 
-def _parse(raw: bytes, url: str) -> dict[str, Any]:
+def _parse(raw: bytes, url: str, status: int) -> dict[str, Any]:
     try:
         body = orjson.loads(raw) if raw else {}
     except orjson.JSONDecodeError:
+        if status != 200:  # e.g. a proxy's HTML error page: the status decides
+            return {"errorMsg": raw[:200].decode("utf-8", "replace")}
         raise RetryableError(f"{url}: the answer is not JSON") from None
     return body if isinstance(body, dict) else {}
 

@@ -3,30 +3,26 @@
 Modelled on the Suzhou 数据上报接口 (domain.md §9): a batch names its catalogue (``tableCode``), the
 department (``departmentCode``) and carries the records; the answer gives totals, per-record results
 with error codes, and a receipt. HTTP and aiohttp failures are translated here into the gateway's
-error tree: timeouts, dropped connections, 429 and 5xx are retryable (honouring ``Retry-After``);
-401/403/404/409/413 and envelope-level error codes are permanent for that batch.
+error tree (adapters.platform.http): timeouts, dropped connections, 404, 429 and 5xx are retryable (honouring
+``Retry-After``); 401/403/409/413 and envelope-level error codes are permanent for that batch.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Any, Self
 
-import aiohttp
 import orjson
 
 from adapters.platform.body import upload_body
-from gateway.adapter import AdapterContext, OutgoingBatch, Receipt, RecordResult, TargetRecord
+from adapters.platform.http import BearerSession, bearer_settings, status_error, token_credentials
+from gateway.adapter import AdapterContext, BodyEncoder, Credential, OutgoingBatch, Receipt, RecordResult, TargetRecord
 from gateway.errors import PermanentError, Problem, RetryableError
-from gateway.settings import parse_settings, read_token, setting
-
-RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+from gateway.settings import setting
 
 
 @dataclass(frozen=True)
@@ -43,67 +39,54 @@ class CreditPlatformSettings:
 class CreditPlatformSink:
     """Delivers JSON batches to the platform's upload API."""
 
-    def __init__(self, settings: CreditPlatformSettings, token: str, department_code: str, name: str) -> None:
+    Settings = CreditPlatformSettings
+
+    def __init__(self, settings: CreditPlatformSettings, http: BearerSession, department_code: str,
+                 name: str) -> None:
         self.settings = settings
         self.name = name
-        self._token = token
+        self._http = http
         self._department = department_code
-        self._session: aiohttp.ClientSession | None = None
-        self.secrets = (token,)
+        self.secrets = (http.token,)
 
     @classmethod
     def from_settings(cls, raw: Mapping[str, Any],
                       ctx: AdapterContext) -> tuple[CreditPlatformSink | None, list[Problem]]:
-        settings, problems = parse_settings(CreditPlatformSettings, raw, ctx.path, ctx.common_keys)
-        if settings is None:
+        built, problems = bearer_settings(CreditPlatformSettings, raw, ctx)
+        if built is None:
             return None, problems
-        token, problem = read_token(settings.token_env, settings.token_file, ctx.path, ctx.base_dir)
-        if problem or token is None:
-            return None, [problem] if problem else []
-        return cls(settings, token, settings.department_code or ctx.department_code, ctx.name), []
+        settings, http = built
+        return cls(settings, http, settings.department_code or ctx.department_code, ctx.name), []
 
     async def __aenter__(self) -> Self:
-        timeout = aiohttp.ClientTimeout(total=self.settings.timeout_s)
-        self._session = aiohttp.ClientSession(timeout=timeout, raise_for_status=False)
+        await self._http.open()
         return self
 
     async def __aexit__(self, t: type[BaseException] | None, e: BaseException | None,
                         tb: TracebackType | None) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.aclose()
+
+    def credential_sources(self) -> list[Credential]:
+        return token_credentials(self.settings)
 
     def encode(self, batch_id: str, dataset: str, table_code: str, records: Sequence[TargetRecord]) -> bytes:
         return upload_body(self._department, self.settings.table_version, batch_id, dataset, table_code, records)
 
-    def batch_encoder(self) -> Callable[[str, str, str, Sequence[TargetRecord]], bytes]:
+    def batch_encoder(self) -> BodyEncoder:
         """``encode`` as a picklable function: large batches are encoded in a worker process."""
         return functools.partial(upload_body, self._department, self.settings.table_version)
 
     async def deliver(self, batch: OutgoingBatch) -> Receipt:
         if len(batch.body) > self.settings.max_body_bytes:
             raise PermanentError(f"batch is {len(batch.body)} bytes, over max_body_bytes")
-        status, headers, payload = await self._post(batch)
+        headers = {"Content-Type": batch.content_type, "Idempotency-Key": batch.id}
+        status, answer_headers, raw = await self._http.request("POST", self.settings.url, f"target {self.name}",
+                                                               data=batch.body, headers=headers)
+        payload = _parse(raw, status)
         if status == 200:
             return _receipt(batch, payload)
         message = f"HTTP {status} {payload.get('errorCode', '')} {payload.get('errorMsg', '')}".strip()
-        if status in RETRYABLE_STATUS:
-            raise RetryableError(message, retry_after_s=_retry_after(headers.get("Retry-After")))
-        raise PermanentError(message)
-
-    async def _post(self, batch: OutgoingBatch) -> tuple[int, Mapping[str, str], dict[str, Any]]:
-        if self._session is None:
-            raise RuntimeError("sink used outside `async with`")
-        headers = {"Authorization": f"Bearer {self._token}", "Content-Type": batch.content_type,
-                   "Idempotency-Key": batch.id}
-        try:
-            async with self._session.post(self.settings.url, data=batch.body, headers=headers) as resp:
-                raw = await resp.read()
-                return resp.status, dict(resp.headers), _parse(raw, resp.status)
-        except TimeoutError as exc:
-            raise RetryableError(f"no answer within {self.settings.timeout_s:g}s") from exc
-        except aiohttp.ClientError as exc:  # refused, reset, dropped, bad HTTP: all worth a retry
-            raise RetryableError(f"{type(exc).__name__}: {exc}") from exc
+        raise status_error(status, message, answer_headers.get("Retry-After"))
 
 
 def _parse(raw: bytes, status: int) -> dict[str, Any]:
@@ -129,19 +112,3 @@ def _receipt(batch: OutgoingBatch, payload: dict[str, Any]) -> Receipt:
                             str(r.get("errorCode") or ""), str(r.get("errorMsg") or ""))
                for r in payload.get("results") or [] if isinstance(r, dict)]
     return Receipt(str(receipt.get("receiptId") or ""), results, payload)
-
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
-
-
-

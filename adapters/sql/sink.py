@@ -40,8 +40,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DataError, IntegrityError, NoSuchTableError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from adapters.sql.url import database_url
-from gateway.adapter import AdapterContext, OutgoingBatch, Receipt, RecordResult, TargetRecord
+from adapters.sql.url import database_url, password_credentials, url_secrets
+from gateway.adapter import AdapterContext, Credential, OutgoingBatch, Receipt, RecordResult, TargetRecord
 from gateway.errors import ConfigError, PermanentError, Problem, RetryableError
 from gateway.settings import parse_settings, setting
 
@@ -90,6 +90,8 @@ class ValueProblem(ValueError):
 class SqlSink:
     """Upserts and deletes records in the department's tables."""
 
+    Settings = SqlSinkSettings
+
     def __init__(self, settings: SqlSinkSettings, tables: Mapping[str, TableSettings],
                  fields: Mapping[str, Sequence[str]], url: str, name: str) -> None:
         self.settings, self.name = settings, name
@@ -98,10 +100,10 @@ class SqlSink:
         self._engine: AsyncEngine | None = None
         self._tables: dict[str, _Table] = {}
         self._sqlite = url.startswith("sqlite")
-        self.secrets: tuple[str, ...] = ()
-        password = make_url(url).password
-        if password:
-            self.secrets = (str(password),)
+        self.secrets = url_secrets(url)
+
+    def credential_sources(self) -> list[Credential]:
+        return password_credentials(self.settings.password_env)
 
     @classmethod
     def from_settings(cls, raw: Mapping[str, Any], ctx: AdapterContext) -> tuple[SqlSink | None, list[Problem]]:

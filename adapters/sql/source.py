@@ -23,8 +23,8 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from adapters.sql.pages import QuerySpec, SqlitePageReader, page_batch, select_page
-from adapters.sql.url import database_url
-from gateway.adapter import AdapterContext, SourceBatch
+from adapters.sql.url import database_url, password_credentials, url_secrets
+from gateway.adapter import AdapterContext, Credential, SourceBatch
 from gateway.errors import ConfigError, Problem, RetryableError
 from gateway.settings import parse_settings, setting
 
@@ -47,6 +47,8 @@ class SqlSourceSettings:
 class SqlSource:
     """Reads changed rows from a table in (update column, key) order."""
 
+    Settings = SqlSourceSettings
+
     def __init__(self, settings: SqlSourceSettings, url: str, name: str) -> None:
         self.settings = settings
         self.name = name
@@ -57,6 +59,10 @@ class SqlSource:
         self._sqlite = False
         self._spec = QuerySpec(name, self._from(), (settings.update_column, *settings.key_columns),
                                tuple(settings.key_columns), settings.lookback_s, settings.encoding, False)
+        self.secrets = url_secrets(url)
+
+    def credential_sources(self) -> list[Credential]:
+        return password_credentials(self.settings.password_env)
 
     @classmethod
     def from_settings(cls, raw: Mapping[str, Any], ctx: AdapterContext) -> tuple[SqlSource | None, list[Problem]]:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from gateway.cli import adapters as cli_adapters
 from gateway.cli import inbound as cli_inbound
 from gateway.cli import lists as cli_lists
 from gateway.cli import ops as cli_ops
@@ -100,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_lists.add_parser(sub, _config_arg)
     cli_inbound.add_parser(sub, _config_arg)
     cli_rules.add_parsers(sub, _config_arg)
+    cli_adapters.add_parser(sub)
 
     p = sub.add_parser("mapping", help="try a mapping file on sample rows")
     msub = p.add_subparsers(dest="mapping_command", required=True)
@@ -181,6 +183,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
     "demo": cli_ops.cmd_demo,
     "lists": cli_lists.cmd_lists,
     "inbound": cli_inbound.cmd_inbound,
+    "adapters": cli_adapters.cmd_adapters,
 }
 
 

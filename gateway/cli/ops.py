@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from gateway.adapter import ColumnListing
 from gateway.certs import RETIRED, expiry_warnings, init_dev_pki, inventory
 from gateway.cli.remote import AdminClient, client_cert_files, read_token
 from gateway.clock import china_today
@@ -67,12 +68,12 @@ async def cmd_check(args: argparse.Namespace) -> int:
 async def _check_sources(config: Config) -> list[Problem]:
     problems = []
     for src in config.sources.values():
-        columns = getattr(src.adapter, "columns", None)
-        if columns is None:
+        adapter = src.adapter
+        if not isinstance(adapter, ColumnListing):
             continue
         try:
-            async with src.adapter:
-                have = set(await columns())
+            async with adapter:
+                have = set(await adapter.columns())
         except GatewayError as exc:
             problems.append(Problem(f"sources.{src.name}", f"cannot read the source: {exc}"))
             continue

@@ -30,7 +30,7 @@ from gateway.sandbox.server import Faults, Sandbox, SandboxConfig
 from gateway.sealing.evidence import build_evidence, verify_evidence
 from gateway.sealing.target import load_sealing
 from gateway.store import Store, open_store
-from gateway.testing.rows import SampleResult, SampleSpec, create_department_db
+from gateway.testing.department_db import SampleResult, SampleSpec, create_department_db
 
 CONFIG_TEMPLATE = """\
 # Written by `credit-gateway demo`; a real deployment starts from config.example.toml.

@@ -58,7 +58,8 @@ from gateway.report import (
 from gateway.sandbox.server import Sandbox
 from gateway.store import Store
 from gateway.store.confirmations import Change
-from gateway.testing.rows import SampleResult, apply_changes, format_gxsj, insert_rows, make_uscc
+from gateway.testing.department_db import SampleResult, apply_changes, insert_rows
+from gateway.testing.rows import format_gxsj, make_uscc
 
 PHASE_TIMEOUT_S = 120.0
 CASE_TABLE, FEEDBACK_TABLE, LIST_TABLE, ARCHIVE_TABLE = "lhjc_aj", "lhjc_fk", "dept_credit_list", "xzcf_archive"

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
+from gateway.adapter import Sink, Source
 from gateway.mapping import InboundMapping, OutboundMapping
 from gateway.sealing.target import Sealing
 from gateway.settings import setting
@@ -49,7 +49,7 @@ class SourceConfig:
     mappings: Mapping[str, InboundMapping]  # usually one; keyed by dataset
     poll_interval_s: float
     batch_size: int
-    adapter: Any
+    adapter: Source
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class TargetConfig:
     external: bool
     retry: RetrySettings
     circuit: CircuitSettings
-    adapter: Any
+    adapter: Sink
     sealing: Sealing = field(default_factory=lambda: Sealing("none"))
     omit_fields: frozenset[str] = frozenset()  # canonical fields this route may not receive
     public: bool = False  # a public-facing route: gets the automatic withdrawal when publicity ends

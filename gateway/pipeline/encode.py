@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from gateway.adapter import TargetRecord
+from gateway.adapter import BodyEncoder, TargetRecord
 from gateway.domain.identifiers import mask_id
 from gateway.domain.publicity import PUBLISHED, PublicitySettings
 from gateway.mapping import MappingError, OutboundMapping
@@ -25,8 +25,6 @@ from gateway.stored import Candidate, LeasedRecord, body_digest, pack_body
 
 # Canonical payload → the payload a target gets (e.g. the computed 公示截止期), before masking and mapping.
 Derive = Callable[[str, Mapping[str, Any]], Mapping[str, Any]]
-# The request body of a batch: (batch id, dataset, table code, records) → bytes (a sink's ``encode``).
-BodyEncoder = Callable[[str, str, str, Sequence[TargetRecord]], bytes]
 
 
 class RoutePolicy(Protocol):

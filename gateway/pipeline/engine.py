@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 import tenacity
 
-from gateway.adapter import OutgoingBatch, SourceBatch
+from gateway.adapter import BatchEncoding, OutgoingBatch, PageReading, SourceBatch
 from gateway.clock import china_today
 from gateway.domain.publicity import PublicitySettings
 from gateway.errors import GatewayError, PermanentError, RetryableError
@@ -130,10 +130,9 @@ class Intake:
         step, so its rows never cross into the daemon; the page then keeps only the rows a screen may still need
         (see :class:`Page`). The first page is fetched here: a trickle of changes does not wait for the worker."""
         name, limit = self.cfg.name, self.cfg.batch_size
-        page_reader = getattr(self.cfg.adapter, "page_reader", None)
-        reader = None
-        if not first and page_reader is not None and self.pool.offloads(limit):
-            reader = page_reader()
+        adapter, reader = self.cfg.adapter, None
+        if not first and isinstance(adapter, PageReading) and self.pool.offloads(limit):
+            reader = adapter.page_reader()
         if reader is not None:
             specs = [(m.path, m.version, await self.store.key_secret() if m.dataset.pseudonymised_key else None)
                      for m in self.mappings.values()]
@@ -386,8 +385,7 @@ class TargetWorker:
     def _plan(self, dataset: str) -> EncodePlan:
         """How this dataset's batches are encoded; picklable (for a worker process) when the adapter can give
         its encoder as a picklable function."""
-        factory = getattr(self.cfg.adapter, "batch_encoder", None)
-        body = factory() if factory is not None else None
+        body = self.cfg.adapter.batch_encoder() if isinstance(self.cfg.adapter, BatchEncoding) else None
         mapping = self.mappings[dataset]
         return EncodePlan(f"{self._plan_id}|{dataset}|{mapping.version}", self.cfg.name, dataset, self._route,
                           mapping.path, mapping.version, self._personal[dataset], self.derive,

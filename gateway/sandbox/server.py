@@ -36,8 +36,9 @@ observed ones of domain.md §1.2; XK_* use the same lengths as their CF_* counte
 
 Faults (``Faults``; set at start, by ``Sandbox.set_faults`` or ``POST /_sandbox/faults``) act on uploads
 only, in this order: delay, error (before anything), timeout (hang, then close unanswered), then after
-the commit drop (close unanswered) or fail-after-commit (500). The last two also hit replayed answers,
-so a client meets them on retries too. Random draws come from ``random.Random(seed)``.
+the commit drop (close unanswered), fail-after-commit (500) or garble (200 with an HTML page, not JSON). The
+last three also hit replayed answers, so a client meets them on retries too. Random draws come from
+``random.Random(seed)``.
 """
 
 from __future__ import annotations
@@ -78,10 +79,10 @@ log = logging.getLogger("gateway.sandbox")
 
 T = TypeVar("T")
 
-_RATES = ("error_rate", "reject_rate", "timeout_rate", "drop_rate", "fail_after_commit_rate")
+_RATES = ("error_rate", "reject_rate", "timeout_rate", "drop_rate", "fail_after_commit_rate", "garble_rate")
 _STAT_NAMES = ("batches", "requests", "records_received", "accepted", "duplicate", "stale", "rejected",
                "replayed", "conflicts", "refused")
-_FAULT_NAMES = ("delay", "error", "timeout", "drop", "fail_after_commit", "reject")
+_FAULT_NAMES = ("delay", "error", "timeout", "drop", "fail_after_commit", "garble", "reject")
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ class Faults:
     delay_s: float = 0.0  # every upload waits this long first
     drop_rate: float = 0.0  # commit the batch, then close without answering
     fail_after_commit_rate: float = 0.0  # commit the batch, then answer 500
+    garble_rate: float = 0.0  # commit the batch, then answer 200 with a body that is not JSON (a proxy's page)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -441,6 +443,9 @@ class Sandbox:
         if self._draw(self._faults.fail_after_commit_rate):
             self._injected["fail_after_commit"] += 1
             return _error(500, "500", "平台内部错误(模拟故障)")
+        if self._draw(self._faults.garble_rate):
+            self._injected["garble"] += 1
+            return web.Response(status=200, text="<html><body>网关维护中</body></html>", content_type="text/html")
         return None
 
     async def _get_receipt(self, request: web.Request) -> web.Response:

@@ -1,65 +1,47 @@
-"""A realistic sample department database (SQLite) for the demo, the tests, the crash test and the benchmark.
+"""Sample 双公示 rows in a department's own column names: the generator behind :mod:`gateway.testing.department_db`.
 
 It plays the department's own system: two tables with *local* column names and codes (``xzcf`` 行政处罚,
 ``xzxk`` 行政许可; the gateway's ``mappings/department-*.toml`` translate them), filled with synthetic but
 plausible Suzhou records: company, shop and person names, valid 统一社会信用代码 and 居民身份证号码 (check
-characters from :mod:`gateway.domain.identifiers`), decision numbers, legal bases, fines. Every table has
-``gxsj``, the last-update timestamp (UTC, ``YYYY-MM-DD HH:MM:SS.ffffff``), indexed with ``id`` for
-watermark reads. Valid rows have decision dates before ``today`` and ``gxsj`` before ``today`` 00:00.
+characters from :mod:`gateway.domain.identifiers`), decision numbers, legal bases, fines. Valid rows have
+decision dates before ``today`` and ``gxsj`` before ``today`` 00:00; broken ones are broken as their kind
+(:data:`gateway.testing.department_db.INVALID_KINDS`) says.
 
-A configurable fraction of rows is broken on purpose, evenly over :data:`INVALID_KINDS`, and reported in
-:class:`SampleResult` so tests can check the gateway quarantines exactly those. :func:`apply_changes`,
-:func:`insert_rows` and :func:`same_gxsj_rows` then change the database the way a department system does.
-
-Generation is chunked and uses precomputed pools (names, subjects, facts), so memory does not grow with
-the row count; rows are a pure function of (seed, today).
+Generation uses precomputed pools (names, subjects, facts), so memory does not grow with the row count; rows
+are a pure function of (seed, today).
 """
-
 from __future__ import annotations
 
-import argparse
-import contextlib
 import datetime as dt
 import functools
 import random
-import sqlite3
-import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 from gateway.domain.identifiers import (
     USCC_ALPHABET,
-    check_resident_id,
-    check_uscc,
     id_check_char,
-    is_placeholder,
     uscc_check_char,
 )
 
 __all__ = [
-    "INVALID_KINDS",
-    "SampleResult",
-    "SampleSpec",
-    "apply_changes",
-    "create_department_db",
+    "COLUMNS",
+    "PLACEHOLDER_USCC",
+    "RowMaker",
+    "as_utc",
     "format_gxsj",
-    "insert_rows",
     "make_uscc",
-    "same_gxsj_rows",
+    "sample_calendar",
+    "sample_pools",
+    "utc_today",
+    "utcnow",
 ]
 
-INVALID_KINDS: Final = ("bad_uscc", "placeholder_uscc", "missing_required", "future_date", "unknown_code",
-                        "bad_id", "platform_reject")
-CHANGES: Final = frozenset({"touch", "edit", "revoke", "object", "repair", "fix"})
 PLACEHOLDER_USCC: Final = "00000000000000000X"
 PLATFORM_NAME_LIMIT: Final = 200  # the platform rejects longer subject names (kind "platform_reject")
 LONG_TERM: Final = "2099/12/31"  # 长期 licences
-_CHUNK: Final = 10_000
 _HISTORY_DAYS: Final = 3 * 365
-_STATUS: Final = {"revoke": "1", "object": "2", "repair": "3"}
-_DEFAULT_SEED: Final = 2026
 # Kinds that need a particular subject: an organisation (it has a USCC and a long name) or a person.
 _FORCED_SUBJECT: Final = {"bad_uscc": "1", "placeholder_uscc": "1", "platform_reject": "1", "bad_id": "2"}
 T = TypeVar("T")
@@ -75,33 +57,13 @@ COLUMNS: Final[dict[str, tuple[str, ...]]] = {
     "xzxk": ("xkjdswh", "xkwsmc", *_SUBJECT_COLUMNS, "xklb", "xkzsmc", "xkbh", "xknr", "jdrq", "yxqz", "yxqzi",
              "xkjg", "xkjgdm", "zt", "bz"),
 }
-_REAL_COLUMNS: Final = frozenset({"fkje", "mswfsd"})
-_DATE_COLUMNS: Final = {"xzcf": ("jdrq", "cfyxq", "gsjzq"), "xzxk": ("jdrq", "yxqz", "yxqzi")}
-_TEXT_COLUMN: Final = {"xzcf": "wfss", "xzxk": "xknr"}  # the required free text that "missing_required" empties
-_EDIT_COLUMN: Final = {"xzcf": "cfnr", "xzxk": "xknr"}
+REAL_COLUMNS: Final = frozenset({"fkje", "mswfsd"})
+DATE_COLUMNS: Final = {"xzcf": ("jdrq", "cfyxq", "gsjzq"), "xzxk": ("jdrq", "yxqz", "yxqzi")}
+TEXT_COLUMN: Final = {"xzcf": "wfss", "xzxk": "xknr"}  # the required free text that "missing_required" empties
+EDIT_COLUMN: Final = {"xzcf": "cfnr", "xzxk": "xknr"}
 # Columns "fix" may rewrite; table and column names below come only from COLUMNS, never from callers.
-_FIXABLE: Final = {t: ("xdr_mc", "xdr_lb", "tyshxydm", "fddbr_zjhm", "zjhm", _TEXT_COLUMN[t], *_DATE_COLUMNS[t])
+FIXABLE: Final = {t: ("xdr_mc", "xdr_lb", "tyshxydm", "fddbr_zjhm", "zjhm", TEXT_COLUMN[t], *DATE_COLUMNS[t])
                    + (("cflb",) if t == "xzcf" else ()) for t in COLUMNS}
-
-
-def _table_ddl(table: str) -> str:
-    cols = ", ".join(f"{c} {'REAL' if c in _REAL_COLUMNS else 'TEXT'}" for c in COLUMNS[table])
-    return f"CREATE TABLE {table} (id INTEGER PRIMARY KEY, {cols}, gxsj TEXT NOT NULL)"
-
-
-def _index_ddl(table: str) -> str:
-    """The (gxsj, id) index watermark reads use; created after the bulk load, which is faster."""
-    return f"CREATE INDEX ix_{table}_gxsj_id ON {table} (gxsj, id)"
-
-
-def _insert_sql(table: str) -> str:
-    names = ("id", *COLUMNS[table], "gxsj")
-    return f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"  # noqa: S608
-
-
-def _check_table(table: str) -> None:
-    if table not in COLUMNS:
-        raise ValueError(f"unknown table {table!r}; known: {', '.join(sorted(COLUMNS))}")
 
 
 # ---------------------------------------------------------------- reference data
@@ -399,7 +361,7 @@ class _Pools:
 
 
 @functools.lru_cache(maxsize=4)
-def _pools(seed: int) -> _Pools:
+def sample_pools(seed: int) -> _Pools:
     rng = random.Random(f"pools:{seed}")  # noqa: S311 - synthetic data, reproducible by seed
     names: set[str] = set()
     return _Pools(
@@ -437,25 +399,25 @@ class _Calendar:
         return f"{self._dash[day]} {hh:02d}:{rest // 60:02d}:{rest % 60:02d}.{micros:06d}"
 
 
-_calendar = functools.lru_cache(maxsize=8)(_Calendar)
+sample_calendar = functools.lru_cache(maxsize=8)(_Calendar)
 
 
-def _as_utc(moment: dt.datetime) -> dt.datetime:
+def as_utc(moment: dt.datetime) -> dt.datetime:
     """The moment in UTC (naive values are taken as UTC already)."""
     return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
 
 
 def format_gxsj(moment: dt.datetime) -> str:
     """A gxsj value for a moment: UTC, ``YYYY-MM-DD HH:MM:SS.ffffff`` (naive values are taken as UTC)."""
-    return _as_utc(moment).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return as_utc(moment).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-def _utcnow() -> dt.datetime:
+def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _utc_today() -> dt.date:
-    return _utcnow().date()
+def utc_today() -> dt.date:
+    return utcnow().date()
 
 
 # ---------------------------------------------------------------- row generation
@@ -465,7 +427,7 @@ _PHRASES: Final = {"01": "警告", "02": "通报批评", "03": "罚款人民币{
                    "05": "没收违法经营的物品", "06": "暂扣{cert}三个月", "07": "降低资质等级", "08": "吊销{cert}",
                    "09": "限制开展生产经营活动六个月", "10": "责令停产停业十五日", "11": "责令关闭",
                    "12": "法定代表人五年内不得从事相关生产经营管理工作", "99": "责令限期改正"}
-_KNOWN_CFLB: Final = frozenset(_PHRASES) | {"13"}
+KNOWN_CFLB: Final = frozenset(_PHRASES) | {"13"}
 _ID_CHECK_CHARS: Final = "0123456789X"
 
 
@@ -490,7 +452,7 @@ def _wrong_char(good: str, alphabet: str, shift: float) -> str:
     return alphabet[(alphabet.index(good) + 1 + int(shift * (len(alphabet) - 1))) % len(alphabet)]
 
 
-class _RowMaker:
+class RowMaker:
     """Generates the rows of one table from one random stream.
 
     Bulk rows number their decisions per (prefix, year); appended rows (``by_id``) use their row id,
@@ -588,7 +550,7 @@ class _RowMaker:
         elif kind == "placeholder_uscc":
             row[col["tyshxydm"]] = PLACEHOLDER_USCC
         elif kind == "missing_required":
-            row[col["xdr_mc" if self.r() < 0.5 else _TEXT_COLUMN[table]]] = ""
+            row[col["xdr_mc" if self.r() < 0.5 else TEXT_COLUMN[table]]] = ""
         elif kind == "unknown_code" and table == "xzcf" and self.r() < 0.5:
             row[col["cflb"]] += ",77"
         elif kind == "unknown_code":
@@ -607,289 +569,3 @@ class _RowMaker:
 
 
 _POSITION: Final = {t: {c: i + 1 for i, c in enumerate(cols)} for t, cols in COLUMNS.items()}  # +1: id first
-
-
-# ---------------------------------------------------------------- public API
-
-
-@dataclass(frozen=True)
-class SampleSpec:
-    """What to generate: row counts, the fraction of broken rows, the seed and the reference day."""
-
-    licences: int = 1500
-    penalties: int = 1500
-    invalid_fraction: float = 0.02
-    seed: int = 2026
-    today: dt.date = field(default_factory=_utc_today)
-    natural_person_fraction: float = 0.15
-
-    def __post_init__(self) -> None:
-        if self.licences < 0 or self.penalties < 0:
-            raise ValueError("row counts must not be negative")
-        if not (0 <= self.invalid_fraction <= 1 and 0 <= self.natural_person_fraction <= 1):
-            raise ValueError("invalid_fraction and natural_person_fraction must be between 0 and 1")
-
-
-@dataclass(frozen=True)
-class SampleResult:
-    """Where the database is, how many rows each table has, and which rows are broken how."""
-
-    path: Path
-    licences: int
-    penalties: int
-    invalid: dict[str, dict[int, str]]
-
-    def valid_ids(self, table: str) -> set[int]:
-        """Ids expected to pass the gateway's validation (platform_reject rows included)."""
-        _check_table(table)
-        count = self.penalties if table == "xzcf" else self.licences
-        broken = {i for i, kind in self.invalid.get(table, {}).items() if kind != "platform_reject"}
-        return set(range(1, count + 1)) - broken
-
-
-def _invalid_rows(rng: random.Random, count: int, fraction: float) -> dict[int, str]:
-    """Which row ids are broken and how: round(count * fraction) ids, kinds taken in turn."""
-    chosen = rng.sample(range(1, count + 1), round(count * fraction))
-    return {row_id: INVALID_KINDS[i % len(INVALID_KINDS)] for i, row_id in enumerate(chosen)}
-
-
-@contextlib.contextmanager
-def _connect(path: Path) -> Iterator[sqlite3.Connection]:
-    """A connection in autocommit mode (transactions are explicit), closed on exit."""
-    conn = sqlite3.connect(path, timeout=30, isolation_level=None)
-    try:
-        yield conn
-    finally:
-        conn.close()
-
-
-@contextlib.contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-
-
-def _remove_db(path: Path) -> None:
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        Path(f"{path}{suffix}").unlink(missing_ok=True)
-
-
-def _fill(conn: sqlite3.Connection, table: str, count: int, maker: _RowMaker, invalid: dict[int, str]) -> None:
-    """Insert rows 1..count in chunks (memory stays flat)."""
-    sql = _insert_sql(table)
-    for start in range(1, count + 1, _CHUNK):
-        stop = min(start + _CHUNK, count + 1)
-        conn.executemany(sql, [maker.row(table, i, invalid.get(i)) for i in range(start, stop)])
-
-
-def create_department_db(path: Path, spec: SampleSpec | None = None) -> SampleResult:
-    """Create (or replace) the department database at ``path`` and fill it as ``spec`` says."""
-    spec = spec or SampleSpec()
-    path = Path(path)
-    _remove_db(path)
-    pools, cal = _pools(spec.seed), _calendar(spec.today)
-    counts = {"xzxk": spec.licences, "xzcf": spec.penalties}
-    invalid: dict[str, dict[int, str]] = {}
-    with _connect(path) as conn:
-        # A brand-new file: no journal while loading (a WAL would hold every page twice), WAL afterwards.
-        conn.execute("PRAGMA journal_mode=OFF")
-        conn.execute("PRAGMA synchronous=OFF")
-        with _transaction(conn):
-            for table, count in counts.items():
-                conn.execute(_table_ddl(table))
-                maker = _RowMaker(f"{spec.seed}:{table}", pools, cal, natural=spec.natural_person_fraction,
-                                  by_id=False)
-                invalid[table] = _invalid_rows(maker.rng, count, spec.invalid_fraction)
-                _fill(conn, table, count, maker, invalid[table])
-                conn.execute(_index_ddl(table))
-        conn.execute("PRAGMA journal_mode=WAL")
-    return SampleResult(path, spec.licences, spec.penalties, invalid)
-
-
-def _append(path: Path, table: str, count: int, maker: _RowMaker) -> list[int]:
-    """Append ``count`` valid rows after the current maximum id, in one transaction."""
-    with _connect(path) as conn, _transaction(conn):
-        first = conn.execute(f"SELECT coalesce(max(id), 0) + 1 FROM {table}").fetchone()[0]  # noqa: S608
-        ids = list(range(first, first + count))
-        conn.executemany(_insert_sql(table), [maker.row(table, i, None) for i in ids])
-    return ids
-
-
-def insert_rows(path: Path, *, table: str, count: int, seed: int, today: dt.date | None = None,
-                gxsj: dt.datetime | None = None) -> list[int]:
-    """Append ``count`` new valid rows (recent decisions) sharing one gxsj (default now); return their ids.
-
-    ``seed`` drives the rows; their subjects come from the default seed's population (built once per
-    process), so a trickle of calls with changing seeds stays cheap.
-    """
-    _check_table(table)
-    moment = _as_utc(gxsj or _utcnow())
-    maker = _RowMaker(f"{seed}:{table}:append", _pools(_DEFAULT_SEED), _calendar(today or moment.date()),
-                      natural=SampleSpec.natural_person_fraction, by_id=True)
-    maker.gxsj, maker.max_age = format_gxsj(moment), 7
-    return _append(path, table, count, maker)
-
-
-def same_gxsj_rows(path: Path, *, table: str, count: int, gxsj: dt.datetime) -> list[int]:
-    """Insert ``count`` valid rows that all carry exactly the same gxsj (watermark-boundary tests)."""
-    seed = int(_as_utc(gxsj).timestamp() * 1_000_000) + count
-    return insert_rows(path, table=table, count=count, seed=seed, gxsj=gxsj)
-
-
-# ---------------------------------------------------------------- later changes
-
-
-def _edit_sql(table: str) -> str:
-    col = _EDIT_COLUMN[table]
-    cut = f"CASE WHEN instr({col}, '（更正于') > 0 THEN instr({col}, '（更正于') - 1 ELSE length({col}) END"
-    new = f"CASE WHEN {col} = '' THEN '' ELSE substr({col}, 1, {cut}) || '（更正于' || ? || '）' END"
-    return f"UPDATE {table} SET {col} = {new}, gxsj = ? WHERE id = ?"  # noqa: S608
-
-
-def _simple_change(conn: sqlite3.Connection, table: str, ids: list[int], change: str, stamp: str) -> None:
-    if change == "touch":
-        conn.executemany(f"UPDATE {table} SET gxsj = ? WHERE id = ?", [(stamp, i) for i in ids])  # noqa: S608
-    elif change == "edit":
-        conn.executemany(_edit_sql(table), [(stamp, stamp, i) for i in ids])
-    else:
-        conn.executemany(f"UPDATE {table} SET zt = ?, gxsj = ? WHERE id = ?",  # noqa: S608
-                         [(_STATUS[change], stamp, i) for i in ids])
-
-
-def apply_changes(path: Path, *, table: str, ids: Iterable[int], change: str,
-                  now: dt.datetime | None = None) -> None:
-    """Change rows the way a department system does; every change sets gxsj to ``now`` (default: now, UTC).
-
-    ``touch`` bumps gxsj only, ``edit`` rewrites the 处罚内容/许可内容 text, ``revoke``/``object``/``repair``
-    set zt to 1/2/3, ``fix`` repairs whatever makes a row invalid. One transaction.
-    """
-    _check_table(table)
-    if change not in CHANGES:
-        raise ValueError(f"unknown change {change!r}; known: {', '.join(sorted(CHANGES))}")
-    moment = _as_utc(now or _utcnow())
-    stamp, id_list = format_gxsj(moment), list(ids)
-    with _connect(path) as conn, _transaction(conn):
-        if change == "fix":
-            _fix_rows(conn, table, id_list, stamp, moment.date())
-        else:
-            _simple_change(conn, table, id_list, change, stamp)
-
-
-def _fix_rows(conn: sqlite3.Connection, table: str, ids: list[int], stamp: str, today: dt.date) -> None:
-    cols = _FIXABLE[table]
-    select = f"SELECT {', '.join(cols)} FROM {table} WHERE id = ?"  # noqa: S608
-    update = f"UPDATE {table} SET {', '.join(f'{c} = ?' for c in cols)}, gxsj = ? WHERE id = ?"  # noqa: S608
-    for row_id in ids:
-        found = conn.execute(select, (row_id,)).fetchone()
-        if found is not None:
-            fixed = _repaired(dict(zip(cols, found, strict=True)), table, row_id, today)
-            conn.execute(update, (*(fixed[c] for c in cols), stamp, row_id))
-
-
-_Fixer = Callable[[dict[str, Any], str, int, dt.date], None]
-
-
-def _repaired(row: dict[str, Any], table: str, row_id: int, today: dt.date) -> dict[str, Any]:
-    """A copy of a row's fixable fields with every problem the generator can introduce repaired."""
-    fixed = {c: v if v is not None else "" for c, v in row.items()}
-    fixers: tuple[_Fixer, ...] = (_fix_category, _fix_codes, _fix_uscc, _fix_ids, _fix_texts, _fix_dates)
-    for fixer in fixers:
-        fixer(fixed, table, row_id, today)
-    return fixed
-
-
-def _fix_category(row: dict[str, Any], table: str, row_id: int, today: dt.date) -> None:
-    """An unknown 相对人类别 is derived again from the codes the row carries."""
-    if row["xdr_lb"] not in ("1", "2", "3"):
-        code = row["tyshxydm"]
-        row["xdr_lb"] = "3" if code.startswith("92") else "2" if not code and row["zjhm"] else "1"
-
-
-def _fix_codes(row: dict[str, Any], table: str, row_id: int, today: dt.date) -> None:
-    """Unknown 处罚类别 codes are dropped (the generator appends them to the real ones)."""
-    if table == "xzcf":
-        row["cflb"] = ",".join(c for c in row["cflb"].split(",") if c in _KNOWN_CFLB) or "99"
-
-
-def _fix_uscc(row: dict[str, Any], table: str, row_id: int, today: dt.date) -> None:
-    """A wrong check character is recomputed; a placeholder or malformed code is replaced by a valid one."""
-    code = row["tyshxydm"]
-    if row["xdr_lb"] == "2" or check_uscc(code) is None:
-        return
-    candidate = ""
-    with contextlib.suppress(ValueError):
-        candidate = code[:17] + uscc_check_char(code[:17])
-    if is_placeholder(code) or check_uscc(candidate) is not None:
-        prefix = "92" if row["xdr_lb"] == "3" else "91"
-        candidate = make_uscc(prefix, "320505", f"MA{row_id % 10**6:06d}")
-    row["tyshxydm"] = candidate
-
-
-def _fixed_id(number: str, today: dt.date) -> str:
-    if not number or check_resident_id(number, today=today) is None:
-        return number
-    return number[:17] + id_check_char(number[:17])
-
-
-def _fix_ids(row: dict[str, Any], table: str, row_id: int, today: dt.date) -> None:
-    row["zjhm"] = _fixed_id(row["zjhm"], today)
-    row["fddbr_zjhm"] = _fixed_id(row["fddbr_zjhm"], today)
-
-
-def _fix_texts(row: dict[str, Any], table: str, row_id: int, today: dt.date) -> None:
-    """An over-long name loses its note; an empty name or required text is filled in."""
-    name = row["xdr_mc"]
-    if len(name) > PLATFORM_NAME_LIMIT:
-        row["xdr_mc"] = name.split("（", 1)[0][:PLATFORM_NAME_LIMIT]
-    elif not name:
-        pools = _pools(_DEFAULT_SEED)
-        pool = {"2": pools.persons, "3": pools.shops}.get(row["xdr_lb"], pools.organisations)
-        row["xdr_mc"] = pool[row_id % len(pool)][0]
-    text = _TEXT_COLUMN[table]
-    if not row[text]:
-        row[text] = "经查，当事人存在上述违法行为，事实清楚，证据确凿。" if table == "xzcf" else "准予许可"
-
-
-def _parse_slash(value: str) -> dt.date:
-    return dt.datetime.strptime(value, "%Y/%m/%d").date()  # noqa: DTZ007 - a calendar date, no time zone
-
-
-def _fix_dates(row: dict[str, Any], table: str, row_id: int, today: dt.date) -> None:
-    """A decision date after ``today`` moves to yesterday; the row's other dates move with it."""
-    shift = (today - dt.timedelta(days=1)) - _parse_slash(row["jdrq"])
-    if shift.days >= 0:
-        return
-    for col in _DATE_COLUMNS[table]:
-        if row[col] and row[col] != LONG_TERM:
-            row[col] = f"{_parse_slash(row[col]) + shift:%Y/%m/%d}"
-
-
-# ---------------------------------------------------------------- CLI
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m gateway.testing.rows PATH [--licences N] [--penalties N] [--invalid-fraction F] [--seed S]``."""
-    parser = argparse.ArgumentParser(prog="python -m gateway.testing.rows",
-                                     description="Create a sample department database (SQLite).")
-    parser.add_argument("path", type=Path)
-    parser.add_argument("--licences", type=int, default=SampleSpec.licences)
-    parser.add_argument("--penalties", type=int, default=SampleSpec.penalties)
-    parser.add_argument("--invalid-fraction", type=float, default=SampleSpec.invalid_fraction)
-    parser.add_argument("--seed", type=int, default=SampleSpec.seed)
-    args = parser.parse_args(argv)
-    started = time.perf_counter()
-    result = create_department_db(args.path, SampleSpec(licences=args.licences, penalties=args.penalties,
-                                                        invalid_fraction=args.invalid_fraction, seed=args.seed))
-    broken = sum(len(v) for v in result.invalid.values())
-    print(f"{result.path}: {result.licences} licences (xzxk), {result.penalties} penalties (xzcf), "
-          f"{broken} invalid, in {time.perf_counter() - started:.1f} s")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

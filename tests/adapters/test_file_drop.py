@@ -20,6 +20,7 @@ from gateway.config import load_config
 from gateway.daemon import Gateway
 from gateway.errors import PermanentError, RetryableError
 from gateway.store import open_store
+from gateway.testing import config_text
 from tests.support.helpers import MAPPINGS
 
 DEPT_CODE = "11320500014117422Q"
@@ -310,34 +311,17 @@ class TestSourceCursor:
 
 # ---------------------------------------------------------------- through the engine and the store
 
-ENGINE_CONFIG = """\
-[gateway]
-department_code = "{dept}"
-department_name = "苏州市市场监督管理局"
-
-[store]
-url = "{store_url}"
-
-[daemon]
-log_format = "text"
-log_level = "error"
-map_workers = 0
-idle_check_s = 0.05
-
-[sources.feedback_files]
-type = "file_drop"
-inbox = "inbox"
-encoding = "gbk"
-mapping = "{mappings}/department-sanction-feedback.toml"
-
-[targets.drop]
-type = "file_drop"
-directory = "outbox"
-format = "csv"
-encoding = "gbk"
-datasets = {{ sanction_feedback = "{mappings}/platform-sanction-feedback.toml" }}
-external = false
-"""
+def engine_config(store_url: str) -> str:
+    mappings = MAPPINGS.as_posix()
+    return config_text(
+        gateway={"department_code": DEPT_CODE},
+        store={"url": store_url},
+        daemon={"log_format": "text", "log_level": "error", "map_workers": 0, "idle_check_s": 0.05},
+        sources={"feedback_files": {"type": "file_drop", "inbox": "inbox", "encoding": "gbk",
+                                    "mapping": f"{mappings}/department-sanction-feedback.toml"}},
+        targets={"drop": {"type": "file_drop", "directory": "outbox", "format": "csv", "encoding": "gbk",
+                          "datasets": {"sanction_feedback": f"{mappings}/platform-sanction-feedback.toml"},
+                          "external": False}})
 
 
 class TestThroughTheGateway:
@@ -347,8 +331,7 @@ class TestThroughTheGateway:
                 f"{DEPT_CODE},320500" for i in range(3)]
         drop(tmp_path / "inbox", "fk-20261120.csv", (FEEDBACK_HEADER + "\n" + "\n".join(rows) + "\n").encode("gbk"))
         path = tmp_path / "credit-gateway.toml"
-        path.write_text(ENGINE_CONFIG.format(dept=DEPT_CODE, store_url=store_url, mappings=MAPPINGS.as_posix()),
-                        encoding="utf-8")
+        path.write_text(engine_config(store_url), encoding="utf-8")
         store = await open_store(store_url)
         try:
             async with Gateway(load_config(path), store) as gw:

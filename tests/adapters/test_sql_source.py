@@ -1,4 +1,4 @@
-"""The SQL source on real department databases: SQLite files made by gateway.testing.rows, and PostgreSQL."""
+"""The SQL source on real department databases: SQLite files made by gateway.testing.department_db, and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ from gateway.errors import ConfigError, StoreError
 from gateway.pipeline.config import SourceConfig
 from gateway.pipeline.engine import Intake
 from gateway.store import Store
-from gateway.testing.rows import COLUMNS, apply_changes, format_gxsj, insert_rows, same_gxsj_rows
+from gateway.testing.department_db import apply_changes, insert_rows, same_gxsj_rows
+from gateway.testing.rows import COLUMNS, format_gxsj
 from tests.conftest import TOKEN
 from tests.support.helpers import (
     DEPARTMENT_CODE,

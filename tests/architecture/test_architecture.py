@@ -124,3 +124,18 @@ class TestEntryPoints:
         """Each entry point loads a class with `from_settings`."""
         ep = next(ep for ep in entry_points(group=group) if ep.name == name)
         assert callable(getattr(ep.load(), "from_settings", None))
+
+
+class TestTestingKit:
+    KIT = sorted((ROOT / "gateway" / "testing").glob("*.py"))
+    ABOVE = ("gateway.pipeline", "gateway.config", "gateway.daemon", "gateway.cli", "gateway.web",
+             "gateway.operations", "gateway.demo", "gateway.inbound.service")
+
+    def test_kit_exists(self) -> None:
+        """The kit's modules are there, so the rule below is not vacuous."""
+        assert {p.name for p in self.KIT} >= {"__init__.py", "contract.py", "plugin.py", "department_db.py"}
+
+    @pytest.mark.parametrize("path", KIT, ids=rel)
+    def test_kit_stays_below_the_pipeline(self, path: Path) -> None:
+        """gateway.testing (a side package) uses the kernel, domain, store and sandbox; never the layers above."""
+        assert {m for m in imported_modules(path) if m.startswith(self.ABOVE)} == set()

@@ -91,8 +91,9 @@ class TestPublicApi:
     def test_all_is_pinned(self) -> None:
         """gateway.__all__ is the adapter API; changing it is a decision, made here."""
         assert gateway.__all__ == [
-            "SINK_GROUP", "SOURCE_GROUP", "AdapterContext", "AdapterError", "AdapterFactory", "ConfigError",
-            "GatewayError", "Holdings", "OutgoingBatch", "PermanentError", "Problem", "Receipt", "RecordResult",
+            "SINK_GROUP", "SOURCE_GROUP", "AdapterContext", "AdapterError", "AdapterFactory", "BatchEncoding",
+            "BodyEncoder", "ColumnListing", "ConfigError", "Credential", "Credentialed", "GatewayError", "Holdings",
+            "OutgoingBatch", "PageReader", "PageReading", "PermanentError", "Problem", "Receipt", "RecordResult",
             "RejectedError", "RetryableError", "Sink", "SnapshotPage", "Source", "SourceBatch", "SourceRow",
             "StoreError", "TargetRecord", "ValidationError", "describe", "load_adapter", "parse_settings",
             "read_secret", "read_token", "resolve_sqlite_url", "setting",

@@ -109,7 +109,7 @@ def sandbox_process(workdir: Path, token: str, profile: str = "none") -> Iterato
 
 
 def prepare(workdir: Path, rows: int, url: str, token: str, poll: float, profile: str = "none") -> Path:
-    from gateway.testing.rows import SampleSpec, create_department_db
+    from gateway.testing.department_db import SampleSpec, create_department_db
 
     (workdir / "spool").mkdir(parents=True, exist_ok=True)
     if rows:
@@ -162,7 +162,7 @@ def run_one(rows: int, profile: str = "none") -> dict[str, Any]:
     if profile != "none":
         init_dev_pki(workdir / "certs", [PKI_KIND[profile]])
     # Build the department database in a child process so its memory is not counted as the gateway's.
-    subprocess.run([sys.executable, "-m", "gateway.testing.rows", str(workdir / "department.db"),
+    subprocess.run([sys.executable, "-m", "gateway.testing.department_db", str(workdir / "department.db"),
                     "--licences", "0", "--penalties", str(rows)], check=True, stdout=subprocess.DEVNULL)
     with sandbox_process(workdir, token, profile) as url:
         config = prepare(workdir, 0, url, token, poll=5.0, profile=profile)
@@ -180,7 +180,7 @@ async def _trickle(config_path: Path, db: Path, count: int, rate_per_s: float) -
     from gateway.daemon import Gateway
     from gateway.logs import setup_logging
     from gateway.store import open_store
-    from gateway.testing.rows import insert_rows
+    from gateway.testing.department_db import insert_rows
 
     config = load_config(config_path)
     setup_logging(config.daemon.log_level, config.daemon.log_format, config.secrets)

@@ -43,7 +43,7 @@ import pytest
 
 from gateway.certs import init_dev_pki
 from gateway.clock import china_today
-from gateway.testing.rows import SampleSpec, apply_changes, create_department_db, insert_rows
+from gateway.testing.department_db import SampleSpec, apply_changes, create_department_db, insert_rows
 from tests.support.crash_helpers import (
     CONTENT_FIELD,
     ORPHAN_GRACE_S,

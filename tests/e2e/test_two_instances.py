@@ -47,7 +47,7 @@ import pytest
 
 from gateway.clock import china_today
 from gateway.store import open_store
-from gateway.testing.rows import SampleSpec, apply_changes, create_department_db, insert_rows
+from gateway.testing.department_db import SampleSpec, apply_changes, create_department_db, insert_rows
 from tests.e2e.test_crash import (
     FAULTS,
     _brief,

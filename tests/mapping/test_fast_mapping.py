@@ -24,7 +24,8 @@ from gateway.errors import ConfigError, Problem
 from gateway.mapping import InboundMapping, load_mapping, show, source_columns
 from gateway.mapping import fast as fastmap
 from gateway.pipeline import workers as cpu
-from gateway.testing.rows import PLACEHOLDER_USCC, SampleResult, SampleSpec, create_department_db, make_uscc
+from gateway.testing.department_db import SampleResult, SampleSpec, create_department_db
+from gateway.testing.rows import PLACEHOLDER_USCC, make_uscc
 from tests.support.helpers import MAPPINGS, read_rows
 
 TODAY = dt.date(2025, 6, 1)

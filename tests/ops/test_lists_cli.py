@@ -18,6 +18,7 @@ from gateway.errors import ConfigError
 from gateway.sandbox.server import Sandbox
 from gateway.store import Store
 from gateway.store import schema as s
+from gateway.testing import config_text
 from tests.support.helpers import select_rows
 from tests.support.list_helpers import (
     dept_rows,
@@ -113,11 +114,9 @@ async def test_daemon_job_repairs_with_the_adapters_it_has_open(prepared: tuple[
 def test_lists_settings(tmp_path: Path) -> None:
     (tmp_path / "t").write_text("token\n", encoding="utf-8")
     path = tmp_path / "c.toml"
-    path.write_text('[gateway]\ndepartment_code = "x"\ndepartment_name = "y"\n'
-                    '[lists]\nreconcile_interval_s = 60\ndiscard_unknwon = false\n', encoding="utf-8")
+    path.write_text(config_text(lists={"reconcile_interval_s": 60, "discard_unknwon": False}), encoding="utf-8")
     with pytest.raises(ConfigError, match=r"lists\.discard_unknwon: unknown setting; did you mean discard_unknown"):
         load_config(path)
-    path.write_text('[gateway]\ndepartment_code = "x"\ndepartment_name = "y"\n[lists]\nreconcile_interval_s = 60\n',
-                    encoding="utf-8")
+    path.write_text(config_text(lists={"reconcile_interval_s": 60}), encoding="utf-8")
     config = load_config(path)
     assert (config.lists.reconcile_interval_s, config.lists.discard_unknown) == (60.0, True)

@@ -1,4 +1,4 @@
-"""Tests for gateway.testing.rows: the sample department database, its broken rows and later changes."""
+"""Tests for gateway.testing.department_db and rows: the sample database, its broken rows and later changes."""
 
 from __future__ import annotations
 
@@ -14,20 +14,17 @@ from typing import Any
 import pytest
 
 from gateway.domain.identifiers import check_resident_id, check_uscc, id_check_char, uscc_check_char
-from gateway.testing.rows import (
-    COLUMNS,
+from gateway.testing.department_db import (
     INVALID_KINDS,
-    PLACEHOLDER_USCC,
-    PLATFORM_NAME_LIMIT,
     SampleResult,
     SampleSpec,
     apply_changes,
     create_department_db,
-    format_gxsj,
     insert_rows,
     main,
     same_gxsj_rows,
 )
+from gateway.testing.rows import COLUMNS, PLACEHOLDER_USCC, PLATFORM_NAME_LIMIT, format_gxsj
 
 TODAY = dt.date(2026, 3, 1)
 NOW = dt.datetime(2026, 3, 1, 9, 30, 15, 123456, tzinfo=dt.UTC)

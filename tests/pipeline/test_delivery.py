@@ -12,13 +12,11 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import orjson
 import pytest
 
-from gateway.adapter import OutgoingBatch, Receipt, TargetRecord
 from gateway.clock import china_today
 from gateway.config import Config, load_config
 from gateway.daemon import Gateway
@@ -27,7 +25,8 @@ from gateway.pipeline.engine import TargetWorker
 from gateway.sandbox.platform import simulated_reject
 from gateway.sandbox.server import Faults, Sandbox
 from gateway.store import Store, open_store
-from gateway.testing.rows import SampleResult, apply_changes
+from gateway.testing import RaisingSink
+from gateway.testing.department_db import SampleResult, apply_changes
 from tests.conftest import TOKEN
 from tests.support.helpers import (
     attempts,
@@ -366,31 +365,6 @@ class TestShutdown:
         async with Gateway(config, store) as again:
             assert await again.run_until_idle(timeout_s=60)
         assert_applied_once(sandbox, list(expected_keys(sample)))
-
-
-class RaisingSink:
-    """Wraps the real sink; its first ``failures`` deliveries raise an exception no adapter should leak."""
-
-    def __init__(self, inner: Any, failures: int) -> None:
-        self.inner, self.failures, self.calls = inner, failures, 0
-
-    async def __aenter__(self) -> RaisingSink:
-        await self.inner.__aenter__()
-        return self
-
-    async def __aexit__(self, t: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.inner.__aexit__(t, e, tb)
-
-    def encode(self, batch_id: str, dataset: str, table_code: str, records: Sequence[TargetRecord]) -> bytes:
-        return bytes(self.inner.encode(batch_id, dataset, table_code, records))
-
-    async def deliver(self, batch: OutgoingBatch) -> Receipt:
-        self.calls += 1
-        if self.calls <= self.failures:
-            raise RuntimeError("adapter bug: connection state corrupted")
-        receipt: Receipt = await self.inner.deliver(batch)
-        return receipt
 
 
 class TestUntranslatedAdapterError:

@@ -16,7 +16,7 @@ import pytest
 from gateway.clock import china_today
 from gateway.domain.publicity import DEFAULT_RULES, period_of
 from gateway.store import Store
-from gateway.testing.rows import apply_changes, insert_rows
+from gateway.testing.department_db import apply_changes, insert_rows
 from tests.support.helpers import make_department_db, outbox, read_rows, receipts, to_record
 from tests.support.rules_helpers import (
     TABLE,

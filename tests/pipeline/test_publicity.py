@@ -32,7 +32,7 @@ from gateway.domain.publicity import (
 from gateway.errors import ConfigError
 from gateway.jobs import run_publicity
 from gateway.store import Store, open_store
-from gateway.testing.rows import apply_changes
+from gateway.testing.department_db import apply_changes
 from tests.support.helpers import ledger, make_department_db, outbox, penalty_mapping, to_record
 from tests.support.rules_helpers import (
     TABLE,

@@ -29,7 +29,7 @@ from gateway.pipeline.engine import Intake
 from gateway.records import LedgerEntry
 from gateway.store import Store, open_store
 from gateway.stored import Reject
-from gateway.testing.rows import apply_changes, insert_rows
+from gateway.testing.department_db import apply_changes, insert_rows
 from tests.support.helpers import (
     DEPARTMENT_CODE,
     SOURCE,

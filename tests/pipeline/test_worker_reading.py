@@ -32,7 +32,7 @@ from gateway.pipeline.config import SourceConfig
 from gateway.pipeline.engine import Intake
 from gateway.pipeline.workers import MapPool
 from gateway.store import Store, open_store
-from gateway.testing.rows import apply_changes
+from gateway.testing.department_db import apply_changes
 from tests.adapters.test_source_encoding import _convert_to_gbk, _store_gbk
 from tests.adapters.test_sql_source import NAME, ROUTES, opened
 from tests.support.helpers import ledger, make_department_db, outbox, penalty_mapping, read_rows

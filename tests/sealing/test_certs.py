@@ -12,7 +12,8 @@ import pytest
 from gateway.certs import Credential, expiry_warnings, init_dev_pki, inventory
 from gateway.config import load_config
 from gateway.sealing.base import EnvelopeError
-from tests.support.helpers import make_department_db, write_config
+from gateway.testing import config_text
+from tests.support.helpers import MAPPINGS, make_department_db, write_config
 from tests.support.pki import make_ca
 
 NOW = dt.datetime.now(dt.UTC)
@@ -57,6 +58,28 @@ class TestInventory:
         assert {f"{base}.key", f"{base}.cert", f"{base}.peer_cert", f"{base}.trusted_cas[0]",
                 "targets.platform.token_file"} <= set(items)
         assert "CN=platform" in items[f"{base}.peer_cert"].subject
+
+    def test_lists_a_sources_credentials(self, tmp_path: Path) -> None:
+        """A Credentialed source's token and certificates are listed at its TOML paths, certificates read."""
+        ca = make_ca(tmp_path / "pki", "rsa")
+        peer = ca.issue("platform")
+        (tmp_path / "platform.token").write_text("t\n", encoding="utf-8")
+        path = tmp_path / "gateway.toml"
+        path.write_text(config_text(
+            store={"url": "sqlite:///store.db"},
+            sources={"lists": {"type": "platform_lists", "url": "http://127.0.0.1:9/api/v1",
+                               "token_file": "platform.token", "peer_cert": str(peer.cert_path),
+                               "trusted_cas": [str(ca.root.cert_path)],
+                               "mapping": f"{MAPPINGS}/platform-credit_list.toml"}},
+            targets={"department": {"type": "sql", "url": "sqlite:///dept.db", "personal_ids": "full",
+                                    "external": False,
+                                    "datasets": {"credit_list": f"{MAPPINGS}/department-credit_list.toml"},
+                                    "tables": {"credit_list": {"table": "t", "key_columns": ["record_key"]}}}}),
+            encoding="utf-8")
+        items = {c.where: c for c in inventory(load_config(path))}
+        assert items["sources.lists.token_file"].kind == "token"
+        assert "CN=platform" in items["sources.lists.peer_cert"].subject
+        assert items["sources.lists.trusted_cas[0]"].not_after is not None
 
     @pytest.mark.parametrize(("days", "status"), [(365, "ok"), (45, "expires within 60 days"),
                                                   (20, "expires within 30 days"), (3, "expires within 7 days")])

@@ -23,7 +23,7 @@ from gateway.store import Store, open_store
 from gateway.store import schema as s
 from gateway.store.outbox import Batch, DeliveryResult, EncodedBatch, LeaseLost, Outcome
 from gateway.stored import RAW_BODY, LeasedRecord, Reject
-from gateway.testing.rows import SampleResult, apply_changes
+from gateway.testing.department_db import SampleResult, apply_changes
 from tests.support.helpers import (
     SOURCE,
     attempts,

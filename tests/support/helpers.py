@@ -1,7 +1,7 @@
 """Helpers shared by the store, SQL source and delivery tests: sample rows, records, configs, store peeks.
 
 Everything here builds real things: rows come from a sample department database made by
-:mod:`gateway.testing.rows`, records from the repository's own inbound mapping, configs are TOML files read
+:mod:`gateway.testing.department_db`, records from the repository's own inbound mapping, configs are TOML files read
 by the real loader. The store is only read here (plain SELECTs on its tables), never written behind its back.
 """
 
@@ -26,7 +26,7 @@ from gateway.store import Store
 from gateway.store import schema as s
 from gateway.store.outbox import EncodedBatch
 from gateway.stored import LeasedRecord, Reject
-from gateway.testing.rows import SampleResult, SampleSpec, create_department_db
+from gateway.testing.department_db import SampleResult, SampleSpec, create_department_db
 
 ROOT = Path(__file__).resolve().parents[2]
 MAPPINGS = ROOT / "mappings"
