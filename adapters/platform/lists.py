@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 from urllib.parse import quote
 
 import aiohttp
@@ -85,6 +85,8 @@ class _Gone(Exception):
 
 class PlatformListsSource:
     """Reads credit lists from the platform's list API."""
+
+    Settings: ClassVar[type] = PlatformListsSettings  # its TOML table, documented in docs/configuration.md
 
     def __init__(self, settings: PlatformListsSettings, token: str, name: str, peer: SignedAnswers | None) -> None:
         self.settings, self.name = settings, name

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import aiohttp
 import orjson
@@ -42,6 +42,8 @@ class CreditPlatformSettings:
 
 class CreditPlatformSink:
     """Delivers JSON batches to the platform's upload API."""
+
+    Settings: ClassVar[type] = CreditPlatformSettings  # its TOML table, documented in docs/configuration.md
 
     def __init__(self, settings: CreditPlatformSettings, token: str, department_code: str, name: str) -> None:
         self.settings = settings
