@@ -29,7 +29,8 @@ from gateway.web.config import AdminConfig, InboundConfig, load_admin, load_inbo
 class GatewaySettings:
     department_code: str = setting(help="部门编码 / the department's USCC, sent as departmentCode")
     department_name: str = setting(help="the department's name")
-    instance: str = setting("gateway", help="name of this gateway instance (logs, heartbeats)")
+    instance: str = setting("gateway", help="this instance's name in logs and heartbeats (`health` checks it); "
+                                            "unique per instance")
     region_code: str = setting("", help="GB/T 2260 region code of the department")
 
 
@@ -45,12 +46,14 @@ class DaemonSettings:
     adapter_timeout_s: float = setting(120.0, check="positive", help="upper bound on any single adapter call")
     shutdown_grace_s: float = setting(30.0, check="positive", help="time in-flight work gets after SIGTERM")
     heartbeat_s: float = setting(5.0, check="positive", help="how often the daemon records it is alive")
-    idle_check_s: float = setting(1.0, check="positive", help="how often workers look for due retries")
+    idle_check_s: float = setting(1.0, check="positive", help="how often idle delivery workers look for due retries")
     map_workers: int = setting(1, help="worker processes for mapping and validation, and for encoding and sealing "
                                           "large batches (0 = all in the daemon itself)")
-    reload_check_s: float = setting(5.0, check="positive", help="how often mapping files are checked for changes")
+    reload_check_s: float = setting(5.0, check="positive",
+                                    help="how often mapping files (and their includes) are checked for changes")
     log_format: str = setting("json", choices=("json", "text"), help="json: one object per line")
-    log_level: str = setting("info", choices=("debug", "info", "warning", "error"), help="the least severe level logged")
+    log_level: str = setting("info", choices=("debug", "info", "warning", "error"),
+                             help="the least severe level logged")
 
 
 @dataclass(frozen=True)

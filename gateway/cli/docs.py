@@ -51,6 +51,7 @@ class Section:
     table: str  # e.g. "targets.NAME.retry"
     cls: type[Any]
     note: str = ""
+    adapter: str = ""  # the adapter type whose table this is
 
 
 CORE: tuple[Section, ...] = (
@@ -62,7 +63,7 @@ CORE: tuple[Section, ...] = (
     Section("targets.NAME.retry", RetrySettings, "Exponential backoff with jitter; a `Retry-After` wins."),
     Section("targets.NAME.circuit", CircuitSettings, "One circuit breaker per target."),
     Section("targets.NAME.envelope", EnvelopeSettings, "Sealing and receipt checks (docs/security.md)."),
-    Section("publicity", PublicityKeys, "The rules themselves are `[[publicity.rules]]` (docs/lists-and-sanctions.md)."),
+    Section("publicity", PublicityKeys, "The rules themselves are `[[publicity.rules]]` (docs/publication.md)."),
     Section("calendar", CalendarSettings, "Only for a year the `chinesecalendar` package does not cover yet."),
     Section("sanctions", SanctionsSettings),
     Section("lists", ListsSettings),
@@ -80,11 +81,10 @@ def adapter_sections() -> Iterator[Section]:
             if not ep.value.startswith("adapters."):
                 continue
             factory = ep.load()
-            where = f'{kind}.NAME` with `type = "{ep.name}"'
-            yield Section(where, factory.Settings)
+            yield Section(f"{kind}.NAME", factory.Settings, adapter=ep.name)
             subs: Mapping[str, type[Any]] = getattr(factory, "Subsettings", {})
             for sub, cls in subs.items():
-                yield Section(f"{kind}.NAME.{sub}", cls, f'For `type = "{ep.name}"`.')
+                yield Section(f"{kind}.NAME.{sub}", cls, adapter=ep.name)
 
 
 def all_sections() -> list[Section]:
@@ -97,7 +97,8 @@ def _escape(text: str) -> str:
 
 def settings_table(section: Section) -> list[str]:
     module = section.cls.__module__.replace(".", "/") + ".py"
-    lines = [f"### `[{section.table}]`", "", f"`{section.cls.__name__}` in `{module}`." + (
+    title = f"### `[{section.table}]`" + (f' with `type = "{section.adapter}"`' if section.adapter else "")
+    lines = [title, "", f"`{section.cls.__name__}` in `{module}`." + (
         f" {section.note}" if section.note else ""), "",
         "| key | type | default | meaning |", "|---|---|---|---|"]
     for doc in describe(section.cls):
