@@ -43,7 +43,8 @@ class StoreSettings:
 @dataclass(frozen=True)
 class DaemonSettings:
     max_concurrency: int = setting(8, check="positive", help="adapter calls in flight at once, all adapters")
-    adapter_timeout_s: float = setting(120.0, check="positive", help="upper bound on any single adapter call")
+    adapter_timeout_s: float = setting(120.0, check="positive",
+                                       help="upper bound on any single adapter call (a timeout is retried)")
     shutdown_grace_s: float = setting(30.0, check="positive", help="time in-flight work gets after SIGTERM")
     heartbeat_s: float = setting(5.0, check="positive", help="how often the daemon records it is alive")
     idle_check_s: float = setting(1.0, check="positive", help="how often idle delivery workers look for due retries")
@@ -191,7 +192,8 @@ class TargetKeys:
                                              "ends, and nothing whose publicity is over (default: external)")
     changes_only: list[str] = setting([], help="datasets this target gets only changes (revoke/object/withdraw) of, "
                                                "for records it already holds; no new records")
-    omit_fields: list[str] = setting([], help='canonical fields this route may not receive (e.g. ["remarks"])')
+    omit_fields: list[str] = setting([], help='canonical fields this route may not receive, e.g. ["remarks", '
+                                              '"legal_rep_id_no"]; unknown names are refused')
     retry: dict[str, Any] = setting({}, help="[targets.NAME.retry]: backoff, then dead letter (below)")
     circuit: dict[str, Any] = setting({}, help="[targets.NAME.circuit]: the circuit breaker (below)")
     envelope: dict[str, Any] = setting({}, help="[targets.NAME.envelope]: sealing and receipt checks (below)")

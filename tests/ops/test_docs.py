@@ -45,7 +45,7 @@ EXIT_1 = {
     "inbound show": "the demo receives no pushed batches",
     "spool evidence": "the batch id in the example is from another run",
     "spool show": "the batch id in the example is from another run",
-    "quarantine show": "an example id",
+    "quarantine show": "the small demo quarantines no rows, so entry 1 does not exist",
 }
 
 
