@@ -195,11 +195,15 @@ class TestGeneratedBlocks:
 
 class TestShellExamples:
     def test_examples_are_marked_consistently(self) -> None:
-        """A command shown in a plain ``` block (neither sh nor console) would escape the tests below."""
+        """Every block names its language, and commands are only in sh or console blocks (else they would
+        escape the tests below)."""
         stray = [f"{path.name}: {line}" for path in DOC_FILES
                  for lang, body in fenced_blocks(path.read_text(encoding="utf-8")) if lang not in ("sh", "console")
                  for line in body.splitlines() if re.match(r"(\$ )?([A-Z_]+=\S* )*credit-gateway ", line)]
         assert stray == []
+        unmarked = [path.name for path in DOC_FILES for lang, _ in fenced_blocks(path.read_text(encoding="utf-8"))
+                    if not lang]
+        assert unmarked == []
 
     def test_there_are_commands_to_check(self) -> None:
         """The extraction finds the README's walk-through and the pages' examples."""
