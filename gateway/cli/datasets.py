@@ -25,18 +25,23 @@ FIELD_COLUMNS = ("field", "label", "identifier", "required", "type")
 def add_parser(sub: Any, config_arg: Callable[[argparse.ArgumentParser], None]) -> None:
     """No config needed: the datasets are the gateway's own (``config_arg`` is taken for the common signature)."""
     p = sub.add_parser("datasets", help="the canonical datasets and their fields (for writing mappings)")
+    _json_arg(p)
     s = p.add_subparsers(dest="datasets_command")
-    ls = s.add_parser("list", help="every dataset with its natural key (the default)")
-    ls.add_argument("--json", action="store_true")
+    _json_arg(s.add_parser("list", help="every dataset with its natural key (the default)"))
     show = s.add_parser("show", help="one dataset's fields: name, label, standard identifier, required, type")
     show.add_argument("dataset", choices=sorted(DATASETS))
-    show.add_argument("--json", action="store_true")
+    _json_arg(show)
+
+
+def _json_arg(p: argparse.ArgumentParser) -> None:
+    """``--json`` before or after the sub-command (``datasets --json``, ``datasets show penalty --json``)."""
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON, for scripts")
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
     if getattr(args, "datasets_command", None) == "show":
         dataset = DATASETS[args.dataset]
-        if args.json:
+        if getattr(args, "json", False):
             print(orjson.dumps(dataset_json(dataset), option=orjson.OPT_INDENT_2).decode())
         else:
             print(f"{dataset.name}: {dataset.label}; key {' + '.join(dataset.key_fields)}; "

@@ -10,6 +10,7 @@ and their ``--help`` to exit 0.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import os
 import re
@@ -235,6 +236,38 @@ class TestShellExamples:
         reason = next((why for prefix, why in EXIT_1.items() if " ".join(words(argv)).startswith(prefix)), None)
         assert "Traceback" not in done.stderr, done.stderr
         assert done.returncode == (1 if reason else 0), f"{where}\n{done.stdout}\n{done.stderr}"
+
+
+def parser_for(path: list[str]) -> argparse.ArgumentParser:
+    """The parser of a (sub-)command, e.g. ["spool", "list"]."""
+    parser = build_parser()
+    for name in path:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[name]
+    return parser
+
+
+def synopses() -> list[tuple[str, list[str], list[str]]]:
+    """(synopsis, command words, flags) of the command table in docs/operations.md."""
+    rows = []
+    table = [line for line in (ROOT / "docs" / "operations.md").read_text(encoding="utf-8").splitlines()
+             if line.startswith("| `")]
+    for line in table:
+        for synopsis in re.findall(r"`([a-z]+(?: [a-z]+)?(?: [^`]*)?)`", line.split(" | ")[0]):
+            path = re.match(r"[a-z]+(?: (?!-)[a-z]+)?", synopsis)
+            assert path
+            rows.append((synopsis, path.group(0).split(), re.findall(r"--[a-z-]+", synopsis)))
+    assert len(rows) >= 15
+    return rows
+
+
+class TestCommandTable:
+    @pytest.mark.parametrize(("synopsis", "path", "flags"), synopses(), ids=[s for s, _, _ in synopses()])
+    def test_every_flag_in_the_synopsis_exists(self, synopsis: str, path: list[str], flags: list[str]) -> None:
+        """The command table of docs/operations.md names real commands and real flags."""
+        parser = parser_for(path)
+        known = {o for action in parser._actions for o in action.option_strings}
+        assert set(flags) <= known, set(flags) - known
 
 
 class TestDatasetsCommand:
