@@ -4,8 +4,8 @@ Shell examples are fenced ```sh (commands only) or ```console (``$ `` before eac
 Every ``credit-gateway …`` command in README.md and docs/*.md is parsed by the real argument parser; the
 read-only ones run for real, as processes, in a small demo's work directory; the ones that change the store
 run against a copy of it (``certs init`` in an empty directory); the ones that need a running daemon, a server
-or a file the demo does not make (``run``, ``sandbox``, ``--admin-url``, another config) are checked to parse,
-and their ``--help`` to exit 0.
+or a file the demo does not make (``run``, ``sandbox``, another config) are checked to parse, and their ``--help``
+to exit 0. The admin API examples run against the demo's gateway running with an admin API.
 """
 
 from __future__ import annotations
@@ -29,13 +29,25 @@ from gateway.cli import docs as gendocs
 from gateway.cli.datasets import split_label
 from gateway.demo import run_demo
 from gateway.domain.datasets import DATASETS
-from tests.ops.test_cli import COLUMNS, VALID
+from tests.ops.test_cli import COLUMNS, VALID, stop, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```(\S*)\n(.*?)^```", re.M | re.S)
 
 NEEDS_A_SERVER = {"run", "sandbox", "demo"}
+DOC_ADMIN_URL = "http://127.0.0.1:8472"  # the admin examples of docs/operations.md run against a live API
+READ_TOKEN, OPERATOR_TOKEN = "docs-read-token-7c1e9a", "docs-operator-token-4b8d2f"
+ADMIN_TOML = """
+[admin]
+port = 0
+[admin.tokens.dashboard]
+role = "read"
+token_file = "dashboard.token"
+[admin.tokens.ops]
+role = "operator"
+token_file = "ops.token"
+"""
 MAKES_NEW_FILES = {("certs", "init")}  # run in an empty directory
 CHANGES_THE_STORE = {("spool", "retry"), ("spool", "replay"), ("quarantine", "replay"),
                      ("quarantine", "resolve"), ("lists", "reconcile")}
@@ -75,20 +87,32 @@ def argv_of(line: str) -> list[str] | None:
     if not words or words[0] != "credit-gateway":
         return None
     words = words[1:]
-    for stop in ("|", "&", ">", "&&"):
-        if stop in words:
-            words = words[: words.index(stop)]
+    for end in ("|", "&", ">", "&&"):
+        if end in words:
+            words = words[: words.index(end)]
     return words
 
 
-def documented_commands() -> list[tuple[str, list[str]]]:
+def env_of(line: str) -> dict[str, str]:
+    """The environment assignments before ``credit-gateway``; the admin token placeholder ``…`` becomes the
+    operator token of the live API."""
+    env = {}
+    for word in shlex.split(line, comments=True):
+        if not re.fullmatch(r"[A-Z_]+=.*", word):
+            break
+        name, _, value = word.partition("=")
+        env[name] = OPERATOR_TOKEN if value == "…" else value
+    return env
+
+
+def documented_commands() -> list[tuple[str, list[str], dict[str, str]]]:
     found = []
     for path in DOC_FILES:
         for lang, body in fenced_blocks(path.read_text(encoding="utf-8")):
             for line in command_lines(lang, body):
                 argv = argv_of(line)
                 if argv is not None:
-                    found.append((f"{path.relative_to(ROOT)}: {line.strip()}", argv))
+                    found.append((f"{path.relative_to(ROOT)}: {line.strip()}", argv, env_of(line)))
     return found
 
 
@@ -109,7 +133,7 @@ def words(argv: list[str]) -> list[str]:
 
 
 def runs_for_real(argv: list[str], workdir: Path) -> bool:
-    if words(argv)[0] in NEEDS_A_SERVER or "--admin-url" in argv:
+    if words(argv)[0] in NEEDS_A_SERVER or ("--admin-url" in argv and DOC_ADMIN_URL not in argv):
         return False
     outputs = {argv[i + 1] for i, w in enumerate(argv[:-1]) if w in ("-o", "--output", "--receipt", "--dir")}
     files = [w for w in argv if not w.startswith("-") and w not in outputs and (
@@ -117,10 +141,10 @@ def runs_for_real(argv: list[str], workdir: Path) -> bool:
     return all((workdir / f).exists() for f in files)
 
 
-def gateway(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CG_")}
-    return subprocess.run([sys.executable, "-m", "gateway", *argv], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=120, check=False)
+def gateway(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CG_")}
+    return subprocess.run([sys.executable, "-m", "gateway", *argv], cwd=cwd, env={**clean, **(env or {})},
+                          capture_output=True, text=True, timeout=120, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +159,32 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         writer.writeheader()
         writer.writerows(VALID)
     return work
+
+
+@pytest.fixture(scope="module")
+def admin_api(workdir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    """A copy of the demo's directory with its gateway running (`credit-gateway run`) and the admin API on a
+    free port: the admin examples run against it with the URL in the docs replaced by the real one."""
+    work = tmp_path_factory.mktemp("admin") / "demo-run"
+    shutil.copytree(workdir, work)
+    config = work / "credit-gateway.toml"
+    text = config.read_text(encoding="utf-8")
+    for old, new in (('log_format = "text"', 'log_format = "json"'), ('log_level = "error"', 'log_level = "info"')):
+        text = text.replace(old, new)
+    config.write_text(text + ADMIN_TOML, encoding="utf-8")
+    (work / "dashboard.token").write_text(READ_TOKEN, encoding="utf-8")
+    (work / "ops.token").write_text(OPERATOR_TOKEN, encoding="utf-8")
+    log_path = work / "gateway.log"
+    log = log_path.open("w", encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CG_")}
+    process = subprocess.Popen([sys.executable, "-m", "gateway", "run"], cwd=work, env=env, stdout=log,
+                               stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: "admin API listening" in log_path.read_text(encoding="utf-8"), process, "admin API")
+        line = next(x for x in log_path.read_text(encoding="utf-8").splitlines() if "admin API listening" in x)
+        yield work, str(orjson.loads(line)["url"])
+    finally:
+        assert stop(process, log) == 0
 
 
 class TestGeneratedBlocks:
@@ -208,31 +258,35 @@ class TestShellExamples:
 
     def test_there_are_commands_to_check(self) -> None:
         """The extraction finds the README's walk-through and the pages' examples."""
-        readme = [c for c, _ in COMMANDS if c.startswith("README.md")]
+        readme = [c for c, _, _ in COMMANDS if c.startswith("README.md")]
         assert len(readme) >= 8 and len(COMMANDS) >= 50
 
-    @pytest.mark.parametrize(("where", "argv"), COMMANDS, ids=[c for c, _ in COMMANDS])
-    def test_parses(self, where: str, argv: list[str]) -> None:
+    @pytest.mark.parametrize(("where", "argv", "env"), COMMANDS, ids=[c for c, _, _ in COMMANDS])
+    def test_parses(self, where: str, argv: list[str], env: dict[str, str]) -> None:
         """The real parser takes the command: every sub-command and flag exists, every value is valid."""
         try:
             build_parser().parse_args(argv)
         except SystemExit as exc:
             pytest.fail(f"{where}: does not parse (exit {exc.code})")
 
-    @pytest.mark.parametrize(("where", "argv"), COMMANDS, ids=[c for c, _ in COMMANDS])
-    def test_runs(self, where: str, argv: list[str], workdir: Path, tmp_path: Path) -> None:
-        """Run for real in the demo's directory (a copy when it changes the store); else its --help exits 0."""
-        if not runs_for_real(argv, workdir):
+    @pytest.mark.parametrize(("where", "argv", "env"), COMMANDS, ids=[c for c, _, _ in COMMANDS])
+    def test_runs(self, where: str, argv: list[str], env: dict[str, str], workdir: Path, tmp_path: Path,
+                  request: pytest.FixtureRequest) -> None:
+        """Run for real in the demo's directory (a copy when it changes the store; the admin examples against
+        the demo's gateway running with its admin API); else its --help exits 0."""
+        cwd, url = request.getfixturevalue("admin_api") if DOC_ADMIN_URL in argv else (workdir, "")
+        if not runs_for_real(argv, cwd):
             done = gateway([*words(argv), "--help"], workdir)
             assert done.returncode == 0, done.stderr
             return
-        cwd = workdir
-        if tuple(words(argv)) in CHANGES_THE_STORE:
+        if url:
+            argv = [url if w == DOC_ADMIN_URL else w for w in argv]
+        elif tuple(words(argv)) in CHANGES_THE_STORE:
             cwd = tmp_path / "copy"
             shutil.copytree(workdir, cwd)
         elif tuple(words(argv)) in MAKES_NEW_FILES:
             cwd = tmp_path
-        done = gateway(argv, cwd)
+        done = gateway(argv, cwd, env)
         reason = next((why for prefix, why in EXIT_1.items() if " ".join(words(argv)).startswith(prefix)), None)
         assert "Traceback" not in done.stderr, done.stderr
         assert done.returncode == (1 if reason else 0), f"{where}\n{done.stdout}\n{done.stderr}"
