@@ -362,6 +362,6 @@ class TestAdminFlagsAfterTheCommand:
                                       ["quarantine", "--admin-url", "http://127.0.0.1:9", "--token-file", "t", "list"],
                                       ["spool", "retry", "--all", "--admin-url", "http://127.0.0.1:9"]])
     def test_either_position_parses(self, argv: list[str]) -> None:
-        """The admin flags are taken after the leaf command as well as before it (the README's examples)."""
+        """The admin flags are taken after the leaf command as well as before it (docs/operations.md's examples)."""
         args = build_parser().parse_args(argv)
         assert args.admin_url == "http://127.0.0.1:9"
