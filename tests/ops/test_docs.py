@@ -365,3 +365,8 @@ class TestAdminFlagsAfterTheCommand:
         """The admin flags are taken after the leaf command as well as before it (docs/operations.md's examples)."""
         args = build_parser().parse_args(argv)
         assert args.admin_url == "http://127.0.0.1:9"
+
+    def test_config_after_the_leaf_command(self) -> None:
+        """`spool list -c FILE` names the config as `-c FILE spool list` does."""
+        assert build_parser().parse_args(["spool", "list", "-c", "x.toml"]).config == "x.toml"
+        assert build_parser().parse_args(["-c", "x.toml", "spool", "list"]).config == "x.toml"
