@@ -11,11 +11,13 @@ to exit 0. The admin API examples run against the demo's gateway running with an
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import os
 import re
 import shlex
 import shutil
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -37,6 +39,7 @@ FENCE = re.compile(r"^```(\S*)\n(.*?)^```", re.M | re.S)
 
 NEEDS_A_SERVER = {"run", "sandbox", "demo"}
 DOC_ADMIN_URL = "http://127.0.0.1:8472"  # the admin examples of docs/operations.md run against a live API
+EXAMPLE_BATCH = "b-0123"  # in docs/operations.md; the test gives it the id of a batch the demo's sandbox signed
 READ_TOKEN, OPERATOR_TOKEN = "docs-read-token-7c1e9a", "docs-operator-token-4b8d2f"
 ADMIN_TOML = """
 [admin]
@@ -49,15 +52,14 @@ role = "operator"
 token_file = "ops.token"
 """
 MAKES_NEW_FILES = {("certs", "init")}  # run in an empty directory
-CHANGES_THE_STORE = {("spool", "retry"), ("spool", "replay"), ("quarantine", "replay"),
+# They change the store or write a file: they run in a copy of the demo's directory.
+CHANGES_THE_DIRECTORY = {("spool", "evidence"), ("spool", "retry"), ("spool", "replay"), ("quarantine", "replay"),
                      ("quarantine", "resolve"), ("lists", "reconcile")}
 # Commands that exit 1 on the demo's store, and why (exit 1 = "unhealthy or not found", never a usage error).
 EXIT_1 = {
     "health": "the demo's daemon has stopped, so its heartbeat is stale",
     "records show": "the record keys in the examples come from another run",
     "inbound show": "the demo receives no pushed batches",
-    "spool evidence": "the batch id in the example is from another run",
-    "spool show": "the batch id in the example is from another run",
     "quarantine show": "the small demo quarantines no rows, so entry 1 does not exist",
 }
 
@@ -139,6 +141,15 @@ def runs_for_real(argv: list[str], workdir: Path) -> bool:
     files = [w for w in argv if not w.startswith("-") and w not in outputs and (
         ("/" in w and not w.startswith("http")) or re.search(r"\.(toml|zip|crt|csv|key|token)$", w))]
     return all((workdir / f).exists() for f in files)
+
+
+def signed_batch(workdir: Path) -> str:
+    """A batch the demo delivered to the sandbox, which signs its receipts."""
+    with contextlib.closing(sqlite3.connect(workdir / "spool" / "gateway.db")) as conn:
+        row = conn.execute("SELECT id FROM cg_batches WHERE target = 'sandbox' AND state = 'done' ORDER BY id "
+                           "LIMIT 1").fetchone()
+    assert row is not None
+    return str(row[0])
 
 
 def gateway(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -279,12 +290,11 @@ class TestShellExamples:
             done = gateway([*words(argv), "--help"], workdir)
             assert done.returncode == 0, done.stderr
             return
-        if url:
-            argv = [url if w == DOC_ADMIN_URL else w for w in argv]
-        elif tuple(words(argv)) in CHANGES_THE_STORE:
+        argv = [{DOC_ADMIN_URL: url, EXAMPLE_BATCH: signed_batch(workdir)}.get(w, w) for w in argv]
+        if not url and tuple(words(argv)) in CHANGES_THE_DIRECTORY:
             cwd = tmp_path / "copy"
             shutil.copytree(workdir, cwd)
-        elif tuple(words(argv)) in MAKES_NEW_FILES:
+        elif not url and tuple(words(argv)) in MAKES_NEW_FILES:
             cwd = tmp_path
         done = gateway(argv, cwd, env)
         reason = next((why for prefix, why in EXIT_1.items() if " ".join(words(argv)).startswith(prefix)), None)
