@@ -39,7 +39,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import orjson
 
@@ -105,7 +105,7 @@ class _Rendered:
 class FileDropSink:
     """Writes each batch as a data file plus a manifest, atomically and once per batch id."""
 
-    Settings = FileDropSinkSettings
+    Settings: ClassVar[type] = FileDropSinkSettings  # its TOML table, documented in docs/configuration.md
 
     def __init__(self, settings: FileDropSinkSettings, directory: Path, name: str) -> None:
         self.settings, self.directory, self.name = settings, directory, name
@@ -281,7 +281,7 @@ class _Position:
 class FileDropSource:
     """Reads complete files from an inbox, page by page; a file leaves the inbox after its rows are committed."""
 
-    Settings = FileDropSourceSettings
+    Settings: ClassVar[type] = FileDropSourceSettings  # its TOML table, documented in docs/configuration.md
 
     def __init__(self, settings: FileDropSourceSettings, inbox: Path, name: str) -> None:
         self.settings, self.inbox, self.name = settings, inbox, name

@@ -35,7 +35,8 @@ from gateway.web.config import AdminConfig, InboundConfig, load_admin, load_inbo
 class GatewaySettings:
     department_code: str = setting(help="部门编码 / the department's USCC, sent as departmentCode")
     department_name: str = setting(help="the department's name")
-    instance: str = setting("gateway", help="name of this gateway instance (logs, heartbeats)")
+    instance: str = setting("gateway", help="this instance's name in logs and heartbeats (`health` checks it); "
+                                            "unique per instance")
     region_code: str = setting("", help="GB/T 2260 region code of the department")
 
 
@@ -93,9 +94,41 @@ class Config:
         return resolve_sqlite_url(self.store.url, self.path.parent)
 
 
-SOURCE_KEYS = frozenset({"type", "mapping", "poll_interval_s", "batch_size"})
-TARGET_KEYS = frozenset({"type", "datasets", "batch_size", "max_in_flight", "personal_ids", "external",
-                         "retry", "circuit", "envelope", "omit_fields", "public", "changes_only"})
+@dataclass(frozen=True)
+class SourceKeys:
+    """The keys every ``[sources.NAME]`` table takes; the rest of the table is its adapter's ``Settings``."""
+
+    type: str = setting(help="the source adapter: an entry point in credit_gateway.sources")
+    mapping: str = setting(help="inbound mapping file; its dataset decides what the rows become")
+    poll_interval_s: float = setting(10.0, check="positive", help="how often the source is polled (a poll drains it)")
+    batch_size: int = setting(1000, check="positive", help="rows per intake transaction")
+
+
+@dataclass(frozen=True)
+class TargetKeys:
+    """The keys every ``[targets.NAME]`` table takes; the rest of the table is its adapter's ``Settings``."""
+
+    type: str = setting(help="the sink adapter: an entry point in credit_gateway.sinks")
+    datasets: dict[str, str] = setting(help='{ penalty = "mappings/….toml", … }: the datasets this target receives, '
+                                            "each with its outbound mapping")
+    batch_size: int = setting(500, check="positive", help="records per batch (one request, one receipt)")
+    max_in_flight: int = setting(2, check="positive", help="batches awaiting an answer at once")
+    personal_ids: str = setting("mask", choices=("mask", "omit", "full"),
+                                help="ID numbers: mask (110105********002X), omit, or full (refused when external)")
+    external: bool = setting(True, help="a public or partner route (profile none and personal_ids full are refused)")
+    public: bool | None = setting(None, help="a public-facing route: gets the withdrawal when a penalty's publicity "
+                                             "ends, and nothing whose publicity is over (default: external)")
+    changes_only: list[str] = setting([], help="datasets this target gets only changes (revoke/object/withdraw) of, "
+                                               "for records it already holds; no new records")
+    omit_fields: list[str] = setting([], help='canonical fields this route may not receive, e.g. ["remarks", '
+                                              '"legal_rep_id_no"]; unknown names are refused')
+    retry: dict[str, Any] = setting({}, help="[targets.NAME.retry]: backoff, then dead letter (below)")
+    circuit: dict[str, Any] = setting({}, help="[targets.NAME.circuit]: the circuit breaker (below)")
+    envelope: dict[str, Any] = setting({}, help="[targets.NAME.envelope]: sealing and receipt checks (below)")
+
+
+SOURCE_KEYS = frozenset(f.name for f in dataclasses.fields(SourceKeys))
+TARGET_KEYS = frozenset(f.name for f in dataclasses.fields(TargetKeys))
 
 
 def load_config(path: str | Path) -> Config:
@@ -214,10 +247,10 @@ def _source(name: str, raw: dict[str, Any], base: tuple[Path, GatewaySettings],
     where = f"sources.{name}"
     before = len(problems)
     mapping = _mapping(raw.get("mapping"), f"{where}.mapping", base[0], InboundMapping, problems)
-    poll = raw.get("poll_interval_s", 10.0)
+    poll = raw.get("poll_interval_s", SourceKeys.poll_interval_s)
     if isinstance(poll, bool) or not isinstance(poll, int | float) or poll <= 0:
         problems.append(Problem(f"{where}.poll_interval_s", f"expected a positive number, got {poll!r}"))
-    batch_size = _common_int(raw, "batch_size", 1000, where, problems)
+    batch_size = _common_int(raw, "batch_size", SourceKeys.batch_size, where, problems)
     adapter = _adapter(SOURCE_GROUP, Source, raw, where, SOURCE_KEYS, _context(name, where, base, SOURCE_KEYS),
                        problems)
     if len(problems) > before or mapping is None or adapter is None:
@@ -260,7 +293,7 @@ def _target(name: str, raw: dict[str, Any], base: tuple[Path, GatewaySettings],
                 problems.append(Problem(f"{where}.datasets.{ds}", f"{file} maps dataset {m.dataset.name}, not {ds}"))
             elif m is not None:
                 mappings[ds] = m
-    personal = raw.get("personal_ids", "mask")
+    personal = raw.get("personal_ids", TargetKeys.personal_ids)
     if personal not in ("mask", "full", "omit"):
         problems.append(Problem(f"{where}.personal_ids", f"expected mask, full or omit, got {personal!r}"))
     external = raw.get("external", True)
@@ -283,8 +316,8 @@ def _target(name: str, raw: dict[str, Any], base: tuple[Path, GatewaySettings],
         problems.append(Problem(f"{where}.envelope.profile", f"profile {sealing.profile!r} sends batches unsigned and "
                                 "unencrypted: configure cms, sm or xmldsig for an external target, or set "
                                 "external = false for an internal link"))
-    batch_size = _common_int(raw, "batch_size", 500, where, problems)
-    in_flight = _common_int(raw, "max_in_flight", 2, where, problems)
+    batch_size = _common_int(raw, "batch_size", TargetKeys.batch_size, where, problems)
+    in_flight = _common_int(raw, "max_in_flight", TargetKeys.max_in_flight, where, problems)
     ctx = dataclasses.replace(_context(name, where, base, TARGET_KEYS),
                               fields={ds: m.target_fields for ds, m in mappings.items()})
     adapter = _adapter(SINK_GROUP, Sink, raw, where, TARGET_KEYS, ctx, problems)

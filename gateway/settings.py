@@ -134,18 +134,60 @@ def read_secret(env: str | None, file: str | None, where: str, base: Path) -> tu
     return None, None
 
 
-def describe(cls: type[Any]) -> list[tuple[str, str, str]]:
-    """(name, default, help) of every setting, for documentation and `credit-gateway check --explain`."""
+class SettingDoc(typing.NamedTuple):
+    """One setting as the documentation shows it (docs/configuration.md is generated from these)."""
+
+    name: str
+    type: str
+    default: str  # as written in TOML, or "required"
+    help: str
+    choices: tuple[str, ...]
+
+
+def describe(cls: type[Any]) -> list[SettingDoc]:
+    """Every setting of a settings dataclass: name, type, default (as TOML), help and choices."""
+    hints = typing.get_type_hints(cls)
     rows = []
     for f in dataclasses.fields(cls):
         if f.default is not dataclasses.MISSING:
-            default = repr(f.default)
+            default = toml_value(f.default)
         elif f.default_factory is not dataclasses.MISSING:
-            default = repr(f.default_factory())
+            default = toml_value(f.default_factory())
         else:
             default = "required"
-        rows.append((f.name, default, str(f.metadata.get("help", ""))))
+        rows.append(SettingDoc(f.name, type_name(hints[f.name]), default, str(f.metadata.get("help", "")),
+                               tuple(f.metadata.get("choices", ()))))
     return rows
+
+
+def toml_value(value: Any) -> str:
+    """A default as one would write it in the TOML file (``None``, no value, as ``-``)."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{}" if not value else "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
+    return str(value)
+
+
+def type_name(hint: Any) -> str:
+    """A type hint in the words of a TOML file: string, integer, number, boolean, date, list of …, table."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join(type_name(a) for a in args if a is not type(None))
+    if origin in (list, tuple):
+        return f"list of {type_name(args[0])}s" if args else "list"
+    if origin is dict or hint is dict:
+        return "table"
+    return {"str": "string", "int": "integer", "float": "number", "bool": "boolean", "date": "date"}.get(
+        getattr(hint, "__name__", ""), str(hint))
 
 
 def read_token(env: str, file: str, where: str, base: Path) -> tuple[str | None, Problem | None]:

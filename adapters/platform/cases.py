@@ -17,7 +17,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import orjson
 
@@ -44,7 +44,7 @@ class PlatformCasesSettings:
 class PlatformCasesSource:
     """Pulls sanction cases from the platform's feed, after the stored cursor."""
 
-    Settings = PlatformCasesSettings
+    Settings: ClassVar[type] = PlatformCasesSettings  # its TOML table, documented in docs/configuration.md
 
     def __init__(self, settings: PlatformCasesSettings, http: BearerSession, department: str,
                  trust: SignedAnswers | None, ctx: AdapterContext) -> None:

@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 from urllib.parse import quote
 
 import orjson
@@ -85,7 +85,7 @@ class _Gone(Exception):
 class PlatformListsSource:
     """Reads credit lists from the platform's list API."""
 
-    Settings = PlatformListsSettings
+    Settings: ClassVar[type] = PlatformListsSettings  # its TOML table, documented in docs/configuration.md
 
     def __init__(self, settings: PlatformListsSettings, http: BearerSession, ctx: AdapterContext,
                  peer: SignedAnswers | None) -> None:

@@ -14,7 +14,7 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import orjson
 
@@ -39,7 +39,7 @@ class CreditPlatformSettings:
 class CreditPlatformSink:
     """Delivers JSON batches to the platform's upload API."""
 
-    Settings = CreditPlatformSettings
+    Settings: ClassVar[type] = CreditPlatformSettings  # its TOML table, documented in docs/configuration.md
 
     def __init__(self, settings: CreditPlatformSettings, http: BearerSession, department_code: str,
                  name: str) -> None:

@@ -32,7 +32,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import orjson
 from sqlalchemy import and_, column, delete, event, insert, inspect, select, table, update
@@ -90,7 +90,8 @@ class ValueProblem(ValueError):
 class SqlSink:
     """Upserts and deletes records in the department's tables."""
 
-    Settings = SqlSinkSettings
+    Settings: ClassVar[type] = SqlSinkSettings  # its TOML table, documented in docs/configuration.md
+    Subsettings: ClassVar[Mapping[str, type]] = {"tables.DATASET": TableSettings}
 
     def __init__(self, settings: SqlSinkSettings, tables: Mapping[str, TableSettings],
                  fields: Mapping[str, Sequence[str]], url: str, name: str) -> None:

@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 from sqlalchemy import text
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
@@ -47,7 +47,7 @@ class SqlSourceSettings:
 class SqlSource:
     """Reads changed rows from a table in (update column, key) order."""
 
-    Settings = SqlSourceSettings
+    Settings: ClassVar[type] = SqlSourceSettings  # its TOML table, documented in docs/configuration.md
 
     def __init__(self, settings: SqlSourceSettings, url: str, name: str) -> None:
         self.settings = settings

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.cli import adapters as cli_adapters
+from gateway.cli import datasets as cli_datasets
 from gateway.cli import inbound as cli_inbound
 from gateway.cli import lists as cli_lists
 from gateway.cli import ops as cli_ops
@@ -102,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_inbound.add_parser(sub, _config_arg)
     cli_rules.add_parsers(sub, _config_arg)
     cli_adapters.add_parser(sub)
+    cli_datasets.add_parser(sub, _config_arg)
 
     p = sub.add_parser("mapping", help="try a mapping file on sample rows")
     msub = p.add_subparsers(dest="mapping_command", required=True)
@@ -123,23 +125,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _remote_leaf(sub: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """A spool or quarantine command that takes ``-c`` and the admin flags after its name too
+    (``quarantine list --admin-url URL``), as well as before it (``quarantine --admin-url URL list``)."""
+    p: argparse.ArgumentParser = sub.add_parser(name, **kwargs)
+    _config_arg(p)
+    _admin_args(p)
+    return p
+
+
 def _spool_parser(sub: Any) -> None:
     p = sub.add_parser("spool", help="batches in the spool: list, show, retry, replay dead letters")
     _config_arg(p)
     _admin_args(p)
     s = p.add_subparsers(dest="spool_command", required=True)
-    ls = s.add_parser("list")
+    ls = _remote_leaf(s, "list")
     ls.add_argument("--target")
     ls.add_argument("--state", choices=["open", "done", "dead", "replayed"])
     ls.add_argument("--limit", type=int, default=50)
-    show = s.add_parser("show")
+    show = _remote_leaf(s, "show")
     show.add_argument("batch")
     show.add_argument("--body", action="store_true", help="print the request body too")
-    ev = s.add_parser("evidence", help="write a batch's evidence (what was sent, the signed receipt) to a file")
+    ev = _remote_leaf(s, "evidence", help="write a batch's evidence (what was sent, the signed receipt) to a file")
     ev.add_argument("batch")
     ev.add_argument("-o", "--output", required=True, help="the evidence file to write (a ZIP archive)")
     for name, text in (("retry", "make open batches due now"), ("replay", "queue dead-lettered records again")):
-        r = s.add_parser(name, help=text)
+        r = _remote_leaf(s, name, help=text)
         g = r.add_mutually_exclusive_group(required=True)
         g.add_argument("batch", nargs="?")
         g.add_argument("--target")
@@ -151,15 +162,15 @@ def _quarantine_parser(sub: Any) -> None:
     _config_arg(p)
     _admin_args(p)
     s = p.add_subparsers(dest="quarantine_command", required=True)
-    ls = s.add_parser("list")
+    ls = _remote_leaf(s, "list")
     ls.add_argument("--stage", choices=["mapping", "target"])
     ls.add_argument("--state", default="open", choices=["open", "resolved"])
     ls.add_argument("--limit", type=int, default=100)
-    show = s.add_parser("show")
+    show = _remote_leaf(s, "show")
     show.add_argument("id", type=int)
     for name, text in (("replay", "map again with the current mapping (or resend to the target)"),
                        ("resolve", "close entries without replaying them")):
-        r = s.add_parser(name, help=text)
+        r = _remote_leaf(s, name, help=text)
         g = r.add_mutually_exclusive_group(required=True)
         g.add_argument("ids", nargs="*", type=int, default=[])
         g.add_argument("--all", action="store_true")
@@ -184,6 +195,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
     "lists": cli_lists.cmd_lists,
     "inbound": cli_inbound.cmd_inbound,
     "adapters": cli_adapters.cmd_adapters,
+    "datasets": cli_datasets.cmd_datasets,
 }
 
 

@@ -52,6 +52,6 @@ def describe_adapter(name: str, role: str | None = None) -> int:
             out(f"  {problem.message if problem else 'declares no Settings dataclass'}")
             continue
         assert isinstance(settings, type)
-        table([{"setting": n, "default": d, "help": h} for n, d, h in describe(settings)],
-              ["setting", "default", "help"])
+        table([{"setting": d.name, "type": d.type, "default": d.default, "help": d.help} for d in describe(settings)],
+              ["setting", "type", "default", "help"])
     return 0

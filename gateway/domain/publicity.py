@@ -106,7 +106,9 @@ DEFAULT_RULES: tuple[Rule, ...] = (
 
 
 @dataclass(frozen=True)
-class _Scalars:
+class PublicityKeys:
+    """The scalar keys of ``[publicity]`` (the rules are ``[[publicity.rules]]``, parsed below)."""
+
     enabled: bool = setting(True, help="apply the publication rules (repair check, 公示截止期, automatic withdrawal)")
     check_s: float = setting(3600.0, check="positive", help="how often the daemon looks for expired records")
     set_publicity_end: bool = setting(True, help="send the maximum end date as 公示截止期 (publicity_end)")
@@ -155,7 +157,7 @@ def parse_publicity(raw: Any, where: str = "publicity") -> tuple[PublicitySettin
     """``[publicity]`` with every problem named by its TOML path (the defaults when the table is absent)."""
     if not isinstance(raw, dict):
         return PublicitySettings(), [Problem(where, "must be a table")]
-    scalars, problems = parse_settings(_Scalars, {k: v for k, v in raw.items() if k != "rules"}, where,
+    scalars, problems = parse_settings(PublicityKeys, {k: v for k, v in raw.items() if k != "rules"}, where,
                                        also_known=frozenset({"rules"}))
     rules = DEFAULT_RULES
     if "rules" in raw:

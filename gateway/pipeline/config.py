@@ -15,15 +15,18 @@ from gateway.settings import setting
 @dataclass(frozen=True)
 class DaemonSettings:
     max_concurrency: int = setting(8, check="positive", help="adapter calls in flight at once, all adapters")
-    adapter_timeout_s: float = setting(120.0, check="positive", help="upper bound on any single adapter call")
+    adapter_timeout_s: float = setting(120.0, check="positive",
+                                       help="upper bound on any single adapter call (a timeout is retried)")
     shutdown_grace_s: float = setting(30.0, check="positive", help="time in-flight work gets after SIGTERM")
     heartbeat_s: float = setting(5.0, check="positive", help="how often the daemon records it is alive")
-    idle_check_s: float = setting(1.0, check="positive", help="how often workers look for due retries")
+    idle_check_s: float = setting(1.0, check="positive", help="how often idle delivery workers look for due retries")
     map_workers: int = setting(1, help="worker processes for mapping and validation, and for encoding and sealing "
                                           "large batches (0 = all in the daemon itself)")
-    reload_check_s: float = setting(5.0, check="positive", help="how often mapping files are checked for changes")
+    reload_check_s: float = setting(5.0, check="positive",
+                                    help="how often mapping files (and their includes) are checked for changes")
     log_format: str = setting("json", choices=("json", "text"), help="json: one object per line")
-    log_level: str = setting("info", choices=("debug", "info", "warning", "error"))
+    log_level: str = setting("info", choices=("debug", "info", "warning", "error"),
+                             help="the least severe level logged")
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,8 @@ CONTENT_TYPES = {"none": "application/json", "cms": "application/pkcs7-mime", "s
 
 @dataclass(frozen=True)
 class EnvelopeSettings:
-    profile: str = setting("none", choices=profile_names(), help="cms | sm | xmldsig | none")
+    profile: str = setting("none", choices=profile_names(),
+                           help="cms | sm | xmldsig | none (none is refused on a target with external = true)")
     key: str = setting("", help="our private key (PEM), e.g. certs/gateway.key")
     cert: str = setting("", help="our certificate (PEM); intermediates may follow it in the file")
     passphrase_env: str = setting("", help="environment variable with the key's passphrase")

@@ -272,7 +272,7 @@ def signing_rates(profile: str) -> dict[str, float]:
 
 
 def interpreter() -> str:
-    """Which CPython runs the benchmark (and the sandbox): its build moves the figures by 10-20 % (README)."""
+    """Which CPython runs the benchmark (and the sandbox): its build moves the figures by 10-20 % (benchmark.md)."""
     maps = Path("/proc/self/maps")
     shared = maps.exists() and "libpython" in maps.read_text(encoding="utf-8", errors="replace")
     return (f"Python {sys.version.split()[0]} at {os.path.realpath(sys.executable)} "
