@@ -23,7 +23,9 @@ import orjson
 from gateway.cli.ops import out, table
 from gateway.config import Config, load_config
 from gateway.errors import ConfigError, Problem
+from gateway.files import write_private
 from gateway.operations import cell
+from gateway.sealing.evidence import receipt_signer
 from gateway.sealing.target import CONTENT_TYPES, receipt_bytes
 from gateway.store.composed import Store
 from gateway.store.database import open_store
@@ -92,14 +94,14 @@ async def _show(store: Store, config: Config, args: argparse.Namespace) -> int:
         return 1
     snapshot = await inbound_snapshot(store, channel, args.id)
     if args.receipt:
-        return _write_evidence(inbound_evidence(row, answer_text, _profile(config, channel)), args.id,
-                               Path(args.receipt))
+        return _write_evidence(inbound_evidence(row, answer_text, _profile(config, channel), _us(config, channel)),
+                               args.id, Path(args.receipt))
     _print_batch(row, snapshot, args.json)
     return 0
 
 
 def _write_evidence(data: bytes, batch_id: str, path: Path) -> int:
-    path.write_bytes(data)
+    write_private(path, data)  # every record of the batch, ID numbers included: 0600
     out(f"evidence for inbound batch {batch_id} written to {path} ({len(data)} bytes)")
     return 0
 
@@ -110,6 +112,12 @@ async def _channel_of(store: Store, batch_id: str) -> str | None:
         raise ConfigError([Problem("--channel", f"batch {batch_id} was received on channels "
                                                 f"{', '.join(channels)}: name one")])
     return channels[0] if channels else None
+
+
+def _us(config: Config, channel: str) -> dict[str, Any] | None:
+    """Who signs an inbound batch's receipt: we do, with the channel's certificate."""
+    found = config.inbound.channels.get(channel) if config.inbound is not None else None
+    return receipt_signer("us", [found.ours.cert_pem]) if found is not None and found.ours is not None else None
 
 
 def _profile(config: Config, channel: str) -> str:
@@ -140,8 +148,10 @@ def _print_batch(row: Mapping[str, Any], snapshot: Mapping[str, Any] | None, as_
         out(f"  rejected #{result['index']} {result['recordKey']}: {reasons}")
 
 
-def inbound_evidence(row: Mapping[str, Any], answer_text: str, profile: str) -> bytes:
-    """The evidence ZIP for a received batch: the body as received, our answer, our receipt and its signature."""
+def inbound_evidence(row: Mapping[str, Any], answer_text: str, profile: str,
+                     signer: Mapping[str, Any] | None = None) -> bytes:
+    """The evidence ZIP for a received batch: the body as received, our answer, our receipt and its signature
+    (``signer``: :func:`gateway.sealing.evidence.receipt_signer` for us)."""
     answer = orjson.loads(answer_text)
     receipt = answer.get("receipt") or {}
     body: bytes = row["body"]
@@ -149,6 +159,8 @@ def inbound_evidence(row: Mapping[str, Any], answer_text: str, profile: str) -> 
                 "dataset": row["dataset"], "profile": profile, "contentType": CONTENT_TYPES.get(profile, ""),
                 "records": row["records"], "signer": row["signer"], "receivedAt": row["received_at"],
                 "sentSha256": hashlib.sha256(body).hexdigest(), "receiptId": receipt.get("receiptId")}
+    if signer is not None:
+        manifest["receiptSigner"] = dict(signer)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
         z.writestr("manifest.json", orjson.dumps(manifest, option=orjson.OPT_INDENT_2))

@@ -22,13 +22,22 @@ from gateway.domain.calendar import WorkCalendar
 from gateway.domain.subject_keys import KeySecret
 from gateway.domain.timeliness import TimelinessReport, timeliness_report
 from gateway.errors import ConfigError, GatewayError, Problem
+from gateway.files import write_private
 from gateway.logs import redact, setup_logging
 from gateway.mapping import InboundMapping, OutboundMapping, load_mapping, source_columns
 from gateway.operations import age, cell, replay_entries, status_json, status_lines, table_lines
 from gateway.pipeline.engine import china_today
 from gateway.records import Operation, Record, from_payload
-from gateway.sealing.certs import RETIRED, expiry_warnings, init_dev_pki, inventory
-from gateway.sealing.evidence import build_evidence, verify_evidence
+from gateway.sealing.certs import (
+    RETIRED,
+    UNUSABLE,
+    expiry_warnings,
+    exposed_files,
+    init_dev_pki,
+    inventory,
+    key_problems,
+)
+from gateway.sealing.evidence import build_evidence, receipt_signer, verify_evidence
 from gateway.store.composed import Store
 from gateway.store.database import open_store
 
@@ -54,12 +63,14 @@ async def _with_store(config: Config) -> Store:
 
 async def cmd_check(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    problems: list[Problem] = []
+    problems = key_problems(config)
     if args.connect:
         problems += await _check_sources(config)
     if problems:
         raise ConfigError(problems, str(config.path))
     out(f"{config.path}: OK")
+    for line in exposed_files(config):
+        out(f"  warning  {line}")
     out(f"  store    {redact(config.store.url)}")
     for s in config.sources.values():
         out(f"  source   {s.name} ({s.type}) → {', '.join(s.mappings)} every {s.poll_interval_s:g}s")
@@ -268,9 +279,11 @@ async def _spool(store: Store, args: argparse.Namespace, config: Config) -> int:
 def _write_evidence(batch: dict[str, Any], config: Config, path: Path) -> int:
     target = config.targets.get(batch["target"])
     sealing = target.sealing if target else None
+    peer = sealing.peer if sealing is not None else None
+    signer = receipt_signer("platform", [peer.cert_pem, *sealing.retired_peer_pems]) if sealing and peer else None
     data = build_evidence(batch, sealing.content_type if sealing else "application/json",
-                          sealing.profile if sealing else "none")
-    path.write_bytes(data)
+                          sealing.profile if sealing else "none", signer)
+    write_private(path, data)  # every record of the batch, ID numbers included: 0600
     out(f"evidence for batch {batch['id']} written to {path} ({len(data)} bytes)")
     return 0
 
@@ -291,7 +304,7 @@ def cmd_certs(args: argparse.Namespace) -> int:
              "status": c.detail if c.detail.startswith(RETIRED) else c.status(now)}
             for c in inventory(config)]
     table(rows, ["where", "kind", "subject", "not after", "days left", "status"])
-    return 1 if any(r["status"] == "EXPIRED" for r in rows) else 0
+    return 1 if any(r["status"] in UNUSABLE for r in rows) else 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

@@ -340,6 +340,16 @@ def load_signer(ours: Credentials) -> Signer:
     return Signer(key, certs[0], tuple(certs[1:]))
 
 
+def check_keypair(ours: Credentials) -> None:
+    """Our key read with its passphrase and paired with our certificate, as the first transfer would: an
+    EnvelopeError names what is wrong (``credit-gateway check``)."""
+    from gateway.sealing import sm as envelope_sm
+    if envelope_sm.is_sm2_certificate(load_certificate(ours.cert_pem, "our certificate")):
+        envelope_sm.load_sm2_signer(ours)
+    else:
+        load_signer(ours)
+
+
 def check_peer_for_sealing(peer: Peer, now: datetime, *, issued_by: IssuedBy = x509_issued_by) -> x509.Certificate:
     """The peer's certificate, refused when it is expired, not yet valid or not from a trusted CA."""
     cert, *intermediates = load_certificates(peer.cert_pem, "peer certificate")

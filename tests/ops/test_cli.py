@@ -274,6 +274,18 @@ class TestCheck:
         assert str(path) in result.stderr
         assert "Traceback" not in result.stderr
 
+    def test_store_password_is_not_printed(self, tmp_path: Path) -> None:
+        """`check` shows the store URL without its password, and so does a store error of another command."""
+        prepare_workdir(tmp_path)
+        path = write_config(tmp_path, "http://127.0.0.1:9")
+        path.write_text(path.read_text(encoding="utf-8").replace(
+            "sqlite:///spool/gateway.db", "postgresql://gw:pw-5e1f9@127.0.0.1:9/gw"), encoding="utf-8")
+        checked = cli("-c", str(path), "check", cwd=tmp_path)
+        assert checked.returncode == 0, checked.stderr
+        assert "pw-5e1f9" not in checked.stdout and "postgresql://gw:***@127.0.0.1:9/gw" in checked.stdout
+        status = cli("-c", str(path), "status", cwd=tmp_path)
+        assert status.returncode == 1 and "pw-5e1f9" not in status.stdout + status.stderr, status.stderr
+
     def test_missing_config_file(self, tmp_path: Path) -> None:
         """A config file that does not exist is a configuration error (exit 2) naming it."""
         result = cli("-c", str(tmp_path / "absent.toml"), "check", cwd=tmp_path)
