@@ -20,8 +20,8 @@ from typing import Any
 
 import orjson
 
-from gateway.cli.ops import out, table
-from gateway.config import Config, load_config
+from gateway.cli.ops import out, read_config, table
+from gateway.config import Config
 from gateway.errors import ConfigError, Problem
 from gateway.files import write_private
 from gateway.operations import cell
@@ -57,7 +57,7 @@ def add_parser(sub: Any, config_arg: Callable[[argparse.ArgumentParser], None]) 
 
 
 async def cmd_inbound(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = read_config(args)
     store = await open_store(config.store_url())
     try:
         if args.inbound_command == "list":

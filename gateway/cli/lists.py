@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from gateway.cli.ops import out, table
+from gateway.cli.ops import out, read_config, table
 from gateway.config import load_config
 from gateway.domain.lists import Conflict, ListView, Repair, conflicts, list_status, reconcile
 from gateway.store.database import open_store
@@ -28,7 +28,8 @@ def add_parser(sub: Any, config_arg: Callable[[argparse.ArgumentParser], None]) 
 
 
 async def cmd_lists(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    # reconcile queues records for the targets: it needs every mapping; status and conflicts only read
+    config = load_config(args.config) if args.lists_command == "reconcile" else read_config(args)
     store = await open_store(config.store_url())
     try:
         if args.lists_command == "status":

@@ -8,6 +8,7 @@ import csv
 import datetime as dt
 import io
 import os
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 import orjson
 
 from gateway.cli.remote import AdminClient, client_cert_files, read_token
-from gateway.config import Config, load_config
+from gateway.config import Config, load_config, load_instance
 from gateway.daemon import Gateway, serve
 from gateway.domain.calendar import WorkCalendar
 from gateway.domain.subject_keys import KeySecret
@@ -25,7 +26,7 @@ from gateway.errors import ConfigError, GatewayError, Problem
 from gateway.files import write_private
 from gateway.logs import redact, setup_logging
 from gateway.mapping import InboundMapping, OutboundMapping, load_mapping, source_columns
-from gateway.operations import age, cell, replay_entries, status_json, status_lines, table_lines
+from gateway.operations import age, cell, replay_entries, status_json, status_lines, table_lines, target_errors
 from gateway.pipeline.engine import china_today
 from gateway.records import Operation, Record, from_payload
 from gateway.sealing.certs import (
@@ -57,6 +58,15 @@ _cell, _age = cell, age
 
 async def _with_store(config: Config) -> Store:
     return await open_store(config.store_url())
+
+
+def read_config(args: argparse.Namespace) -> Config:
+    """The config for a command that only reads (or does not map rows): a mapping file that does not compile is
+    left out with a warning, as the running daemon keeps the version it has (gateway.config lenient)."""
+    config = load_config(args.config, lenient=True)
+    for problem in config.warnings:
+        print(redact(f"warning: {problem} (left out of this command)"), file=sys.stderr, flush=True)
+    return config
 
 
 # ---------------------------------------------------------------- check / run
@@ -149,7 +159,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
         for line in lines + [f"certificate {w}" for w in status["certificates"]]:
             out(line)
         return 0
-    config = load_config(args.config)
+    config = read_config(args)
     store = await _with_store(config)
     try:
         if args.json:
@@ -170,10 +180,10 @@ async def print_status(store: Store, calendar: WorkCalendar | None = None, sanct
 
 
 async def cmd_health(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    store = await _with_store(config)
+    instance, url = load_instance(args.config)  # the instance and the store only: nothing else can fail it
+    store = await open_store(url)
     try:
-        problems = await _health_problems(store, config, args.max_heartbeat_age, args.max_pending_age)
+        problems = await _health_problems(store, instance, args.max_heartbeat_age, args.max_pending_age)
     finally:
         await store.aclose()
     for p in problems:
@@ -183,15 +193,17 @@ async def cmd_health(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-async def _health_problems(store: Store, config: Config, max_beat: float, max_pending: float) -> list[str]:
+async def _health_problems(store: Store, instance: str, max_beat: float, max_pending: float) -> list[str]:
     beats = {b["instance"]: b for b in await store.heartbeats()}
-    beat = beats.get(config.gateway.instance)
+    beat = beats.get(instance)
     problems = []
     if beat is None:
-        problems.append(f"instance {config.gateway.instance} has never run")
+        problems.append(f"instance {instance} has never run")
     elif beat["state"].get("state") != "running" or time.time() - beat["beat_at"] > max_beat:
-        problems.append(f"instance {config.gateway.instance} is {beat['state'].get('state')}, "
+        problems.append(f"instance {instance} is {beat['state'].get('state')}, "
                         f"last heartbeat {_age(time.time() - beat['beat_at'])} ago")
+    else:  # alive, but a target that cannot make batches delivers nothing new
+        problems += [f"target {name}: {text}" for name, text, blocked in target_errors(beat) if blocked]
     for row in await store.target_status():
         if max_pending and (row["oldest_pending_s"] or 0) > max_pending:
             problems.append(f"target {row['target']}: oldest pending record is {_age(row['oldest_pending_s'])} old")
@@ -201,7 +213,7 @@ async def _health_problems(store: Store, config: Config, max_beat: float, max_pe
 # ---------------------------------------------------------------- timeliness
 
 async def cmd_timeliness(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = read_config(args)
     datasets = [args.dataset] if args.dataset else None
     if args.target:
         target = config.targets.get(args.target)
@@ -243,7 +255,7 @@ async def cmd_spool(args: argparse.Namespace) -> int:
     admin = _admin(args)
     if admin is not None:
         return await _remote_spool(admin, args)
-    config = load_config(args.config)
+    config = read_config(args)
     store = await _with_store(config)
     try:
         return await _spool(store, args, config)
@@ -296,7 +308,7 @@ def cmd_certs(args: argparse.Namespace) -> int:
         out("Use them in [targets.NAME.envelope] (key/cert = gateway, peer_cert = platform, trusted_cas = ca.crt)")
         out("and for the sandbox: --key platform.key --cert platform.crt --peer-cert gateway.crt --trusted-ca ca.crt")
         return 0
-    config = load_config(args.config)
+    config = read_config(args)
     now = dt.datetime.now(dt.UTC)
     rows = [{"where": c.where, "kind": c.kind, "subject": c.subject or c.detail,
              "not after": f"{c.not_after:%Y-%m-%d}" if c.not_after else "-",
@@ -345,7 +357,8 @@ async def cmd_quarantine(args: argparse.Namespace) -> int:
     admin = _admin(args)
     if admin is not None:
         return await _remote_quarantine(admin, args)
-    config = load_config(args.config)
+    # replay maps rows again: it needs every mapping (a broken one is an error); the rest only read
+    config = load_config(args.config) if args.quarantine_command == "replay" else read_config(args)
     store = await _with_store(config)
     try:
         return await _quarantine(store, config, args)

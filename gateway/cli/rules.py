@@ -15,8 +15,7 @@ from typing import Any
 
 import orjson
 
-from gateway.cli.ops import _cell, out, table
-from gateway.config import load_config
+from gateway.cli.ops import _cell, out, read_config, table
 from gateway.pipeline.engine import china_today
 from gateway.store.confirmations import SETTLED, Change, Delivery, list_changes, record_history
 from gateway.store.database import open_store
@@ -62,7 +61,7 @@ def _default(value: Any) -> Any:
 
 
 async def cmd_records(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = read_config(args)
     store = await open_store(config.store_url())
     try:
         if args.records_command == "show":
@@ -120,7 +119,7 @@ def print_changes(changes: list[Change]) -> None:
 
 
 async def cmd_publicity(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = read_config(args)
     store = await open_store(config.store_url())
     try:
         report = await publicity_report(store, config, args.today or china_today(), args.due_within, args.limit)

@@ -7,8 +7,8 @@ import datetime as dt
 
 import orjson
 
-from gateway.cli.ops import out, table
-from gateway.config import Config, load_config
+from gateway.cli.ops import out, read_config, table
+from gateway.config import Config
 from gateway.domain.calendar import WorkCalendar
 from gateway.domain.sanctions import SanctionsReport, sanctions_report
 from gateway.pipeline.engine import china_today
@@ -23,7 +23,7 @@ async def report_for(store: Store, config: Config, today: dt.date | None = None)
 
 
 async def cmd_sanctions(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = read_config(args)
     store = await open_store(config.store_url())
     try:
         report = await report_for(store, config, args.today)
