@@ -279,11 +279,12 @@ class TargetWorker:
             self._wake.clear()
             try:
                 started = await self.step()
-            except GatewayError as exc:
+                wait = 0.0 if started else await self._idle_wait()
+            except GatewayError as exc:  # the store failed: this worker goes on after the idle tick
                 log.error("delivery step failed", extra={"target": self.cfg.name, "error": str(exc)})
-                started = 0
+                started, wait = 0, self.idle_s
             if not started:
-                await _wait_any(self._wake, stopping, await self._idle_wait())
+                await _wait_any(self._wake, stopping, wait)
 
     async def _idle_wait(self) -> float:
         """Until the next due retry, the circuit's trial, the end of a hold, or the idle tick, whichever is first."""
