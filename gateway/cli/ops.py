@@ -38,7 +38,7 @@ from gateway.sealing.certs import (
     inventory,
     key_problems,
 )
-from gateway.sealing.evidence import build_evidence, receipt_signer, verify_evidence
+from gateway.sealing.evidence import target_evidence, verify_evidence
 from gateway.store.composed import Store
 from gateway.store.database import open_store
 
@@ -290,11 +290,7 @@ async def _spool(store: Store, args: argparse.Namespace, config: Config) -> int:
 
 def _write_evidence(batch: dict[str, Any], config: Config, path: Path) -> int:
     target = config.targets.get(batch["target"])
-    sealing = target.sealing if target else None
-    peer = sealing.peer if sealing is not None else None
-    signer = receipt_signer("platform", [peer.cert_pem, *sealing.retired_peer_pems]) if sealing and peer else None
-    data = build_evidence(batch, sealing.content_type if sealing else "application/json",
-                          sealing.profile if sealing else "none", signer)
+    data = target_evidence(batch, target.sealing if target else None)
     write_private(path, data)  # every record of the batch, ID numbers included: 0600
     out(f"evidence for batch {batch['id']} written to {path} ({len(data)} bytes)")
     return 0

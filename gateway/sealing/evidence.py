@@ -36,7 +36,7 @@ import orjson
 
 from gateway.errors import GatewayError
 from gateway.sealing.base import EnvelopeError, fingerprint_sha256, load_certificates, verify_detached
-from gateway.sealing.target import receipt_bytes, results_digest
+from gateway.sealing.target import Sealing, receipt_bytes, results_digest
 
 PARTS = ("manifest.json", "sent.bin", "answer.json", "receipt.json")
 
@@ -97,6 +97,16 @@ def build_evidence(batch: Mapping[str, Any], content_type: str, profile: str,
 
             z.writestr("receipt.sig", base64.b64decode(signature))
     return out.getvalue()
+
+
+def target_evidence(batch: Mapping[str, Any], sealing: Sealing | None) -> bytes:
+    """:func:`build_evidence` for a batch sent to a target sealed with ``sealing`` (None: no longer configured):
+    its receipt must be signed by the target's peer certificate (or, during a rotation, a retired one)."""
+    if sealing is None:
+        return build_evidence(batch, "application/json", "none")
+    peer = sealing.peer
+    signer = receipt_signer("platform", [peer.cert_pem, *sealing.retired_peer_pems]) if peer is not None else None
+    return build_evidence(batch, sealing.content_type, sealing.profile, signer)
 
 
 def _read(path: Path) -> dict[str, bytes]:

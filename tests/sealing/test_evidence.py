@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from gateway.config import load_config
-from gateway.sealing.evidence import EvidenceError, build_evidence, receipt_signer, verify_evidence
+from gateway.sealing.evidence import EvidenceError, target_evidence, verify_evidence
 from gateway.store.database import open_store
 from tests.sealing.test_sealed_delivery import _run
 
@@ -27,11 +27,8 @@ async def _evidence(tmp_path: Path, profile: str, kind: str) -> Path:
     finally:
         await store.aclose()
     assert batch is not None
-    sealing = config.targets["platform"].sealing
-    assert sealing.peer is not None
     path = tmp_path / "evidence.zip"
-    path.write_bytes(build_evidence(batch, sealing.content_type, sealing.profile,
-                                    receipt_signer("platform", [sealing.peer.cert_pem])))
+    path.write_bytes(target_evidence(batch, config.targets["platform"].sealing))
     return path
 
 
