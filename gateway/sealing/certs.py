@@ -59,8 +59,8 @@ class Credential:
 
 def inventory(config: Config) -> list[Credential]:
     """Every key, certificate and token the configuration uses."""
-    out: list[Credential] = []
     base = config.path.parent
+    out = _url_password("store.url", config.store.url)
     for name, source in config.sources.items():
         out += _adapter_credentials(f"sources.{name}", source.adapter, base)
     for name, target in config.targets.items():
@@ -137,13 +137,21 @@ def _adapter_credentials(where: str, adapter: Any, base: Path) -> list[Credentia
     """An adapter's token and the certificates its settings name (``peer_cert``, ``trusted_cas``: a platform
     source that checks signed answers), read from the settings every adapter declares."""
     settings = getattr(adapter, "settings", None)
-    out = _token(where, adapter)
+    out = _token(where, adapter) + _url_password(f"{where}.url", getattr(settings, "url", ""))
     peer, cas = getattr(settings, "peer_cert", ""), getattr(settings, "trusted_cas", ())
     if isinstance(peer, str) and peer:
         out += _read_certificates(f"{where}.peer_cert", _under(base, peer))
     for i, ca in enumerate(cas if isinstance(cas, list | tuple) else ()):
         out += _read_certificates(f"{where}.trusted_cas[{i}]", _under(base, str(ca)))
     return out
+
+
+def _url_password(where: str, url: Any) -> list[Credential]:
+    """A database password written into a URL (``postgresql://gw:…@db/gw``): listed, never shown."""
+    if not isinstance(url, str) or "://" not in url:
+        return []
+    userinfo = url.split("://", 1)[1].split("/", 1)[0].rpartition("@")[0]
+    return [Credential(where, "password", detail="in the URL")] if ":" in userinfo else []
 
 
 def _under(base: Path, file: str) -> Path:

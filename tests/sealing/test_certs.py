@@ -130,6 +130,14 @@ class TestSourceCredentials:
         line = next(line for line in done.stdout.splitlines() if line.startswith("sources.cases.peer_cert"))
         assert "NOT YET VALID" in line
 
+    def test_a_password_in_a_url_is_listed_not_shown(self, tmp_path: Path) -> None:
+        """A password written into store.url is one of the credentials `certs list` names, without its value."""
+        path = _config(tmp_path, 365)
+        path.write_text(path.read_text(encoding="utf-8").replace(
+            "sqlite:///spool/gateway.db", "postgresql://gw:pw-77c1@127.0.0.1:9/gw"), encoding="utf-8")
+        items = {c.where: c for c in inventory(load_config(path))}
+        assert items["store.url"].kind == "password" and "pw-77c1" not in repr(items["store.url"])
+
     def test_not_yet_valid_status(self) -> None:
         """Before its not-before date a certificate is NOT YET VALID, whatever its expiry."""
         cert = Credential("x", "certificate", "CN=x", NOW + dt.timedelta(days=300), "", NOW + dt.timedelta(hours=1))
