@@ -9,18 +9,24 @@ flagged (also in the daemon's log at start and in ``status``), expired ones refu
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+import tomllib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gateway.adapter import Credentialed, Sink, Source
 from gateway.config import Config
-from gateway.sealing.base import EnvelopeError, load_certificates
+from gateway.errors import Problem
+from gateway.files import exposure
+from gateway.sealing.base import Credentials, EnvelopeError, load_certificates
 from gateway.sealing.pki import KINDS, make_ca
+from gateway.sealing.signatures import check_keypair
 
 WARN_DAYS = (60, 30, 7)
 RETIRED = "retired (key rotation)"
+EXPIRED, NOT_YET_VALID = "EXPIRED", "NOT YET VALID"
+UNUSABLE = (EXPIRED, NOT_YET_VALID)  # `certs list` exits 1 when a certificate in use is one of these
 
 
 @dataclass(frozen=True)
@@ -32,17 +38,21 @@ class Credential:
     subject: str = ""
     not_after: dt.datetime | None = None
     detail: str = ""
+    not_before: dt.datetime | None = None
+
 
     def days_left(self, now: dt.datetime) -> float | None:
         return None if self.not_after is None else (self.not_after - now).total_seconds() / 86400
 
     def status(self, now: dt.datetime) -> str:
-        """ok | expires in ≤60/≤30/≤7 days | EXPIRED (no expiry: ok)."""
+        """ok | expires in ≤60/≤30/≤7 days | EXPIRED | NOT YET VALID (no validity: ok)."""
+        if self.not_before is not None and now < self.not_before:
+            return NOT_YET_VALID
         days = self.days_left(now)
         if days is None:
             return "ok"
         if days < 0:
-            return "EXPIRED"
+            return EXPIRED
         for limit in sorted(WARN_DAYS):
             if days <= limit:
                 return f"expires within {limit} days"
@@ -51,12 +61,12 @@ class Credential:
 
 def inventory(config: Config) -> list[Credential]:
     """Every key, certificate and token the configuration uses."""
-    out: list[Credential] = []
+    out = _url_password("store.url", config.store.url)
+    for name, source in config.sources.items():
+        out += _adapter_credentials(f"sources.{name}", source.adapter)
     for name, target in config.targets.items():
         out += _sealing_credentials(f"targets.{name}.envelope", target.sealing)
         out += _adapter_credentials(f"targets.{name}", target.adapter)
-    for name, source in config.sources.items():
-        out += _adapter_credentials(f"sources.{name}", source.adapter)
     out += _inbound_credentials(config)
     if config.admin is not None:
         out += [Credential(t.where, "token", detail=f"role {t.role}, from {t.origin}") for t in config.admin.tokens]
@@ -121,7 +131,19 @@ def _certificates(where: str, pem: bytes, detail: str = "") -> list[Credential]:
     except EnvelopeError as exc:
         return [Credential(where, "certificate", detail=f"unreadable: {exc}")]
     return [Credential(where if i == 0 else f"{where} (#{i + 1})", "certificate", c.subject.rfc4514_string(),
-                       c.not_valid_after_utc, detail) for i, c in enumerate(certs)]
+                       c.not_valid_after_utc, detail, c.not_valid_before_utc) for i, c in enumerate(certs)]
+
+
+def _url_password(where: str, url: Any) -> list[Credential]:
+    """A database password written into a URL (``postgresql://gw:…@db/gw``): listed, never shown."""
+    if not isinstance(url, str) or "://" not in url:
+        return []
+    userinfo = url.split("://", 1)[1].split("/", 1)[0].rpartition("@")[0]
+    return [Credential(where, "password", detail="in the URL")] if ":" in userinfo else []
+
+
+def _under(base: Path, file: str) -> Path:
+    return Path(file) if Path(file).is_absolute() else base / file
 
 
 def _adapter_credentials(where: str, adapter: Source | Sink) -> list[Credential]:
@@ -140,9 +162,64 @@ def _adapter_credentials(where: str, adapter: Source | Sink) -> list[Credential]
 def expiry_warnings(config: Config, now: dt.datetime | None = None) -> list[str]:
     """One line per certificate that is expired or due within 60 days."""
     now = now or dt.datetime.now(dt.UTC)
-    return [f"{c.where}: {c.subject} {c.status(now)} (not after {c.not_after:%Y-%m-%d})"
+    return [f"{c.where}: {c.subject} {c.status(now)} ({_window(c)})"
             for c in inventory(config)
             if c.not_after is not None and c.status(now) != "ok" and not c.detail.startswith(RETIRED)]
+
+
+def _window(c: Credential) -> str:
+    after = f"not after {c.not_after:%Y-%m-%d}"
+    return f"not before {c.not_before:%Y-%m-%d %H:%M} UTC, {after}" if c.not_before is not None else after
+
+
+def key_problems(config: Config) -> list[Problem]:
+    """Every private key the configuration uses, read with its passphrase and paired with its certificate (targets'
+    envelopes, their rotation's previous pair, inbound channels): what would otherwise fail at the first transfer."""
+    pairs: list[tuple[str, Credentials | None]] = []
+    for name, target in config.targets.items():
+        where = f"targets.{name}.envelope"
+        if target.sealing.active:
+            pairs += [(f"{where}.key", target.sealing.ours), (f"{where}.previous_key", target.sealing.previous)]
+    for name, channel in (config.inbound.channels.items() if config.inbound else ()):
+        pairs.append((f"inbound.channels.{name}.key", channel.ours))
+    problems = []
+    for where, ours in pairs:
+        if ours is None:
+            continue
+        try:
+            check_keypair(ours)
+        except EnvelopeError as exc:
+            problems.append(Problem(where, str(exc)))
+    return problems
+
+
+SECRET_FILES = frozenset({"key", "tls_key", "previous_key", "token_file", "passphrase_file"})
+
+
+def exposed_files(config: Config) -> list[str]:
+    """Key, token and passphrase files the configuration names that the group or others can read, one line each
+    (``targets.p.envelope.key: certs/gateway.key is readable by others (0644)``)."""
+    try:
+        doc = tomllib.loads(config.path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return []
+    lines = []
+    for where, file in _secret_settings(doc, ""):
+        path = _under(config.path.parent, file)
+        if found := exposure(path):
+            lines.append(f"{where}: {path} is {found}; chmod 600 it")
+    return lines
+
+
+def _secret_settings(table: Mapping[str, Any], prefix: str) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for key, value in table.items():
+        where = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out += _secret_settings(value, where + ".")
+        elif key in SECRET_FILES and isinstance(value, str) and value:
+            out.append((where, value))
+    return out
 
 
 def init_dev_pki(directory: Path, kinds: Sequence[str] = KINDS) -> list[Path]:

@@ -80,6 +80,9 @@ class Config:
     inbound: InboundConfig | None = None  # the inbound HTTP endpoint, when [inbound] is configured
     admin: AdminConfig | None = None  # the admin HTTP API, when [admin] is configured
     publicity: PublicitySettings = field(default_factory=PublicitySettings)
+    # load_config(lenient=True): mapping files that did not compile, left out (the sources, targets and channels
+    # that name them are kept without them; a channel is left out)
+    warnings: tuple[Problem, ...] = ()
 
     def routes(self) -> dict[str, list[str]]:
         """dataset → targets that receive its new records (``changes_only`` ones get changes only)."""
@@ -131,8 +134,12 @@ SOURCE_KEYS = frozenset(f.name for f in dataclasses.fields(SourceKeys))
 TARGET_KEYS = frozenset(f.name for f in dataclasses.fields(TargetKeys))
 
 
-def load_config(path: str | Path) -> Config:
-    """Read, check and build everything a config names; raise ConfigError with every problem."""
+def load_config(path: str | Path, *, lenient: bool = False) -> Config:
+    """Read, check and build everything a config names; raise ConfigError with every problem.
+
+    ``lenient`` (the read-only commands): a mapping file that does not compile is not a problem but a warning
+    (``Config.warnings``), as in the running daemon, which keeps the version it has; what names it is kept
+    without it. One broken mapping edit must not make ``status`` or ``spool`` fail."""
     path = Path(path).resolve()
     doc = _read(path)
     problems: list[Problem] = []
@@ -147,16 +154,18 @@ def load_config(path: str | Path) -> Config:
     lists = _section(ListsSettings, doc, "lists", problems)
     publicity, found = parse_publicity(doc.get("publicity", {}))
     problems += found
+    secrets: list[str] = []
+    skipped: list[Problem] = [] if lenient else problems  # where mapping-file problems go
     # A broken [gateway] must not hide the sources' and targets' problems: check those against a stand-in.
     ctx_base = (path.parent, gw or GatewaySettings(department_code="", department_name=""))
     sources = {name: src for name, raw in _tables(doc, "sources", problems).items()
-               if (src := _source(name, raw, ctx_base, problems)) is not None}
+               if (src := _source(name, raw, ctx_base, problems, skipped)) is not None}
     target_tables = _tables(doc, "targets", problems)
     targets = {name: tgt for name, raw in target_tables.items()
-               if (tgt := _target(name, raw, ctx_base, problems)) is not None}
-    if len(targets) == len(target_tables):  # a broken target would make every route look missing
+               if (tgt := _target(name, raw, ctx_base, problems, secrets, skipped)) is not None}
+    if len(targets) == len(target_tables) and not (lenient and skipped):  # else every route could look missing
         problems += _route_problems(sources, targets)
-    inbound, found = load_inbound(doc.get("inbound"), path.parent)
+    inbound, found = load_inbound(doc.get("inbound"), path.parent, skipped)
     admin, found_admin = load_admin(doc.get("admin"), path.parent)
     problems += found + found_admin
     adapters = [*(s.adapter for s in sources.values()), *(t.adapter for t in targets.values())]
@@ -165,7 +174,24 @@ def load_config(path: str | Path) -> Config:
     if problems or gw is None or store is None or daemon is None or sanctions is None:
         raise ConfigError(problems, str(path))
     return Config(path, gw, store, daemon, sources, targets, tuple(secrets), calendar=calendar, sanctions=sanctions,
-                  lists=lists or ListsSettings(), inbound=inbound, admin=admin, publicity=publicity)
+                  lists=lists or ListsSettings(), inbound=inbound, admin=admin, publicity=publicity,
+                  warnings=tuple(skipped) if lenient else ())
+
+
+def load_instance(path: str | Path) -> tuple[str, str]:
+    """(instance name, store URL) from ``[gateway]`` and ``[store]`` alone: what ``health`` needs, so that a broken
+    mapping file or adapter setting elsewhere does not make a probe report a working daemon as dead."""
+    path = Path(path).resolve()
+    doc = _read(path)
+    problems: list[Problem] = []
+    raw = doc.get("gateway", {})
+    instance = raw.get("instance", GatewaySettings.instance) if isinstance(raw, dict) else None
+    if not isinstance(instance, str) or not instance:
+        problems.append(Problem("gateway.instance", f"expected a name, got {instance!r}"))
+    store = _section(StoreSettings, doc, "store", problems)
+    if problems or store is None or not isinstance(instance, str):
+        raise ConfigError(problems, str(path))
+    return instance, resolve_sqlite_url(store.url, path.parent)
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -242,20 +268,21 @@ def _mapping(file: Any, where: str, base: Path, kind: type[Any], problems: list[
     return mapping
 
 
-def _source(name: str, raw: dict[str, Any], base: tuple[Path, GatewaySettings],
-            problems: list[Problem]) -> SourceConfig | None:
+def _source(name: str, raw: dict[str, Any], base: tuple[Path, GatewaySettings], problems: list[Problem],
+            skipped: list[Problem]) -> SourceConfig | None:
     where = f"sources.{name}"
     before = len(problems)
-    mapping = _mapping(raw.get("mapping"), f"{where}.mapping", base[0], InboundMapping, problems)
+    mapping = _mapping(raw.get("mapping"), f"{where}.mapping", base[0], InboundMapping, skipped)
     poll = raw.get("poll_interval_s", SourceKeys.poll_interval_s)
     if isinstance(poll, bool) or not isinstance(poll, int | float) or poll <= 0:
         problems.append(Problem(f"{where}.poll_interval_s", f"expected a positive number, got {poll!r}"))
     batch_size = _common_int(raw, "batch_size", SourceKeys.batch_size, where, problems)
     adapter = _adapter(SOURCE_GROUP, Source, raw, where, SOURCE_KEYS, _context(name, where, base, SOURCE_KEYS),
                        problems)
-    if len(problems) > before or mapping is None or adapter is None:
+    if len(problems) > before or adapter is None or (mapping is None and skipped is problems):
         return None
-    return SourceConfig(name, str(raw["type"]), {mapping.dataset.name: mapping}, float(poll), batch_size, adapter)
+    return SourceConfig(name, str(raw["type"]), {mapping.dataset.name: mapping} if mapping else {}, float(poll),
+                        batch_size, adapter)
 
 
 def _adapter(group: str, role: type[Any], raw: dict[str, Any], where: str, common: frozenset[str],
@@ -278,8 +305,8 @@ def _adapter(group: str, role: type[Any], raw: dict[str, Any], where: str, commo
     return adapter
 
 
-def _target(name: str, raw: dict[str, Any], base: tuple[Path, GatewaySettings],
-            problems: list[Problem]) -> TargetConfig | None:
+def _target(name: str, raw: dict[str, Any], base: tuple[Path, GatewaySettings], problems: list[Problem],
+            secrets: list[str], skipped: list[Problem]) -> TargetConfig | None:
     where = f"targets.{name}"
     before = len(problems)
     datasets = raw.get("datasets")
@@ -288,7 +315,7 @@ def _target(name: str, raw: dict[str, Any], base: tuple[Path, GatewaySettings],
         problems.append(Problem(f"{where}.datasets", 'required: a table like { penalty = "mappings/….toml" }'))
     else:
         for ds, file in datasets.items():
-            m = _mapping(file, f"{where}.datasets.{ds}", base[0], OutboundMapping, problems)
+            m = _mapping(file, f"{where}.datasets.{ds}", base[0], OutboundMapping, skipped)
             if m is not None and m.dataset.name != ds:
                 problems.append(Problem(f"{where}.datasets.{ds}", f"{file} maps dataset {m.dataset.name}, not {ds}"))
             elif m is not None:

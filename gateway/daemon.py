@@ -202,7 +202,8 @@ class Gateway:
             self._wake_all()
 
     async def beat(self, state: str = "running") -> None:
-        circuits = {n: {"circuit": w.circuit.state, "in_flight": len(w.inflight)} for n, w in self.workers.items()}
+        circuits = {n: {"circuit": w.circuit.state, "in_flight": len(w.inflight), "last_error": w.last_error,
+                        "blocked": w.blocked} for n, w in self.workers.items()}
         await self.store.reports.beat(self.config.gateway.instance, os.getpid(), self.started_at,
                               {"state": state, "targets": circuits})
 

@@ -1,8 +1,9 @@
 """Structured logging: one line per event, JSON by default, with secrets and ID numbers masked.
 
 Every record passes :class:`Redactor`, which replaces registered secrets (API tokens, passwords) with
-``***`` and masks any 18-character resident ID number, valid or not, wherever it appears in the line (but not
-a deciding body's all-digit USCC in a record key, which only looks like one).
+``***`` (the password of any URL with credentials too: ``postgresql://gw:***@db/gw``) and masks any
+18-character resident ID number, valid or not, wherever it appears in the line (but not a deciding body's
+all-digit USCC in a record key, which only looks like one).
 Logging is the one piece of global state the gateway has (configured once by the daemon or CLI).
 """
 
@@ -21,6 +22,8 @@ from gateway.domain.identifiers import check_resident_id, check_uscc, mask_id
 
 # 18 characters, not part of a longer token; not after a decimal point (the digits of a float are no ID).
 _ID_RUN = re.compile(r"(?<![0-9A-Za-z.])\d{17}[\dXx](?![0-9A-Za-z])")
+# The password of a URL with credentials (postgresql://user:secret@host/db): it is never printed.
+_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s:/@]*:)[^\s@/]*(@)")
 _RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
 
 
@@ -28,7 +31,7 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     for secret in secrets:
         if secret:
             text = text.replace(secret, "***")
-    return _ID_RUN.sub(_mask_run, text)
+    return _ID_RUN.sub(_mask_run, _URL_PASSWORD.sub(r"\1***\2", text))
 
 
 def _mask_run(match: re.Match[str]) -> str:

@@ -88,7 +88,22 @@ async def status_lines(store: Store, calendar: WorkCalendar | None = None, sanct
     for beat in await store.reports.heartbeats():
         lines.append(f"instance {beat['instance']} pid {beat['pid']}: {beat['state'].get('state')}, "
                      f"last heartbeat {age(time.time() - beat['beat_at'])} ago")
+        lines += [f"  target {name}: {line}" for name, line, _blocked in target_errors(beat)]
     return lines
+
+
+def target_errors(beat: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """(target, text, blocked) per target of a heartbeat with an error: one that keeps new batches from being made
+    (blocked: a sealing failure), or the last failed attempt."""
+    out = []
+    for name, state in (beat["state"].get("targets") or {}).items():
+        if not isinstance(state, dict):
+            continue
+        if state.get("blocked"):
+            out.append((str(name), f"new batches held back: {state['blocked']}", True))
+        elif state.get("last_error"):
+            out.append((str(name), f"last error: {state['last_error']}", False))
+    return out
 
 
 async def status_json(store: Store, config: Config) -> dict[str, Any]:

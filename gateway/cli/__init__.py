@@ -23,6 +23,7 @@ from gateway.cli import ops as cli_ops
 from gateway.cli import rules as cli_rules
 from gateway.cli import sanctions as cli_sanctions
 from gateway.errors import ConfigError, GatewayError
+from gateway.logs import redact
 
 DEFAULT_CONFIG = "credit-gateway.toml"
 
@@ -207,10 +208,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = asyncio.run(result)
         return int(result or 0)
     except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
+        print(redact(f"configuration error: {exc}"), file=sys.stderr)
         return 2
     except GatewayError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(redact(f"error: {exc}"), file=sys.stderr)  # e.g. a store URL with its password
         return 1
     except KeyboardInterrupt:
         return 130

@@ -20,10 +20,13 @@ from typing import Any
 
 import orjson
 
-from gateway.config import Config, load_config
+from gateway.cli.ops import read_config
+from gateway.config import Config
 from gateway.errors import ConfigError, Problem
+from gateway.files import write_private
 from gateway.operations import cell
 from gateway.report import out, table
+from gateway.sealing.evidence import receipt_signer
 from gateway.sealing.target import CONTENT_TYPES, receipt_bytes
 from gateway.store import Store, open_store
 
@@ -48,7 +51,7 @@ def add_parser(sub: Any, config_arg: Callable[[argparse.ArgumentParser], None]) 
 
 
 async def cmd_inbound(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = read_config(args)
     store = await open_store(config.store_url())
     try:
         if args.inbound_command == "list":
@@ -86,14 +89,14 @@ async def _show(store: Store, config: Config, args: argparse.Namespace) -> int:
         return 1
     snapshot = await store.inbound.batch_snapshot(channel, args.id)
     if args.receipt:
-        return _write_evidence(inbound_evidence(row, answer_text, _profile(config, channel)), args.id,
-                               Path(args.receipt))
+        return _write_evidence(inbound_evidence(row, answer_text, _profile(config, channel), _us(config, channel)),
+                               args.id, Path(args.receipt))
     _print_batch(row, snapshot, args.json)
     return 0
 
 
 def _write_evidence(data: bytes, batch_id: str, path: Path) -> int:
-    path.write_bytes(data)
+    write_private(path, data)  # every record of the batch, ID numbers included: 0600
     out(f"evidence for inbound batch {batch_id} written to {path} ({len(data)} bytes)")
     return 0
 
@@ -104,6 +107,12 @@ async def _channel_of(store: Store, batch_id: str) -> str | None:
         raise ConfigError([Problem("--channel", f"batch {batch_id} was received on channels "
                                                 f"{', '.join(channels)}: name one")])
     return channels[0] if channels else None
+
+
+def _us(config: Config, channel: str) -> dict[str, Any] | None:
+    """Who signs an inbound batch's receipt: we do, with the channel's certificate."""
+    found = config.inbound.channels.get(channel) if config.inbound is not None else None
+    return receipt_signer("us", [found.ours.cert_pem]) if found is not None and found.ours is not None else None
 
 
 def _profile(config: Config, channel: str) -> str:
@@ -134,8 +143,10 @@ def _print_batch(row: Mapping[str, Any], snapshot: Mapping[str, Any] | None, as_
         out(f"  rejected #{result['index']} {result['recordKey']}: {reasons}")
 
 
-def inbound_evidence(row: Mapping[str, Any], answer_text: str, profile: str) -> bytes:
-    """The evidence ZIP for a received batch: the body as received, our answer, our receipt and its signature."""
+def inbound_evidence(row: Mapping[str, Any], answer_text: str, profile: str,
+                     signer: Mapping[str, Any] | None = None) -> bytes:
+    """The evidence ZIP for a received batch: the body as received, our answer, our receipt and its signature
+    (``signer``: :func:`gateway.sealing.evidence.receipt_signer` for us)."""
     answer = orjson.loads(answer_text)
     receipt = answer.get("receipt") or {}
     body: bytes = row["body"]
@@ -143,6 +154,8 @@ def inbound_evidence(row: Mapping[str, Any], answer_text: str, profile: str) -> 
                 "dataset": row["dataset"], "profile": profile, "contentType": CONTENT_TYPES.get(profile, ""),
                 "records": row["records"], "signer": row["signer"], "receivedAt": row["received_at"],
                 "sentSha256": hashlib.sha256(body).hexdigest(), "receiptId": receipt.get("receiptId")}
+    if signer is not None:
+        manifest["receiptSigner"] = dict(signer)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
         z.writestr("manifest.json", orjson.dumps(manifest, option=orjson.OPT_INDENT_2))

@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
+from gateway.cli.ops import read_config
 from gateway.config import load_config
 from gateway.jobs import conflicts, list_status, reconcile
 from gateway.report import print_conflicts, print_lists_status, print_repairs
@@ -26,7 +27,8 @@ def add_parser(sub: Any, config_arg: Callable[[argparse.ArgumentParser], None]) 
 
 
 async def cmd_lists(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    # reconcile queues records for the targets: it needs every mapping; status and conflicts only read
+    config = load_config(args.config) if args.lists_command == "reconcile" else read_config(args)
     store = await open_store(config.store_url())
     try:
         if args.lists_command == "status":

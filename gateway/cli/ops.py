@@ -8,6 +8,7 @@ import csv
 import datetime as dt
 import io
 import os
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,21 +17,30 @@ from typing import Any
 import orjson
 
 from gateway.adapter import ColumnListing
-from gateway.certs import RETIRED, expiry_warnings, init_dev_pki, inventory
+from gateway.certs import (
+    RETIRED,
+    UNUSABLE,
+    expiry_warnings,
+    exposed_files,
+    init_dev_pki,
+    inventory,
+    key_problems,
+)
 from gateway.cli.remote import AdminClient, client_cert_files, read_token
 from gateway.clock import china_today
-from gateway.config import Config, load_config
+from gateway.config import Config, load_config, load_instance
 from gateway.daemon import Gateway, serve
 from gateway.domain.calendar import WorkCalendar
 from gateway.domain.subject_keys import KeySecret
 from gateway.domain.timeliness import timeliness_report
 from gateway.errors import ConfigError, GatewayError, Problem
+from gateway.files import write_private
 from gateway.logs import redact, setup_logging
 from gateway.mapping import InboundMapping, OutboundMapping, load_mapping, source_columns
-from gateway.operations import age, cell, replay_entries, status_json
+from gateway.operations import age, cell, replay_entries, status_json, target_errors
 from gateway.records import Operation, Record, from_payload
 from gateway.report import out, print_status, print_timeliness, table
-from gateway.sealing.evidence import build_evidence, verify_evidence
+from gateway.sealing.evidence import target_evidence, verify_evidence
 from gateway.store import Store, open_store
 
 _cell, _age = cell, age
@@ -40,16 +50,27 @@ async def _with_store(config: Config) -> Store:
     return await open_store(config.store_url())
 
 
+def read_config(args: argparse.Namespace) -> Config:
+    """The config for a command that only reads (or does not map rows): a mapping file that does not compile is
+    left out with a warning, as the running daemon keeps the version it has (gateway.config lenient)."""
+    config = load_config(args.config, lenient=True)
+    for problem in config.warnings:
+        print(redact(f"warning: {problem} (left out of this command)"), file=sys.stderr, flush=True)
+    return config
+
+
 # ---------------------------------------------------------------- check / run
 
 async def cmd_check(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    problems: list[Problem] = []
+    problems = key_problems(config)
     if args.connect:
         problems += await _check_sources(config)
     if problems:
         raise ConfigError(problems, str(config.path))
     out(f"{config.path}: OK")
+    for line in exposed_files(config):
+        out(f"  warning  {line}")
     out(f"  store    {redact(config.store.url)}")
     for s in config.sources.values():
         out(f"  source   {s.name} ({s.type}) → {', '.join(s.mappings)} every {s.poll_interval_s:g}s")
@@ -128,7 +149,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
         for line in lines + [f"certificate {w}" for w in status["certificates"]]:
             out(line)
         return 0
-    config = load_config(args.config)
+    config = read_config(args)
     store = await _with_store(config)
     try:
         if args.json:
@@ -146,10 +167,10 @@ async def cmd_status(args: argparse.Namespace) -> int:
 
 
 async def cmd_health(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    store = await _with_store(config)
+    instance, url = load_instance(args.config)  # the instance and the store only: nothing else can fail it
+    store = await open_store(url)
     try:
-        problems = await _health_problems(store, config, args.max_heartbeat_age, args.max_pending_age)
+        problems = await _health_problems(store, instance, args.max_heartbeat_age, args.max_pending_age)
     finally:
         await store.aclose()
     for p in problems:
@@ -159,15 +180,17 @@ async def cmd_health(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-async def _health_problems(store: Store, config: Config, max_beat: float, max_pending: float) -> list[str]:
+async def _health_problems(store: Store, instance: str, max_beat: float, max_pending: float) -> list[str]:
     beats = {b["instance"]: b for b in await store.reports.heartbeats()}
-    beat = beats.get(config.gateway.instance)
+    beat = beats.get(instance)
     problems = []
     if beat is None:
-        problems.append(f"instance {config.gateway.instance} has never run")
+        problems.append(f"instance {instance} has never run")
     elif beat["state"].get("state") != "running" or time.time() - beat["beat_at"] > max_beat:
-        problems.append(f"instance {config.gateway.instance} is {beat['state'].get('state')}, "
+        problems.append(f"instance {instance} is {beat['state'].get('state')}, "
                         f"last heartbeat {_age(time.time() - beat['beat_at'])} ago")
+    else:  # alive, but a target that cannot make batches delivers nothing new
+        problems += [f"target {name}: {text}" for name, text, blocked in target_errors(beat) if blocked]
     for row in await store.reports.target_status():
         if max_pending and (row["oldest_pending_s"] or 0) > max_pending:
             problems.append(f"target {row['target']}: oldest pending record is {_age(row['oldest_pending_s'])} old")
@@ -177,7 +200,7 @@ async def _health_problems(store: Store, config: Config, max_beat: float, max_pe
 # ---------------------------------------------------------------- timeliness
 
 async def cmd_timeliness(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = read_config(args)
     datasets = [args.dataset] if args.dataset else None
     if args.target:
         target = config.targets.get(args.target)
@@ -207,7 +230,7 @@ async def cmd_spool(args: argparse.Namespace) -> int:
     admin = _admin(args)
     if admin is not None:
         return await _remote_spool(admin, args)
-    config = load_config(args.config)
+    config = read_config(args)
     store = await _with_store(config)
     try:
         return await _spool(store, args, config)
@@ -242,10 +265,8 @@ async def _spool(store: Store, args: argparse.Namespace, config: Config) -> int:
 
 def _write_evidence(batch: dict[str, Any], config: Config, path: Path) -> int:
     target = config.targets.get(batch["target"])
-    sealing = target.sealing if target else None
-    data = build_evidence(batch, sealing.content_type if sealing else "application/json",
-                          sealing.profile if sealing else "none")
-    path.write_bytes(data)
+    data = target_evidence(batch, target.sealing if target else None)
+    write_private(path, data)  # every record of the batch, ID numbers included: 0600
     out(f"evidence for batch {batch['id']} written to {path} ({len(data)} bytes)")
     return 0
 
@@ -258,7 +279,7 @@ def cmd_certs(args: argparse.Namespace) -> int:
         out("Use them in [targets.NAME.envelope] (key/cert = gateway, peer_cert = platform, trusted_cas = ca.crt)")
         out("and for the sandbox: --key platform.key --cert platform.crt --peer-cert gateway.crt --trusted-ca ca.crt")
         return 0
-    config = load_config(args.config)
+    config = read_config(args)
     now = dt.datetime.now(dt.UTC)
     rows = [{"where": c.where, "kind": c.kind, "subject": c.subject or c.detail,
              "not after": f"{c.not_after:%Y-%m-%d}" if c.not_after else "-",
@@ -266,7 +287,7 @@ def cmd_certs(args: argparse.Namespace) -> int:
              "status": c.detail if c.detail.startswith(RETIRED) else c.status(now)}
             for c in inventory(config)]
     table(rows, ["where", "kind", "subject", "not after", "days left", "status"])
-    return 1 if any(r["status"] == "EXPIRED" for r in rows) else 0
+    return 1 if any(r["status"] in UNUSABLE for r in rows) else 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -307,7 +328,8 @@ async def cmd_quarantine(args: argparse.Namespace) -> int:
     admin = _admin(args)
     if admin is not None:
         return await _remote_quarantine(admin, args)
-    config = load_config(args.config)
+    # replay maps rows again: it needs every mapping (a broken one is an error); the rest only read
+    config = load_config(args.config) if args.quarantine_command == "replay" else read_config(args)
     store = await _with_store(config)
     try:
         return await _quarantine(store, config, args)

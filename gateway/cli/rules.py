@@ -13,8 +13,8 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
+from gateway.cli.ops import read_config
 from gateway.clock import china_today
-from gateway.config import load_config
 from gateway.report import out, print_changes, print_history, print_json, table
 from gateway.store import open_store
 
@@ -52,7 +52,7 @@ def add_parsers(sub: Any, config_arg: ConfigArg) -> None:
 
 
 async def cmd_records(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = read_config(args)
     store = await open_store(config.store_url())
     try:
         if args.records_command == "show":
@@ -78,7 +78,7 @@ async def cmd_records(args: argparse.Namespace) -> int:
 
 
 async def cmd_publicity(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = read_config(args)
     store = await open_store(config.store_url())
     try:
         report = await store.publicity.report(list(config.targets), config.publicity.datasets,

@@ -6,13 +6,13 @@ import argparse
 
 import orjson
 
-from gateway.config import load_config
+from gateway.cli.ops import read_config
 from gateway.report import out, print_sanctions, report_for
 from gateway.store import open_store
 
 
 async def cmd_sanctions(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    config = read_config(args)
     store = await open_store(config.store_url())
     try:
         report = await report_for(store, config, args.today)

@@ -24,10 +24,11 @@ from gateway.certs import init_dev_pki
 from gateway.config import load_config
 from gateway.daemon import Gateway
 from gateway.demo.scenes import Stage, Verdict, create_department_tables, run_scenes
+from gateway.files import write_private
 from gateway.logs import setup_logging
 from gateway.report import out, table
 from gateway.sandbox.server import Faults, Sandbox, SandboxConfig
-from gateway.sealing.evidence import build_evidence, verify_evidence
+from gateway.sealing.evidence import target_evidence, verify_evidence
 from gateway.sealing.target import load_sealing
 from gateway.store import Store, open_store
 from gateway.testing.department_db import SampleResult, SampleSpec, create_department_db
@@ -164,7 +165,7 @@ def prepare(workdir: Path, licences: int, penalties: int) -> tuple[SampleResult,
     (workdir / "spool").mkdir(parents=True)
     sample = create_department_db(workdir / "department.db", SampleSpec(licences=licences, penalties=penalties))
     token = secrets.token_urlsafe(24)
-    (workdir / "sandbox.token").write_text(token + "\n", encoding="utf-8")
+    write_private(workdir / "sandbox.token", (token + "\n").encode())
     init_dev_pki(workdir / "certs", ["rsa"])  # a development CA, the gateway's and the platform's certificates
     create_department_tables(workdir / "department.db", workdir / "archive.db",
                              mappings_dir() / "platform-2019-penalty.toml")
@@ -266,7 +267,7 @@ async def _check_evidence(store: Store, config: Any, workdir: Path) -> bool:
         return False
     sealing = config.targets["sandbox"].sealing
     path = workdir / "evidence.zip"
-    path.write_bytes(build_evidence(batch, sealing.content_type, sealing.profile))
+    write_private(path, target_evidence(batch, sealing))
     verdict = verify_evidence(path, [(workdir / "certs" / "rsa" / "ca.crt").read_bytes()])
     out(f"Evidence: batch {verdict.batch_id} → {path.name}: "
         + ("sent bytes, results and the platform's receipt signature verified" if verdict.ok else

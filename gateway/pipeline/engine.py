@@ -256,6 +256,14 @@ class TargetWorker:
         # While batches of a dataset are being encoded, the next read starts after the rows they hold.
         self._encoding: dict[str, int] = {}
         self._read_to: dict[str, int] = {}
+        # A batch that cannot be made (sealing refused: an expired peer certificate, a wrong passphrase) holds new
+        # batches back like a failed send: no new lease before ``_held_until`` (on ``clock``), which grows with
+        # ``_make_failures``. ``blocked`` is that error, ``last_error`` the last of any kind (heartbeat, status).
+        self.clock: Callable[[], float] = time.monotonic
+        self._held_until = 0.0
+        self._make_failures = 0
+        self.blocked: str | None = None
+        self.last_error: str | None = None
 
     def wake(self) -> None:
         self._wake.set()
@@ -266,15 +274,18 @@ class TargetWorker:
             self._wake.clear()
             try:
                 started = await self.step()
-            except GatewayError as exc:
+                wait = 0.0 if started else await self._idle_wait()
+            except GatewayError as exc:  # the store failed: this worker goes on after the idle tick
                 log.error("delivery step failed", extra={"target": self.cfg.name, "error": str(exc)})
-                started = 0
+                started, wait = 0, self.idle_s
             if not started:
-                await _wait_any(self._wake, stopping, await self._idle_wait())
+                await _wait_any(self._wake, stopping, wait)
 
     async def _idle_wait(self) -> float:
-        """Until the next due retry, the circuit's trial, or the idle tick, whichever comes first."""
+        """Until the next due retry, the circuit's trial, the end of a hold, or the idle tick, whichever is first."""
         wait = self.idle_s
+        if (held := self._held_until - self.clock()) > 0:
+            wait = min(wait, held)
         reopen = self.circuit.reopens_in()
         if reopen > 0:  # nothing can be sent before the circuit lets a trial batch through
             return min(wait, reopen)
@@ -293,7 +304,7 @@ class TargetWorker:
             if due.id not in self.inflight:
                 self._start(due)
                 started += 1
-        waiting = list(self.mappings)
+        waiting = list(self.mappings) if self.clock() >= self._held_until else []
         while started < free and waiting:  # round robin: one dataset's backlog does not hold up another's
             for dataset in list(waiting):
                 if started >= free:
@@ -330,20 +341,37 @@ class TargetWorker:
             log.info("batch not leased: another sender took some of its rows first",
                      extra={"target": self.cfg.name, "dataset": dataset, "batch": batch_id})
             return
-        except GatewayError as exc:
-            log.error("delivery step failed", extra={"target": self.cfg.name, "error": str(exc)})
+        except GatewayError as exc:  # e.g. sealing refused: the rows stay queued, new batches wait
+            self._not_made(dataset, f"{type(exc).__name__}: {exc}")
             return
-        except Exception:  # an encoder or adapter bug (or a lost worker process): the rows stay queued
-            log.exception("could not encode a batch", extra={"target": self.cfg.name, "dataset": dataset})
-            self.circuit.failure()  # and the next tries back off like failed sends
+        except Exception as exc:  # an encoder or adapter bug (or a lost worker process): the rows stay queued
+            if self._not_made(dataset, f"untranslated {type(exc).__name__}: {exc}"):
+                log.exception("could not encode a batch", extra={"target": self.cfg.name, "dataset": dataset})
             return
         finally:
             self._encoding[dataset] -= 1
             if not self._encoding[dataset]:
                 self._read_to.pop(dataset, None)
+        self._make_failures, self.blocked = 0, None
         del found, encoded  # a send holds only its batch: the rows read and their records are let go
         if batch is not None:
             await self._send(batch)
+
+    def _not_made(self, dataset: str, error: str) -> bool:
+        """A batch could not be made: back off like a failed send (the circuit counts it, and no new batch is
+        leased until the hold ends), logged once per backoff step; False when a hold was already running."""
+        now = self.clock()
+        if now < self._held_until:  # a batch started alongside failed the same way
+            return False
+        self._make_failures += 1
+        self.circuit.failure()
+        delay = backoff_s(self.cfg.retry, self._make_failures)
+        self._held_until = now + delay
+        self.blocked = self.last_error = error
+        log.error("could not make a batch: new batches wait", extra={
+            "target": self.cfg.name, "dataset": dataset, "error": error, "failures": self._make_failures,
+            "retry_in_s": round(delay, 2), "circuit": self.circuit.state})
+        return True
 
     async def drain_inflight(self, grace_s: float) -> None:
         """Wait for in-flight sends (graceful shutdown); cancel what is still running after ``grace_s``."""
@@ -428,6 +456,7 @@ class TargetWorker:
         ms = (time.monotonic() - started) * 1000
         result = await self.store.outbox.complete_batch(batch, outcomes, dict(receipt.raw), receipt.receipt_id, ms)
         self.circuit.success()
+        self.last_error = None
         st = self.stats
         st.batches, st.delivered, st.rejected = st.batches + 1, st.delivered + result.delivered, \
             st.rejected + result.rejected
@@ -443,6 +472,7 @@ class TargetWorker:
     async def _failed(self, batch: Batch, error: str, retry_after: float | None, started: float,
                       permanent: bool) -> None:
         self.circuit.failure()
+        self.last_error = error
         attempt = batch.attempts + 1
         age = time.time() - batch.created_at
         dead = permanent or attempt >= self.cfg.retry.max_attempts or age >= self.cfg.retry.max_age_s

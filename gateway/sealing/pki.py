@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
+from gateway.files import touch_private, write_private
 from gateway.sealing.base import EnvelopeError
 
 KINDS = ("rsa", "ec", "sm2")
@@ -57,7 +58,7 @@ def _run(args: list[str], cwd: Path) -> None:
 
 def _write(directory: Path, name: str, key_pem: bytes, cert_pem: bytes, passphrase: bytes | None) -> Issued:
     key_path, cert_path = directory / f"{name}.key", directory / f"{name}.crt"
-    key_path.write_bytes(key_pem)
+    write_private(key_path, key_pem)  # a private key, the CA's included: 0600
     cert_path.write_bytes(cert_pem)
     return Issued(name, key_pem, cert_pem, key_path, cert_path, passphrase)
 
@@ -227,6 +228,7 @@ def _sm2_key(directory: Path, name: str, passphrase: bytes | None) -> Path:
     args = ["openssl", "genpkey", "-algorithm", "SM2", "-out", key_path.name]
     if passphrase:
         args += ["-aes-256-cbc", "-pass", f"pass:{passphrase.decode()}"]
+    touch_private(key_path)  # openssl writes into the file as it is: 0600 before the key is in it
     _run(args, directory)
     return key_path
 

@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from gateway.domain.subject_keys import META_NAME, KeySecret
 from gateway.errors import StoreError
+from gateway.files import make_private_dir, touch_private
 from gateway.store import schema as s
 
 log = logging.getLogger("gateway.store")
@@ -225,13 +226,19 @@ def _sqlite_pragmas(engine: AsyncEngine) -> None:
 
 
 def _make_parent(url: str) -> None:
-    """The embedded store lives in a directory (spool/ by default) that may not exist yet."""
+    """The embedded store lives in a directory (spool/ by default) that may not exist yet: it is made 0700, and
+    the database file 0600 before SQLite opens it (its -wal and -shm files take the database file's mode). It
+    holds every full ID number and the subject-key secret."""
     database = make_url(url).database
     if database and database != ":memory:" and not database.startswith("file:"):
+        path = Path(database)
         try:
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+            make_private_dir(path.parent)
+            for file in (path, *(path.with_name(path.name + end) for end in ("-wal", "-shm"))):
+                if file == path or file.exists():
+                    touch_private(file)
         except OSError as exc:
-            raise StoreError(f"store.url: cannot create {Path(database).parent}: {exc.strerror}") from exc
+            raise StoreError(f"store.url: cannot create {path}: {exc.strerror}") from exc
 
 
 async def connect(url: str, *, migrate: bool = True) -> Database:

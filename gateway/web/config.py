@@ -197,8 +197,10 @@ def _table(raw: Any, where: str, problems: list[Problem]) -> dict[str, Any] | No
 
 # ---------------------------------------------------------------- [inbound]
 
-def load_inbound(raw: Any, base: Path) -> tuple[InboundConfig | None, list[Problem]]:
-    """``[inbound]`` → an InboundConfig (None when the section is absent or has problems)."""
+def load_inbound(raw: Any, base: Path, skipped: list[Problem] | None = None
+                 ) -> tuple[InboundConfig | None, list[Problem]]:
+    """``[inbound]`` → an InboundConfig (None when the section is absent or has problems). A channel whose mapping
+    file does not compile is left out with its problems in ``skipped`` when given (gateway.config lenient)."""
     problems: list[Problem] = []
     if raw is None or _table(raw, "inbound", problems) is None:
         return None, problems
@@ -216,7 +218,7 @@ def load_inbound(raw: Any, base: Path) -> tuple[InboundConfig | None, list[Probl
     if not tables:
         problems.append(Problem("inbound.channels", "at least one [inbound.channels.NAME] is needed"))
     for name, table in tables.items():
-        channel = _channel(name, table, base, tls, problems)
+        channel = _channel(name, table, base, tls, problems, problems if skipped is None else skipped)
         if channel is not None:
             channels[name] = channel
     if problems:
@@ -224,7 +226,8 @@ def load_inbound(raw: Any, base: Path) -> tuple[InboundConfig | None, list[Probl
     return InboundConfig(settings, channels, tls), []
 
 
-def _channel(name: str, raw: Any, base: Path, tls: TlsFiles | None, problems: list[Problem]) -> Channel | None:
+def _channel(name: str, raw: Any, base: Path, tls: TlsFiles | None, problems: list[Problem],
+             skipped: list[Problem]) -> Channel | None:
     where = f"inbound.channels.{name}"
     if _table(raw, where, problems) is None:
         return None
@@ -233,7 +236,7 @@ def _channel(name: str, raw: Any, base: Path, tls: TlsFiles | None, problems: li
     if settings is None:
         return None
     before = len(problems)
-    mapping = _inbound_mapping(settings, where, base, problems)
+    mapping = _inbound_mapping(settings, where, base, skipped)
     if settings.profile == "none":
         _check_plain(settings, where, tls, problems)
     elif not settings.trusted_cas:

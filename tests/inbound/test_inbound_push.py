@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+import stat
 import zipfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -402,6 +403,9 @@ async def test_control_endpoint_and_inbound_commands(world: World, tmp_path: Pat
     capsys.readouterr()
     assert await cli(*verify) == 0
     assert "NOT" not in capsys.readouterr().out
+    assert stat.S_IMODE(evidence.stat().st_mode) == 0o600
+    assert await cli(*verify[:4]) == 0  # without --signer: the file names us as the receipt's signer
+    assert f"ok   receipt signer ({gateway_subject} (us))" in capsys.readouterr().out
     _alter(evidence, "sent.bin")
     assert await cli(*verify) == 1
     assert "FAIL receipt digest equals the body sent" in capsys.readouterr().out

@@ -274,6 +274,18 @@ class TestCheck:
         assert str(path) in result.stderr
         assert "Traceback" not in result.stderr
 
+    def test_store_password_is_not_printed(self, tmp_path: Path) -> None:
+        """`check` shows the store URL without its password, and so does a store error of another command."""
+        prepare_workdir(tmp_path)
+        path = write_config(tmp_path, "http://127.0.0.1:9")
+        path.write_text(path.read_text(encoding="utf-8").replace(
+            "sqlite:///spool/gateway.db", "postgresql://gw:pw-5e1f9@127.0.0.1:9/gw"), encoding="utf-8")
+        checked = cli("-c", str(path), "check", cwd=tmp_path)
+        assert checked.returncode == 0, checked.stderr
+        assert "pw-5e1f9" not in checked.stdout and "postgresql://gw:***@127.0.0.1:9/gw" in checked.stdout
+        status = cli("-c", str(path), "status", cwd=tmp_path)
+        assert status.returncode == 1 and "pw-5e1f9" not in status.stdout + status.stderr, status.stderr
+
     def test_missing_config_file(self, tmp_path: Path) -> None:
         """A config file that does not exist is a configuration error (exit 2) naming it."""
         result = cli("-c", str(tmp_path / "absent.toml"), "check", cwd=tmp_path)
@@ -501,3 +513,35 @@ class TestDaemon:
         after = gw(workdir, "health")
         assert after.returncode == 1
         assert "stopped" in after.stdout
+
+
+class TestBrokenMappingEdit:
+    def test_read_only_commands_survive_a_broken_mapping(self, workdir: Path) -> None:
+        """After a broken edit of a mapping file the running daemon keeps its version; `health` still says healthy
+        and the read-only commands still answer (exit 0, with a warning naming the file); `check` still fails."""
+        log_path = workdir / "daemon.log"
+        log = log_path.open("w", encoding="utf-8")
+        config = workdir / "credit-gateway.toml"
+        config.write_text(config.read_text(encoding="utf-8").replace("shutdown_grace_s = 5",
+                                                                     "shutdown_grace_s = 5\nreload_check_s = 0.2"),
+                          encoding="utf-8")
+        daemon = subprocess.Popen([sys.executable, "-m", "gateway", "-c", str(config), "run"],
+                                  cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_until(lambda: gw(workdir, "health").returncode == 0, daemon, "health", timeout_s=60)
+            mapping = workdir / "mappings" / "department-penalty.toml"
+            mapping.write_text(mapping.read_text(encoding="utf-8") + "\n[fields.bogus\n", encoding="utf-8")
+            wait_until(lambda: "mapping refused" in log_path.read_text(encoding="utf-8"), daemon, "the refusal")
+            health = gw(workdir, "health")
+            assert health.returncode == 0 and "healthy" in health.stdout, health.stdout + health.stderr
+            for command in (["status"], ["status", "--json"], ["quarantine", "list"], ["records", "changes"],
+                            ["spool", "list"], ["timeliness"], ["sanctions"], ["publicity"], ["certs", "list"],
+                            ["lists", "conflicts"]):
+                done = gw(workdir, *command)
+                assert done.returncode == 0, (command, done.stderr)
+                assert "warning: sources.dept.mapping" in done.stderr and "department-penalty.toml" in done.stderr
+            assert gw(workdir, "check").returncode == 2
+            assert gw(workdir, "quarantine", "replay", "--all").returncode == 2  # maps rows: needs every mapping
+        finally:
+            code = stop(daemon, log)
+        assert code == 0, log_path.read_text(encoding="utf-8")

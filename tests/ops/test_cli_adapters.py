@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,13 +24,15 @@ class TestAdapters:
         assert len(lines) == 7
 
     def test_describe_prints_settings(self, tmp_path: Path) -> None:
-        """describe prints each setting with its default (or required) and help, for the source and the sink."""
+        """describe prints each setting with its type, default (or required) and help, for the source and the sink."""
         done = cli("adapters", "describe", "file_drop", cwd=tmp_path)
         assert done.returncode == 0, done.stderr
         assert "source file_drop (adapters.file_drop:FileDropSource)" in done.stdout
         assert "sink file_drop (adapters.file_drop:FileDropSink)" in done.stdout
-        rows = {line.split()[0]: line.split()[1] for line in done.stdout.splitlines() if line[:1].isalpha()}
-        assert (rows["inbox"], rows["directory"], rows["done_dir"]) == ("required", "required", "'done'")
+        rows = {cols[0]: cols[1:3] for cols in (re.split(r"\s{2,}", line) for line in done.stdout.splitlines())
+                if len(cols) > 2}
+        assert rows["inbox"] == rows["directory"] == ["string", "required"]
+        assert rows["done_dir"] == ["string", '"done"'] and rows["patterns"][0] == "list of strings"
 
     def test_describe_one_role(self, tmp_path: Path) -> None:
         """--role sink leaves the source of the same name out."""

@@ -94,6 +94,18 @@ class TestRedact:
         assert SECRET not in text
         assert text.count("***") == 2
 
+    @pytest.mark.parametrize("url", ["postgresql://gw:s3cret-pw@db.local:5432/gw",
+                                     "postgresql+asyncpg://gw:s3cret-pw@db.local/gw", "mysql://u:s3cret-pw@h/x"])
+    def test_url_passwords_are_removed(self, url: str) -> None:
+        """The password of a URL with credentials is never printed; user, host and database stay."""
+        text = redact(f"store.url {url!r}: connection refused")
+        assert "s3cret-pw" not in text and ":***@" in text
+
+    def test_urls_without_passwords_are_left(self) -> None:
+        """Ports, plain URLs and user-only URLs are not touched."""
+        for text in ("http://127.0.0.1:8080/api/v1/upload", "sqlite:///spool/gateway.db", "https://u@h/x"):
+            assert redact(text) == text
+
     def test_empty_secret_is_ignored(self) -> None:
         """An empty secret does not turn every gap into stars."""
         assert redact("plain text", [""]) == "plain text"

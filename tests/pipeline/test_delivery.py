@@ -20,7 +20,7 @@ import pytest
 from gateway.clock import china_today
 from gateway.config import Config, load_config
 from gateway.daemon import Gateway
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, StoreError
 from gateway.pipeline.engine import TargetWorker
 from gateway.sandbox.platform import simulated_reject
 from gateway.sandbox.server import Faults, Sandbox
@@ -198,6 +198,31 @@ class TestBackoff:
         assert (batch["state"], batch["attempts"]) == ("open", 1)
         assert "HTTP 503" in batch["last_error"]
         assert batch["next_attempt_at"] > batch["created_at"]
+
+    async def test_store_failure_between_steps_does_not_end_the_worker(
+            self, tmp_path: Path, sandbox: Sandbox, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A store error while the worker works out how long to idle is logged; the worker goes on."""
+        sample = make_department_db(tmp_path, penalties=3)
+        calls = 0
+        real = store.outbox.next_due_at
+
+        async def failing(target: str) -> float | None:
+            nonlocal calls
+            calls += 1
+            if calls <= 2:
+                raise StoreError("simulated store failure")
+            return await real(target)
+
+        async with Gateway(configure(tmp_path, sandbox, sample), store) as gw:
+            worker, stop = gw.workers[TARGET], asyncio.Event()
+            monkeypatch.setattr(store.outbox, "next_due_at", failing)
+            task = asyncio.create_task(worker.run(stop))
+            try:
+                await wait_for(lambda: calls >= 3 or task.done(), what="a third idle computation")
+                assert not task.done()
+            finally:
+                stop.set()
+                await task
 
 
 class ManualClock:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import stat
 import subprocess
 import zipfile
 from pathlib import Path
 
+import orjson
 import pytest
 
 from gateway.config import load_config
-from gateway.sealing.evidence import EvidenceError, build_evidence, verify_evidence
+from gateway.sealing.evidence import EvidenceError, target_evidence, verify_evidence
 from gateway.store import open_store
 from tests.sealing.test_sealed_delivery import _run
 
@@ -25,9 +27,8 @@ async def _evidence(tmp_path: Path, profile: str, kind: str) -> Path:
     finally:
         await store.aclose()
     assert batch is not None
-    sealing = config.targets["platform"].sealing
     path = tmp_path / "evidence.zip"
-    path.write_bytes(build_evidence(batch, sealing.content_type, sealing.profile))
+    path.write_bytes(target_evidence(batch, config.targets["platform"].sealing))
     return path
 
 
@@ -73,6 +74,68 @@ class TestEvidence:
         assert not dict((n, ok) for n, ok, _ in verdict.checks)["receipt signature"]
 
 
+def _failed(path: Path, ca: bytes, signer: str = "") -> list[str]:
+    return [name for name, ok, _ in verify_evidence(path, [ca], signer).checks if not ok]
+
+
+def _manifest(path: Path, **changes: object) -> None:
+    with zipfile.ZipFile(path) as z:
+        manifest = orjson.loads(z.read("manifest.json"))
+    _rewrite(path, "manifest.json", orjson.dumps({**manifest, **changes}))
+
+
+class TestSigner:
+    async def test_receipt_resigned_by_our_own_key_fails_without_signer(self, tmp_path: Path) -> None:
+        """A receipt re-signed (with openssl) by another holder of the same CA, here the gateway's own key, is refused
+        by default: the evidence file names the platform's certificate."""
+        path = await _evidence(tmp_path, "cms", "rsa")
+        with zipfile.ZipFile(path) as z:
+            z.extract("receipt.json", tmp_path)
+        forged = subprocess.run(  # noqa: ASYNC221 - a test waiting on a real binary
+            ["openssl", "cms", "-sign", "-binary", "-in", "receipt.json", "-signer", str(tmp_path / "pki/gateway.crt"),
+             "-inkey", str(tmp_path / "pki/gateway.key"), "-outform", "DER", "-out", "receipt.sig", "-md", "sha256"],
+            cwd=tmp_path, capture_output=True, text=True, check=False)
+        assert forged.returncode == 0, forged.stderr
+        _rewrite(path, "receipt.sig", (tmp_path / "receipt.sig").read_bytes())
+        assert _failed(path, _ca(tmp_path)) == ["receipt signer"]
+        gateway_subject = "CN=gateway,O=credit-gateway development,C=CN"
+        assert _failed(path, _ca(tmp_path), gateway_subject) == []  # the signature itself is sound
+
+    async def test_renamed_expected_signer_still_needs_its_certificate(self, tmp_path: Path) -> None:
+        """A platform certificate with the same subject but another key (a second 'CN=platform' from the CA) is
+        not the one the evidence file names."""
+        path = await _evidence(tmp_path, "cms", "rsa")
+        with zipfile.ZipFile(path) as z:
+            signer = orjson.loads(z.read("manifest.json"))["receiptSigner"]
+        _manifest(path, receiptSigner={**signer, "sha256": ["00" * 32]})
+        assert _failed(path, _ca(tmp_path)) == ["receipt signer"]
+
+    async def test_no_recorded_signer_needs_the_signer_option(self, tmp_path: Path) -> None:
+        """Evidence that names no signer verifies only with --signer."""
+        path = await _evidence(tmp_path, "cms", "rsa")
+        with zipfile.ZipFile(path) as z:
+            manifest = orjson.loads(z.read("manifest.json"))
+        del manifest["receiptSigner"]
+        _rewrite(path, "manifest.json", orjson.dumps(manifest))
+        assert _failed(path, _ca(tmp_path)) == ["receipt signer"]
+        assert _failed(path, _ca(tmp_path), "CN=platform,O=credit-gateway development,C=CN") == []
+
+
+class TestManifest:
+    @pytest.mark.parametrize(("change", "failed"), [
+        ({"records": 0}, "manifest record count"),
+        ({"records": 10_000}, "manifest record count"),
+        ({"receiptId": "r-forged"}, "manifest names the receipt"),
+        ({"batchId": "b-other"}, "receipt names this batch"),
+    ])
+    async def test_edited_manifest_fails(self, tmp_path: Path, change: dict[str, object], failed: str) -> None:
+        """The manifest's record count, receipt id and batch id must be the receipt's."""
+        path = await _evidence(tmp_path, "cms", "rsa")
+        assert _failed(path, _ca(tmp_path)) == []
+        _manifest(path, **change)
+        assert failed in _failed(path, _ca(tmp_path))
+
+
 class TestOpenssl:
     async def test_openssl_verifies_the_receipt_signature(self, tmp_path: Path) -> None:
         """openssl cms -verify accepts the receipt signature over receipt.json with the CA alone."""
@@ -108,6 +171,7 @@ class TestCommands:
         written = subprocess.run([*cli, "-c", str(tmp_path / "credit-gateway.toml"), "spool", "evidence",  # noqa: ASYNC221
                                   batches[0]["id"], "-o", str(out)], capture_output=True, text=True, check=False)
         assert written.returncode == 0 and out.exists(), written.stderr
+        assert stat.S_IMODE(out.stat().st_mode) == 0o600  # every record of the batch is in it
         ca = next((tmp_path / "pki").glob("*ca*.crt"))
         good = subprocess.run([*cli, "verify", str(out), "--trusted-ca", str(ca)],  # noqa: ASYNC221
                               capture_output=True, text=True, check=False)

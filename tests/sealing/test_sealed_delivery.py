@@ -108,3 +108,68 @@ class TestRefusals:
         stats = sandbox.stats()
         await sandbox.aclose()
         assert not done and batches == [] and stats["batches"] == 0
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _unsealable(tmp_path: Path, case: str) -> str:
+    """An envelope table that cannot seal: the peer certificate expired or not yet valid, or a wrong passphrase."""
+    ca = make_ca(tmp_path / "pki", "rsa")
+    gateway = ca.issue("gateway", passphrase=b"right" if case == "passphrase" else None)
+    peer = ca.issue("platform", not_after=NOW - dt.timedelta(days=1)) if case == "expired" else \
+        ca.issue("platform", not_before=NOW + dt.timedelta(days=1)) if case == "not yet valid" else ca.issue("platform")
+    (tmp_path / "pass").write_text("wrong\n", encoding="utf-8")
+    return _envelope_toml("cms", gateway, peer, ca) + ('passphrase_file = "pass"\n' if case == "passphrase" else "")
+
+
+class TestUnsealable:
+    @pytest.mark.parametrize(("case", "says"), [("expired", "expired"), ("not yet valid", "not yet valid"),
+                                                ("passphrase", "passphrase")])
+    async def test_backs_off_like_a_failed_send(self, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                case: str, says: str) -> None:
+        """A target whose batches cannot be sealed tries once per backoff step (1 s, then 2 s: no jitter), logs
+        once per try, sends nothing, and shows the error in the heartbeat, `status` and `health`."""
+        from gateway.cli.ops import _health_problems
+        from gateway.operations import status_lines
+        from tests.pipeline.test_delivery import settle
+
+        sample = make_department_db(tmp_path, penalties=10)
+        path = write_config(tmp_path, url="http://127.0.0.1:9/api/v1/upload", db=sample.path, token=TOKEN,
+                            initial_s=1.0, max_s=60.0, jitter_s=0.0, failure_threshold=100)
+        with path.open("a", encoding="utf-8") as f:
+            f.write(_unsealable(tmp_path, case))
+        config = load_config(path)
+        store = await open_store(config.store_url())
+        try:
+            async with Gateway(config, store) as gw:
+                worker, clock = gw.workers["platform"], _Clock()
+                worker.clock = clock
+                await gw.intakes["department_penalties"].poll()
+                caplog.set_level("ERROR", logger="gateway.engine")
+
+                def tries() -> int:
+                    return sum(1 for r in caplog.records if r.name == "gateway.engine")
+
+                for _ in range(20):
+                    await settle(worker)
+                assert tries() == 1
+                for step, expected in ((0.99, 1), (0.01, 2), (1.99, 2), (0.01, 3)):
+                    clock.now += step
+                    for _ in range(5):
+                        await settle(worker)
+                    assert tries() == expected, (step, expected)
+                assert worker.blocked is not None and says in worker.blocked.lower()
+                assert await store.reports.list_batches("platform") == []  # nothing leased, nothing sent
+                await gw.beat()
+                shown = "\n".join(await status_lines(store))
+                assert "target platform: new batches held back:" in shown and says in shown.lower()
+                unhealthy = await _health_problems(store, config.gateway.instance, 60.0, 0.0)
+                assert [p for p in unhealthy if p.startswith("target platform: new batches held back")]
+        finally:
+            await store.aclose()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import stat
 import time
 import zlib
 from collections import Counter
@@ -660,3 +661,28 @@ class TestReleaseClaims:
         async with store.db.engine.connect() as conn:
             due = dict((await conn.execute(select(s.batches.c.claimed_by, s.batches.c.next_attempt_at))).all())
         assert due["hub_a:100"] < time.time() < min(due["hub-a:200"], due["hub%a:300"])
+
+
+class TestFileModes:
+    async def test_store_files_are_private(self, tmp_path: Path) -> None:
+        """A new SQLite store is 0600 with its -wal and -shm files, in a new spool directory made 0700: it holds
+        every full ID number and the subject-key secret."""
+        spool = tmp_path / "spool"
+        store = await open_store(f"sqlite:///{spool / 'gateway.db'}")
+        try:
+            await store.key_secret()
+            files = sorted(spool.iterdir())
+            assert {f.name for f in files} >= {"gateway.db", "gateway.db-wal", "gateway.db-shm"}
+            assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in files} == {f.name: 0o600 for f in files}
+            assert stat.S_IMODE(spool.stat().st_mode) == 0o700
+        finally:
+            await store.aclose()
+
+    async def test_an_existing_readable_store_is_narrowed(self, tmp_path: Path) -> None:
+        """A store file an earlier version left 0644 is 0600 once opened."""
+        db = tmp_path / "gateway.db"
+        await (await open_store(f"sqlite:///{db}")).aclose()
+        db.chmod(0o644)
+        store = await open_store(f"sqlite:///{db}")
+        await store.aclose()
+        assert stat.S_IMODE(db.stat().st_mode) == 0o600
