@@ -155,7 +155,7 @@ dataset = "penalty"
 
 [operation]
 from = "op"
-default = "nonsense"
+default = "revoke"  # a default that is not an operation is refused at load (TestOptionTypes)
 
 [codes.category]
 "1" = "法人及非法人组织"
@@ -396,7 +396,8 @@ EVIL = [
 
 
 def evil_mapping(sentinel: Path) -> tuple[str, list[str]]:
-    """A penalty mapping whose every column name, code, code value and default is an injection attempt."""
+    """A penalty mapping whose every column name, code, code value and default is an injection attempt (the
+    operation's default must be an operation: anything else is refused at load, TestOptionTypes)."""
     evil = [e.replace("SENTINEL", repr(str(sentinel))) for e in EVIL]
     q = [e.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") for e in evil]  # TOML basic strings
     text = f"""
@@ -406,7 +407,7 @@ dataset = "penalty"
 [operation]
 from = "{q[0]}"
 codes = "ops"
-default = "{q[1]}"
+default = "withdraw"
 [codes.ops]
 "{q[3]}" = "revoke"
 "{q[1]}" = "{q[4]}"

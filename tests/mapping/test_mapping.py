@@ -856,6 +856,78 @@ class TestCompileErrors:
         assert {"codes.cat.1", "codes.cat.2[0].value", "codes.cat._unknown"} <= paths(error)
 
 
+# An option of a field table with a value of the wrong type: (field, field table, TOML path of the problem).
+WRONG_TYPES = [
+    ("decision_date", 'from = "jdrq"\ndate_format = 42', "fields.decision_date.date_format"),
+    ("decision_date", 'from = "jdrq"\ndate_format = [42]', "fields.decision_date.date_format"),
+    ("decision_date", 'from = "jdrq"\ndate_format = []', "fields.decision_date.date_format"),
+    ("fine_wan", 'from = "fkje"\nunit = ["yuan_to_wan"]', "fields.fine_wan.unit"),
+    ("fine_wan", 'from = "fkje"\nunit = 10000', "fields.fine_wan.unit"),
+    ("penalty_types", 'from = "cflb"\nsplit = ""', "fields.penalty_types.split"),
+    ("penalty_types", 'from = "cflb"\nsplit = 1', "fields.penalty_types.split"),
+    ("subject_category", 'from = "lb"\ncodes = ["cat"]', "fields.subject_category.codes"),
+    ("decision_no", 'from = "d"\ntransform = 5', "fields.decision_no.transform"),
+    ("decision_no", 'from = "d"\ntransform = [1, "strip"]', "fields.decision_no.transform"),
+    ("remarks", "from = 3", "fields.remarks.from"),
+    ("remarks", 'from = "bz"\nrequired = "yes"', "fields.remarks.required"),
+    ("remarks", 'from = "bz"\ndefault = { a = 1 }', "fields.remarks.default"),
+    ("remarks", "value = { a = 1 }", "fields.remarks.value"),
+    ("remarks", 'from = "bz"\ndescription = 1', "fields.remarks.description"),
+    ("legal_rep", 'from = "fr"\nrequired_if = { subject_category = 1 }',
+     "fields.legal_rep.required_if.subject_category"),
+]
+
+OUTBOUND_WRONG_TYPES = [
+    ("CF_NR_FK", 'from = "fine_wan"\ndecimals = "six"', "fields.CF_NR_FK.decimals"),
+    ("CF_NR_FK", 'from = "fine_wan"\ndecimals = 2.5', "fields.CF_NR_FK.decimals"),
+    ("CF_NR_FK", 'from = "fine_wan"\ndecimals = -1', "fields.CF_NR_FK.decimals"),
+    ("CF_JDRQ", 'from = "decision_date"\ndate_format = 42', "fields.CF_JDRQ.date_format"),
+    ("CF_CFLB", 'from = "penalty_types"\njoin = 1', "fields.CF_CFLB.join"),
+    ("CF_CFLB", 'from = "penalty_types"\ntransform = {}', "fields.CF_CFLB.transform"),
+]
+
+
+class TestOptionTypes:
+    @pytest.mark.parametrize(("name", "body", "where"), WRONG_TYPES, ids=[w[2] + ":" + w[1].split("\n")[-1]
+                                                                         for w in WRONG_TYPES])
+    def test_wrong_type_in_an_inbound_field_is_a_config_error(self, tmp_path: Path, name: str, body: str,
+                                                                where: str) -> None:
+        """An option of the wrong type is a problem at its TOML path, not a traceback (issue 17, 10)."""
+        codes = codes_toml("cat", {"1": "法人及非法人组织"})
+        assert where in paths(compile_errors(tmp_path, inbound_text({name: body}, codes=codes)))
+
+    @pytest.mark.parametrize(("name", "body", "where"), OUTBOUND_WRONG_TYPES, ids=[w[2] for w in OUTBOUND_WRONG_TYPES])
+    def test_wrong_type_in_an_outbound_field_is_a_config_error(self, tmp_path: Path, name: str, body: str,
+                                                                 where: str) -> None:
+        """The outbound options too: decimals, date_format, join, transform."""
+        assert where in paths(compile_errors(tmp_path, OUTBOUND_HEAD + fields_text({name: body})))
+
+    @pytest.mark.parametrize(("table", "where"), [('from = 1', "operation.from"),
+                                                  ('from = "zt"\ndefault = "delete"', "operation.default"),
+                                                  ('from = "zt"\ncodes = 2', "operation.codes")])
+    def test_wrong_operation_table(self, tmp_path: Path, table: str, where: str) -> None:
+        """`[operation]` options are checked the same way, and its default must be an operation."""
+        assert where in paths(compile_errors(tmp_path, inbound_text(operation=f"[operation]\n{table}")))
+
+    @pytest.mark.parametrize(("head", "where"), [
+        ('table_code = 5', "mapping.table_code"),
+        ('table_code = "XZCF"\ntable_version = 2019', "mapping.table_version")])
+    def test_wrong_outbound_head(self, tmp_path: Path, head: str, where: str) -> None:
+        """The outbound `[mapping]` head: table_code and table_version are text."""
+        text = f'[mapping]\nkind = "outbound"\ndataset = "penalty"\n{head}\n' + fields_text({"A": 'from = "uscc"'})
+        assert where in paths(compile_errors(tmp_path, text))
+
+    def test_mapping_test_command_reports_it(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """`credit-gateway mapping test` prints the problem with its path and exits 2, no traceback."""
+        from gateway.cli import main
+
+        path = write(tmp_path, inbound_text({"decision_date": 'from = "jdrq"\ndate_format = 42'}))
+        sample = write(tmp_path, "jdrq\n2021-07-15\n", "sample.csv")
+        assert main(["mapping", "test", str(path), "--sample", str(sample)]) == 2
+        err = capsys.readouterr().err
+        assert "fields.decision_date.date_format" in err and "Traceback" not in err
+
+
 class TestShippedMappings:
     @pytest.mark.parametrize("path", sorted(MAPPINGS.glob("*.toml")), ids=lambda p: p.name)
     def test_shipped_mapping_loads(self, path: Path) -> None:
