@@ -240,7 +240,7 @@ def _read_column(src: _Source, plan: FieldPlan, f: str, i: str, ref: str) -> Non
         with src.block("elif v.__class__ is float or v.__class__ is int:"):
             src.add("d = Decimal(str(v))")
             amount = f"(d * {src.bind(f'factor{i}', plan.factor)}).normalize()" if plan.factor != 1 else "d"
-            src.add(f"{f} = {amount} if d.is_finite() else {src.bind(f'conv{i}', plan.convert)}(v, on)")
+            src.add(f"{f} = {amount} if d.is_finite() and d >= 0 else {src.bind(f'conv{i}', plan.convert)}(v, on)")
     src.add("elif v is not None:" if plan.default is None else "else:", f"    {f} = {ref}(row, on)")
 
 

@@ -108,6 +108,17 @@ def map_one(tmp_path: Path, overrides: dict[str, str | None] | None = None, chan
     return mapping.map_row({**PENALTY_ROW, **(changes or {})}, today, "src", "row-1")
 
 
+def map_both(tmp_path: Path, overrides: dict[str, str | None] | None = None,
+             changes: dict[str, Any] | None = None) -> MappedRow:
+    """:func:`map_one` through the generated function and the interpreted reference; they must agree."""
+    mapping = compile_inbound(tmp_path, inbound_text(overrides))
+    row = {**PENALTY_ROW, **(changes or {})}
+    fast = mapping.map_row(row, TODAY, "src", "row-1")
+    reference = mapping.reference().map_row(row, TODAY, "src", "row-1")
+    assert mapping.fast is not None and fast == reference
+    return fast
+
+
 def fields_of(result: MappedRow) -> dict[str, FieldValue]:
     assert result.problems == [], result.problems
     assert result.record is not None
@@ -278,6 +289,21 @@ class TestDates:
         assert "2021-07-15" in message
         assert all(fmt in message for fmt in formats)
 
+    @pytest.mark.parametrize(("text", "formats"), [
+        ("2026/02/30", '["%Y/%m/%d"]'), ("2026-02-30", '["%Y-%m-%d"]'), ("2025/02/29", '["%Y/%m/%d", "%Y%m%d"]'),
+        ("2026-04-31 10:00:00", '["%Y-%m-%d %H:%M:%S"]'), ("2026年02月30日", '["%Y年%m月%d日"]')])
+    def test_a_date_that_does_not_exist_is_named_so(self, tmp_path: Path, text: str, formats: str) -> None:
+        """The right shape but no such day: "no such date", not "does not match" (issue 17, 14), both paths."""
+        result = map_both(tmp_path, {"decision_date": f'from = "jdrq"\ndate_format = {formats}'}, {"jdrq": text})
+        message = problems_of(result)["decision_date"]
+        assert message.startswith("no such date") and text in message and "does not match" not in message
+
+    @pytest.mark.parametrize("text", ["2026/2/3x", "20260230", "2026/13/01"])
+    def test_a_text_of_another_shape_does_not_match(self, tmp_path: Path, text: str) -> None:
+        """A text that is not in the format's shape (month 13 is not a month) still "does not match"."""
+        result = map_both(tmp_path, {"decision_date": 'from = "jdrq"\ndate_format = ["%Y/%m/%d"]'}, {"jdrq": text})
+        assert "does not match date format" in problems_of(result)["decision_date"]
+
     def test_impossible_date_is_a_problem(self, tmp_path: Path) -> None:
         """A date that matches the pattern but does not exist (month 13) is refused."""
         result = map_one(tmp_path, changes={"decision_date": "2021-13-01"})
@@ -305,6 +331,13 @@ class TestUnits:
         """A source already in 万元 needs no unit."""
         result = map_one(tmp_path, {"fine_wan": 'from = "fkje"'}, {"fkje": "0.2"})
         assert fields_of(result)["fine_wan"] == Decimal("0.2")
+
+    @pytest.mark.parametrize("fine", ["-5000", -5000, -5000.0, "-5,000"])
+    def test_negative_fine_is_reported_as_the_source_value(self, tmp_path: Path, fine: Any) -> None:
+        """A negative amount is refused quoting the source's value in 元, not its 万元 (issue 17, 14)."""
+        result = map_both(tmp_path, {"fine_wan": 'from = "fkje"\nunit = "yuan_to_wan"'}, {"fkje": fine})
+        message = problems_of(result)["fine_wan"]
+        assert repr(fine) in message and "negative" in message and "0.5" not in message
 
     def test_not_a_number_names_the_field(self, tmp_path: Path) -> None:
         """A non-numeric amount is a problem of that field."""
