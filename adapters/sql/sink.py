@@ -42,6 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from adapters.sql.url import database_url
 from gateway.adapter import AdapterContext, OutgoingBatch, Receipt, RecordResult, TargetRecord
+from gateway.domain.text import control_reason
 from gateway.errors import ConfigError, PermanentError, Problem, RetryableError
 from gateway.settings import parse_settings, setting
 
@@ -380,7 +381,10 @@ def _typed(value: Any, col: _Column, strict: bool = True) -> Any:
             return value
         raise ValueProblem(f"{col.name}: {value!r} does not fit the column's type ({kind.__name__ if kind else '?'})"
                            ) from None
-    return value if isinstance(value, str) or kind is not str else str(value)
+    text = value if isinstance(value, str) or kind is not str else str(value)
+    if strict and isinstance(text, str) and (reason := control_reason(text, free_text=True)):
+        raise ValueProblem(f"{col.name}: {reason}")  # PostgreSQL cannot store NUL; none of them belongs there
+    return text
 
 
 def _bind(value: Any, sqlite: bool) -> Any:

@@ -45,6 +45,7 @@ from typing import Any
 
 import orjson
 
+from gateway.domain.text import control_reason
 from gateway.errors import GatewayError
 from gateway.sealing.xmlsafe import parse_xml, write_records
 
@@ -212,6 +213,8 @@ def _text_field(raw: Mapping[str, Any], name: str, where: str, *, required: bool
         return ""
     if not isinstance(value, str) or (required and not value.strip()) or len(value) > 128:
         raise BatchError(f"{where}.{name}: {'required: ' if required else ''}a string of at most 128 characters")
+    if reason := control_reason(value):  # a scope or list code is a key part: stored, shown, compared
+        raise BatchError(f"{where}.{name}: {reason}")
     return value
 
 

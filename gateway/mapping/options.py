@@ -12,6 +12,7 @@ import datetime as dt
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from gateway.domain.text import control_reason
 from gateway.errors import Problem
 
 MAX_DECIMALS = 18  # the 2019 standard's amounts are decimal(18,6)
@@ -34,7 +35,8 @@ def _formats(v: Any) -> bool:
 
 
 def _scalar(v: Any) -> bool:
-    return isinstance(v, str | int | float | bool | dt.date)
+    """A constant: text without control characters (TOML can write "\\u0000"), a number, a boolean, a date."""
+    return (isinstance(v, str) and control_reason(v, free_text=True) is None) or isinstance(v, int | float | dt.date)
 
 
 def _value(v: Any) -> bool:
@@ -49,8 +51,8 @@ Check = Callable[[Any], bool]
 
 FIELD_OPTIONS: Mapping[str, tuple[Check, str]] = {
     "from": (_name, "a column or field name (text)"),
-    "value": (_value, "a constant: text, a number, a boolean or a date (or a list of them)"),
-    "default": (_value, "a constant: text, a number, a boolean or a date (or a list of them)"),
+    "value": (_value, "a constant: text without control characters, a number, a boolean or a date (or a list)"),
+    "default": (_value, "a constant: text without control characters, a number, a boolean or a date (or a list)"),
     "transform": (_names, 'a step name or a list of them, e.g. ["strip", "halfwidth"]'),
     "date_format": (_formats, 'a date format such as "%Y-%m-%d", or a non-empty list of them'),
     "unit": (_name, "a unit name (text)"),

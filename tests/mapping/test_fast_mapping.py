@@ -311,6 +311,9 @@ MUTATIONS: list[Callable[[random.Random, Any], Any]] = [
     lambda rng, v: "苏州市市场监督管理局".encode("gbk").decode("latin-1"),
     lambda rng, v: rng.choice([["03", "01"], ["罚款"], [], {"a": 1}, ("01",), [["x"]]]),
     lambda rng, v: f"{v}|{v}" if isinstance(v, str) else "a|b",
+    # control characters inside a value (issue 17, 4), and the allowed TAB/LF/CR of free text
+    lambda rng, v: (v if isinstance(v, str) and v else "其他-") + rng.choice(["\x00", "\x1b", "\x07", "\x7f", "\x85",
+                                                                              "\t", "\r\n", "\x9f"]) + "x",
 ]
 
 

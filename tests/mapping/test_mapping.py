@@ -889,6 +889,52 @@ class TestCompileErrors:
         assert {"codes.cat.1", "codes.cat.2[0].value", "codes.cat._unknown"} <= paths(error)
 
 
+EXTRA_FIELDS = {name: f'from = "{name}"' for name in ("remarks", "id_type", "id_no")}
+
+
+class TestControlCharacters:
+    @pytest.mark.parametrize(("name", "value", "code", "position"), [
+        ("subject_name", "苏州\u0000测试有限公司", "U+0000", 3),
+        ("decision_no", "\x1b[31m苏市监罚〔2024〕17号", "U+001B", 1),
+        ("legal_rep", "张三\x07", "U+0007", 3),
+        ("authority", "苏州市\x7f市场监督管理局", "U+007F", 4),
+        ("content", "罚款\x855000元", "U+0085", 3),
+        ("uscc", COMPANY_USCC[:5] + "\x00" + COMPANY_USCC[6:], "U+0000", 6),
+        ("subject_category", "自然人\x00", "U+0000", 4),
+        ("penalty_types", "罚款;其他-\x1b说明", "U+001B", 4),
+    ])
+    def test_a_control_character_is_refused_with_field_and_position(self, tmp_path: Path, name: str, value: str,
+                                                                     code: str, position: int) -> None:
+        """NUL, ESC, BEL, DEL and C1 are refused naming the field, the character and where (issue 17, 4)."""
+        message = problems_of(map_both(tmp_path, changes={name: value}))[name]
+        assert code in message and f"position {position}" in message
+
+    @pytest.mark.parametrize("name", ["violation_facts", "content", "legal_basis", "remarks"])
+    def test_tab_and_line_breaks_are_allowed_in_free_text(self, tmp_path: Path, name: str) -> None:
+        """A paragraph may hold TAB, LF and CR; the value is kept as it is (inside; the ends are stripped)."""
+        value = "第一条\t说明\r\n第二条\n结束"
+        assert fields_of(map_both(tmp_path, EXTRA_FIELDS, {name: value}))[name] == value
+
+    @pytest.mark.parametrize(("name", "value"), [
+        ("subject_name", "苏州\t测试有限公司"), ("decision_no", "苏市监罚\n〔2024〕17号"),
+        ("id_no", "11010519491231002\r1")])
+    def test_tab_and_line_breaks_are_refused_in_names_and_numbers(self, tmp_path: Path, name: str, value: str) -> None:
+        """A name, a document number or an ID number is one line."""
+        changes = {name: value, "subject_category": "自然人", "id_type": "身份证"} if name == "id_no" else {name: value}
+        assert "control character" in problems_of(map_both(tmp_path, EXTRA_FIELDS, changes))[name]
+
+    def test_the_message_does_not_quote_an_id_number(self, tmp_path: Path) -> None:
+        """The problem of an ID number with a control character names the position, never the digits."""
+        changes = {"subject_category": "自然人", "id_type": "身份证", "id_no": "110105\x00194912310021"}
+        message = problems_of(map_both(tmp_path, EXTRA_FIELDS, changes))["id_no"]
+        assert "110105" not in message and "position 7" in message
+
+    @pytest.mark.parametrize("value", ["苏州\u3000测试有限公司", "苏州\u00a0测试", "Zoë GmbH"])
+    def test_other_unprintable_spaces_are_not_control_characters(self, tmp_path: Path, value: str) -> None:
+        """An ideographic or no-break space is text (str.isprintable is only the quick test)."""
+        assert fields_of(map_both(tmp_path, changes={"subject_name": value}))["subject_name"] == value
+
+
 # An option of a field table with a value of the wrong type: (field, field table, TOML path of the problem).
 WRONG_TYPES = [
     ("decision_date", 'from = "jdrq"\ndate_format = 42', "fields.decision_date.date_format"),
@@ -905,6 +951,8 @@ WRONG_TYPES = [
     ("remarks", 'from = "bz"\nrequired = "yes"', "fields.remarks.required"),
     ("remarks", 'from = "bz"\ndefault = { a = 1 }', "fields.remarks.default"),
     ("remarks", "value = { a = 1 }", "fields.remarks.value"),
+    ("remarks", 'value = "无\\u0000"', "fields.remarks.value"),  # a control character written as a TOML escape
+    ("remarks", 'from = "bz"\ndefault = "\\u001b[2J"', "fields.remarks.default"),
     ("remarks", 'from = "bz"\ndescription = 1', "fields.remarks.description"),
     ("legal_rep", 'from = "fr"\nrequired_if = { subject_category = 1 }',
      "fields.legal_rep.required_if.subject_category"),
@@ -917,6 +965,7 @@ OUTBOUND_WRONG_TYPES = [
     ("CF_JDRQ", 'from = "decision_date"\ndate_format = 42', "fields.CF_JDRQ.date_format"),
     ("CF_CFLB", 'from = "penalty_types"\njoin = 1', "fields.CF_CFLB.join"),
     ("CF_CFLB", 'from = "penalty_types"\ntransform = {}', "fields.CF_CFLB.transform"),
+    ("CF_ZT", 'value = "0\\u0000"', "fields.CF_ZT.value"),
 ]
 
 
