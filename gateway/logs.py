@@ -2,7 +2,8 @@
 
 Every record passes :class:`Redactor`, which replaces registered secrets (API tokens, passwords) with
 ``***`` and masks any 18-character resident ID number, valid or not, wherever it appears in the line (but not
-a deciding body's all-digit USCC in a record key, which only looks like one).
+an all-digit USCC where the text says it is one, which only looks like an ID number: a USCC is public). A
+malformed ID number of another shape is masked where it is made: the identifier checks quote it masked.
 Logging is the one piece of global state the gateway has (configured once by the daemon or CLI).
 """
 
@@ -33,16 +34,18 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
 
 def _mask_run(match: re.Match[str]) -> str:
     run = match.group(0)
-    return run if _key_uscc(match) else mask_id(run.upper())
+    return run if _public_uscc(match) else mask_id(run.upper())
 
 
-def _key_uscc(match: re.Match[str]) -> bool:
-    """An all-digit run right after a record key's ``|`` that is a valid USCC and no possible resident ID number is
-    a deciding body's code (``文书号|113205000141174379``): masking it would garble every key of that body. Only
-    there: in free text a mistyped ID number can pass the USCC check by chance (1 in 31), and must stay masked."""
-    start, run = match.start(), match.group(0)
-    return (start > 0 and match.string[start - 1] == "|" and check_uscc(run) is None
-            and check_resident_id(run) is not None)
+def _public_uscc(match: re.Match[str]) -> bool:
+    """An all-digit run that is a valid USCC and no possible resident ID number, where the text says it is a USCC:
+    the whole text (a USCC field's value), right after a record key's ``|`` (a deciding body's code,
+    ``文书号|113205000141174379``) or after ``USCC `` (the identifier checks' reasons). Not elsewhere: in free text
+    a mistyped ID number can pass the USCC check by chance (1 in 31), and must stay masked."""
+    start, end, text, run = match.start(), match.end(), match.string, match.group(0)
+    labelled = (start == 0 and end == len(text)) or (start > 0 and text[start - 1] == "|") or \
+        text[:start].endswith("USCC ")
+    return labelled and check_uscc(run) is None and check_resident_id(run) is not None
 
 
 class Redactor(logging.Filter):

@@ -24,7 +24,17 @@ from gateway.domain.timeliness import TimelinessReport, timeliness_report
 from gateway.errors import ConfigError, GatewayError, Problem
 from gateway.logs import redact, setup_logging
 from gateway.mapping import InboundMapping, OutboundMapping, load_mapping, source_columns
-from gateway.operations import age, cell, replay_entries, status_json, status_lines, table_lines
+from gateway.operations import (
+    age,
+    cell,
+    mask_personal,
+    personal_keys,
+    personal_names,
+    replay_entries,
+    status_json,
+    status_lines,
+    table_lines,
+)
 from gateway.pipeline.engine import china_today
 from gateway.records import Operation, Record, from_payload
 from gateway.sealing.certs import RETIRED, expiry_warnings, init_dev_pki, inventory
@@ -351,7 +361,8 @@ async def _quarantine(store: Store, config: Config, args: argparse.Namespace) ->
         if not rows:
             out(f"no quarantine entry {args.id}")
             return 1
-        out(orjson.dumps(rows[0], option=orjson.OPT_INDENT_2).decode())
+        shown = mask_personal(rows[0], personal_keys(config))  # as the admin API answers it
+        out(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
         return 0
     entries = await store.list_quarantine("open", limit=1_000_000, ids=[] if args.all else args.ids)
     if cmd == "resolve":
@@ -454,8 +465,8 @@ def _test_inbound(mapping: InboundMapping, row: dict[str, Any], number: int, tod
             out(f"line {number}: {p.path}: {p.message}")
         return 1
     rec = mapped.record
-    out(orjson.dumps({"line": number, "key": rec.key, "operation": rec.operation.value,
-                      "fields": rec.payload()}).decode())
+    fields = mask_personal(rec.payload(), personal_names(mapping))  # a passport number too
+    out(orjson.dumps({"line": number, "key": rec.key, "operation": rec.operation.value, "fields": fields}).decode())
     return 0
 
 
@@ -464,7 +475,8 @@ def _test_outbound(mapping: OutboundMapping, row: dict[str, Any], number: int) -
     fields = from_payload(kinds, {k: (v.split(";") if kinds.get(k) == "list" else v) for k, v in row.items() if v})
     op = Operation(row.get("@operation") or "upsert")
     record = Record(mapping.dataset.name, row.get("@key", ""), op, fields, version=int(row.get("@version") or 1))
-    out(orjson.dumps({"line": number, "record": mapping.map_record(record)}).decode())
+    out(orjson.dumps({"line": number, "record": mask_personal(mapping.map_record(record), personal_names(mapping))}
+                     ).decode())
 
 
 def read_csv(path: Path, encoding: str) -> list[dict[str, Any]]:

@@ -10,14 +10,20 @@ line). Everything is real: SQLite department databases, the store on SQLite and 
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from gateway.cli import main
 from gateway.config import Config, load_config
 from gateway.daemon import Gateway
 from gateway.sandbox.server import Sandbox
 from gateway.store.composed import Store
+from gateway.store.database import open_store
 from gateway.testing.rows import SampleResult
 from tests.conftest import TOKEN
 from tests.support.helpers import ledger, make_department_db, read_rows, to_record, write_config
@@ -77,3 +83,41 @@ class TestDepartmentRows:
             assert message in reasons[name], (name, reasons)
         assert set(await ledger(store)) == good
         assert set(sandbox.held(TABLE)) == good
+
+
+MALFORMED_IDS = ["110105194912310021", "11010519491231OO2X", "110105491231002", "1101051949123100210",
+                 "110105 19491231 002X"]
+
+
+class TestMalformedIdNumbers:
+    async def test_masked_in_the_log_and_in_quarantine_list_and_show(
+            self, tmp_path: Path, sandbox: Sandbox, caplog: pytest.LogCaptureFixture,
+            capsys: pytest.CaptureFixture[str]) -> None:
+        """Wrong check character, letter O, 15 or 19 digits, spaces: the quarantined rows' ID numbers appear
+        masked in the log, `quarantine list` and `quarantine show` (issue 17, 7)."""
+        sample = make_department_db(tmp_path, penalties=len(MALFORMED_IDS) + 2, natural=1.0)
+        rows = read_rows(sample.path)
+        set_cells(sample, {rows[i]["id"]: {"zjlx": "01", "zjhm": number} for i, number in enumerate(MALFORMED_IDS)})
+        path = write_config(tmp_path, url=sandbox.upload_url, db=sample.path, token=TOKEN)
+        text = path.read_text(encoding="utf-8")
+        path.write_text(text.replace("sqlite:///spool/gateway.db", f"sqlite:///{tmp_path / 'store.db'}"),
+                        encoding="utf-8")
+        config = load_config(path)
+        store = await open_store(config.store_url())
+        try:
+            with caplog.at_level(logging.WARNING):
+                async with Gateway(config, store) as gw:
+                    assert await gw.run_until_idle(timeout_s=60)
+            ids = [q["id"] for q in await store.list_quarantine("open", "mapping")]
+        finally:
+            await store.aclose()
+        assert len(ids) == len(MALFORMED_IDS)
+        capsys.readouterr()
+        assert await asyncio.to_thread(main, ["-c", str(path), "quarantine", "list"]) == 0
+        for entry in ids:
+            assert await asyncio.to_thread(main, ["-c", str(path), "quarantine", "show", str(entry)]) == 0
+        shown = capsys.readouterr().out + "\n".join(caplog.messages) + "\n".join(
+            str(vars(r)) for r in caplog.records)
+        assert "id_no: ID " in shown
+        for number in MALFORMED_IDS:
+            assert number not in shown and number[6:14] not in shown, number

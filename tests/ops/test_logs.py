@@ -22,6 +22,7 @@ from gateway.logs import JsonFormatter, Redactor, TextFormatter, redact, setup_l
 VALID_ID = "11010519491231002X"  # GB 11643's own example
 INVALID_ID = "110105194912310021"  # same number, wrong check character
 SECRET = "tok-3f9c2a71e6b84d05"
+DIGIT_USCC = "913205053041720986"  # a valid USCC of digits only, and no possible ID number (no such birth date)
 _names = itertools.count()
 
 
@@ -82,6 +83,21 @@ class TestRedact:
         """A USCC with letters and a 19-digit number are not ID numbers."""
         text = "USCC 91230500MA1B3N1N2M order 1101051949123100212"
         assert redact(text) == text
+
+    @pytest.mark.parametrize("text", [DIGIT_USCC, f"uscc: USCC {DIGIT_USCC}: check character should be 1, not 6",
+                                      f"苏市监罚〔2026〕1号|{DIGIT_USCC}"])
+    def test_an_all_digit_uscc_labelled_as_one_is_public(self, text: str) -> None:
+        """A USCC is public: an all-digit one is left alone where the text says it is a USCC (a field's whole
+        value, a USCC reason, a record key's authority part), not masked like an ID number (issue 17, 7)."""
+        assert redact(text) == text
+
+    def test_an_all_digit_uscc_in_free_text_stays_masked(self) -> None:
+        """Unlabelled, it could be a mistyped ID number that passes the USCC check by chance: masked."""
+        assert redact(f"证件号码 {DIGIT_USCC}") == f"证件号码 {masked(DIGIT_USCC)}"
+
+    def test_a_whole_value_that_is_a_valid_id_is_masked(self) -> None:
+        """A valid ID number is masked even as a whole value that happens to pass the USCC check too."""
+        assert redact(VALID_ID) == masked(VALID_ID)
 
     def test_several_numbers_in_one_text(self) -> None:
         """Every number in the text is masked."""
