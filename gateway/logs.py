@@ -13,7 +13,9 @@ import datetime as dt
 import logging
 import re
 import sys
+import threading
 from collections.abc import Iterable
+from types import TracebackType
 from typing import Any
 
 import orjson
@@ -106,6 +108,24 @@ class TextFormatter(logging.Formatter):
         if record.exc_info:
             return line + "\n" + self.formatException(record.exc_info)
         return line + ("\n" + record.exc_text if record.exc_text else "")
+
+
+def log_stray_output() -> None:
+    """The daemon's log is one JSON object a line: Python's warnings and the tracebacks of exceptions nothing
+    caught (in a thread, or the last one of the process) become log records instead of plain text on stderr."""
+    logging.captureWarnings(True)
+    crash = logging.getLogger("gateway.crash")
+
+    def thread_failed(info: threading.ExceptHookArgs) -> None:
+        if info.exc_type is not SystemExit and info.exc_value is not None:
+            crash.error("uncaught exception in a thread", exc_info=(info.exc_type, info.exc_value, info.exc_traceback),
+                        extra={"in_thread": info.thread.name if info.thread else ""})
+
+    def process_failed(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+        crash.critical("uncaught exception", exc_info=(kind, value, tb))
+
+    threading.excepthook = thread_failed
+    sys.excepthook = process_failed
 
 
 def setup_logging(level: str = "info", fmt: str = "json", secrets: Iterable[str] = (),

@@ -21,6 +21,7 @@ from gateway.cli import ops as cli_ops
 from gateway.cli import rules as cli_rules
 from gateway.cli import sanctions as cli_sanctions
 from gateway.errors import ConfigError, GatewayError
+from gateway.startup import default_sigterm
 
 DEFAULT_CONFIG = "credit-gateway.toml"
 
@@ -186,6 +187,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "run":
+        default_sigterm()  # only the daemon treats a SIGTERM during its start-up as a clean stop
     try:
         result = COMMANDS[args.command](args)
         if asyncio.iscoroutine(result):

@@ -22,7 +22,7 @@ from gateway.domain.calendar import WorkCalendar
 from gateway.domain.subject_keys import KeySecret
 from gateway.domain.timeliness import TimelinessReport, timeliness_report
 from gateway.errors import ConfigError, GatewayError, Problem
-from gateway.logs import redact, setup_logging
+from gateway.logs import log_stray_output, redact, setup_logging
 from gateway.mapping import InboundMapping, OutboundMapping, load_mapping, source_columns
 from gateway.operations import (
     age,
@@ -39,6 +39,7 @@ from gateway.pipeline.engine import china_today
 from gateway.records import Operation, Record, from_payload
 from gateway.sealing.certs import RETIRED, expiry_warnings, init_dev_pki, inventory
 from gateway.sealing.evidence import build_evidence, verify_evidence
+from gateway.startup import stop_on_sigterm
 from gateway.store.composed import Store
 from gateway.store.database import open_store
 
@@ -106,8 +107,10 @@ async def _check_sources(config: Config) -> list[Problem]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    stop_on_sigterm()  # the console script gets here after its imports; python -m gateway before them
     config = load_config(args.config)
     setup_logging(config.daemon.log_level, config.daemon.log_format, config.secrets)
+    log_stray_output()
     if not args.until_idle:
         return asyncio.run(serve(config))
     return asyncio.run(_run_until_idle(config, args.timeout))

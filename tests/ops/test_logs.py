@@ -10,6 +10,8 @@ import datetime as dt
 import io
 import itertools
 import logging
+import sys
+import threading
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -17,7 +19,7 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.logs import JsonFormatter, Redactor, TextFormatter, redact, setup_logging
+from gateway.logs import JsonFormatter, Redactor, TextFormatter, log_stray_output, redact, setup_logging
 
 VALID_ID = "11010519491231002X"  # GB 11643's own example
 INVALID_ID = "110105194912310021"  # same number, wrong check character
@@ -276,3 +278,30 @@ class TestDriverLogs:
         text = buffer.getvalue()
         assert "gateway debug line" in text
         assert "E12345678" not in text and "aiosqlite" not in text
+
+
+def _fail_in_thread() -> None:
+    raise ValueError("boom in a thread")
+
+
+class TestStrayOutput:
+    def test_uncaught_exceptions_become_log_records(self, caplog: pytest.LogCaptureFixture,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+        """The daemon's log stays JSON: an exception nothing caught, in a thread or at the end of the process, is a
+        log record with its traceback, not plain text on stderr (issue 17, 13)."""
+        monkeypatch.setattr(threading, "excepthook", threading.excepthook)  # restored afterwards
+        monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+        try:
+            log_stray_output()
+            thread = threading.Thread(target=_fail_in_thread, name="doomed")
+            with caplog.at_level(logging.ERROR, logger="gateway.crash"):
+                thread.start()
+                thread.join()
+                sys.excepthook(RuntimeError, RuntimeError("the last one"), None)
+        finally:
+            logging.captureWarnings(False)
+        found = [(r.getMessage(), getattr(r, "in_thread", None), r.exc_info[1] if r.exc_info else None)
+                 for r in caplog.records if r.name == "gateway.crash"]
+        assert [(m, str(e)) for m, _t, e in found] == [("uncaught exception in a thread", "boom in a thread"),
+                                                       ("uncaught exception", "the last one")]
+        assert found[0][1] == "doomed"
