@@ -481,7 +481,9 @@ def _parse_csv(name: str, text: str) -> list[tuple[int, dict[str, Any]]]:
         for cells in reader:
             if cells and any(c.strip() for c in cells):
                 if len(cells) != len(names):
-                    raise MalformedFile(f"{name} line {start}: {len(cells)} fields, the header has {len(names)}")
+                    hint = " (a quote is not closed where it should be)" if any("\n" in c for c in cells) else ""
+                    raise MalformedFile(f"{name} line {start}: {len(cells)} fields, the header has {len(names)}"
+                                        + hint)
                 rows.append((start, dict(zip(names, cells, strict=True))))
             start = reader.line_num + 1
     except csv.Error as exc:

@@ -10,6 +10,7 @@ nothing of the gateway, so ``python -m gateway`` installs the handler before the
 from __future__ import annotations
 
 import signal
+import threading
 from types import FrameType
 
 
@@ -26,9 +27,11 @@ def _stop(signum: int, frame: FrameType | None) -> None:
 
 def stop_on_sigterm() -> None:
     """From now on until the event loop takes the signal over, a SIGTERM stops the process with status 0."""
-    signal.signal(signal.SIGTERM, _stop)
+    if threading.current_thread() is threading.main_thread():  # the command line called from a thread: not ours
+        signal.signal(signal.SIGTERM, _stop)
 
 
 def default_sigterm() -> None:
     """Commands other than ``run``: a SIGTERM ends them as it ends any program."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)

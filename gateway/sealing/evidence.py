@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import io
 import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,12 +83,19 @@ def build_evidence(batch: Mapping[str, Any], content_type: str, profile: str) ->
     return out.getvalue()
 
 
+MAX_PART_BYTES = 512 * 1024 * 1024  # a batch body is megabytes; a zip that unpacks to more is not ours
+
+
 def _read(path: Path) -> dict[str, bytes]:
     try:
         with zipfile.ZipFile(path) as z:
+            big = [i.filename for i in z.infolist() if i.file_size > MAX_PART_BYTES]
+            if big:
+                raise EvidenceError(f"{path}: not an evidence file ({big[0]} unpacks to more than "
+                                    f"{MAX_PART_BYTES} bytes)")
             return {name: z.read(name) for name in z.namelist()}
-    except (OSError, zipfile.BadZipFile, KeyError) as exc:
-        raise EvidenceError(f"{path}: not an evidence file ({exc})") from None
+    except (OSError, zipfile.BadZipFile, KeyError, zlib.error, RuntimeError, EOFError) as exc:
+        raise EvidenceError(f"{path}: not an evidence file ({exc})") from None  # RuntimeError: encrypted
 
 
 def verify_evidence(path: Path, trusted_ca_pems: Sequence[bytes] = (), expected_signer: str = "") -> Verdict:
@@ -101,6 +109,9 @@ def verify_evidence(path: Path, trusted_ca_pems: Sequence[bytes] = (), expected_
         receipt = orjson.loads(parts["receipt.json"])
     except orjson.JSONDecodeError as exc:
         raise EvidenceError(f"{path}: broken JSON ({exc})") from None
+    for name, value in (("manifest.json", manifest), ("answer.json", answer), ("receipt.json", receipt)):
+        if not isinstance(value, dict):
+            raise EvidenceError(f"{path}: {name} is not a JSON object")
     verdict = Verdict(str(manifest.get("batchId")))
     _check_digests(verdict, parts, manifest, answer, receipt)
     _check_signature(verdict, parts, trusted_ca_pems, expected_signer)
