@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import sqlite3
 import time
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import psutil
 import pytest
 
 from gateway.testing.rows import SampleSpec, create_department_db
-from tests.support.crash_helpers import Process, python_cmd, start_daemon, wait_until, write_config
+from tests.support.crash_helpers import MAPPINGS, Process, python_cmd, start_daemon, wait_until, write_config
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc/PID/status")
 
@@ -92,3 +94,37 @@ class TestSigtermDuringStartUp:
             daemon.kill()
         assert code == 0, daemon.tail()
         assert_json_lines(daemon.log_path)
+
+
+class TestBadInputWhileRunning:
+    def test_the_daemon_keeps_running_through_bad_rows_and_a_broken_mapping_edit(self, tmp_path: Path) -> None:
+        """Rows with NUL, ESC and a 5,000-character name are quarantined one by one and a mapping edit of the wrong
+        type is refused, while the daemon (a real process) keeps running with a JSON log and stops with 0."""
+        shutil.copytree(MAPPINGS, tmp_path / "mappings")
+        config = workdir(tmp_path)
+        text = config.read_text(encoding="utf-8").replace(MAPPINGS.as_posix(), (tmp_path / "mappings").as_posix())
+        config.write_text(text.replace("[daemon]\n", "[daemon]\nreload_check_s = 0.2\n", 1), encoding="utf-8")
+        bad = {1: "苏州\x00测试有限公司", 2: "\x1b[2J某公司", 3: "名" * 5000}
+        with sqlite3.connect(tmp_path / "department.db") as conn:
+            for row_id, name in bad.items():
+                conn.execute("UPDATE xzcf SET xdr_mc = ? WHERE id = ?", (name, row_id))
+        daemon = start_daemon(tmp_path, config, 1)
+        try:
+            quarantined = {str(i) for i in bad}
+            daemon.wait_event(lambda e: e.get("event") == "row quarantined" and e.get("row") in quarantined
+                              and quarantined.discard(e["row"]) is None and not quarantined, 120,
+                              "the three bad rows quarantined")
+            mapping = tmp_path / "mappings" / "department-penalty.toml"
+            mapping.write_text(mapping.read_text(encoding="utf-8").replace(
+                'date_format = ["%Y/%m/%d", "%Y-%m-%d"]', "date_format = 42", 1), encoding="utf-8")
+            _, refused = daemon.wait_event(lambda e: e.get("event", "").startswith("mapping refused"), 60,
+                                           "the broken mapping refused")
+            assert any("fields.decision_date.date_format" in p for p in refused["problems"])
+            daemon.check_alive()
+            code = daemon.terminate(60)
+        finally:
+            daemon.kill()
+        assert code == 0
+        assert_json_lines(daemon.log_path)
+        reasons = " ".join(e.get("reasons", "") for e in daemon.matching(lambda e: e.get("event") == "row quarantined"))
+        assert "U+0000 at position 3" in reasons and "U+001B at position 1" in reasons and "5000 characters" in reasons
