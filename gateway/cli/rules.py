@@ -17,6 +17,7 @@ import orjson
 
 from gateway.cli.ops import _cell, out, table
 from gateway.config import load_config
+from gateway.operations import mask_personal, personal_keys
 from gateway.pipeline.engine import china_today
 from gateway.store.confirmations import SETTLED, Change, Delivery, list_changes, record_history
 from gateway.store.database import open_store
@@ -70,7 +71,7 @@ async def cmd_records(args: argparse.Namespace) -> int:
             if history is None:
                 out(f"no {args.dataset} record {args.key!r} in the ledger")
                 return 1
-            _json(history) if args.json else print_history(history)
+            _json(mask_personal(history, personal_keys(config))) if args.json else print_history(history)
             return 0
         changes = await list_changes(store.engine, list(config.targets), operation=args.operation,
                                      dataset=args.dataset, unconfirmed=args.unconfirmed, limit=args.limit)

@@ -95,6 +95,7 @@ class TestDepartmentRows:
         assert set(sandbox.held(TABLE)) == good
 
 
+PASSPORT = "E12345678"
 MALFORMED_IDS = ["110105194912310021", "11010519491231OO2X", "110105491231002", "1101051949123100210",
                  "110105 19491231 002X"]
 
@@ -104,10 +105,13 @@ class TestMalformedIdNumbers:
             self, tmp_path: Path, sandbox: Sandbox, caplog: pytest.LogCaptureFixture,
             capsys: pytest.CaptureFixture[str]) -> None:
         """Wrong check character, letter O, 15 or 19 digits, spaces: the quarantined rows' ID numbers appear
-        masked in the log, `quarantine list` and `quarantine show` (issue 17, 7)."""
+        masked in the log, `quarantine list` and `quarantine show`; a valid row's passport number in `records show
+        --json` (issue 17, 7)."""
         sample = make_department_db(tmp_path, penalties=len(MALFORMED_IDS) + 2, natural=1.0)
         rows = read_rows(sample.path)
         set_cells(sample, {rows[i]["id"]: {"zjlx": "01", "zjhm": number} for i, number in enumerate(MALFORMED_IDS)})
+        passport = rows[len(MALFORMED_IDS)]  # a valid row whose ID number no pattern recognises
+        set_cells(sample, {passport["id"]: {"zjlx": "02", "zjhm": PASSPORT}})
         path = write_config(tmp_path, url=sandbox.upload_url, db=sample.path, token=TOKEN)
         text = path.read_text(encoding="utf-8")
         path.write_text(text.replace("sqlite:///spool/gateway.db", f"sqlite:///{tmp_path / 'store.db'}"),
@@ -126,11 +130,14 @@ class TestMalformedIdNumbers:
         assert await asyncio.to_thread(main, ["-c", str(path), "quarantine", "list"]) == 0
         for entry in ids:
             assert await asyncio.to_thread(main, ["-c", str(path), "quarantine", "show", str(entry)]) == 0
+        key = to_record(read_rows(sample.path, ids=[passport["id"]])[0]).key
+        assert await asyncio.to_thread(main, ["-c", str(path), "records", "show", "penalty", key, "--json"]) == 0
         shown = capsys.readouterr().out + "\n".join(caplog.messages) + "\n".join(
             str(vars(r)) for r in caplog.records)
         assert "id_no: ID " in shown
         for number in MALFORMED_IDS:
             assert number not in shown and number[6:14] not in shown, number
+        assert PASSPORT not in shown and PASSPORT[:2] + "*" * (len(PASSPORT) - 4) + PASSPORT[-2:] in shown
 
 
 # ---------------------------------------------------------------- dropped files
