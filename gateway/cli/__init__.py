@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("file")
     t.add_argument("--sample", required=True, help="CSV file with a header row")
     t.add_argument("--encoding", default="utf-8", help="CSV encoding (utf-8, gbk, gb18030)")
-    t.add_argument("--today", help="validate as of this date (YYYY-MM-DD)")
+    t.add_argument("--today", type=dt.date.fromisoformat, help="validate as of this date (YYYY-MM-DD)")
 
     p = sub.add_parser("sandbox", help="run the built-in credit-platform sandbox")
     from gateway.sandbox.server import build_arg_parser

@@ -443,7 +443,7 @@ async def replay_quarantine(store: Store, config: Config, entries: Sequence[dict
 def cmd_mapping(args: argparse.Namespace) -> int:
     mapping = load_mapping(args.file)
     rows = read_csv(Path(args.sample), args.encoding)
-    today = dt.date.fromisoformat(args.today) if args.today else china_today()
+    today = args.today or china_today()
     # No store here: ID numbers in keys become pseudonyms under a throw-away secret (the form, not the value).
     secret = KeySecret.generate() if mapping.dataset.pseudonymised_key else None
     failed = 0

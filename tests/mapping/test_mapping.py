@@ -999,6 +999,17 @@ class TestOptionTypes:
         text = f'[mapping]\nkind = "outbound"\ndataset = "penalty"\n{head}\n' + fields_text({"A": 'from = "uscc"'})
         assert where in paths(compile_errors(tmp_path, text))
 
+    def test_mapping_test_with_no_such_today_is_a_usage_error(self, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+        """`mapping test --today 2026-02-30`: a usage error naming the option (exit 2), not a traceback."""
+        from gateway.cli import main
+
+        sample = write(tmp_path, "jdrq\n2021-07-15\n", "sample.csv")
+        with pytest.raises(SystemExit) as stopped:
+            main(["mapping", "test", str(write(tmp_path, inbound_text())), "--sample", str(sample), "--today",
+                  "2026-02-30"])
+        assert stopped.value.code == 2 and "--today" in capsys.readouterr().err
+
     def test_mapping_test_command_reports_it(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         """`credit-gateway mapping test` prints the problem with its path and exits 2, no traceback."""
         from gateway.cli import main
