@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from gateway.domain.identifiers import check_resident_id, check_uscc, mask_id
+from gateway.domain.text import escape_controls
 
 # 18 characters, not part of a longer token; not after a decimal point (the digits of a float are no ID).
 _ID_RUN = re.compile(r"(?<![0-9A-Za-z.])\d{17}[\dXx](?![0-9A-Za-z])")
@@ -104,7 +105,10 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         extra = " ".join(f"{k}={v}" for k, v in vars(record).items() if k not in _RESERVED)
         stamp = dt.datetime.fromtimestamp(record.created, dt.UTC).strftime("%H:%M:%S")
-        line = f"{stamp} {record.levelname.lower():7} {record.getMessage()}" + (f"  {extra}" if extra else "")
+        # One event a line here too: a line break or an ESC sequence in a value (a file name, a database's message)
+        # is written as an escape, not obeyed by the terminal or split into a line of its own.
+        line = escape_controls(f"{stamp} {record.levelname.lower():7} {record.getMessage()}"
+                               + (f"  {extra}" if extra else ""))
         if record.exc_info:
             return line + "\n" + self.formatException(record.exc_info)
         return line + ("\n" + record.exc_text if record.exc_text else "")

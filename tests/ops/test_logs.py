@@ -166,6 +166,13 @@ class TestRedactor:
         assert VALID_ID not in text_log.text and SECRET not in text_log.text
         assert masked(VALID_ID) in text_log.text
 
+    def test_text_format_keeps_one_event_a_line(self, text_log: Capture) -> None:
+        """A line break or an ESC sequence in a value is written as an escape: no forged second line, nothing
+        for the terminal to obey (issue 17, 4 and 13)."""
+        text_log.logger.error("malformed file rejected", extra={"file": "a.csv\n12:00:00 info    all good\x1b[2J"})
+        assert text_log.text.count("\n") == 1 and "\x1b" not in text_log.text
+        assert "a.csv\\x0a12:00:00 info    all good\\x1b[2J" in text_log.text
+
     def test_secrets_given_to_the_redactor_only(self) -> None:
         """Without the secret registered it is not removed: the test above relies on registration."""
         capture = Capture(JsonFormatter(), secrets=())
