@@ -289,6 +289,10 @@ class FileDropSource:
         self.rejected_dir = _resolve(inbox, settings.rejected_dir)
         self._resumed = False  # the engine's first fetch starts from the committed cursor: finish its file
         self._parsed: tuple[str, str, list[tuple[int, dict[str, Any]]]] | None = None  # (file, id, rows)
+        # Files whose last page was handed out and is not acknowledged yet (name -> id): the engine reads ahead
+        # while earlier pages commit, and the cursor names only the newest file, so these must not be read again.
+        self._taken: dict[str, str] = {}
+        self._handed: Any = None  # the cursor of the last page handed out: a fetch from elsewhere is a new poll
 
     @classmethod
     def from_settings(cls, raw: Mapping[str, Any],
@@ -330,11 +334,16 @@ class FileDropSource:
         if not self._resumed:
             self._resumed = True
             self._finish(_Position.parse(cursor))  # a restart between a commit and its ack
+        if cursor != self._handed:  # not reading ahead: whatever was handed out after ``cursor`` was not committed
+            self._taken.clear()
         pos = _Position.parse(cursor)
         for path in self._ready_files():
-            ident = _identity(path)
+            try:
+                ident = _identity(path)
+            except FileNotFoundError:  # moved by the ack of an earlier page meanwhile
+                continue
             same = pos is not None and pos.file == path.name and pos.id == ident
-            if same and pos is not None and pos.done:
+            if (same and pos is not None and pos.done) or self._taken.get(path.name) == ident:
                 continue  # taken; it moves once its rows are committed
             start = pos.rows if same and pos is not None else 0
             try:
@@ -348,8 +357,11 @@ class FileDropSource:
                 continue
             end = start + len(page)
             position = _Position(path.name, ident, end, end >= len(rows))
-            return SourceBatch([SourceRow(f"{path.name}:{line}", data) for line, data in page], position.cursor(),
-                               True)
+            if position.done:
+                self._taken[path.name] = ident
+            self._handed = position.cursor()
+            return SourceBatch([SourceRow(f"{path.name}:{line}", data) for line, data in page], self._handed, True)
+        self._handed = cursor
         return SourceBatch([], cursor, False)
 
     def _ready_files(self) -> list[Path]:
@@ -395,12 +407,16 @@ class FileDropSource:
     # ------------------------------------------------------------ moving files
 
     def _finish(self, pos: _Position | None) -> None:
-        """Move the file ``pos`` finished out of the inbox (if it is still there, unchanged)."""
+        """Move the file ``pos`` finished out of the inbox (if it is still there, unchanged). If it cannot be
+        moved it is read again later (its rows are recognised as unchanged) and moved then."""
         if pos is None or not pos.done:
             return
         path = self.inbox / pos.file
-        if path.is_file() and _identity(path) == pos.id:
-            self._move(path, self.done_dir)
+        try:
+            if path.is_file() and _identity(path) == pos.id:
+                self._move(path, self.done_dir)
+        finally:
+            self._taken.pop(pos.file, None)
 
     def _reject(self, path: Path, reason: str) -> None:
         log.error("malformed file rejected", extra={"source": self.name, "file": path.name, "error": reason})
@@ -469,7 +485,9 @@ def _parse_csv(name: str, text: str) -> list[tuple[int, dict[str, Any]]]:
         for cells in reader:
             if cells and any(c.strip() for c in cells):
                 if len(cells) != len(names):
-                    raise MalformedFile(f"{name} line {start}: {len(cells)} fields, the header has {len(names)}")
+                    hint = " (a quote is not closed where it should be)" if any("\n" in c for c in cells) else ""
+                    raise MalformedFile(f"{name} line {start}: {len(cells)} fields, the header has {len(names)}"
+                                        + hint)
                 rows.append((start, dict(zip(names, cells, strict=True))))
             start = reader.line_num + 1
     except csv.Error as exc:

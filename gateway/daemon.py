@@ -233,13 +233,20 @@ class Gateway:
 
 
 async def serve(config: Config) -> int:
-    """The daemon's main coroutine: open the store, install signal handlers, run until stopped."""
+    """The daemon's main coroutine: take the signals over, open the store, run until stopped. A signal during the
+    start-up lets it finish (the store opened, the pool started) and stops the daemon before it reads anything."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     store = await open_store(config.store_url())
     try:
         async with Gateway(config, store) as gw:
-            loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, gw.stopping.set)
+            if stop.is_set():
+                log.info("stopped during start-up")
+                return 0
             await gw.run()
     finally:
         await store.aclose()

@@ -2,8 +2,9 @@
 
 Every record passes :class:`Redactor`, which replaces registered secrets (API tokens, passwords) with
 ``***`` (the password of any URL with credentials too: ``postgresql://gw:***@db/gw``) and masks any
-18-character resident ID number, valid or not, wherever it appears in the line (but not a deciding body's
-all-digit USCC in a record key, which only looks like one).
+18-character resident ID number, valid or not, wherever it appears in the line (but not an all-digit USCC
+where the text says it is one, which only looks like an ID number: a USCC is public). A malformed ID number of
+another shape is masked where it is made: the identifier checks quote it masked.
 Logging is the one piece of global state the gateway has (configured once by the daemon or CLI).
 """
 
@@ -13,12 +14,15 @@ import datetime as dt
 import logging
 import re
 import sys
+import threading
 from collections.abc import Iterable
+from types import TracebackType
 from typing import Any
 
 import orjson
 
 from gateway.domain.identifiers import check_resident_id, check_uscc, mask_id
+from gateway.text import escape_controls
 
 # 18 characters, not part of a longer token; not after a decimal point (the digits of a float are no ID).
 _ID_RUN = re.compile(r"(?<![0-9A-Za-z.])\d{17}[\dXx](?![0-9A-Za-z])")
@@ -36,16 +40,18 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
 
 def _mask_run(match: re.Match[str]) -> str:
     run = match.group(0)
-    return run if _key_uscc(match) else mask_id(run.upper())
+    return run if _public_uscc(match) else mask_id(run.upper())
 
 
-def _key_uscc(match: re.Match[str]) -> bool:
-    """An all-digit run right after a record key's ``|`` that is a valid USCC and no possible resident ID number is
-    a deciding body's code (``文书号|113205000141174379``): masking it would garble every key of that body. Only
-    there: in free text a mistyped ID number can pass the USCC check by chance (1 in 31), and must stay masked."""
-    start, run = match.start(), match.group(0)
-    return (start > 0 and match.string[start - 1] == "|" and check_uscc(run) is None
-            and check_resident_id(run) is not None)
+def _public_uscc(match: re.Match[str]) -> bool:
+    """An all-digit run that is a valid USCC and no possible resident ID number, where the text says it is a USCC:
+    the whole text (a USCC field's value), right after a record key's ``|`` (a deciding body's code,
+    ``文书号|113205000141174379``) or after ``USCC `` (the identifier checks' reasons). Not elsewhere: in free text
+    a mistyped ID number can pass the USCC check by chance (1 in 31), and must stay masked."""
+    start, end, text, run = match.start(), match.end(), match.string, match.group(0)
+    labelled = (start == 0 and end == len(text)) or (start > 0 and text[start - 1] == "|") or \
+        text[:start].endswith("USCC ")
+    return labelled and check_uscc(run) is None and check_resident_id(run) is not None
 
 
 class Redactor(logging.Filter):
@@ -102,10 +108,31 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         extra = " ".join(f"{k}={v}" for k, v in vars(record).items() if k not in _RESERVED)
         stamp = dt.datetime.fromtimestamp(record.created, dt.UTC).strftime("%H:%M:%S")
-        line = f"{stamp} {record.levelname.lower():7} {record.getMessage()}" + (f"  {extra}" if extra else "")
+        # One event a line here too: a line break or an ESC sequence in a value (a file name, a database's message)
+        # is written as an escape, not obeyed by the terminal or split into a line of its own.
+        line = escape_controls(f"{stamp} {record.levelname.lower():7} {record.getMessage()}"
+                               + (f"  {extra}" if extra else ""))
         if record.exc_info:
             return line + "\n" + self.formatException(record.exc_info)
         return line + ("\n" + record.exc_text if record.exc_text else "")
+
+
+def log_stray_output() -> None:
+    """The daemon's log is one JSON object a line: Python's warnings and the tracebacks of exceptions nothing
+    caught (in a thread, or the last one of the process) become log records instead of plain text on stderr."""
+    logging.captureWarnings(True)
+    crash = logging.getLogger("gateway.crash")
+
+    def thread_failed(info: threading.ExceptHookArgs) -> None:
+        if info.exc_type is not SystemExit and info.exc_value is not None:
+            crash.error("uncaught exception in a thread", exc_info=(info.exc_type, info.exc_value, info.exc_traceback),
+                        extra={"in_thread": info.thread.name if info.thread else ""})
+
+    def process_failed(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+        crash.critical("uncaught exception", exc_info=(kind, value, tb))
+
+    threading.excepthook = thread_failed
+    sys.excepthook = process_failed
 
 
 def setup_logging(level: str = "info", fmt: str = "json", secrets: Iterable[str] = (),

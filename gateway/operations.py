@@ -26,7 +26,7 @@ from gateway.domain.sanctions import sanctions_report
 from gateway.domain.timeliness import timeliness_report
 from gateway.jobs import repair_screen
 from gateway.logs import redact
-from gateway.mapping import InboundMapping
+from gateway.mapping import InboundMapping, OutboundMapping
 from gateway.store import Store
 from gateway.stored import Reject
 
@@ -196,10 +196,15 @@ def personal_keys(config: Config) -> frozenset[str]:
     mappings += [m for t in config.targets.values() for m in t.mappings.values()]
     mappings += [c.mapping for c in config.inbound.channels.values()] if config.inbound else []
     for mapping in mappings:
-        personal = mapping.dataset.personal_id_fields
-        keys |= personal
-        keys |= _mapped_names(Path(mapping.path), personal, inbound=isinstance(mapping, InboundMapping))
+        keys |= personal_names(mapping)
     return frozenset(keys)
+
+
+def personal_names(mapping: InboundMapping | OutboundMapping) -> frozenset[str]:
+    """The names a personal ID number has in one mapping: its canonical fields and the source columns or target
+    fields the file maps them from or to."""
+    personal = mapping.dataset.personal_id_fields
+    return personal | _mapped_names(Path(mapping.path), personal, inbound=isinstance(mapping, InboundMapping))
 
 
 def _mapped_names(path: Path, personal: frozenset[str], *, inbound: bool) -> set[str]:

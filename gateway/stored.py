@@ -16,6 +16,7 @@ from typing import Any
 import zstandard
 
 from gateway.errors import Problem
+from gateway.text import escape_controls
 
 RAW_BODY = b"\x00"  # neither a zstd frame nor a zlib stream starts with this byte: what follows is kept as it is
 _ZSTD_FRAME = b"\x28\xb5\x2f\xfd"  # the magic number every zstd frame starts with
@@ -70,3 +71,8 @@ class Reject:
     record_key: str
     problems: Sequence[Problem]
     raw: Mapping[str, Any]
+
+    def __post_init__(self) -> None:
+        """The keys of a rejected row may hold the control characters it was rejected for: escaped here."""
+        object.__setattr__(self, "source_key", escape_controls(self.source_key))
+        object.__setattr__(self, "record_key", escape_controls(self.record_key))

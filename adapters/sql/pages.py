@@ -18,6 +18,7 @@ from typing import Any
 
 from gateway.adapter import SourceBatch, SourceRow
 from gateway.errors import Problem, RetryableError
+from gateway.text import escape_controls
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +61,8 @@ def page_batch(spec: QuerySpec, rows: list[dict[str, Any]], cursor: Any, limit: 
 
 
 def _row_key(spec: QuerySpec, row: Mapping[str, Any]) -> str:
-    return "/".join(str(row[c]) for c in spec.key_columns)
+    """The row's key columns as one text; a control character in one is written as an escape (it is stored)."""
+    return escape_controls("/".join(str(row[c]) for c in spec.key_columns))
 
 
 def _decoded(spec: QuerySpec, row: dict[str, Any]) -> SourceRow:

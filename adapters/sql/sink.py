@@ -44,6 +44,7 @@ from adapters.sql.url import database_url, password_credentials, url_secrets
 from gateway.adapter import AdapterContext, Credential, OutgoingBatch, Receipt, RecordResult, TargetRecord
 from gateway.errors import ConfigError, PermanentError, Problem, RetryableError
 from gateway.settings import parse_settings, setting
+from gateway.text import control_reason
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -383,7 +384,10 @@ def _typed(value: Any, col: _Column, strict: bool = True) -> Any:
             return value
         raise ValueProblem(f"{col.name}: {value!r} does not fit the column's type ({kind.__name__ if kind else '?'})"
                            ) from None
-    return value if isinstance(value, str) or kind is not str else str(value)
+    text = value if isinstance(value, str) or kind is not str else str(value)
+    if strict and isinstance(text, str) and (reason := control_reason(text, free_text=True)):
+        raise ValueProblem(f"{col.name}: {reason}")  # PostgreSQL cannot store NUL; none of them belongs there
+    return text
 
 
 def _bind(value: Any, sqlite: bool) -> Any:

@@ -24,6 +24,7 @@ from gateway.cli import rules as cli_rules
 from gateway.cli import sanctions as cli_sanctions
 from gateway.errors import ConfigError, GatewayError
 from gateway.logs import redact
+from gateway.startup import default_sigterm
 
 DEFAULT_CONFIG = "credit-gateway.toml"
 
@@ -112,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("file")
     t.add_argument("--sample", required=True, help="CSV file with a header row")
     t.add_argument("--encoding", default="utf-8", help="CSV encoding (utf-8, gbk, gb18030)")
-    t.add_argument("--today", help="validate as of this date (YYYY-MM-DD)")
+    t.add_argument("--today", type=dt.date.fromisoformat, help="validate as of this date (YYYY-MM-DD)")
 
     p = sub.add_parser("sandbox", help="run the built-in credit-platform sandbox")
     from gateway.sandbox.server import build_arg_parser
@@ -202,6 +203,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "run":
+        default_sigterm()  # only the daemon treats a SIGTERM during its start-up as a clean stop
     try:
         result = COMMANDS[args.command](args)
         if asyncio.iscoroutine(result):

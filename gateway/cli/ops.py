@@ -35,12 +35,22 @@ from gateway.domain.subject_keys import KeySecret
 from gateway.domain.timeliness import timeliness_report
 from gateway.errors import ConfigError, GatewayError, Problem
 from gateway.files import write_private
-from gateway.logs import redact, setup_logging
+from gateway.logs import log_stray_output, redact, setup_logging
 from gateway.mapping import InboundMapping, OutboundMapping, load_mapping, source_columns
-from gateway.operations import age, cell, replay_entries, status_json, target_errors
+from gateway.operations import (
+    age,
+    cell,
+    mask_personal,
+    personal_keys,
+    personal_names,
+    replay_entries,
+    status_json,
+    target_errors,
+)
 from gateway.records import Operation, Record, from_payload
 from gateway.report import out, print_status, print_timeliness, table
 from gateway.sealing.evidence import target_evidence, verify_evidence
+from gateway.startup import stop_on_sigterm
 from gateway.store import Store, open_store
 
 _cell, _age = cell, age
@@ -107,8 +117,10 @@ async def _check_sources(config: Config) -> list[Problem]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    stop_on_sigterm()  # the console script gets here after its imports; python -m gateway before them
     config = load_config(args.config)
     setup_logging(config.daemon.log_level, config.daemon.log_format, config.secrets)
+    log_stray_output()
     if not args.until_idle:
         return asyncio.run(serve(config))
     return asyncio.run(_run_until_idle(config, args.timeout))
@@ -348,7 +360,8 @@ async def _quarantine(store: Store, config: Config, args: argparse.Namespace) ->
         if not rows:
             out(f"no quarantine entry {args.id}")
             return 1
-        out(orjson.dumps(rows[0], option=orjson.OPT_INDENT_2).decode())
+        shown = mask_personal(rows[0], personal_keys(config))  # as the admin API answers it
+        out(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
         return 0
     entries = await store.reports.list_quarantine("open", limit=1_000_000, ids=[] if args.all else args.ids)
     if cmd == "resolve":
@@ -426,7 +439,7 @@ async def replay_quarantine(store: Store, config: Config, entries: Sequence[dict
 def cmd_mapping(args: argparse.Namespace) -> int:
     mapping = load_mapping(args.file)
     rows = read_csv(Path(args.sample), args.encoding)
-    today = dt.date.fromisoformat(args.today) if args.today else china_today()
+    today = args.today or china_today()
     # No store here: ID numbers in keys become pseudonyms under a throw-away secret (the form, not the value).
     secret = KeySecret.generate() if mapping.dataset.pseudonymised_key else None
     failed = 0
@@ -451,8 +464,8 @@ def _test_inbound(mapping: InboundMapping, row: dict[str, Any], number: int, tod
             out(f"line {number}: {p.path}: {p.message}")
         return 1
     rec = mapped.record
-    out(orjson.dumps({"line": number, "key": rec.key, "operation": rec.operation.value,
-                      "fields": rec.payload()}).decode())
+    fields = mask_personal(rec.payload(), personal_names(mapping))  # a passport number too
+    out(orjson.dumps({"line": number, "key": rec.key, "operation": rec.operation.value, "fields": fields}).decode())
     return 0
 
 
@@ -461,7 +474,8 @@ def _test_outbound(mapping: OutboundMapping, row: dict[str, Any], number: int) -
     fields = from_payload(kinds, {k: (v.split(";") if kinds.get(k) == "list" else v) for k, v in row.items() if v})
     op = Operation(row.get("@operation") or "upsert")
     record = Record(mapping.dataset.name, row.get("@key", ""), op, fields, version=int(row.get("@version") or 1))
-    out(orjson.dumps({"line": number, "record": mapping.map_record(record)}).decode())
+    out(orjson.dumps({"line": number, "record": mask_personal(mapping.map_record(record), personal_names(mapping))}
+                     ).decode())
 
 
 def read_csv(path: Path, encoding: str) -> list[dict[str, Any]]:

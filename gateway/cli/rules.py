@@ -15,6 +15,7 @@ from typing import Any
 
 from gateway.cli.ops import read_config
 from gateway.clock import china_today
+from gateway.operations import mask_personal, personal_keys
 from gateway.report import out, print_changes, print_history, print_json, table
 from gateway.store import open_store
 
@@ -60,7 +61,7 @@ async def cmd_records(args: argparse.Namespace) -> int:
             if history is None:
                 out(f"no {args.dataset} record {args.key!r} in the ledger")
                 return 1
-            print_json(history) if args.json else print_history(history)
+            print_json(mask_personal(history, personal_keys(config))) if args.json else print_history(history)
             return 0
         changes = await store.history.list_changes(list(config.targets), operation=args.operation,
                                      dataset=args.dataset, unconfirmed=args.unconfirmed, limit=args.limit)

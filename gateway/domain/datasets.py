@@ -18,6 +18,7 @@ from typing import Any
 from gateway.domain.identifiers import check_resident_id, check_uscc, is_placeholder
 from gateway.errors import Problem
 from gateway.records import FieldValue
+from gateway.text import control_reason, is_free_text
 
 ORGANISATION = "法人及非法人组织"
 NATURAL_PERSON = "自然人"
@@ -286,15 +287,22 @@ def _code_allowed(value: str, codes: tuple[str, ...]) -> bool:
 def _check_value(spec: FieldSpec, value: FieldValue, today: dt.date) -> Problem | None:
     name = spec.name
     if spec.kind == "text" and value.__class__ is str:  # the common case first
-        return _check_text(spec, value) if spec.check or len(value) > spec.max_len > 0 else None
+        if spec.check or len(value) > spec.max_len > 0 or not value.isprintable():
+            return _check_text(spec, value)
+        return None
     if spec.kind == "date" and not isinstance(value, dt.date):
         return Problem(name, f"expected a date, got {value!r}")
     if spec.kind == "decimal" and not (isinstance(value, Decimal) and value.is_finite() and value >= 0):
         return Problem(name, f"expected a non-negative amount, got {value!r}")
     if spec.kind == "list":
         items = value if isinstance(value, list) else [str(value)]
+        for i, item in enumerate(items, 1):
+            if isinstance(item, str) and (reason := control_reason(item)):
+                return Problem(name, f"item {i}: {reason}")
         bad = [v for v in items if not _code_allowed(v, spec.codes)]
         return Problem(name, f"unknown value(s) {', '.join(bad)}") if bad else None
+    if spec.kind == "code" and isinstance(value, str) and (reason := control_reason(value)):
+        return Problem(name, reason)  # "其他-…" takes any detail, but not these
     if spec.kind == "code" and not _code_allowed(str(value), spec.codes):
         return Problem(name, f"unknown value {value!r}; allowed: {'/'.join(spec.codes)}")
     if isinstance(value, str):
@@ -305,6 +313,9 @@ def _check_value(spec: FieldSpec, value: FieldValue, today: dt.date) -> Problem 
 def _check_text(spec: FieldSpec, value: str) -> Problem | None:
     if spec.max_len and len(value) > spec.max_len:
         return Problem(spec.name, f"{len(value)} characters, at most {spec.max_len}")
+    reason = control_reason(value, spec.kind == "text" and not spec.check and is_free_text(spec.max_len))
+    if reason:
+        return Problem(spec.name, reason)
     if spec.check == "uscc":
         reason = _uscc_reason(value)
         return Problem(spec.name, reason) if reason else None
@@ -445,9 +456,11 @@ def validate(dataset: Dataset, fields: Fields, today: dt.date) -> list[Problem]:
     specs, plain = compiled.specs, compiled.plain_text
     for name, value in fields.items():
         limit = plain.get(name)
-        if limit is not None and value.__class__ is str:  # most fields: only a length to check, done inline
+        if limit is not None and value.__class__ is str:  # most fields: a length to check, done inline
             if len(value) > limit > 0:
                 problems.append(Problem(name, f"{len(value)} characters, at most {limit}"))
+            elif not value.isprintable() and (reason := control_reason(value, is_free_text(limit))):
+                problems.append(Problem(name, reason))
             continue
         spec = specs.get(name)
         if spec is None or value is None or value == "" or value == []:

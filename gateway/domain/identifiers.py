@@ -234,13 +234,13 @@ def _birth_date_problem(number: str, today: datetime.date | None) -> str | None:
     try:
         birth = datetime.date(int(digits[:4]), int(digits[4:6]), int(digits[6:]))
     except ValueError:
-        return f"birth date {digits} is not a real date"
+        return "birth date (positions 7-14) is not a real date"
     if birth < _EARLIEST_BIRTH:
-        return f"birth date {digits} is before 1880-01-01"
+        return "birth date (positions 7-14) is before 1880-01-01"
     if today is None:
         today = datetime.datetime.now(_CHINA_TZ).date()
     if birth > today:
-        return f"birth date {digits} is in the future"
+        return "birth date (positions 7-14) is in the future"
     return None
 
 
@@ -250,32 +250,38 @@ def check_resident_id(number: str, *, today: datetime.date | None = None) -> str
     Checks digits, the province prefix of the address code (9xxxxx for the foreigner permanent
     residence card; 810000/820000/830000 for residence permits), the birth date (a real date, not
     before 1880-01-01, not after ``today``, default today in China) and the check character.
-    15-digit legacy numbers and placeholders are rejected.
+    15-digit legacy numbers and placeholders are rejected. A reason shows the number masked (:func:`mask_id`),
+    whatever its shape: it goes to logs, the quarantine and the admin API.
     """
     if is_placeholder(number):
         return f"ID {_shown(number)}: placeholder number"
     if len(number) != _ID_LEN:
         if len(number) == 15 and _DIGITS.issuperset(number):
-            return f"ID {number}: 15-digit ID numbers are no longer valid; ask for the 18-digit number"
+            return f"ID {_masked(number)}: 15-digit ID numbers are no longer valid; ask for the 18-digit number"
         if number.strip() != number:
-            return f"ID {_shown(number)}: leading or trailing whitespace (strip it first)"
-        return f"ID {_shown(number)}: length {len(number)}, expected {_ID_LEN}"
+            return f"ID {_masked(number)}: leading or trailing whitespace (strip it first)"
+        return f"ID {_masked(number)}: length {len(number)}, expected {_ID_LEN}"
     total = 0
     for position, (ch, weight) in enumerate(zip(number, _ID_WEIGHTS, strict=False), start=1):
         value = _ID_VALUE.get(ch)
         if value is None:
-            return f"ID {number}: character {ch!r} at position {position} is not allowed"
+            return f"ID {_masked(number)}: character {ch!r} at position {position} is not allowed"
         total += value * weight
     last = number[17]
     if last == "x":
-        return f"ID {number}: must be upper case (character 'x' at position 18)"
+        return f"ID {_masked(number)}: must be upper case (character 'x' at position 18)"
     problem = _address_problem(number) or _birth_date_problem(number, today)
     if problem is not None:
-        return f"ID {number}: {problem}"
+        return f"ID {_masked(number)}: {problem}"
     expected = _ID_CHECK[total % 11]
     if last != expected:
-        return f"ID {number}: check character should be {expected}, not {last}"
+        return f"ID {_masked(number)}: check character should be {expected}, not {last}"
     return None
+
+
+def _masked(number: str) -> str:
+    """A malformed ID number as a reason shows it: masked, and cut when absurdly long."""
+    return mask_id(number) if len(number) <= _SHOWN_MAX else mask_id(number[:_SHOWN_MAX]) + "…"
 
 
 def mask_id(number: str) -> str:

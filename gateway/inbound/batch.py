@@ -48,6 +48,7 @@ import orjson
 from gateway.domain.lists import ListState, SnapshotMark
 from gateway.errors import GatewayError
 from gateway.sealing.xmlsafe import parse_xml, write_records
+from gateway.text import control_reason
 
 MAX_RECORDS = 10_000
 MAX_INT32 = 2**31 - 1  # cg_inbound_snapshot_pages.page is an INTEGER column (32 bits on PostgreSQL)
@@ -181,6 +182,8 @@ def _text_field(raw: Mapping[str, Any], name: str, where: str, *, required: bool
         return ""
     if not isinstance(value, str) or (required and not value.strip()) or len(value) > 128:
         raise BatchError(f"{where}.{name}: {'required: ' if required else ''}a string of at most 128 characters")
+    if reason := control_reason(value):  # a scope or list code is a key part: stored, shown, compared
+        raise BatchError(f"{where}.{name}: {reason}")
     return value
 
 

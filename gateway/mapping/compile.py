@@ -25,7 +25,18 @@ from gateway.mapping.model import (
     OperationPlan,
     OutboundMapping,
 )
-from gateway.mapping.steps import TRANSFORMS, UNITS, DatedStep, Step, date_parser, plain_text, strip_step, to_decimal
+from gateway.mapping.options import OPERATION_OPTIONS, check_text, checked_options
+from gateway.mapping.steps import (
+    TRANSFORMS,
+    UNITS,
+    DatedStep,
+    MappingError,
+    Step,
+    date_parser,
+    plain_text,
+    strip_step,
+    to_decimal,
+)
 from gateway.records import Operation
 
 # ---------------------------------------------------------------- compiler
@@ -89,13 +100,22 @@ def _inbound_kind_step(spec: FieldSpec, raw: dict[str, Any], ctx: _Ctx) -> Dated
         unit_name = raw.get("unit", "none")
         if unit_name not in UNITS:
             ctx.problem("unit", f"unknown unit {unit_name!r}; allowed: {', '.join(UNITS)}")
-        factor = UNITS.get(unit_name, Decimal(1))
-        return lambda v, on: (to_decimal(v) * factor).normalize() if factor != 1 else to_decimal(v)
+        return _amount_step(UNITS.get(unit_name, Decimal(1)))
     if spec.kind == "list":
         return _list_step(str(raw.get("split", ";；,，、")), table)
     if table is not None:  # a code mapped to "" leaves the field empty (e.g. no withdraw_reason for 正常)
         return lambda v, on: table.lookup(plain_text(v), on) or None
     return lambda v, on: plain_text(v)
+
+
+def _amount_step(factor: Decimal) -> DatedStep:
+    def amount(v: Any, on: dt.date | None) -> Decimal:
+        value = to_decimal(v)
+        if value < 0:  # the source's value, not what the unit would make of it
+            raise MappingError(f"negative amount {v!r}: expected zero or more")
+        return (value * factor).normalize() if factor != 1 else value
+
+    return amount
 
 
 def _list_step(separators: str, table: CodeTable | None) -> DatedStep:
@@ -231,9 +251,11 @@ def _operation_converter(raw: Any, ctx: _Ctx) -> Converter:
     if not isinstance(raw, dict):
         ctx.problem("operation", "must be a table with from/codes/default")
         return lambda row, on: Operation.UPSERT.value
-    sub = _Ctx(f"{ctx.where}.operation", ctx.codes, ctx.problems)
+    sub = _Ctx("operation", ctx.codes, ctx.problems)
     fetch, table = _fetcher(raw, sub), sub.code_table(raw)
     default = str(raw.get("default", Operation.UPSERT.value))
+    if default not in Operation.__members__.values():
+        sub.problem("default", f"unknown operation {default!r}; allowed: {', '.join(Operation)}")
 
     def run(row: Mapping[str, Any], on: dt.date | None) -> Any:
         value = fetch(row)
@@ -252,10 +274,15 @@ def _conditions(name: str, raw: dict[str, Any], ctx: _Ctx,
     if not isinstance(cond, dict) or not cond:
         ctx.problem("required_if", 'expected a table like { subject_category = "自然人" }')
         return []
-    for when in cond:
+    out = []
+    for when, v in cond.items():
         if when not in fields:
             ctx.problem(f"required_if.{when}", "not a field of the dataset")
-    return [(name, when, frozenset([v] if isinstance(v, str) else v)) for when, v in cond.items() if when in fields]
+        elif isinstance(v, str) or (isinstance(v, list) and all(isinstance(i, str) for i in v)):
+            out.append((name, when, frozenset([v] if isinstance(v, str) else v)))
+        else:
+            ctx.problem(f"required_if.{when}", "expected a value (text) or a list of them")
+    return out
 
 
 # ---------------------------------------------------------------- loading
@@ -379,7 +406,7 @@ def _field_tables(doc: dict[str, Any], problems: list[Problem]) -> dict[str, dic
         unknown = set(raw) - FIELD_KEYS
         if unknown:
             problems.append(Problem(f"fields.{name}", f"unknown key(s) {', '.join(sorted(unknown))}"))
-        out[name] = raw
+        out[name] = checked_options(raw, f"fields.{name}", problems)
     return out
 
 
@@ -407,10 +434,13 @@ def _compile_inbound(path: Path, doc: dict[str, Any], dataset: Dataset, codes: M
     if missing:
         problems.append(Problem("fields", f"required field(s) not mapped: {', '.join(missing)}"))
     plans.sort(key=lambda plan: plan.name != dataset.date_field)  # the date first: code tables use it
-    operation = _operation_converter(doc.get("operation"), _Ctx("", codes, problems))
+    raw_operation = doc.get("operation")
+    if isinstance(raw_operation, dict):
+        raw_operation = checked_options(raw_operation, "operation", problems, OPERATION_OPTIONS)
+    operation = _operation_converter(raw_operation, _Ctx("", codes, problems))
     return InboundMapping(str(path), dataset, tuple((plan.name, plan.run) for plan in plans), operation,
                           tuple(conditions), plain=tuple(plain), plans=tuple(plans),
-                          operation_plan=_operation_plan(doc.get("operation"), codes))
+                          operation_plan=_operation_plan(raw_operation, codes))
 
 
 def _operation_plan(raw: Any, codes: Mapping[str, CodeTable]) -> OperationPlan | None:
@@ -449,6 +479,7 @@ def _compile_outbound(path: Path, doc: dict[str, Any], dataset: Dataset, codes: 
     table_code = head.get("table_code")
     if not isinstance(table_code, str) or not table_code:
         problems.append(Problem("mapping.table_code", "required for outbound mappings (e.g. XZCF)"))
+    check_text(head, "table_version", "mapping", problems)
     return OutboundMapping(str(path), dataset, str(table_code), str(head.get("table_version", "")),
                            tuple(converters), renames=tuple(renames))
 

@@ -41,6 +41,7 @@ from gateway.mapping.codes import CodeTable
 from gateway.mapping.model import FastMap, FieldPlan, InboundMapping, dedupe
 from gateway.mapping.steps import DatedStep, MappingError, plain_text
 from gateway.records import Operation
+from gateway.text import control_reason, is_free_text
 
 _DATE_CACHE = 4096  # distinct date texts remembered per date format list (a few years of days)
 
@@ -58,7 +59,7 @@ _HELPERS: Mapping[str, Any] = {
     "OPERATIONS": {op.value: op for op in Operation}, "UPSERT": Operation.UPSERT, "plain": plain_text,
     "normalize": unicodedata.normalize, "check_value": _check_value, "uscc_reason": _uscc_reason,
     "check_resident_id": check_resident_id, "CHECKED_ID_TYPES": CHECKED_ID_TYPES, "record_key": record_key,
-    "dedupe": dedupe, "all_in": _all_in,
+    "dedupe": dedupe, "all_in": _all_in, "control_reason": control_reason,
 }
 
 # Transform steps on a value known to be exactly ``str`` (each keeps it one): what TRANSFORMS does to it.
@@ -231,7 +232,7 @@ def _read_column(src: _Source, plan: FieldPlan, f: str, i: str, ref: str) -> Non
         with src.block("elif v.__class__ is float or v.__class__ is int:"):
             src.add("d = Decimal(str(v))")
             amount = f"(d * {src.bind(f'factor{i}', plan.factor)}).normalize()" if plan.factor != 1 else "d"
-            src.add(f"{f} = {amount} if d.is_finite() else {src.bind(f'conv{i}', plan.convert)}(v, on)")
+            src.add(f"{f} = {amount} if d.is_finite() and d >= 0 else {src.bind(f'conv{i}', plan.convert)}(v, on)")
     src.add("elif v is not None:" if plan.default is None else "else:", f"    {f} = {ref}(row, on)")
 
 
@@ -358,19 +359,21 @@ def _field_check(src: _Source, spec: Any, limit: int | None) -> None:
     fallback = (f"p = check_value({src.bind(f'spec{f[1:]}', spec)}, {f}, today)", "if p is not None:",
                 "    P.append(p)")
     present = f'{f} is not None and not ({f} == "" or {f} == [])'
-    if limit is not None:  # text without a check: its length
+    if limit is not None:  # text without a check: its length and its characters
         if type(limit) is not int:
             raise TypeError(f"{spec.name}: max_len must be an int")
-        if limit > 0:
-            with src.block(f"if {f}.__class__ is str:"):
-                src.add(*_too_long(f, label, limit))
-            with src.block(f"elif {present}:"):
-                src.add(*fallback)
-        else:
-            with src.block(f"if {f}.__class__ is not str and {present}:"):
-                src.add(*fallback)
+        with src.block(f"if {f}.__class__ is str:"):
+            if limit > 0:
+                src.add(*_too_long(f, label, limit), f"elif not {f}.isprintable():")
+            else:
+                src.add(f"if not {f}.isprintable():")
+            src.add(f"    r = control_reason({f}, {is_free_text(limit)!r})", "    if r:",
+                    f"        P.append(Problem({label}, r))")
+        with src.block(f"elif {present}:"):
+            src.add(*fallback)
     elif spec.kind == "text" and spec.check == "uscc" and type(spec.max_len) is int:
-        reason = (f"r = uscc_reason({f})", "if r:", f"    P.append(Problem({label}, r))")
+        reason = (f"r = None if {f}.isprintable() else control_reason({f})", f"r = r or uscc_reason({f})", "if r:",
+                  f"    P.append(Problem({label}, r))")
         with src.block(f"if {present}:"):
             with src.block(f"if {f}.__class__ is str:"):
                 if spec.max_len:  # too long, or else the code's own check

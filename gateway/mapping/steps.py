@@ -69,14 +69,21 @@ def to_decimal(v: Any) -> Decimal:
 _FAST_FORMATS = {"%Y-%m-%d": "-", "%Y/%m/%d": "/", "%Y.%m.%d": "."}
 
 
+class _NoSuchDate(ValueError):
+    """A text in a date format's shape that names no day (2026/02/30)."""
+
+
 def _fast_date(text: str, sep: str) -> dt.date | None:
-    """YYYY<sep>MM<sep>DD without strptime (the common case, several times faster); None if no match."""
+    """YYYY<sep>MM<sep>DD without strptime (the common case, several times faster); None if no match. A month
+    of 1-12 and a day of 1-31 are the format's shape (as strptime's %m and %d): _NoSuchDate if no such day."""
     parts = text.split(sep)
     if len(parts) != 3 or len(parts[0]) != 4 or not all(p.isdigit() and p.isascii() for p in parts):
         return None
     try:
         return dt.date(int(parts[0]), int(parts[1]), int(parts[2]))
     except (ValueError, OverflowError):  # a month of twenty digits overflows before it is out of range
+        if len(parts[1]) <= 2 and len(parts[2]) <= 2 and 1 <= int(parts[1]) <= 12 and 1 <= int(parts[2]) <= 31:
+            raise _NoSuchDate(text) from None
         return None
 
 
@@ -87,19 +94,33 @@ def date_parser(formats: list[str]) -> Step:
         if isinstance(v, dt.date):
             return v
         text = str(v).strip()
+        no_such_day = False
         for fmt in formats:
-            sep = _FAST_FORMATS.get(fmt)
-            if sep is not None:
-                if (day := _fast_date(text, sep)) is not None:
-                    return day
-                continue
             try:
-                return dt.datetime.strptime(text, fmt).date()  # noqa: DTZ007 - a calendar date, no zone
-            except ValueError:
+                day = _parse_date(text, fmt)
+            except _NoSuchDate:
+                no_such_day = True
                 continue
+            if day is not None:
+                return day
+        if no_such_day:
+            raise MappingError(f"no such date: {text!r} (format {' or '.join(formats)})")
         raise MappingError(f"{text!r} does not match date format {' or '.join(formats)}")
 
     return parse
+
+
+def _parse_date(text: str, fmt: str) -> dt.date | None:
+    """The day ``text`` names in ``fmt``; None if it is not in the format's shape, _NoSuchDate if no such day."""
+    sep = _FAST_FORMATS.get(fmt)
+    if sep is not None:
+        return _fast_date(text, sep)
+    try:
+        return dt.datetime.strptime(text, fmt).date()  # noqa: DTZ007 - a calendar date, no zone
+    except ValueError as exc:  # "time data … does not match format …", else the shape matched: no such day
+        if str(exc).startswith(("time data", "unconverted data")):
+            return None
+        raise _NoSuchDate(text) from None
 
 
 def plain_text(v: Any) -> str:

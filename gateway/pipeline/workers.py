@@ -182,12 +182,35 @@ def _main_module_left_behind() -> Iterator[None]:
         sys.modules["__main__"] = real
 
 
+def _start_quiet_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker with its stderr on /dev/null, before the pool needs it.
+
+    The tracker is a process of its own that inherits the daemon's stderr, which is the JSON log. When the
+    daemon is killed (SIGKILL), the tracker cleans up the pool's semaphores and warns about each "leaked" one
+    in plain text, into the log, after the daemon's last line. Nothing is lost by silencing it: it only ever
+    writes when the daemon died without closing the pool, and the clean-up itself still happens."""
+    if os.name != "posix":
+        return
+    from multiprocessing import resource_tracker
+
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)  # the tracker's stderr; ours is restored at once
+            resource_tracker.ensure_running()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 class MapPool:
     """A small process pool for mapping pages of rows (``workers=0`` maps in-process)."""
 
     def __init__(self, workers: int, min_rows: int = 200) -> None:
         self.min_rows = min_rows
         self._workers = workers
+        if workers > 0:
+            _start_quiet_resource_tracker()
         self._pool = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                           initializer=_die_with_parent, initargs=(os.getpid(),))
                       if workers > 0 else None)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import io
 import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,14 +109,19 @@ def target_evidence(batch: Mapping[str, Any], sealing: Sealing | None) -> bytes:
     peer = sealing.peer
     signer = receipt_signer("platform", [peer.cert_pem, *sealing.retired_peer_pems]) if peer is not None else None
     return build_evidence(batch, sealing.content_type, sealing.profile, signer)
+MAX_PART_BYTES = 512 * 1024 * 1024  # a batch body is megabytes; a zip that unpacks to more is not ours
 
 
 def _read(path: Path) -> dict[str, bytes]:
     try:
         with zipfile.ZipFile(path) as z:
+            big = [i.filename for i in z.infolist() if i.file_size > MAX_PART_BYTES]
+            if big:
+                raise EvidenceError(f"{path}: not an evidence file ({big[0]} unpacks to more than "
+                                    f"{MAX_PART_BYTES} bytes)")
             return {name: z.read(name) for name in z.namelist()}
-    except (OSError, zipfile.BadZipFile, KeyError) as exc:
-        raise EvidenceError(f"{path}: not an evidence file ({exc})") from None
+    except (OSError, zipfile.BadZipFile, KeyError, zlib.error, RuntimeError, EOFError) as exc:
+        raise EvidenceError(f"{path}: not an evidence file ({exc})") from None  # RuntimeError: encrypted
 
 
 def verify_evidence(path: Path, trusted_ca_pems: Sequence[bytes] = (), expected_signer: str = "") -> Verdict:
@@ -129,8 +135,9 @@ def verify_evidence(path: Path, trusted_ca_pems: Sequence[bytes] = (), expected_
         receipt = orjson.loads(parts["receipt.json"])
     except orjson.JSONDecodeError as exc:
         raise EvidenceError(f"{path}: broken JSON ({exc})") from None
-    if not all(isinstance(x, dict) for x in (manifest, answer, receipt)):
-        raise EvidenceError(f"{path}: manifest.json, answer.json and receipt.json must be JSON objects")
+    for name, value in (("manifest.json", manifest), ("answer.json", answer), ("receipt.json", receipt)):
+        if not isinstance(value, dict):
+            raise EvidenceError(f"{path}: {name} is not a JSON object")
     verdict = Verdict(str(manifest.get("batchId")))
     _check_digests(verdict, parts, manifest, answer, receipt)
     _check_manifest(verdict, parts["sent.bin"], manifest, answer, receipt)

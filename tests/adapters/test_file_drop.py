@@ -281,6 +281,31 @@ class TestSourceCursor:
         await source.ack(third.cursor)
         assert not (inbox / "f.jsonl").exists() and (inbox / "done" / "f.jsonl").exists()
 
+    async def test_read_ahead_does_not_read_a_finished_file_again(self, tmp_path: Path) -> None:
+        """The engine reads the next file before the previous one is acknowledged: each file is read once."""
+        inbox = tmp_path / "inbox"
+        for name in ("a.jsonl", "b.jsonl", "c.jsonl"):
+            drop(inbox, name, jsonl({"f": name}))
+        source = make_source(tmp_path)
+        pages = [await source.fetch(None, 10)]
+        while pages[-1].more and len(pages) < 6:  # before the fix: a, b, c, a, b, c, ...
+            pages.append(await source.fetch(pages[-1].cursor, 10))
+        assert [r.key for p in pages for r in p.rows] == ["a.jsonl:1", "b.jsonl:1", "c.jsonl:1"]
+        for page in pages:
+            await source.ack(page.cursor)
+        assert visible(inbox) == ["done"] and (await source.fetch(pages[-1].cursor, 10)).rows == []
+
+    async def test_pages_not_committed_are_read_again(self, tmp_path: Path) -> None:
+        """A poll that failed after reading ahead: the next poll, from the committed cursor, reads those files."""
+        inbox = tmp_path / "inbox"
+        for name in ("a.jsonl", "b.jsonl"):
+            drop(inbox, name, jsonl({"f": name}))
+        source = make_source(tmp_path)
+        first = await source.fetch(None, 10)
+        await source.fetch(first.cursor, 10)  # b read ahead, then the commit of a failed
+        rows, _ = await drain(source)
+        assert [r.key for r in rows] == ["a.jsonl:1", "b.jsonl:1"]
+
     async def test_restart_between_commit_and_ack(self, tmp_path: Path) -> None:
         """The stored cursor finished a file that is still in the inbox: a new process moves it, reads nothing."""
         inbox = tmp_path / "inbox"
@@ -345,6 +370,29 @@ class TestThroughTheGateway:
         assert sorted(r["FK_AJBH"] for r in delivered) == ["AJ-1", "AJ-2"]
         assert {r["FK_JG"] for r in delivered} == {"已惩戒"} and {r["FK_SXMC"] for r in delivered} == {"行政许可申请"}
         assert (tmp_path / "inbox" / "done" / "fk-20261120.csv").exists()
+
+
+    async def test_each_file_is_read_once_while_pages_commit(self, tmp_path: Path, store_url: str) -> None:
+        """Three files in pages of two rows: every row read, committed and quarantined once (issue 17, 12)."""
+        rows = [f"AJ-{i},M1,S{i},行政许可申请,{'已惩戒' if i else '不知道'},2026-11-20,苏州市市场监督管理局,"
+                f"{DEPT_CODE},320500" for i in range(3)]
+        for name in ("a", "b", "c"):
+            text = FEEDBACK_HEADER + "\n" + "\n".join(r.replace("AJ-", f"AJ{name}-") for r in rows) + "\n"
+            drop(tmp_path / "inbox", f"{name}.csv", text.encode("gbk"))
+        path = tmp_path / "credit-gateway.toml"
+        config = engine_config(store_url)
+        path.write_text(config.replace('encoding = "gbk"\n', 'encoding = "gbk"\nbatch_size = 2\n', 1), encoding="utf-8")
+        store = await open_store(store_url)
+        try:
+            async with Gateway(load_config(path), store) as gw:
+                assert await gw.run_until_idle(timeout_s=30)
+                stats = gw.intakes["feedback_files"].stats
+            quarantined = await store.reports.list_quarantine("open", "mapping")
+            counts = await store.reports.counts()
+        finally:
+            await store.aclose()
+        assert (stats.rows, stats.accepted, stats.unchanged, stats.quarantined) == (9, 6, 0, 3)
+        assert counts["rows_read"] == 9 and [q["hits"] for q in quarantined] == [1, 1, 1]
 
 
 class TestRegistration:

@@ -106,6 +106,19 @@ class TestWriting:
         assert set(rows) == {"C-1", "C-5"}
         assert str(rows["C-1"]["decided"]) == "2026-03-02" and float(rows["C-1"]["amount"]) == 1.5
 
+    async def test_control_characters_are_refused_by_column_and_position(self, sink: SqlSink, dept_url: str) -> None:
+        """A value with NUL or ESC is not written (PostgreSQL cannot hold NUL): rejected naming the column and
+        where; TAB and line breaks in a note are kept (issue 17, 4)."""
+        receipt = await send(sink, rec(1, subject_name="主体\x00一"), rec(2, note="\x1b[2J"),
+                             rec(3, note="一\t二\r\n三"))
+        found = statuses(receipt)
+        assert found["C-1"][:2] == ("rejected", "VALUE") and "subject_name: control character U+0000 at position 3" \
+            in found["C-1"][2]
+        assert found["C-2"][:2] == ("rejected", "VALUE") and "note: control character U+001B at position 1" \
+            in found["C-2"][2]
+        rows = await table_rows(dept_url)
+        assert set(rows) == {"C-3"} and rows["C-3"]["note"] == "一\t二\r\n三"
+
     async def test_honest_local_receipt(self, sink: SqlSink) -> None:
         receipt = await send(sink, rec(1), rec(2, amount="-1"), batch_id="b-receipt")
         body = receipt.raw["receipt"]

@@ -262,6 +262,23 @@ class TestIntake:
         assert (await store.intake.load_cursor(NAME))[1] == new[-1]
 
 
+    async def test_a_control_character_in_a_key_column_is_kept_as_an_escape(self, tmp_path: Path,
+                                                                            store: Store) -> None:
+        """A text key column holding NUL, on a row that is otherwise valid: the row's source key is written with an
+        escape (a PostgreSQL store cannot hold NUL; the whole intake failed) and every row lands (issue 17, 4)."""
+        sample = make_department_db(tmp_path, penalties=4, invalid_fraction=0.0)
+        with sqlite3.connect(sample.path) as conn:
+            conn.execute("ALTER TABLE xzcf ADD COLUMN bh TEXT")
+            conn.execute("UPDATE xzcf SET bh = 'B-' || id")
+            conn.execute("UPDATE xzcf SET bh = 'B-' || char(0) || id WHERE id = 2")
+        async with opened(tmp_path, url=f"sqlite:///{sample.path}", table="xzcf", key_columns=["bh"]) as source:
+            intake = intake_for(source, store, 10)
+            assert await intake.poll() == 4
+        assert intake.stats.quarantined == 0
+        keys = {r["source_key"] for r in (await ledger(store)).values()}
+        assert "B-\\x002" in keys and not any("\x00" in k for k in keys)
+
+
 class TestPostgresSource:
     @pytest.fixture
     def pg_url(self, pg_admin_url: str) -> str:

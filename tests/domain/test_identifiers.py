@@ -302,6 +302,9 @@ class TestIdCheckChar:
             id_check_char(body)
 
 
+BIRTH = "birth date (positions 7-14)"  # a reason names where, never the digits
+
+
 class TestCheckResidentId:
     @pytest.mark.parametrize("number", VALID_IDS)
     def test_valid_vectors(self, number: str) -> None:
@@ -316,13 +319,13 @@ class TestCheckResidentId:
             if other != number[17]:
                 bad = number[:17] + other
                 assert check_resident_id(bad, today=TODAY) == (
-                    f"ID {bad}: check character should be {number[17]}, not {other}"
+                    f"ID {mask_id(bad)}: check character should be {number[17]}, not {other}"
                 )
 
     def test_check_character_outside_set(self) -> None:
         """A letter other than X as check character is reported as a wrong check character."""
         assert check_resident_id("11010519491231002Y", today=TODAY) == (
-            "ID 11010519491231002Y: check character should be X, not Y"
+            "ID 110105********002Y: check character should be X, not Y"
         )
 
     def test_lower_case_x(self) -> None:
@@ -335,27 +338,27 @@ class TestCheckResidentId:
         """19990230 is rejected as not a real date even with a correct check character."""
         number = with_id_check("11010519990230001")
         assert (
-            check_resident_id(number, today=TODAY) == f"ID {number}: birth date 19990230 is not a real date"
+            check_resident_id(number, today=TODAY) == f"ID {mask_id(number)}: {BIRTH} is not a real date"
         )
 
     def test_birth_date_before_1880(self) -> None:
         """A birth date before 1880-01-01 is rejected; 1880-01-01 itself is accepted."""
         number = with_id_check("44052418791231001")
         assert (
-            check_resident_id(number, today=TODAY) == f"ID {number}: birth date 18791231 is before 1880-01-01"
+            check_resident_id(number, today=TODAY) == f"ID {mask_id(number)}: {BIRTH} is before 1880-01-01"
         )
         assert check_resident_id(with_id_check("44052418800101001"), today=TODAY) is None
 
     def test_future_birth_date(self) -> None:
         """A birth date after the injected today is rejected; one equal to today is accepted."""
         number = with_id_check("11010520250602001")
-        assert check_resident_id(number, today=TODAY) == f"ID {number}: birth date 20250602 is in the future"
+        assert check_resident_id(number, today=TODAY) == f"ID {mask_id(number)}: {BIRTH} is in the future"
         assert check_resident_id(number, today=datetime.date(2025, 6, 2)) is None
 
     def test_fifteen_digit_legacy_number(self) -> None:
         """15-digit numbers get the 'ask for the 18-digit number' reason."""
         assert check_resident_id("110105491231002", today=TODAY) == (
-            "ID 110105491231002: 15-digit ID numbers are no longer valid; ask for the 18-digit number"
+            "ID 11***********02: 15-digit ID numbers are no longer valid; ask for the 18-digit number"
         )
 
     @pytest.mark.parametrize(
@@ -380,12 +383,29 @@ class TestCheckResidentId:
         assert reason is not None
         assert fragment in reason
 
+    @pytest.mark.parametrize("number", [
+        "110105194912310021",  # a wrong check character
+        "11010519491231OO2X",  # the letter O for a zero
+        "110105491231002",  # 15 digits
+        "1101051949123100210",  # 19 digits
+        "110105 19491231 002X",  # digits with spaces
+        " 11010519491231002X",  # unstripped
+        "11010519991302001X",  # no such birth date
+        "11010519491231002x",  # lower-case x
+    ])
+    def test_a_reason_never_shows_the_number(self, number: str) -> None:
+        """Whatever its shape, a malformed number appears masked in its reason: no run of its birth-date digits
+        nor the whole of it (issue 17, 7)."""
+        reason = check_resident_id(number, today=TODAY)
+        assert reason is not None and number.strip() not in reason
+        assert number.strip()[6:14] not in reason and mask_id(number) in reason
+
     @pytest.mark.parametrize("prefix", ["00", "10", "16", "20", "38", "47", "55", "66", "72", "80", "84"])
     def test_unknown_province_prefix(self, prefix: str) -> None:
         """Address codes outside the province table are rejected even with a correct check."""
         number = with_id_check(prefix + "010519491231002")
         assert check_resident_id(number, today=TODAY) == (
-            f"ID {number}: address code {prefix}0105 has unknown province prefix {prefix}"
+            f"ID {mask_id(number)}: address code {prefix}0105 has unknown province prefix {prefix}"
         )
 
     @pytest.mark.parametrize(
@@ -399,7 +419,7 @@ class TestCheckResidentId:
         """An 81/82/83 prefix must be followed by 0000 (the permits' fixed address codes)."""
         number = with_id_check("81010119980902013")
         assert check_resident_id(number, today=TODAY) == (
-            f"ID {number}: address code 810101 should be 810000 for a residence permit"
+            f"ID {mask_id(number)}: address code 810101 should be 810000 for a residence permit"
         )
 
     def test_foreigner_card_any_nine_prefix(self) -> None:

@@ -82,7 +82,7 @@ def event_is(name: str) -> Callable[[dict[str, Any]], bool]:
 def sandbox_applied(event: dict[str, Any]) -> bool:
     """The sandbox's log line for an upload it applied (not a replay): ``batch <id> table=…``."""
     line = str(event.get("event", ""))
-    return "gateway.sandbox.server: batch b-" in line and " table=" in line
+    return "gateway.sandbox: batch b-" in line and " table=" in line
 
 
 def committed_then_lost(event: dict[str, Any]) -> bool:

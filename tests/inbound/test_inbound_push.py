@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+import re
 import stat
 import zipfile
 from collections.abc import AsyncIterator
@@ -458,10 +459,13 @@ def test_heads_round_trip_in_json_and_xml_and_are_digested() -> None:
     ({"list": {"code": BLACK, "version": 1, "digest": "abc"}}, "list.digest: the membership digest"),
     ({"list": {"code": "OTHER", "version": 1}, "snapshot": {"scope": BLACK, "id": "s", "page": 1, "last": True}},
      "list.code: 'OTHER' is not the snapshot's scope"),
+    ({"snapshot": {"scope": "BLACK\u00002026", "id": "s-1", "page": 1, "last": True}},
+     "snapshot.scope: control character U+0000 at position 6"),  # a key part: stored and shown (issue 17, 4)
+    ({"list": {"code": BLACK, "version": 1, "type": "\u001b[2J"}}, "list.type: control character U+001B"),
 ])
 def test_bad_heads_are_named(heads: dict[str, Any], message: str) -> None:
     doc = {**orjson.loads(batch_json(_batch())), **heads}
-    with pytest.raises(BatchError, match=message.replace("(", r"\(")):
+    with pytest.raises(BatchError, match=re.escape(message)):
         parse_batch(orjson.dumps(doc))
 
 

@@ -156,7 +156,7 @@ dataset = "penalty"
 
 [operation]
 from = "op"
-default = "nonsense"
+default = "revoke"  # a default that is not an operation is refused at load (TestOptionTypes)
 
 [codes.category]
 "1" = "法人及非法人组织"
@@ -312,6 +312,9 @@ MUTATIONS: list[Callable[[random.Random, Any], Any]] = [
     lambda rng, v: "苏州市市场监督管理局".encode("gbk").decode("latin-1"),
     lambda rng, v: rng.choice([["03", "01"], ["罚款"], [], {"a": 1}, ("01",), [["x"]]]),
     lambda rng, v: f"{v}|{v}" if isinstance(v, str) else "a|b",
+    # control characters inside a value (issue 17, 4), and the allowed TAB/LF/CR of free text
+    lambda rng, v: (v if isinstance(v, str) and v else "其他-") + rng.choice(["\x00", "\x1b", "\x07", "\x7f", "\x85",
+                                                                              "\t", "\r\n", "\x9f"]) + "x",
 ]
 
 
@@ -397,7 +400,8 @@ EVIL = [
 
 
 def evil_mapping(sentinel: Path) -> tuple[str, list[str]]:
-    """A penalty mapping whose every column name, code, code value and default is an injection attempt."""
+    """A penalty mapping whose every column name, code, code value and default is an injection attempt (the
+    operation's default must be an operation: anything else is refused at load, TestOptionTypes)."""
     evil = [e.replace("SENTINEL", repr(str(sentinel))) for e in EVIL]
     q = [e.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") for e in evil]  # TOML basic strings
     text = f"""
@@ -407,7 +411,7 @@ dataset = "penalty"
 [operation]
 from = "{q[0]}"
 codes = "ops"
-default = "{q[1]}"
+default = "withdraw"
 [codes.ops]
 "{q[3]}" = "revoke"
 "{q[1]}" = "{q[4]}"

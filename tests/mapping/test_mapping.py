@@ -108,6 +108,17 @@ def map_one(tmp_path: Path, overrides: dict[str, str | None] | None = None, chan
     return mapping.map_row({**PENALTY_ROW, **(changes or {})}, today, "src", "row-1")
 
 
+def map_both(tmp_path: Path, overrides: dict[str, str | None] | None = None,
+             changes: dict[str, Any] | None = None) -> MappedRow:
+    """:func:`map_one` through the generated function and the interpreted reference; they must agree."""
+    mapping = compile_inbound(tmp_path, inbound_text(overrides))
+    row = {**PENALTY_ROW, **(changes or {})}
+    fast = mapping.map_row(row, TODAY, "src", "row-1")
+    reference = mapping.reference().map_row(row, TODAY, "src", "row-1")
+    assert mapping.fast is not None and fast == reference
+    return fast
+
+
 def fields_of(result: MappedRow) -> dict[str, FieldValue]:
     assert result.problems == [], result.problems
     assert result.record is not None
@@ -278,6 +289,21 @@ class TestDates:
         assert "2021-07-15" in message
         assert all(fmt in message for fmt in formats)
 
+    @pytest.mark.parametrize(("text", "formats"), [
+        ("2026/02/30", '["%Y/%m/%d"]'), ("2026-02-30", '["%Y-%m-%d"]'), ("2025/02/29", '["%Y/%m/%d", "%Y%m%d"]'),
+        ("2026-04-31 10:00:00", '["%Y-%m-%d %H:%M:%S"]'), ("2026年02月30日", '["%Y年%m月%d日"]')])
+    def test_a_date_that_does_not_exist_is_named_so(self, tmp_path: Path, text: str, formats: str) -> None:
+        """The right shape but no such day: "no such date", not "does not match" (issue 17, 14), both paths."""
+        result = map_both(tmp_path, {"decision_date": f'from = "jdrq"\ndate_format = {formats}'}, {"jdrq": text})
+        message = problems_of(result)["decision_date"]
+        assert message.startswith("no such date") and text in message and "does not match" not in message
+
+    @pytest.mark.parametrize("text", ["2026/2/3x", "20260230", "2026/13/01"])
+    def test_a_text_of_another_shape_does_not_match(self, tmp_path: Path, text: str) -> None:
+        """A text that is not in the format's shape (month 13 is not a month) still "does not match"."""
+        result = map_both(tmp_path, {"decision_date": 'from = "jdrq"\ndate_format = ["%Y/%m/%d"]'}, {"jdrq": text})
+        assert "does not match date format" in problems_of(result)["decision_date"]
+
     def test_impossible_date_is_a_problem(self, tmp_path: Path) -> None:
         """A date that matches the pattern but does not exist (month 13) is refused."""
         result = map_one(tmp_path, changes={"decision_date": "2021-13-01"})
@@ -305,6 +331,13 @@ class TestUnits:
         """A source already in 万元 needs no unit."""
         result = map_one(tmp_path, {"fine_wan": 'from = "fkje"'}, {"fkje": "0.2"})
         assert fields_of(result)["fine_wan"] == Decimal("0.2")
+
+    @pytest.mark.parametrize("fine", ["-5000", -5000, -5000.0, "-5,000"])
+    def test_negative_fine_is_reported_as_the_source_value(self, tmp_path: Path, fine: Any) -> None:
+        """A negative amount is refused quoting the source's value in 元, not its 万元 (issue 17, 14)."""
+        result = map_both(tmp_path, {"fine_wan": 'from = "fkje"\nunit = "yuan_to_wan"'}, {"fkje": fine})
+        message = problems_of(result)["fine_wan"]
+        assert repr(fine) in message and "negative" in message and "0.5" not in message
 
     def test_not_a_number_names_the_field(self, tmp_path: Path) -> None:
         """A non-numeric amount is a problem of that field."""
@@ -854,6 +887,138 @@ class TestCompileErrors:
         codes = '[codes.cat]\n"1" = 1\n"2" = [{ from = 2021-01-01 }]\n_unknown = "maybe"\n'
         error = compile_errors(tmp_path, inbound_text(codes=codes))
         assert {"codes.cat.1", "codes.cat.2[0].value", "codes.cat._unknown"} <= paths(error)
+
+
+EXTRA_FIELDS = {name: f'from = "{name}"' for name in ("remarks", "id_type", "id_no")}
+
+
+class TestControlCharacters:
+    @pytest.mark.parametrize(("name", "value", "code", "position"), [
+        ("subject_name", "苏州\u0000测试有限公司", "U+0000", 3),
+        ("decision_no", "\x1b[31m苏市监罚〔2024〕17号", "U+001B", 1),
+        ("legal_rep", "张三\x07", "U+0007", 3),
+        ("authority", "苏州市\x7f市场监督管理局", "U+007F", 4),
+        ("content", "罚款\x855000元", "U+0085", 3),
+        ("uscc", COMPANY_USCC[:5] + "\x00" + COMPANY_USCC[6:], "U+0000", 6),
+        ("subject_category", "自然人\x00", "U+0000", 4),
+        ("penalty_types", "罚款;其他-\x1b说明", "U+001B", 4),
+    ])
+    def test_a_control_character_is_refused_with_field_and_position(self, tmp_path: Path, name: str, value: str,
+                                                                     code: str, position: int) -> None:
+        """NUL, ESC, BEL, DEL and C1 are refused naming the field, the character and where (issue 17, 4)."""
+        message = problems_of(map_both(tmp_path, changes={name: value}))[name]
+        assert code in message and f"position {position}" in message
+
+    @pytest.mark.parametrize("name", ["violation_facts", "content", "legal_basis", "remarks"])
+    def test_tab_and_line_breaks_are_allowed_in_free_text(self, tmp_path: Path, name: str) -> None:
+        """A paragraph may hold TAB, LF and CR; the value is kept as it is (inside; the ends are stripped)."""
+        value = "第一条\t说明\r\n第二条\n结束"
+        assert fields_of(map_both(tmp_path, EXTRA_FIELDS, {name: value}))[name] == value
+
+    @pytest.mark.parametrize(("name", "value"), [
+        ("subject_name", "苏州\t测试有限公司"), ("decision_no", "苏市监罚\n〔2024〕17号"),
+        ("id_no", "11010519491231002\r1")])
+    def test_tab_and_line_breaks_are_refused_in_names_and_numbers(self, tmp_path: Path, name: str, value: str) -> None:
+        """A name, a document number or an ID number is one line."""
+        changes = {name: value, "subject_category": "自然人", "id_type": "身份证"} if name == "id_no" else {name: value}
+        assert "control character" in problems_of(map_both(tmp_path, EXTRA_FIELDS, changes))[name]
+
+    def test_the_message_does_not_quote_an_id_number(self, tmp_path: Path) -> None:
+        """The problem of an ID number with a control character names the position, never the digits."""
+        changes = {"subject_category": "自然人", "id_type": "身份证", "id_no": "110105\x00194912310021"}
+        message = problems_of(map_both(tmp_path, EXTRA_FIELDS, changes))["id_no"]
+        assert "110105" not in message and "position 7" in message
+
+    @pytest.mark.parametrize("value", ["苏州\u3000测试有限公司", "苏州\u00a0测试", "Zoë GmbH"])
+    def test_other_unprintable_spaces_are_not_control_characters(self, tmp_path: Path, value: str) -> None:
+        """An ideographic or no-break space is text (str.isprintable is only the quick test)."""
+        assert fields_of(map_both(tmp_path, changes={"subject_name": value}))["subject_name"] == value
+
+
+# An option of a field table with a value of the wrong type: (field, field table, TOML path of the problem).
+WRONG_TYPES = [
+    ("decision_date", 'from = "jdrq"\ndate_format = 42', "fields.decision_date.date_format"),
+    ("decision_date", 'from = "jdrq"\ndate_format = [42]', "fields.decision_date.date_format"),
+    ("decision_date", 'from = "jdrq"\ndate_format = []', "fields.decision_date.date_format"),
+    ("fine_wan", 'from = "fkje"\nunit = ["yuan_to_wan"]', "fields.fine_wan.unit"),
+    ("fine_wan", 'from = "fkje"\nunit = 10000', "fields.fine_wan.unit"),
+    ("penalty_types", 'from = "cflb"\nsplit = ""', "fields.penalty_types.split"),
+    ("penalty_types", 'from = "cflb"\nsplit = 1', "fields.penalty_types.split"),
+    ("subject_category", 'from = "lb"\ncodes = ["cat"]', "fields.subject_category.codes"),
+    ("decision_no", 'from = "d"\ntransform = 5', "fields.decision_no.transform"),
+    ("decision_no", 'from = "d"\ntransform = [1, "strip"]', "fields.decision_no.transform"),
+    ("remarks", "from = 3", "fields.remarks.from"),
+    ("remarks", 'from = "bz"\nrequired = "yes"', "fields.remarks.required"),
+    ("remarks", 'from = "bz"\ndefault = { a = 1 }', "fields.remarks.default"),
+    ("remarks", "value = { a = 1 }", "fields.remarks.value"),
+    ("remarks", 'value = "无\\u0000"', "fields.remarks.value"),  # a control character written as a TOML escape
+    ("remarks", 'from = "bz"\ndefault = "\\u001b[2J"', "fields.remarks.default"),
+    ("remarks", 'from = "bz"\ndescription = 1', "fields.remarks.description"),
+    ("legal_rep", 'from = "fr"\nrequired_if = { subject_category = 1 }',
+     "fields.legal_rep.required_if.subject_category"),
+]
+
+OUTBOUND_WRONG_TYPES = [
+    ("CF_NR_FK", 'from = "fine_wan"\ndecimals = "six"', "fields.CF_NR_FK.decimals"),
+    ("CF_NR_FK", 'from = "fine_wan"\ndecimals = 2.5', "fields.CF_NR_FK.decimals"),
+    ("CF_NR_FK", 'from = "fine_wan"\ndecimals = -1', "fields.CF_NR_FK.decimals"),
+    ("CF_JDRQ", 'from = "decision_date"\ndate_format = 42', "fields.CF_JDRQ.date_format"),
+    ("CF_CFLB", 'from = "penalty_types"\njoin = 1', "fields.CF_CFLB.join"),
+    ("CF_CFLB", 'from = "penalty_types"\ntransform = {}', "fields.CF_CFLB.transform"),
+    ("CF_ZT", 'value = "0\\u0000"', "fields.CF_ZT.value"),
+]
+
+
+class TestOptionTypes:
+    @pytest.mark.parametrize(("name", "body", "where"), WRONG_TYPES, ids=[w[2] + ":" + w[1].split("\n")[-1]
+                                                                         for w in WRONG_TYPES])
+    def test_wrong_type_in_an_inbound_field_is_a_config_error(self, tmp_path: Path, name: str, body: str,
+                                                                where: str) -> None:
+        """An option of the wrong type is a problem at its TOML path, not a traceback (issue 17, 10)."""
+        codes = codes_toml("cat", {"1": "法人及非法人组织"})
+        assert where in paths(compile_errors(tmp_path, inbound_text({name: body}, codes=codes)))
+
+    @pytest.mark.parametrize(("name", "body", "where"), OUTBOUND_WRONG_TYPES, ids=[w[2] for w in OUTBOUND_WRONG_TYPES])
+    def test_wrong_type_in_an_outbound_field_is_a_config_error(self, tmp_path: Path, name: str, body: str,
+                                                                 where: str) -> None:
+        """The outbound options too: decimals, date_format, join, transform."""
+        assert where in paths(compile_errors(tmp_path, OUTBOUND_HEAD + fields_text({name: body})))
+
+    @pytest.mark.parametrize(("table", "where"), [('from = 1', "operation.from"),
+                                                  ('from = "zt"\ndefault = "delete"', "operation.default"),
+                                                  ('from = "zt"\ncodes = 2', "operation.codes")])
+    def test_wrong_operation_table(self, tmp_path: Path, table: str, where: str) -> None:
+        """`[operation]` options are checked the same way, and its default must be an operation."""
+        assert where in paths(compile_errors(tmp_path, inbound_text(operation=f"[operation]\n{table}")))
+
+    @pytest.mark.parametrize(("head", "where"), [
+        ('table_code = 5', "mapping.table_code"),
+        ('table_code = "XZCF"\ntable_version = 2019', "mapping.table_version")])
+    def test_wrong_outbound_head(self, tmp_path: Path, head: str, where: str) -> None:
+        """The outbound `[mapping]` head: table_code and table_version are text."""
+        text = f'[mapping]\nkind = "outbound"\ndataset = "penalty"\n{head}\n' + fields_text({"A": 'from = "uscc"'})
+        assert where in paths(compile_errors(tmp_path, text))
+
+    def test_mapping_test_with_no_such_today_is_a_usage_error(self, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+        """`mapping test --today 2026-02-30`: a usage error naming the option (exit 2), not a traceback."""
+        from gateway.cli import main
+
+        sample = write(tmp_path, "jdrq\n2021-07-15\n", "sample.csv")
+        with pytest.raises(SystemExit) as stopped:
+            main(["mapping", "test", str(write(tmp_path, inbound_text())), "--sample", str(sample), "--today",
+                  "2026-02-30"])
+        assert stopped.value.code == 2 and "--today" in capsys.readouterr().err
+
+    def test_mapping_test_command_reports_it(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """`credit-gateway mapping test` prints the problem with its path and exits 2, no traceback."""
+        from gateway.cli import main
+
+        path = write(tmp_path, inbound_text({"decision_date": 'from = "jdrq"\ndate_format = 42'}))
+        sample = write(tmp_path, "jdrq\n2021-07-15\n", "sample.csv")
+        assert main(["mapping", "test", str(path), "--sample", str(sample)]) == 2
+        err = capsys.readouterr().err
+        assert "fields.decision_date.date_format" in err and "Traceback" not in err
 
 
 class TestShippedMappings:

@@ -337,6 +337,23 @@ class TestMappingTest:
         assert re.search(rf"^line {bad_line}: uscc: ", result.stdout, re.MULTILINE)
         assert [line["line"] for line in json_lines(result.stdout)] == [2, 4]
 
+    @pytest.mark.parametrize("number", ["110105194912310021", "11010519491231OO2X", "110105491231002",
+                                        "1101051949123100210", "110105 19491231 002X"])
+    def test_a_malformed_id_number_is_masked_in_the_problem(self, tmp_path: Path, number: str) -> None:
+        """Wrong check character, letter O, 15 or 19 digits, spaces: the problem shows it masked (issue 17, 7)."""
+        person = department_row(9, xdr_lb="2", xdr_mc="王五", tyshxydm="", fddbr="", zjlx="01", zjhm=number)
+        result = mapping_test(write_sample(tmp_path / "rows.csv", [person]))
+        assert result.returncode == 1 and re.search(r"^line 2: id_no: ID ", result.stdout, re.MULTILINE)
+        assert number not in result.stdout and number[6:14] not in result.stdout
+
+    def test_a_passport_number_of_a_valid_row_is_masked(self, tmp_path: Path) -> None:
+        """A valid row's ID fields are printed masked too, whatever their shape (a passport number)."""
+        person = department_row(9, xdr_lb="2", xdr_mc="John Smith", tyshxydm="", fddbr="", zjlx="02",
+                                zjhm="E12345678")
+        result = mapping_test(write_sample(tmp_path / "rows.csv", [person]))
+        assert result.returncode == 0, result.stdout
+        assert json_lines(result.stdout)[0]["fields"]["id_no"] == "E1*****78" and "E12345678" not in result.stdout
+
     def test_unknown_code_is_reported_with_its_table(self, tmp_path: Path) -> None:
         """The quarantined kind of row (unknown 类别 code) shows the code table in the message."""
         result = mapping_test(write_sample(tmp_path / "rows.csv", BAD))

@@ -10,6 +10,8 @@ import datetime as dt
 import io
 import itertools
 import logging
+import sys
+import threading
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -17,11 +19,12 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.logs import JsonFormatter, Redactor, TextFormatter, redact, setup_logging
+from gateway.logs import JsonFormatter, Redactor, TextFormatter, log_stray_output, redact, setup_logging
 
 VALID_ID = "11010519491231002X"  # GB 11643's own example
 INVALID_ID = "110105194912310021"  # same number, wrong check character
 SECRET = "tok-3f9c2a71e6b84d05"
+DIGIT_USCC = "913205053041720986"  # a valid USCC of digits only, and no possible ID number (no such birth date)
 _names = itertools.count()
 
 
@@ -82,6 +85,21 @@ class TestRedact:
         """A USCC with letters and a 19-digit number are not ID numbers."""
         text = "USCC 91230500MA1B3N1N2M order 1101051949123100212"
         assert redact(text) == text
+
+    @pytest.mark.parametrize("text", [DIGIT_USCC, f"uscc: USCC {DIGIT_USCC}: check character should be 1, not 6",
+                                      f"苏市监罚〔2026〕1号|{DIGIT_USCC}"])
+    def test_an_all_digit_uscc_labelled_as_one_is_public(self, text: str) -> None:
+        """A USCC is public: an all-digit one is left alone where the text says it is a USCC (a field's whole
+        value, a USCC reason, a record key's authority part), not masked like an ID number (issue 17, 7)."""
+        assert redact(text) == text
+
+    def test_an_all_digit_uscc_in_free_text_stays_masked(self) -> None:
+        """Unlabelled, it could be a mistyped ID number that passes the USCC check by chance: masked."""
+        assert redact(f"证件号码 {DIGIT_USCC}") == f"证件号码 {masked(DIGIT_USCC)}"
+
+    def test_a_whole_value_that_is_a_valid_id_is_masked(self) -> None:
+        """A valid ID number is masked even as a whole value that happens to pass the USCC check too."""
+        assert redact(VALID_ID) == masked(VALID_ID)
 
     def test_several_numbers_in_one_text(self) -> None:
         """Every number in the text is masked."""
@@ -159,6 +177,13 @@ class TestRedactor:
         text_log.logger.info("id %s", VALID_ID, extra={"token": SECRET})
         assert VALID_ID not in text_log.text and SECRET not in text_log.text
         assert masked(VALID_ID) in text_log.text
+
+    def test_text_format_keeps_one_event_a_line(self, text_log: Capture) -> None:
+        """A line break or an ESC sequence in a value is written as an escape: no forged second line, nothing
+        for the terminal to obey (issue 17, 4 and 13)."""
+        text_log.logger.error("malformed file rejected", extra={"file": "a.csv\n12:00:00 info    all good\x1b[2J"})
+        assert text_log.text.count("\n") == 1 and "\x1b" not in text_log.text
+        assert "a.csv\\x0a12:00:00 info    all good\\x1b[2J" in text_log.text
 
     def test_secrets_given_to_the_redactor_only(self) -> None:
         """Without the secret registered it is not removed: the test above relies on registration."""
@@ -272,3 +297,37 @@ class TestDriverLogs:
         text = buffer.getvalue()
         assert "gateway debug line" in text
         assert "E12345678" not in text and "aiosqlite" not in text
+
+
+def _fail_in_thread() -> None:
+    raise ValueError("boom in a thread")
+
+
+class TestStrayOutput:
+    def test_uncaught_exceptions_become_log_records(self, caplog: pytest.LogCaptureFixture,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+        """The daemon's log stays JSON: an exception nothing caught, in a thread or at the end of the process, is a
+        log record with its traceback, not plain text on stderr (issue 17, 13)."""
+        monkeypatch.setattr(threading, "excepthook", threading.excepthook)  # restored afterwards
+        monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+        try:
+            log_stray_output()
+            thread = threading.Thread(target=_fail_in_thread, name="doomed")
+            with caplog.at_level(logging.ERROR, logger="gateway.crash"):
+                thread.start()
+                thread.join()
+                sys.excepthook(RuntimeError, RuntimeError("the last one"), None)
+        finally:
+            logging.captureWarnings(False)
+        found = [(r.getMessage(), getattr(r, "in_thread", None), _exception_text(r))
+                 for r in caplog.records if r.name == "gateway.crash"]
+        assert [(m, e) for m, _t, e in found] == [("uncaught exception in a thread", "ValueError: boom in a thread"),
+                                                  ("uncaught exception", "RuntimeError: the last one")]
+        assert found[0][1] == "doomed"
+
+
+def _exception_text(record: logging.LogRecord) -> str:
+    """The last line of a record's traceback (a Redactor installed by an earlier setup_logging renders it early)."""
+    if record.exc_info and record.exc_info[1] is not None:
+        return f"{type(record.exc_info[1]).__name__}: {record.exc_info[1]}"
+    return (record.exc_text or "").splitlines()[-1] if record.exc_text else ""

@@ -72,3 +72,19 @@ class TestReload:
         assert worker.mappings["penalty"] is old
         assert any("mapping refused" in r.getMessage() and str(file) in str(getattr(r, "file", ""))
                    for r in caplog.records)
+
+    async def test_option_of_the_wrong_type_is_refused_once(self, gateway, caplog) -> None:  # type: ignore[no-untyped-def]
+        """`date_format = 42` in a reload: refused with its TOML path, logged once, no traceback (issue 17, 10)."""
+        gw, mappings = gateway
+        file = mappings / "department-penalty.toml"
+        intake = next(iter(gw.intakes.values()))
+        old = intake.mappings["penalty"]
+        text = file.read_text(encoding="utf-8")
+        _bump(file, text.replace('date_format = ["%Y/%m/%d", "%Y-%m-%d"]', "date_format = 42", 1))
+        with caplog.at_level(logging.ERROR, logger="gateway.daemon"):
+            await gw.reload_mappings()
+            await gw.reload_mappings()
+        assert intake.mappings["penalty"] is old
+        refused = [r for r in caplog.records if "mapping refused" in r.getMessage()]
+        assert len(refused) == 1 and not any(r.exc_info for r in caplog.records)
+        assert any("fields.decision_date.date_format" in p for p in getattr(refused[0], "problems", []))
