@@ -128,7 +128,7 @@ class Dashboard:
             return await self._login_form(request, t("bad_token", self.lang(request)), 401)
         log.info("dashboard login", extra={"token": token.name, "remote": request.remote,
                                            "client": tls_subject(request)})
-        response = web.HTTPFound("/dashboard")
+        response = _redirect("/dashboard")
         self._cookie(response, SESSION_COOKIE, self._start(token), SESSION_S)
         response.del_cookie(FORM_COOKIE, path="/")
         return response
@@ -139,7 +139,7 @@ class Dashboard:
         if session is None or not hmac.compare_digest(str(form.get("csrf", "")), session.csrf):
             return self._html("<p>forbidden</p>", 403)
         self.sessions.pop(request.cookies.get(SESSION_COOKIE, ""), None)
-        response = web.HTTPFound("/dashboard/login")
+        response = _redirect("/dashboard/login")
         response.del_cookie(SESSION_COOKIE, path="/")
         return response
 
@@ -147,7 +147,7 @@ class Dashboard:
         lang = request.match_info["lang"]
         if lang not in LANGS:
             raise web.HTTPNotFound()
-        response = web.HTTPFound("/dashboard" if self.session(request) else "/dashboard/login")
+        response = _redirect("/dashboard" if self.session(request) else "/dashboard/login")
         self._cookie(response, LANG_COOKIE, lang, 365 * 86400)
         return response
 
@@ -170,6 +170,11 @@ class Dashboard:
             return self._html(page(name, lang, body, csrf=session.csrf, who=session.token_name))
 
         return handle
+
+
+def _redirect(location: str) -> web.Response:
+    """A 303 answer that may carry cookies (an aiohttp HTTPFound must be raised, and then drops them)."""
+    return web.Response(status=303, headers={"Location": location, "Cache-Control": "no-store"})
 
 
 def dashboard_paths(path: str) -> bool:

@@ -43,10 +43,8 @@ class Scenario:
         with contextlib.closing(sqlite3.connect(self.department)) as conn:
             found = set()
             for table in ("xzcf", "xzxk"):
-                cols = [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]  # noqa: S608
-                for row in conn.execute(f"SELECT * FROM {table}"):  # noqa: S608
-                    found |= {str(v) for c, v in zip(cols, row, strict=True) if isinstance(v, str)
-                              and ID_NUMBER.fullmatch(v)}
+                for row in conn.execute(f"SELECT * FROM {table}"):
+                    found |= {v for v in row if isinstance(v, str) and ID_NUMBER.fullmatch(v)}
             return found
 
 
