@@ -182,6 +182,7 @@ def admin_api(workdir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     text = config.read_text(encoding="utf-8")
     for old, new in (('log_format = "text"', 'log_format = "json"'), ('log_level = "error"', 'log_level = "info"')):
         text = text.replace(old, new)
+    text = text.partition("\n[admin]")[0]  # the demo's own [admin] (last in its config): this one replaces it
     config.write_text(text + ADMIN_TOML, encoding="utf-8")
     (work / "dashboard.token").write_text(READ_TOKEN, encoding="utf-8")
     (work / "ops.token").write_text(OPERATOR_TOKEN, encoding="utf-8")
