@@ -103,6 +103,15 @@ TEXT: dict[str, dict[str, str]] = {
     "not_found": {"zh": "未找到该记录", "en": "No such record"},
     "none": {"zh": "无", "en": "none"},
     "operation": {"zh": "操作", "en": "Operation"},
+    "stage_mapping": {"zh": "网关校验", "en": "gateway check"},
+    "stage_target": {"zh": "平台拒收", "en": "refused by the target"},
+    "source_key": {"zh": "来源行主键", "en": "Source key"},
+    "decision_date": {"zh": "决定日期", "en": "Decision date"},
+    "value": {"zh": "值", "en": "Value"},
+    "attempts": {"zh": "尝试次数", "en": "Attempts"},
+    "red": {"zh": "红名单条目", "en": "Red entry"},
+    "black": {"zh": "黑名单条目", "en": "Black entry"},
+    "instance": {"zh": "实例", "en": "Instance"},
 }
 
 

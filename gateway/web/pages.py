@@ -57,8 +57,8 @@ class Pages:
         points = [(d.strftime("%d"), float(per_day.get(d.isoformat(), 0))) for d in month.days() if d <= today]
         out.append(bar_chart(points, title=t("per_day", lang)))
         beats = [[b["instance"], b["pid"], b["state"], china_text(b["beat_at"])] for b in data["instances"]]
-        out += [f'<h2>{esc(t("instances", lang))}</h2>', table(["instance", "pid", t("state", lang), t("time", lang)],
-                                                               beats, css="instances")]
+        out += [f'<h2>{esc(t("instances", lang))}</h2>',
+                table([t("instance", lang), "pid", t("state", lang), t("time", lang)], beats, css="instances")]
         return "".join(out)
 
     # ------------------------------------------------------------ timeliness
@@ -108,7 +108,8 @@ class Pages:
         for g in groups:
             samples = "<br>".join(f'{esc(s["source_key"])} · {esc(s["record_key"])}: {esc(s["message"])}'
                                   for s in g["samples"])
-            rows.append([g["stage"], dataset_label(g["dataset"]), g["field"], g["reason"], g["count"], samples])
+            stage = t(f"stage_{g['stage']}", lang)
+            rows.append([stage, dataset_label(g["dataset"]), g["field"], g["reason"], g["count"], samples])
         return table([t(k, lang) for k in ("stage", "dataset", "field", "reason", "count", "samples")], rows,
                      css="quarantine", raw=(5,))
 
@@ -132,7 +133,7 @@ class Pages:
                    f'{t("version", lang)}', f'{t("ledger", lang)} {t("digest", lang)}', t("ledger", lang),
                    t("conflicts", lang), t("targets", lang)], self.mask(rows), css="lists"),
             f'<h2>{esc(t("conflicts", lang))}</h2>',
-            table(["red", "black", t("subject", lang)], found, css="conflicts")])
+            table([t("red", lang), t("black", lang), t("subject", lang)], found, css="conflicts")])
 
     # ------------------------------------------------------------ joint sanctions
 
@@ -190,7 +191,7 @@ class Pages:
                                     rows, css="events", raw=(4,)),
                         f'<h2>{esc(t("batches", lang))}</h2>',
                         table([t("time", lang), t("batch", lang), t("target", lang), t("dataset", lang),
-                               t("state", lang), t("records", lang), "attempts", t("last_error", lang)], brows,
+                               t("state", lang), t("records", lang), t("attempts", lang), t("last_error", lang)], brows,
                               css="batches")])
 
     # ------------------------------------------------------------ a record's lineage
@@ -216,9 +217,9 @@ class Pages:
                    for c in history["changes"]]
         return "".join([
             form, f'<h2>{esc(t("origin", lang))}</h2>',
-            table([t("source", lang), "source key", "decision date", t("quarantine", lang)],
+            table([t("source", lang), t("source_key", lang), t("decision_date", lang), t("quarantine", lang)],
                   [[origin["source"], origin["source_key"], origin["decision_date"], reasons]], css="origin"),
-            f'<h2>{esc(t("payload", lang))}</h2>', table([t("field", lang), "value"], fields, css="payload"),
+            f'<h2>{esc(t("payload", lang))}</h2>', table([t("field", lang), t("value", lang)], fields, css="payload"),
             f'<h2>{esc(t("versions", lang))}</h2>',
             table([t("version", lang), t("operation", lang), t("reason", lang), t("time", lang)], changes,
                   css="changes"),
