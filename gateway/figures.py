@@ -98,12 +98,33 @@ class _MonthRows:
         return await self.source.timeliness_keys([d for d in dates if d.startswith(self.prefix)], datasets, target)
 
 
-async def month_timeliness(store: Store, config: Config, month: Month, today: dt.date,
-                           at_risk_days: int = 2) -> TimelinessReport:
+class LedgerRows:
+    """The store's timeliness rows read once and kept, for several months' reports from one read of the ledger
+    (the rows' deadlines depend only on the calendar, the same for every month)."""
+
+    def __init__(self, source: TimelinessRows) -> None:
+        self.source = source
+        self._rows: dict[tuple[Any, ...], list[tuple[Any, ...]]] = {}
+
+    async def timeliness_rows(self, deadline: Callable[[str | None], float | None],
+                              datasets: Sequence[str] | None = None,
+                              target: str | None = None) -> list[tuple[Any, ...]]:
+        key = (tuple(datasets) if datasets is not None else None, target)
+        if key not in self._rows:
+            self._rows[key] = await self.source.timeliness_rows(deadline, datasets, target)
+        return self._rows[key]
+
+    async def timeliness_keys(self, dates: Sequence[str], datasets: Sequence[str] | None = None,
+                              target: str | None = None) -> list[tuple[Any, ...]]:
+        return await self.source.timeliness_keys(dates, datasets, target)
+
+
+async def month_timeliness(store: Store, config: Config, month: Month, today: dt.date, at_risk_days: int = 2,
+                           rows: TimelinessRows | None = None) -> TimelinessReport:
     """Records decided in ``month``, classified as of ``today`` (a record still undelivered past its due date
-    is late)."""
+    is late). ``rows``: a :class:`LedgerRows` shared by several months' reports."""
     calendar = WorkCalendar.from_settings(config.calendar)
-    return await timeliness_report(_MonthRows(store.reports, month), calendar, today=today,
+    return await timeliness_report(_MonthRows(rows or store.reports, month), calendar, today=today,
                                    at_risk_days=at_risk_days)
 
 

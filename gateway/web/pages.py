@@ -69,7 +69,8 @@ class Pages:
             month = Month.parse(query["month"]) if query.get("month") else Month.of(today)
         except ValueError:
             month = Month.of(today)
-        report = await figures.month_timeliness(self.store, self.config, month, today)
+        ledger = figures.LedgerRows(self.store.reports)  # the ledger is read once for the seven months
+        report = await figures.month_timeliness(self.store, self.config, month, today, rows=ledger)
         rows, late = [], []
         for g in report.groups:
             c = g.counts
@@ -80,7 +81,7 @@ class Pages:
                      for key in self.mask(g.late_keys)]
         form = (f'<form class="filters" method="get"><input type="month" name="month" id="month" value="{month}">'
                 f'<button type="submit">{esc(t("show", lang))}</button></form>')
-        trend = await self._rate_trend(month, today)
+        trend = await self._rate_trend(month, today, ledger)
         return "".join([
             form, table([t(k, lang) for k in ("dataset", "department", "records", "on_time", "late", "at_risk",
                                               "pending", "rate")], self.mask(rows), css="timeliness"),
@@ -88,13 +89,13 @@ class Pages:
             f'<h2>{esc(t("late_records", lang))}</h2>',
             table([t("dataset", lang), t("department", lang), t("key", lang)], late, css="late", raw=(2,))])
 
-    async def _rate_trend(self, month: Month, today: dt.date) -> list[tuple[str, float]]:
+    async def _rate_trend(self, month: Month, today: dt.date, ledger: figures.LedgerRows) -> list[tuple[str, float]]:
         """The on-time rate of the six months up to ``month`` (months without judged records left out)."""
         points = []
         first = month.first
         for back in range(5, -1, -1):
             m = Month(first.year + (first.month - 1 - back) // 12, (first.month - 1 - back) % 12 + 1)
-            report = await figures.month_timeliness(self.store, self.config, m, today)
+            report = await figures.month_timeliness(self.store, self.config, m, today, rows=ledger)
             totals = {k: sum(g.counts[k] for g in report.groups) for k in (ON_TIME, LATE)}
             if (value := figures.rate(totals)) is not None:
                 points.append((str(m), value))
