@@ -21,6 +21,7 @@ from gateway.clock import CHINA, china_today
 from gateway.domain.datasets import DATASETS
 from gateway.domain.identifiers import mask_id
 from gateway.web.dashboard import Dashboard
+from gateway.web.pages import Pages
 from tests.support.dashboard_helpers import READ_TOKEN, Scenario, ServerThread, make_scenario, serving, unmasked_ids
 
 webdriver = pytest.importorskip("selenium.webdriver")
@@ -157,8 +158,7 @@ class TestAccess:
     def test_secure_cookie_under_tls(self) -> None:
         """With TLS the cookies are also Secure."""
         response = web.Response()
-        dashboard = Dashboard.__new__(Dashboard)
-        dashboard.secure = True
+        dashboard = Dashboard(Pages(None, None, frozenset()), lambda _given: None, secure=True)  # type: ignore[arg-type]
         dashboard._cookie(response, "cg_session", "x")
         assert response.cookies["cg_session"]["secure"] and response.cookies["cg_session"]["samesite"] == "Strict"
 
