@@ -16,6 +16,7 @@ from typing import Any
 from gateway import figures
 from gateway.clock import CHINA, china_today
 from gateway.config import Config
+from gateway.domain.calendar import WorkCalendar
 from gateway.domain.datasets import DATASETS
 from gateway.domain.timeliness import AT_RISK, LATE, ON_TIME, PENDING, UNCOVERED
 from gateway.figures import Month
@@ -86,11 +87,22 @@ def dataset_label(name: str) -> str:
     return found.label.split(" ")[0] if found else name
 
 
-async def monthly_report(store: Store, config: Config, month: Month, today: dt.date | None = None) -> MonthlyReport:
-    """Every sheet of ``month``'s report, as of ``today`` (China time)."""
+def due_month(today: dt.date, calendar: WorkCalendar) -> Month | None:
+    """The month whose report is due by ``today``: last month, from the first working day of this one on (a
+    CalendarError when the calendar has no schedule for this month)."""
+    first = today.replace(day=1)
+    if today < calendar.add_workdays(first - dt.timedelta(days=1), 1):
+        return None
+    return Month.of(first - dt.timedelta(days=1))
+
+
+async def monthly_report(store: Store, config: Config, month: Month, today: dt.date | None = None, *,
+                         adapters_open: bool = False) -> MonthlyReport:
+    """Every sheet of ``month``'s report, as of ``today`` (China time); ``adapters_open``: a running gateway's
+    target adapters are open already (the list sheet reads the targets through them)."""
     today = today or china_today()
     sheets = [*await _timeliness(store, config, month, today), await _quarantine(store, month),
-              *await _deliveries(store, month), await _lists(store, config),
+              *await _deliveries(store, month), await _lists(store, config, adapters_open),
               *await _sanctions(store, config, month, today), _credentials(config, today)]
     keys = personal_keys(config)
     for sheet in sheets:
@@ -137,10 +149,10 @@ async def _deliveries(store: Store, month: Month) -> list[Sheet]:
     return [totals, per_day]
 
 
-async def _lists(store: Store, config: Config) -> Sheet:
+async def _lists(store: Store, config: Config, adapters_open: bool) -> Sheet:
     sheet = Sheet(LISTS, ["名单编码", "名单类型", "平台版本", "平台摘要", "平台条数", "已应用版本", "台账摘要",
                           "台账条数", "红黑冲突暂缓", "各目标一致"])
-    for view in await list_status(config, store):
+    for view in await list_status(config, store, adapters_open=adapters_open):
         targets = "; ".join(f"{t.target}: {'一致' if t.in_sync else t.error or '不一致'}" for t in view.targets)
         sheet.rows.append([view.list_code, view.list_type, view.platform_version, view.platform_digest,
                            view.platform_count, view.applied_version, view.ledger_digest, view.ledger_count,

@@ -87,11 +87,12 @@ class AdminServer:
     """``async with AdminServer(config, store) as server:`` listens on ``server.url``."""
 
     def __init__(self, config: Config, admin: AdminConfig, store: Store, *,
-                 read_timeout_s: float = READ_TIMEOUT_S) -> None:
+                 read_timeout_s: float = READ_TIMEOUT_S, adapters_open: bool = False) -> None:
         self.config, self.admin, self.store, self.read_timeout_s = config, admin, store, read_timeout_s
         self._digests = [(hashlib.sha256(t.token.encode()).digest(), t) for t in admin.tokens]
         self._personal = personal_keys(config)
-        self.dashboard = Dashboard(Pages(config, store, self._personal), self.find_token, secure=admin.tls is not None)
+        pages = Pages(config, store, self._personal, adapters_open=adapters_open)  # in the daemon: its adapters
+        self.dashboard = Dashboard(pages, self.find_token, secure=admin.tls is not None)
         self._runner: web.AppRunner | None = None
         self.url = ""
 

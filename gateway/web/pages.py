@@ -30,8 +30,9 @@ LIST_TIMEOUT_S = 10.0  # the list page opens the target adapters; a slow target 
 class Pages:
     """The page builders over one store and configuration; ``personal``: the names ID numbers appear under."""
 
-    def __init__(self, config: Config, store: Store, personal: frozenset[str]) -> None:
+    def __init__(self, config: Config, store: Store, personal: frozenset[str], *, adapters_open: bool = False) -> None:
         self.config, self.store, self.personal = config, store, personal
+        self.adapters_open = adapters_open  # served by a running daemon: its target adapters are open
 
     def mask(self, value: Any) -> Any:
         return mask_personal(value, self.personal)
@@ -118,7 +119,8 @@ class Pages:
 
     async def lists(self, query: Mapping[str, str], lang: str) -> str:
         try:
-            views = await asyncio.wait_for(list_status(self.config, self.store), LIST_TIMEOUT_S)
+            views = await asyncio.wait_for(list_status(self.config, self.store, adapters_open=self.adapters_open),
+                                           LIST_TIMEOUT_S)
         except (TimeoutError, GatewayError) as exc:
             return f'<p class="error">{esc(exc or "timeout")}</p>'
         rows = []

@@ -159,3 +159,39 @@ class TestOtherFormats:
         assert report["month"] == month and [s["name"] for s in report["sheets"]] == SHEETS[1:]
         with pytest.raises(SystemExit):
             main(["-c", str(scenario.config), "report", "monthly", "--month", "2026-13", "--json"])
+
+
+class TestScheduled:
+    def test_due_from_the_first_working_day(self) -> None:
+        """Last month's report is due from the first working day of a month (1 November 2026 is a Sunday)."""
+        from gateway.domain.calendar import WorkCalendar
+        from gateway.figures import Month
+        from gateway.monthly import due_month
+
+        calendar = WorkCalendar()
+        assert due_month(dt.date(2026, 11, 1), calendar) is None
+        assert due_month(dt.date(2026, 11, 2), calendar) == Month(2026, 10)
+        assert due_month(dt.date(2026, 12, 1), calendar) == Month(2026, 11)
+        assert due_month(dt.date(2026, 5, 5), calendar) is None  # the Labour Day holidays: 1 to 5 May 2026
+        assert due_month(dt.date(2026, 5, 6), calendar) == Month(2026, 4)
+
+    async def test_the_daemon_writes_it_once(self, scenario: Scenario, tmp_path: Path) -> None:
+        """With [reports] monthly_dir the gateway writes last month's workbook when due, and only once."""
+        from gateway.config import load_config
+        from gateway.daemon import Gateway
+        from gateway.store import open_store
+
+        text = scenario.config.read_text(encoding="utf-8")
+        config_path = scenario.workdir / "reports.toml"
+        config_path.write_text(text + f'\n[reports]\nmonthly_dir = "{tmp_path / "reports"}"\n', encoding="utf-8")
+        config = load_config(config_path)
+        store = await open_store(config.store_url())
+        try:
+            async with Gateway(config, store) as gw:
+                assert await gw.write_monthly_report(dt.date(2026, 11, 1)) is None  # a Sunday: not yet
+                path = await gw.write_monthly_report(dt.date(2026, 11, 2))
+                assert path == tmp_path / "reports" / "monthly-2026-10.xlsx"
+                assert load_workbook(path)["说明"]["B2"].value == "2026-10"
+                assert await gw.write_monthly_report(dt.date(2026, 11, 3)) is None  # there already
+        finally:
+            await store.aclose()
