@@ -66,6 +66,15 @@ class ListsSettings:
 
 
 @dataclass(frozen=True)
+class ReportsSettings:
+    """``[reports]``: the monthly report for the development-and-reform commission (docs/dashboard.md)."""
+
+    monthly_dir: str = setting("", help="folder the daemon writes last month's report into (monthly-YYYY-MM.xlsx) "
+                                        "on the first working day of a month; empty = off")
+    check_s: float = setting(3600.0, check="positive", help="how often the daemon checks whether it is due")
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     gateway: GatewaySettings
@@ -80,6 +89,7 @@ class Config:
     inbound: InboundConfig | None = None  # the inbound HTTP endpoint, when [inbound] is configured
     admin: AdminConfig | None = None  # the admin HTTP API, when [admin] is configured
     publicity: PublicitySettings = field(default_factory=PublicitySettings)
+    reports: ReportsSettings = field(default_factory=ReportsSettings)
     # load_config(lenient=True): mapping files that did not compile, left out (the sources, targets and channels
     # that name them are kept without them; a channel is left out)
     warnings: tuple[Problem, ...] = ()
@@ -144,7 +154,7 @@ def load_config(path: str | Path, *, lenient: bool = False) -> Config:
     doc = _read(path)
     problems: list[Problem] = []
     unknown = set(doc) - {"gateway", "store", "daemon", "sources", "targets", "calendar", "sanctions", "lists",
-                          "inbound", "admin", "publicity"}
+                          "inbound", "admin", "publicity", "reports"}
     problems += [Problem(k, "unknown section") for k in sorted(unknown)]
     gw = _section(GatewaySettings, doc, "gateway", problems)
     store = _section(StoreSettings, doc, "store", problems)
@@ -152,6 +162,7 @@ def load_config(path: str | Path, *, lenient: bool = False) -> Config:
     calendar = _calendar(doc, problems)
     sanctions = _section(SanctionsSettings, doc, "sanctions", problems)
     lists = _section(ListsSettings, doc, "lists", problems)
+    reports = _section(ReportsSettings, doc, "reports", problems)
     publicity, found = parse_publicity(doc.get("publicity", {}))
     problems += found
     secrets: list[str] = []
@@ -175,7 +186,7 @@ def load_config(path: str | Path, *, lenient: bool = False) -> Config:
         raise ConfigError(problems, str(path))
     return Config(path, gw, store, daemon, sources, targets, tuple(secrets), calendar=calendar, sanctions=sanctions,
                   lists=lists or ListsSettings(), inbound=inbound, admin=admin, publicity=publicity,
-                  warnings=tuple(skipped) if lenient else ())
+                  reports=reports or ReportsSettings(), warnings=tuple(skipped) if lenient else ())
 
 
 def load_instance(path: str | Path) -> tuple[str, str]:

@@ -17,15 +17,18 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from gateway.certs import expiry_warnings
 from gateway.clock import china_today
 from gateway.config import Config
+from gateway.domain.calendar import WorkCalendar
 from gateway.domain.publicity import stamped
 from gateway.errors import ConfigError, GatewayError
 from gateway.jobs import list_targets, reconcile, repair_screen, run_publicity
 from gateway.mapping import load_mapping, mapping_version
+from gateway.monthly import due_month, monthly_report
 from gateway.pipeline.engine import Intake, TargetWorker
 from gateway.pipeline.workers import MapPool
 from gateway.scheduler import Scheduler
@@ -33,6 +36,7 @@ from gateway.store import Store, open_store
 from gateway.store.publicity import JobResult
 from gateway.tuning import tune_process
 from gateway.web.server import WebServers, start_web
+from gateway.xlsx import write_xlsx
 
 log = logging.getLogger("gateway.daemon")
 
@@ -81,6 +85,28 @@ class Gateway:
             self._wake_all()
         return result
 
+    async def write_monthly_report(self, today: dt.date | None = None) -> Path | None:
+        """Last month's report into ``[reports] monthly_dir`` once it is due (the first working day of a month),
+        unless it is there already; returns the file written."""
+        today = today or china_today()
+        month = due_month(today, WorkCalendar.from_settings(self.config.calendar))
+        if month is None:
+            return None
+        path = self.config.path.parent / self.config.reports.monthly_dir / f"monthly-{month}.xlsx"
+        if path.exists():
+            return None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        report = await monthly_report(self.store, self.config, month, today, adapters_open=True)
+        await asyncio.to_thread(write_xlsx, report, path)
+        log.info("monthly report written", extra={"month": str(month), "path": str(path)})
+        return path
+
+    async def _monthly_report_job(self) -> None:
+        try:
+            await self.write_monthly_report()
+        except (GatewayError, OSError) as exc:  # CalendarError is a GatewayError: no schedule for this month yet
+            log.error("monthly report failed", extra={"error": str(exc)})
+
     async def _publicity_job(self) -> None:
         try:
             await self.run_publicity()
@@ -123,6 +149,8 @@ class Gateway:
             scheduler.every("lists:reconcile", self.config.lists.reconcile_interval_s, self.reconcile_lists)
         if self.config.publicity.enabled:
             scheduler.every("publicity", self.config.publicity.check_s, self._publicity_job)
+        if self.config.reports.monthly_dir:
+            scheduler.every("reports:monthly", self.config.reports.check_s, self._monthly_report_job)
         scheduler.start()
         workers = [asyncio.create_task(w.run(self.stopping), name=f"worker {n}") for n, w in self.workers.items()]
         try:

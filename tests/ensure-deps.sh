@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs from Debian's packages when it is missing: a PostgreSQL server
-# (the store tests run on SQLite and PostgreSQL), openssl and xmlsec1 (interop tests). Idempotent.
+# (the store tests run on SQLite and PostgreSQL), openssl and xmlsec1 (interop tests), chromium and
+# chromium-driver (the dashboard's browser tests, driven by selenium). Idempotent.
 set -euo pipefail
 need=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v xmlsec1 >/dev/null 2>&1 || need+=(xmlsec1)
 command -v runuser >/dev/null 2>&1 || need+=(util-linux)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+[ -e /usr/share/fonts/truetype/wqy/wqy-zenhei.ttc ] || need+=(fonts-wqy-zenhei)  # Chinese in the screenshots
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi

@@ -19,6 +19,7 @@ from gateway.cli import adapters as cli_adapters
 from gateway.cli import datasets as cli_datasets
 from gateway.cli import inbound as cli_inbound
 from gateway.cli import lists as cli_lists
+from gateway.cli import monthly as cli_monthly
 from gateway.cli import ops as cli_ops
 from gateway.cli import rules as cli_rules
 from gateway.cli import sanctions as cli_sanctions
@@ -106,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_rules.add_parsers(sub, _config_arg)
     cli_adapters.add_parser(sub)
     cli_datasets.add_parser(sub, _config_arg)
+    cli_monthly.add_parsers(sub, _config_arg)
 
     p = sub.add_parser("mapping", help="try a mapping file on sample rows")
     msub = p.add_subparsers(dest="mapping_command", required=True)
@@ -198,6 +200,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
     "inbound": cli_inbound.cmd_inbound,
     "adapters": cli_adapters.cmd_adapters,
     "datasets": cli_datasets.cmd_datasets,
+    "report": cli_monthly.cmd_report,
+    "dashboard": cli_monthly.cmd_dashboard,
 }
 
 

@@ -25,6 +25,7 @@ from gateway.cli.datasets import field_rows
 from gateway.config import (
     GatewaySettings,
     ListsSettings,
+    ReportsSettings,
     SanctionsSettings,
     SourceKeys,
     StoreSettings,
@@ -65,6 +66,7 @@ CORE: tuple[Section, ...] = (
     Section("calendar", CalendarSettings, "Only for a year the `chinesecalendar` package does not cover yet."),
     Section("sanctions", SanctionsSettings),
     Section("lists", ListsSettings),
+    Section("reports", ReportsSettings, "The monthly report (docs/dashboard.md)."),
     Section("inbound", InboundSettings, "Off unless the table is there (docs/inbound.md)."),
     Section("inbound.channels.NAME", ChannelSettings),
     Section("admin", AdminSettings, "Off unless the table is there; tokens are `[admin.tokens.NAME]` "

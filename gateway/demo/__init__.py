@@ -21,17 +21,21 @@ from pathlib import Path
 from typing import Any
 
 from gateway.certs import init_dev_pki
+from gateway.clock import china_today
 from gateway.config import load_config
 from gateway.daemon import Gateway
 from gateway.demo.scenes import Stage, Verdict, create_department_tables, run_scenes
+from gateway.figures import Month
 from gateway.files import write_private
 from gateway.logs import setup_logging
+from gateway.monthly import MonthlyReport, monthly_report
 from gateway.report import out, table
 from gateway.sandbox.server import Faults, Sandbox, SandboxConfig
 from gateway.sealing.evidence import target_evidence, verify_evidence
 from gateway.sealing.target import load_sealing
 from gateway.store import Store, open_store
 from gateway.testing.department_db import SampleResult, SampleSpec, create_department_db
+from gateway.xlsx import write_xlsx
 
 CONFIG_TEMPLATE = """\
 # Written by `credit-gateway demo`; a real deployment starts from config.example.toml.
@@ -148,6 +152,12 @@ external = false
 [targets.archive.tables.penalty]
 table = "xzcf_archive"
 key_columns = ["CF_WSH", "CF_CFJGDM"]
+
+[admin]                               # the admin API and the dashboard (`credit-gateway dashboard`)
+port = 8470
+[admin.tokens.dashboard]
+role = "read"
+token_file = "dashboard.token"
 """
 
 DEMO_FAULTS = Faults(error_rate=0.15, drop_rate=0.05, reject_rate=0.005, seed=7)
@@ -166,6 +176,7 @@ def prepare(workdir: Path, licences: int, penalties: int) -> tuple[SampleResult,
     sample = create_department_db(workdir / "department.db", SampleSpec(licences=licences, penalties=penalties))
     token = secrets.token_urlsafe(24)
     write_private(workdir / "sandbox.token", (token + "\n").encode())
+    write_private(workdir / "dashboard.token", (secrets.token_urlsafe(24) + "\n").encode())
     init_dev_pki(workdir / "certs", ["rsa"])  # a development CA, the gateway's and the platform's certificates
     create_department_tables(workdir / "department.db", workdir / "archive.db",
                              mappings_dir() / "platform-2019-penalty.toml")
@@ -202,7 +213,7 @@ async def _demo(workdir: Path, sample: SampleResult, token: str) -> int:
         store = await open_store(config.store_url())
         try:
             started = time.monotonic()
-            async with Gateway(config, store) as gw:
+            async with Gateway(replace(config, admin=None), store) as gw:  # the dashboard is served afterwards
                 done = await gw.run_until_idle(timeout_s=300)
                 retries = sum(w.stats.retries for w in gw.workers.values())
                 elapsed = time.monotonic() - started
@@ -215,10 +226,12 @@ async def _demo(workdir: Path, sample: SampleResult, token: str) -> int:
                 out("Then the platform and the department move on (the sandbox still fails 15% of requests and "
                     "drops 5% of connections, but refuses no records on purpose any more):")
                 verdicts += await run_scenes(Stage(gw, sandbox, store, config, workdir, sample))
+            report = await monthly_report(store, config, Month.of(china_today()))
         finally:
             await store.aclose()
     ok = _verdicts(verdicts, time.monotonic() - started)
     _next_steps(workdir)
+    _dashboard(workdir, report)
     return 0 if ok else 1
 
 
@@ -316,6 +329,18 @@ def _verify(sandbox: Sandbox, sample: SampleResult, status: dict[str, Any], done
 
 def _kind_count(sample: SampleResult, table_name: str, kind: str) -> int:
     return sum(1 for k in sample.invalid.get(table_name, {}).values() if k == kind)
+
+
+def _dashboard(workdir: Path, report: MonthlyReport) -> None:
+    """Write this month's report and say how to open the dashboard."""
+    path = workdir / f"monthly-{report.month}.xlsx"
+    write_xlsx(report, path)
+    cfg = workdir / "credit-gateway.toml"
+    out()
+    out(f"Monthly report for {report.month}: {path} ({len(report.sheets)} sheets with charts; "
+        f"`credit-gateway -c {cfg} report monthly --month {report.month} --xlsx FILE` makes it again)")
+    out(f"Dashboard: .venv/bin/credit-gateway -c {cfg} dashboard, then open http://127.0.0.1:8470/dashboard "
+        f"and log in with the token in {workdir / 'dashboard.token'}")
 
 
 def _next_steps(workdir: Path) -> None:

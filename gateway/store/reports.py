@@ -276,3 +276,54 @@ class Reports(Repository):
             await conn.execute(update(s.quarantine).where(s.quarantine.c.id.in_(chunk))
                                .values(state="resolved", updated_at=now))
 
+
+    # ------------------------------------------------------------ the dashboard and the monthly report
+
+    async def receipts_between(self, since: float, until: float) -> list[dict[str, Any]]:
+        """Every receipt stored in [since, until): target, dataset, when, records accepted and rejected."""
+        rc, b = s.receipts.c, s.batches.c
+        stmt = (select(rc.target, b.dataset, rc.received_at, rc.accepted, rc.rejected)
+                .select_from(s.receipts.join(s.batches, b.id == rc.batch_id))
+                .where(and_(rc.received_at >= since, rc.received_at < until)).order_by(rc.received_at))
+        async with self.engine.connect() as conn:
+            return _rows(await conn.execute(stmt))
+
+    async def source_status(self) -> list[dict[str, Any]]:
+        """Per source: the last poll that read rows, rows read, accepted and quarantined in all."""
+        i = s.intake.c
+        stmt = select(i.source, func.max(i.at).label("last_poll"), func.sum(i.rows).label("rows"),
+                      func.sum(i.accepted).label("accepted"),
+                      func.sum(i.quarantined).label("quarantined")).group_by(i.source).order_by(i.source)
+        async with self.engine.connect() as conn:
+            rows = _rows(await conn.execute(stmt))
+        for row in rows:
+            for key in ("rows", "accepted", "quarantined"):
+                row[key] = int(row[key] or 0)
+        return rows
+
+    async def find_events(self, *, target: str | None = None, dataset: str | None = None, key: str | None = None,
+                          since: float | None = None, until: float | None = None,
+                          limit: int = 200) -> list[dict[str, Any]]:
+        """The sync log (cg_events), newest first, filtered by target, dataset, record key and time."""
+        e = s.events.c
+        stmt = select(s.events).order_by(e.id.desc()).limit(limit)
+        for cond in ((e.target == target) if target else None, (e.dataset == dataset) if dataset else None,
+                     (e.record_key == key) if key else None, (e.at >= since) if since is not None else None,
+                     (e.at < until) if until is not None else None):
+            stmt = stmt.where(cond) if cond is not None else stmt
+        async with self.engine.connect() as conn:
+            return _rows(await conn.execute(stmt))
+
+    async def record_origin(self, dataset: str, key: str) -> dict[str, Any] | None:
+        """Where a ledger record came from: its source, the source row's key and its quarantine entries."""
+        r, q = s.records.c, s.quarantine.c
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(r.source, r.source_key, r.decision_date).where(
+                and_(r.dataset == dataset, r.record_key == key)))).first()
+            if row is None:
+                return None
+            entries = _rows(await conn.execute(select(q.id, q.stage, q.target, q.state, q.reasons).where(
+                and_(q.dataset == dataset, q.record_key == key)).order_by(q.id)))
+        for entry in entries:
+            entry["reasons"] = orjson.loads(entry["reasons"])
+        return {"source": row[0], "source_key": row[1], "decision_date": row[2], "quarantine": entries}

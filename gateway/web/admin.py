@@ -1,4 +1,4 @@
-"""The admin HTTP API (aiohttp): status, spool and quarantine for the CLI and the dashboard, behind tokens.
+"""The admin HTTP API (aiohttp): status, spool and quarantine for the CLI, behind tokens; and the dashboard.
 
 Every endpoint but ``/healthz`` needs ``Authorization: Bearer <token>``; a missing or unknown token gets 401 with
 ``WWW-Authenticate``. Tokens are compared in constant time (each configured token, every time), never logged;
@@ -16,6 +16,8 @@ TLS handshake fails before any HTTP is read; the log names the certificate's sub
     GET  /api/v1/quarantine?state=&stage=&limit=;  GET /api/v1/quarantine/{id}
     POST /api/v1/quarantine/replay | /resolve {"ids": [1, 2]} | {"all": true}                 (operator)
     GET  /api/v1/inbound?channel=&limit=;  GET /api/v1/inbound/{channel}/{batch}   our receipts for pushed batches
+    GET  /dashboard, /dashboard/...           the read-only dashboard (gateway.web.dashboard): its own login form
+                                              taking these tokens, a session cookie, CSRF tokens on its POSTs
 """
 
 from __future__ import annotations
@@ -39,7 +41,9 @@ from gateway.errors import GatewayError
 from gateway.operations import mask_personal, personal_keys, replay_entries, status_json, status_lines
 from gateway.store import Store
 from gateway.web.config import AdminConfig, AdminToken
+from gateway.web.dashboard import Dashboard, dashboard_paths
 from gateway.web.inbound import json_response, tls_subject
+from gateway.web.pages import Pages
 
 log = logging.getLogger("gateway.admin")
 PREFIX = "/api/v1"
@@ -83,10 +87,12 @@ class AdminServer:
     """``async with AdminServer(config, store) as server:`` listens on ``server.url``."""
 
     def __init__(self, config: Config, admin: AdminConfig, store: Store, *,
-                 read_timeout_s: float = READ_TIMEOUT_S) -> None:
+                 read_timeout_s: float = READ_TIMEOUT_S, adapters_open: bool = False) -> None:
         self.config, self.admin, self.store, self.read_timeout_s = config, admin, store, read_timeout_s
         self._digests = [(hashlib.sha256(t.token.encode()).digest(), t) for t in admin.tokens]
         self._personal = personal_keys(config)
+        pages = Pages(config, store, self._personal, adapters_open=adapters_open)  # in the daemon: its adapters
+        self.dashboard = Dashboard(pages, self.find_token, secure=admin.tls is not None)
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -127,24 +133,29 @@ class AdminServer:
         for method, path, handler in routes:
             app.router.add_route(method, PREFIX + path, self._answering(handler))
         app.router.add_get("/healthz", self._healthz)
+        self.dashboard.add_routes(app)
         return app
 
     # ------------------------------------------------------------ authentication and answers
 
     def _token(self, request: web.Request) -> AdminToken | None:
-        """The configured token the request carries; every token is compared, in constant time."""
+        """The configured token the request carries."""
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        return self.find_token(given) if scheme.lower() == "bearer" else None
+
+    def find_token(self, given: str) -> AdminToken | None:
+        """The configured token ``given`` is; every token is compared, in constant time."""
         digest = hashlib.sha256(given.strip().encode()).digest()
         found = None
         for expected, token in self._digests:
-            if hmac.compare_digest(digest, expected) and scheme.lower() == "bearer" and given.strip():
+            if hmac.compare_digest(digest, expected) and given.strip():
                 found = token
         return found
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path == "/healthz":
-            return await handler(request)
+        if request.path == "/healthz" or dashboard_paths(request.path):
+            return await handler(request)  # the dashboard checks its own session cookie
         token = self._token(request)
         client = tls_subject(request)  # with [admin] client_ca: the certificate the TLS handshake accepted
         if token is None:

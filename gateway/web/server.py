@@ -40,7 +40,8 @@ async def start_web(config: Config, store: Store, on_commit: Callable[[], None] 
             servers.inbound = await _listen(servers, InboundServer(config.inbound, service), "inbound",
                                             config.inbound.settings.host, config.inbound.settings.port)
         if config.admin is not None:
-            servers.admin = await _listen(servers, AdminServer(config, config.admin, store), "admin",
+            admin = AdminServer(config, config.admin, store, adapters_open=True)  # the daemon's adapters are open
+            servers.admin = await _listen(servers, admin, "admin",
                                           config.admin.settings.host, config.admin.settings.port)
     except BaseException:
         await servers.aclose()

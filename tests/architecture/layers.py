@@ -14,7 +14,8 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
     (3, ("gateway.store.*",)),
     (4, ("gateway.pipeline.*", "gateway.inbound.*", "gateway.web.config", "gateway.scheduler")),
     (5, ("gateway.config",)),
-    (6, ("gateway.operations", "gateway.report", "gateway.jobs", "gateway.certs", "gateway.web.*", "gateway.daemon")),
+    (6, ("gateway.operations", "gateway.figures", "gateway.monthly", "gateway.xlsx", "gateway.report", "gateway.jobs",
+         "gateway.certs", "gateway.web.*", "gateway.daemon")),
     (7, ("gateway.cli.*", "gateway.demo.*", "gateway.__main__")),
 ]
 SANDBOX = "gateway.sandbox.*"

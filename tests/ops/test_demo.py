@@ -64,6 +64,22 @@ class TestDemo:
         for command in ("lists status", "sanctions", "records changes", "timeliness"):
             assert re.search(rf"credit-gateway\.toml {command}\s+#", text), command
 
+    def test_ends_with_the_dashboard_and_this_months_report(self, demo_run: tuple[Path, int, str]) -> None:
+        """The last lines say how to open the dashboard (its URL, the token file) and where this month's report is;
+        the report is a workbook with the sheets and the sandbox's deliveries of the day."""
+        from openpyxl import load_workbook
+
+        workdir, _, text = demo_run
+        month = china_today().strftime("%Y-%m")
+        tail = text[text.index("\nMonthly report for"):]
+        assert "http://127.0.0.1:8470/dashboard" in tail and str(workdir / "dashboard.token") in tail
+        book = load_workbook(workdir / f"monthly-{month}.xlsx")
+        assert book["说明"]["B2"].value == month
+        sandbox = next(row for row in book["报送情况"].iter_rows(values_only=True) if row[0] == "sandbox")
+        accepted = query(workdir / "spool" / "gateway.db",
+                         "SELECT sum(accepted) FROM cg_receipts WHERE target = 'sandbox'")[0][0]
+        assert sandbox[2] == accepted > 0  # the demo ran today: every receipt is this month's
+
     def test_lists_arrived_with_equal_digests_and_the_conflict_held(
             self, demo_run: tuple[Path, int, str], capsys: pytest.CaptureFixture[str]) -> None:
         workdir, _, text = demo_run

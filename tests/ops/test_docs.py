@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```(\S*)\n(.*?)^```", re.M | re.S)
 
-NEEDS_A_SERVER = {"run", "sandbox", "demo"}
+NEEDS_A_SERVER = {"run", "sandbox", "demo", "dashboard"}
 DOC_ADMIN_URL = "http://127.0.0.1:8472"  # the admin examples of docs/operations.md run against a live API
 EXAMPLE_BATCH = "b-0123"  # in docs/operations.md; the test gives it the id of a batch the demo's sandbox signed
 READ_TOKEN, OPERATOR_TOKEN = "docs-read-token-7c1e9a", "docs-operator-token-4b8d2f"
@@ -54,7 +54,7 @@ token_file = "ops.token"
 MAKES_NEW_FILES = {("certs", "init")}  # run in an empty directory
 # They change the store or write a file: they run in a copy of the demo's directory.
 CHANGES_THE_DIRECTORY = {("spool", "evidence"), ("spool", "retry"), ("spool", "replay"), ("quarantine", "replay"),
-                         ("quarantine", "resolve"), ("lists", "reconcile")}
+                         ("quarantine", "resolve"), ("lists", "reconcile"), ("report", "monthly")}
 # Commands that exit 1 on the demo's store, and why (exit 1 = "unhealthy or not found", never a usage error).
 EXIT_1 = {
     "health": "the demo's daemon has stopped, so its heartbeat is stale",
@@ -182,6 +182,7 @@ def admin_api(workdir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     text = config.read_text(encoding="utf-8")
     for old, new in (('log_format = "text"', 'log_format = "json"'), ('log_level = "error"', 'log_level = "info"')):
         text = text.replace(old, new)
+    text = text.partition("\n[admin]")[0]  # the demo's own [admin] (last in its config): this one replaces it
     config.write_text(text + ADMIN_TOML, encoding="utf-8")
     (work / "dashboard.token").write_text(READ_TOKEN, encoding="utf-8")
     (work / "ops.token").write_text(OPERATOR_TOKEN, encoding="utf-8")
