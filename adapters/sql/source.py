@@ -23,7 +23,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from adapters.sql.pages import QuerySpec, SqlitePageReader, page_batch, select_page
-from adapters.sql.url import database_url, password_credentials, url_secrets
+from adapters.sql.url import database_url, password_credentials, pin_session, url_secrets
 from gateway.adapter import AdapterContext, Credential, SourceBatch
 from gateway.errors import ConfigError, Problem, RetryableError
 from gateway.settings import parse_settings, setting
@@ -34,7 +34,8 @@ _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 
 @dataclass(frozen=True)
 class SqlSourceSettings:
-    url: str = setting(help="sqlite:///path or postgresql://user@host/db (password via password_env)")
+    url: str = setting(help="sqlite:///path, postgresql://, mysql:// or mariadb://user@host/db (password via "
+                                 "password_env; docs/databases.md)")
     table: str = setting("", help="table to read; or give `query`")
     query: str = setting("", help="a SELECT whose columns include the key and update columns")
     key_columns: list[str] = setting(["id"], help="columns that identify a row (tie-breaker)")
@@ -84,6 +85,7 @@ class SqlSource:
             self._engine = create_async_engine(self._url)
         except (ArgumentError, ImportError) as exc:
             raise ConfigError([Problem("url", str(exc))], f"source {self.name}") from exc
+        pin_session(self._engine)
         # SQLite stores whatever bytes it was given. UTF-8 databases are read as text (fast, in C); a page
         # with a value that is not UTF-8 is read again as bytes and decoded here, row by row. Databases in
         # another encoding are always read as bytes.
