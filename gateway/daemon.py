@@ -15,11 +15,13 @@ import functools
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from gateway.certs import expiry_warnings
+from gateway.certs import expiries, expiry_warnings
 from gateway.clock import china_today
 from gateway.config import Config
 from gateway.domain.publicity import stamped
@@ -35,6 +37,24 @@ from gateway.tuning import tune_process
 from gateway.web.server import WebServers, start_web
 
 log = logging.getLogger("gateway.daemon")
+EXPIRY_REFRESH_S = 3600.0
+
+
+@dataclass
+class PollRecord:
+    """A source's recent polls: failures in a row, the last error and the last success (epoch seconds)."""
+
+    failed_polls: int = 0
+    last_error: str | None = None
+    last_error_at: float | None = None
+    last_success_at: float | None = None
+
+    def failed(self, error: str) -> None:
+        self.failed_polls += 1
+        self.last_error, self.last_error_at = error, time.time()
+
+    def succeeded(self) -> None:
+        self.failed_polls, self.last_success_at = 0, time.time()
 
 
 class Gateway:
@@ -58,6 +78,8 @@ class Gateway:
         self.started_at = time.time()
         self._stack = contextlib.AsyncExitStack()
         self.web = WebServers()  # the inbound endpoint and the admin API, when configured (started by run)
+        self.polls = {name: PollRecord() for name in self.intakes}  # for the heartbeat: health and status
+        self._expiries: tuple[float, list[dict[str, Any]]] = (0.0, [])
 
     def _publication_rules(self) -> None:
         """The repair check at intake, the computed 公示截止期 on the way out, and nothing past its publicity period
@@ -150,13 +172,19 @@ class Gateway:
         log.info("gateway stopped")
 
     def _poller(self, intake: Intake) -> Callable[[], Any]:
+        record = self.polls[intake.cfg.name]
+
         async def poll() -> None:
             if self.stopping.is_set():
                 return
             try:
                 await intake.poll()
             except GatewayError as exc:
-                log.error("poll failed", extra={"source": intake.cfg.name, "error": str(exc)})
+                record.failed(str(exc))
+                log.error("poll failed", extra={"source": intake.cfg.name, "error": str(exc),
+                                                "failed_in_a_row": record.failed_polls})
+            else:
+                record.succeeded()
 
         return poll
 
@@ -202,10 +230,22 @@ class Gateway:
             self._wake_all()
 
     async def beat(self, state: str = "running") -> None:
+        """Record that this daemon is alive, with what only it knows (gateway.health reads it)."""
         circuits = {n: {"circuit": w.circuit.state, "in_flight": len(w.inflight), "last_error": w.last_error,
                         "blocked": w.blocked} for n, w in self.workers.items()}
-        await self.store.reports.beat(self.config.gateway.instance, os.getpid(), self.started_at,
-                              {"state": state, "targets": circuits})
+        after = self.config.daemon.unhealthy_after_failed_polls
+        sources = {n: {**vars(p), "unhealthy_after": after} for n, p in self.polls.items()}
+        await self.store.reports.beat(self.config.gateway.instance, os.getpid(), self.started_at, {
+            "state": state, "host": socket.gethostname(), "targets": circuits, "sources": sources,
+            "expiries": await self.expiries()})
+
+    async def expiries(self) -> list[dict[str, Any]]:
+        """Days left per certificate and for the calendar, read again at most hourly (certificate files)."""
+        at, found = self._expiries
+        if time.monotonic() - at > EXPIRY_REFRESH_S or not found:
+            found = await asyncio.to_thread(expiries, self.config)
+            self._expiries = (time.monotonic(), found)
+        return found
 
     # ------------------------------------------------------------ one-shot
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from gateway.adapter import SourceBatch, SourceRow
 from gateway.certs import expiry_warnings
-from gateway.clock import china_today
+from gateway.clock import age, china_today
 from gateway.config import Config
 from gateway.domain.calendar import WorkCalendar
 from gateway.domain.identifiers import mask_id
@@ -55,15 +55,6 @@ def table_lines(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> list[
     lines = ["  ".join(_pad(c, w) for c, w in zip(columns, widths, strict=True))]
     lines += ["  ".join(_pad(v, w) for v, w in zip(r, widths, strict=True)) for r in cells]
     return lines
-
-
-def age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f}{unit}"
-    return f"{seconds:.0f}s"
 
 
 # ---------------------------------------------------------------- status

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
-from sqlalchemy import JSON, and_, case, cast, func, select, type_coerce, update
+from sqlalchemy import JSON, and_, case, cast, func, insert, select, type_coerce, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.store import schema as s
@@ -87,6 +87,17 @@ class Reports(Repository):
         async with self.tx() as conn:
             await conn.execute(stmt.on_conflict_do_update(index_elements=["instance"], set_={
                 "pid": pid, "started_at": started_at, "beat_at": stmt.excluded.beat_at, "state": stmt.excluded.state}))
+
+    async def probe_write(self) -> None:
+        """Write a row and roll it back: raises when the store cannot be written (read-only, locked, disk gone)."""
+        async with self.engine.connect() as conn:
+            conn = await conn.execution_options(cg_write=True)
+            trans = await conn.begin()
+            try:
+                await conn.execute(insert(s.heartbeats).values(instance="(health probe)", pid=0, started_at=0.0,
+                                                               beat_at=0.0, state="{}"))
+            finally:
+                await trans.rollback()
 
     async def heartbeats(self) -> list[dict[str, Any]]:
         async with self.engine.connect() as conn:

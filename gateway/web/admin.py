@@ -1,8 +1,9 @@
 """The admin HTTP API (aiohttp): status, spool and quarantine for the CLI and the dashboard, behind tokens.
 
-Every endpoint but ``/healthz`` needs ``Authorization: Bearer <token>``; a missing or unknown token gets 401 with
-``WWW-Authenticate``. Tokens are compared in constant time (each configured token, every time), never logged;
-the log names the token's configured name. ``read`` tokens may GET; changes (POST) need an ``operator``
+Every endpoint but ``/healthz`` (readiness: 200, or 503 with each reason, as ``credit-gateway health``) and
+``/livez`` (liveness: the process answers) needs ``Authorization: Bearer <token>``; a missing or unknown token
+gets 401 with ``WWW-Authenticate``. Tokens are compared in constant time (each configured token, every time),
+never logged; the log names the token's configured name. ``read`` tokens may GET; changes (POST) need an ``operator``
 token, else 403. Every answer is JSON with personal ID numbers masked (:func:`gateway.operations.mask_personal`).
 With ``[admin] client_ca`` (mutual TLS) a client must also present a certificate from that CA: without one the
 TLS handshake fails before any HTTP is read; the log names the certificate's subject with the token's name.
@@ -36,6 +37,7 @@ from gateway.config import Config
 from gateway.domain.calendar import WorkCalendar
 from gateway.domain.timeliness import timeliness_report
 from gateway.errors import GatewayError
+from gateway.health import HealthLimits, health_problems
 from gateway.operations import mask_personal, personal_keys, replay_entries, status_json, status_lines
 from gateway.store import Store
 from gateway.web.config import AdminConfig, AdminToken
@@ -44,6 +46,7 @@ from gateway.web.inbound import json_response, tls_subject
 log = logging.getLogger("gateway.admin")
 PREFIX = "/api/v1"
 MAX_LIMIT = 10_000
+OPEN_PATHS = ("/healthz", "/livez")  # probes: no token
 READ_TIMEOUT_S = 60.0  # a connection's request headers must arrive within this (aiohttp's default: an hour)
 
 
@@ -127,6 +130,7 @@ class AdminServer:
         for method, path, handler in routes:
             app.router.add_route(method, PREFIX + path, self._answering(handler))
         app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/livez", self._livez)
         return app
 
     # ------------------------------------------------------------ authentication and answers
@@ -143,7 +147,7 @@ class AdminServer:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path == "/healthz":
+        if request.path in OPEN_PATHS:
             return await handler(request)
         token = self._token(request)
         client = tls_subject(request)  # with [admin] client_ca: the certificate the TLS handshake accepted
@@ -177,6 +181,12 @@ class AdminServer:
         return answer
 
     async def _healthz(self, _request: web.Request) -> web.Response:
+        """Readiness: every reason this gateway is not ready (gateway.health), from its own store."""
+        problems = await health_problems(self.store, self.config.gateway.instance, HealthLimits())
+        return json_response(503 if problems else 200, {"ok": not problems, "problems": problems})
+
+    async def _livez(self, _request: web.Request) -> web.Response:
+        """Liveness alone: the daemon's event loop answers."""
         return json_response(200, {"ok": True})
 
     # ------------------------------------------------------------ read

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 KERNEL = ("gateway", "gateway.errors", "gateway.records", "gateway.stored", "gateway.settings", "gateway.clock",
-          "gateway.adapter", "gateway.tuning", "gateway.files")
+          "gateway.adapter", "gateway.tuning", "gateway.files", "gateway.instance")
 
 # (layer number, module patterns): a pattern ending in ".*" covers a package and everything in it
 LAYERS: list[tuple[int, tuple[str, ...]]] = [
@@ -13,7 +13,8 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
     (3, ("gateway.store.*",)),
     (4, ("gateway.pipeline.*", "gateway.inbound.*", "gateway.web.config", "gateway.scheduler")),
     (5, ("gateway.config",)),
-    (6, ("gateway.operations", "gateway.report", "gateway.jobs", "gateway.certs", "gateway.web.*", "gateway.daemon")),
+    (6, ("gateway.operations", "gateway.health", "gateway.report", "gateway.jobs", "gateway.certs", "gateway.web.*",
+         "gateway.daemon")),
     (7, ("gateway.cli.*", "gateway.demo.*", "gateway.__main__")),
 ]
 SANDBOX = "gateway.sandbox.*"

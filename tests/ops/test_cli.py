@@ -62,6 +62,10 @@ department_name = "苏州市市场监督管理局"
 [store]
 url = "sqlite:///spool/gateway.db"
 
+[calendar]                            # a stand-in for next year's schedule: `health` fails 30 days before the end
+holidays = [2027-01-01]
+covered_until = 2027-12-31
+
 [daemon]
 log_format = "json"
 log_level = "info"
