@@ -104,6 +104,7 @@ async def status_json(store: Store, config: Config) -> dict[str, Any]:
     status["timeliness"] = (await timeliness_report(
         store.reports, WorkCalendar.from_settings(config.calendar), today=china_today())).as_json()
     status["certificates"] = expiry_warnings(config)
+    status["store_bytes"] = await store.reports.size_bytes()
     status["sanctions"] = (await sanctions_report(
         store.history, WorkCalendar.from_settings(config.calendar), today=china_today(),
         due_working_days=config.sanctions.feedback_due_working_days)).counts()

@@ -17,6 +17,7 @@ TLS handshake fails before any HTTP is read; the log names the certificate's sub
     GET  /api/v1/quarantine?state=&stage=&limit=;  GET /api/v1/quarantine/{id}
     POST /api/v1/quarantine/replay | /resolve {"ids": [1, 2]} | {"all": true}                 (operator)
     GET  /api/v1/inbound?channel=&limit=;  GET /api/v1/inbound/{channel}/{batch}   our receipts for pushed batches
+    GET  /metrics                             the Prometheus text format (gateway.web.metrics)
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from gateway.operations import mask_personal, personal_keys, replay_entries, sta
 from gateway.store import Store
 from gateway.web.config import AdminConfig, AdminToken
 from gateway.web.inbound import json_response, tls_subject
+from gateway.web.metrics import render_metrics
 
 log = logging.getLogger("gateway.admin")
 PREFIX = "/api/v1"
@@ -131,6 +133,7 @@ class AdminServer:
             app.router.add_route(method, PREFIX + path, self._answering(handler))
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/livez", self._livez)
+        app.router.add_get("/metrics", self._metrics)  # behind a token like the API (gateway.web.metrics)
         return app
 
     # ------------------------------------------------------------ authentication and answers
@@ -184,6 +187,16 @@ class AdminServer:
         """Readiness: every reason this gateway is not ready (gateway.health), from its own store."""
         problems = await health_problems(self.store, self.config.gateway.instance, HealthLimits())
         return json_response(503 if problems else 200, {"ok": not problems, "problems": problems})
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        try:
+            body, content_type = await render_metrics(self.store, self.config.gateway.instance)
+        except GatewayError as exc:
+            log.error("metrics failed", extra={"error": str(exc)})
+            return json_response(503, {"error": "unavailable", "message": str(exc)})
+        response = web.Response(body=body)
+        response.headers["Content-Type"] = content_type
+        return response
 
     async def _livez(self, _request: web.Request) -> web.Response:
         """Liveness alone: the daemon's event loop answers."""

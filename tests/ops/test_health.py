@@ -26,7 +26,7 @@ from gateway.health import HealthLimits, health_problems
 from gateway.store import Store, open_store
 from gateway.web.admin import AdminServer
 from tests.ops.test_admin_api import READ_TOKEN, _admin_toml
-from tests.support.helpers import SOURCE, json_encoder, make_department_db, read_rows, to_record
+from tests.support.helpers import SOURCE, failed_batch, make_department_db
 from tests.support.inbound_helpers import write_config
 from tests.support.list_helpers import async_url
 from tests.support.pg_server import create_database
@@ -91,16 +91,10 @@ class TestReasons:
 
     async def test_dead_letters(self, sqlite_store: Store, tmp_path: Path) -> None:
         """A batch given up on leaves dead letters: health names the target and the count."""
-        rows = read_rows(make_department_db(tmp_path, penalties=3).path)
-        await sqlite_store.intake.commit_intake(SOURCE, [to_record(r) for r in rows], [],
-                                                [rows[-1]["gxsj"], rows[-1]["id"]], {"penalty": ["province"]},
-                                                len(rows))
-        batch = await sqlite_store.outbox.lease_batch("province", "penalty", 100, json_encoder())
-        assert batch is not None
-        await sqlite_store.outbox.fail_attempt(batch, "HTTP 401", time.time(), True, 1.0)
+        records = await failed_batch(sqlite_store, tmp_path, "HTTP 401", dead=True)
         await beat(sqlite_store, running())
         [problem] = await health_problems(sqlite_store, INSTANCE, LIMITS)
-        assert problem.startswith(f"target province: {len(rows)} dead letter(s)")
+        assert problem.startswith(f"target province: {records} dead letter(s)")
 
     async def test_certificate_and_calendar_inside_their_window(self, sqlite_store: Store) -> None:
         """A certificate or the calendar within alert_days of its end fails health, with what and when."""
