@@ -26,6 +26,7 @@ from gateway.clock import china_today
 from gateway.config import Config
 from gateway.domain.publicity import stamped
 from gateway.errors import ConfigError, GatewayError
+from gateway.instance_lock import store_lock
 from gateway.jobs import list_targets, reconcile, repair_screen, run_publicity
 from gateway.mapping import load_mapping, mapping_version
 from gateway.pipeline.engine import Intake, TargetWorker
@@ -273,14 +274,16 @@ class Gateway:
 
 
 async def serve(config: Config) -> int:
-    """The daemon's main coroutine: open the store, install signal handlers, run until stopped."""
-    store = await open_store(config.store_url())
-    try:
-        async with Gateway(config, store) as gw:
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, gw.stopping.set)
-            await gw.run()
-    finally:
-        await store.aclose()
+    """The daemon's main coroutine: take the store's lock (SQLite: one daemon per store), open the store, install
+    signal handlers, run until stopped."""
+    with store_lock(config.store_url()):
+        store = await open_store(config.store_url())
+        try:
+            async with Gateway(config, store) as gw:
+                loop = asyncio.get_running_loop()
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.add_signal_handler(sig, gw.stopping.set)
+                await gw.run()
+        finally:
+            await store.aclose()
     return 0

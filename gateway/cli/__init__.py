@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import datetime as dt
 import importlib
+import importlib.metadata
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -44,8 +45,17 @@ def _admin_args(p: argparse.ArgumentParser) -> None:
 
 def _top_parser() -> tuple[argparse.ArgumentParser, Any]:
     parser = argparse.ArgumentParser(prog="credit-gateway", description=__doc__.splitlines()[0] if __doc__ else "")
+    parser.add_argument("--version", action="version", version=f"credit-gateway {_version()}",
+                        help="print the installed version and exit")
     _config_arg(parser, top=True)
     return parser, parser.add_subparsers(dest="command", required=True)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("credit-gateway")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def _health_parser() -> argparse.ArgumentParser:

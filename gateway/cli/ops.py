@@ -34,6 +34,7 @@ from gateway.domain.subject_keys import KeySecret
 from gateway.domain.timeliness import timeliness_report
 from gateway.errors import ConfigError, GatewayError, Problem
 from gateway.files import write_private
+from gateway.instance_lock import store_lock
 from gateway.logs import redact, setup_logging
 from gateway.mapping import InboundMapping, OutboundMapping, load_mapping, source_columns
 from gateway.operations import cell, replay_entries, status_json
@@ -114,6 +115,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 async def _run_until_idle(config: Config, timeout_s: float) -> int:
+    with store_lock(config.store_url()):
+        return await _drain(config, timeout_s)
+
+
+async def _drain(config: Config, timeout_s: float) -> int:
     store = await _with_store(config)
     try:
         async with Gateway(config, store) as gw:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 KERNEL = ("gateway", "gateway.errors", "gateway.records", "gateway.stored", "gateway.settings", "gateway.clock",
-          "gateway.adapter", "gateway.tuning", "gateway.files", "gateway.instance")
+          "gateway.adapter", "gateway.tuning", "gateway.files", "gateway.instance", "gateway.instance_lock")
 
 # (layer number, module patterns): a pattern ending in ".*" covers a package and everything in it
 LAYERS: list[tuple[int, tuple[str, ...]]] = [

@@ -497,6 +497,14 @@ class TestQuarantineReplay:
 
 # ---------------------------------------------------------------- the daemon
 
+class TestVersion:
+    def test_version(self, tmp_path: Path) -> None:
+        """`credit-gateway --version` prints the installed version, with no config needed."""
+        from importlib.metadata import version
+        done = cli("--version", cwd=tmp_path)
+        assert (done.returncode, done.stdout.strip()) == (0, f"credit-gateway {version('credit-gateway')}")
+
+
 class TestDaemon:
     def test_runs_until_sigterm_with_json_logs(self, workdir: Path) -> None:
         """`run` is healthy while it runs, stops on SIGTERM with exit 0, and logs JSON lines."""
@@ -517,6 +525,26 @@ class TestDaemon:
         after = gw(workdir, "health")
         assert after.returncode == 1
         assert "stopped" in after.stdout
+
+
+    def test_a_second_daemon_on_the_same_store_is_refused(self, workdir: Path) -> None:
+        """While one daemon runs on a SQLite store, a second `run` (or `run --until-idle`) exits 1 at once naming the
+        running one's PID; after the first stops (even killed) the store can be taken again."""
+        log = (workdir / "daemon.log").open("w", encoding="utf-8")
+        first = subprocess.Popen([sys.executable, "-m", "gateway", "-c", str(workdir / "credit-gateway.toml"), "run"],
+                                 cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_until(lambda: gw(workdir, "health").returncode == 0, first, "health", timeout_s=60)
+            for args in (["run"], ["run", "--until-idle", "--timeout", "30"]):
+                second = gw(workdir, *args)
+                assert second.returncode == 1, second.stdout + second.stderr
+                assert f"another gateway (pid {first.pid}) is running on the store" in second.stderr
+        finally:
+            first.kill()  # SIGKILL: the kernel releases the lock with the process
+            first.wait(timeout=30)
+            log.close()
+        again = gw(workdir, "run", "--until-idle", "--timeout", "60")
+        assert again.returncode == 0, again.stdout + again.stderr
 
 
 class TestBrokenMappingEdit:
