@@ -21,9 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.certs import expiries, expiry_warnings
+from gateway.certs import expiries, expiry_warnings, key_problems
 from gateway.clock import china_today
-from gateway.config import Config
+from gateway.config import Config, load_config
 from gateway.domain.publicity import stamped
 from gateway.errors import ConfigError, GatewayError
 from gateway.instance_lock import store_lock
@@ -274,16 +274,58 @@ class Gateway:
 
 
 async def serve(config: Config) -> int:
-    """The daemon's main coroutine: take the store's lock (SQLite: one daemon per store), open the store, install
-    signal handlers, run until stopped."""
+    """The daemon's main coroutine: take the store's lock (SQLite: one daemon per store), open the store, and run
+    until stopped. SIGHUP reloads: the configuration file (and every mapping) is loaded and checked again; when it
+    passes, the running gateway stops as on SIGTERM (in-flight work finishes) and one built from the new
+    configuration starts on the same store; when it fails, the error is logged and the running one goes on."""
     with store_lock(config.store_url()):
         store = await open_store(config.store_url())
         try:
-            async with Gateway(config, store) as gw:
-                loop = asyncio.get_running_loop()
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    loop.add_signal_handler(sig, gw.stopping.set)
-                await gw.run()
+            current: Config | None = config
+            while current is not None:
+                current = await _run_until_signal(current, store)
         finally:
             await store.aclose()
     return 0
+
+
+async def _run_until_signal(config: Config, store: Store) -> Config | None:
+    """Run one gateway until SIGTERM/SIGINT (None) or an accepted SIGHUP reload (the new configuration)."""
+    reloaded: list[Config] = []
+    tasks: set[asyncio.Task[None]] = set()  # the loop keeps only weak references to tasks
+
+    def on_hangup() -> None:
+        task = asyncio.ensure_future(_reload(config, gw, reloaded))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async with Gateway(config, store) as gw:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, gw.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, on_hangup)
+        try:
+            await gw.run()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+    return reloaded[-1] if reloaded else None
+
+
+async def _reload(config: Config, gw: Gateway, accepted: list[Config]) -> None:
+    """Load and check the configuration again; stop the running gateway only when the new one passes."""
+    log.info("reloading the configuration", extra={"file": str(config.path)})
+    try:
+        fresh = await asyncio.to_thread(load_config, config.path)
+        problems = [str(p) for p in await asyncio.to_thread(key_problems, fresh)]
+        if fresh.store_url() != config.store_url():
+            problems.append("store.url: changed; restart the daemon to move to another store")
+    except ConfigError as exc:
+        problems = [str(p) for p in exc.problems] or [str(exc)]
+    if problems:
+        log.error("reload refused; the running configuration stays", extra={"file": str(config.path),
+                                                                            "problems": problems})
+        return
+    accepted.append(fresh)
+    log.info("configuration reloaded: restarting the pipeline", extra={"file": str(config.path)})
+    gw.stopping.set()

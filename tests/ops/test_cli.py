@@ -547,6 +547,35 @@ class TestDaemon:
         assert again.returncode == 0, again.stdout + again.stderr
 
 
+class TestSighup:
+    def test_reload_good_and_bad(self, workdir: Path) -> None:
+        """SIGHUP with a broken configuration is refused (logged, the daemon goes on as it was); with a good one the
+        pipeline restarts on it in the same process (here: a new instance name, whose heartbeat then appears)."""
+        config = workdir / "credit-gateway.toml"
+        good = config.read_text(encoding="utf-8")
+        log_path = workdir / "daemon.log"
+        log = log_path.open("w", encoding="utf-8")
+        daemon = subprocess.Popen([sys.executable, "-m", "gateway", "-c", str(config), "run"],
+                                  cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_until(lambda: gw(workdir, "health").returncode == 0, daemon, "health", timeout_s=60)
+            config.write_text(good.replace('table = "xzcf"', 'table = "x; drop"'), encoding="utf-8")
+            daemon.send_signal(signal.SIGHUP)
+            wait_until(lambda: "reload refused" in log_path.read_text(encoding="utf-8"), daemon, "the refusal")
+            assert "sources.dept.table" in log_path.read_text(encoding="utf-8")
+            config.write_text(good, encoding="utf-8")
+            assert gw(workdir, "health").returncode == 0  # still the same daemon, still running
+            config.write_text(good.replace('instance = "cli-test"', 'instance = "cli-test-reloaded"'),
+                              encoding="utf-8")
+            daemon.send_signal(signal.SIGHUP)
+            wait_until(lambda: "configuration reloaded" in log_path.read_text(encoding="utf-8"), daemon, "the reload")
+            wait_until(lambda: gw(workdir, "health").returncode == 0, daemon, "health after the reload", timeout_s=60)
+            assert daemon.poll() is None
+        finally:
+            code = stop(daemon, log)
+        assert code == 0, log_path.read_text(encoding="utf-8")
+
+
 class TestBrokenMappingEdit:
     def test_read_only_commands_survive_a_broken_mapping(self, workdir: Path) -> None:
         """After a broken edit of a mapping file the running daemon keeps its version; `health` still says healthy
