@@ -1,6 +1,6 @@
 # credit-gateway — the two commands first:
 #   make demo    install into .venv and run the end-to-end demo (SQLite + the built-in platform sandbox)
-#   make test    install what the tests need (PostgreSQL, openssl, xmlsec1 from Debian) and run the whole suite
+#   make test    install what the tests need (PostgreSQL, MariaDB, openssl, xmlsec1 from Debian) and run the whole suite
 # and: make check (ruff + mypy strict), make bench (throughput, latency, peak memory).
 
 # The interpreter for .venv: the distribution's own CPython 3.11+ when it can make a venv (Debian builds it with

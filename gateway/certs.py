@@ -16,16 +16,18 @@ from pathlib import Path
 from typing import Any
 
 from gateway.adapter import Credentialed, Sink, Source
+from gateway.clock import CHINA
 from gateway.config import Config
+from gateway.domain.calendar import WorkCalendar
 from gateway.errors import Problem
 from gateway.files import exposure
+from gateway.health import EXPIRED, WARN_DAYS
 from gateway.sealing.base import Credentials, EnvelopeError, load_certificates
 from gateway.sealing.pki import KINDS, make_ca
 from gateway.sealing.signatures import check_keypair
 
-WARN_DAYS = (60, 30, 7)
 RETIRED = "retired (key rotation)"
-EXPIRED, NOT_YET_VALID = "EXPIRED", "NOT YET VALID"
+NOT_YET_VALID = "NOT YET VALID"
 UNUSABLE = (EXPIRED, NOT_YET_VALID)  # `certs list` exits 1 when a certificate in use is one of these
 
 
@@ -165,6 +167,25 @@ def expiry_warnings(config: Config, now: dt.datetime | None = None) -> list[str]
     return [f"{c.where}: {c.subject} {c.status(now)} ({_window(c)})"
             for c in inventory(config)
             if c.not_after is not None and c.status(now) != "ok" and not c.detail.startswith(RETIRED)]
+
+
+def expiries(config: Config, now: dt.datetime | None = None) -> list[dict[str, Any]]:
+    """Days left per certificate in use and for the working-day calendar (heartbeat, health, /metrics)."""
+    now = now or dt.datetime.now(dt.UTC)
+    found = [{"kind": "certificate", "what": f"{c.where}: {c.subject}", "until": c.not_after.isoformat(),
+              "days_left": round(days, 3)}
+             for c in inventory(config)
+             if c.not_after is not None and not c.detail.startswith(RETIRED)
+             and (days := c.days_left(now)) is not None]
+    return [*found, calendar_expiry(WorkCalendar.from_settings(config.calendar), now)]
+
+
+def calendar_expiry(calendar: WorkCalendar, now: dt.datetime) -> dict[str, Any]:
+    """The working-day calendar's coverage as an expiry: due dates past its last date cannot be computed."""
+    last = calendar.last_covered()
+    end = dt.datetime.combine(last + dt.timedelta(days=1), dt.time(), CHINA)
+    return {"kind": "calendar", "what": f"working-day calendar ({calendar.coverage()})", "until": last.isoformat(),
+            "days_left": round((end - now).total_seconds() / 86400, 3)}
 
 
 def _window(c: Credential) -> str:

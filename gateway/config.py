@@ -7,7 +7,6 @@ Loading collects every problem (with the file and its TOML path) before raising 
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,9 @@ from gateway.adapter import SINK_GROUP, SOURCE_GROUP, AdapterContext, Credential
 from gateway.domain.calendar import CalendarSettings, parse_overrides
 from gateway.domain.publicity import PublicitySettings, parse_publicity
 from gateway.errors import ConfigError, Problem
+from gateway.instance import GatewaySettings, StoreSettings
+from gateway.instance import read_toml as _read
+from gateway.instance import section as _section
 from gateway.mapping import InboundMapping, OutboundMapping, load_mapping
 from gateway.pipeline.config import (
     CircuitSettings,
@@ -29,21 +31,6 @@ from gateway.sealing import get_profile
 from gateway.sealing.target import load_sealing
 from gateway.settings import parse_settings, resolve_sqlite_url, setting
 from gateway.web.config import AdminConfig, InboundConfig, load_admin, load_inbound
-
-
-@dataclass(frozen=True)
-class GatewaySettings:
-    department_code: str = setting(help="部门编码 / the department's USCC, sent as departmentCode")
-    department_name: str = setting(help="the department's name")
-    instance: str = setting("gateway", help="this instance's name in logs and heartbeats (`health` checks it); "
-                                            "unique per instance")
-    region_code: str = setting("", help="GB/T 2260 region code of the department")
-
-
-@dataclass(frozen=True)
-class StoreSettings:
-    url: str = setting("sqlite:///spool/gateway.db",
-                       help="sqlite:///path (relative to the config file) or postgresql://user@host/db")
 
 
 @dataclass(frozen=True)
@@ -187,43 +174,6 @@ def load_config(path: str | Path, *, lenient: bool = False) -> Config:
     return Config(path, gw, store, daemon, sources, targets, tuple(secrets), calendar=calendar, sanctions=sanctions,
                   lists=lists or ListsSettings(), inbound=inbound, admin=admin, publicity=publicity,
                   reports=reports or ReportsSettings(), warnings=tuple(skipped) if lenient else ())
-
-
-def load_instance(path: str | Path) -> tuple[str, str]:
-    """(instance name, store URL) from ``[gateway]`` and ``[store]`` alone: what ``health`` needs, so that a broken
-    mapping file or adapter setting elsewhere does not make a probe report a working daemon as dead."""
-    path = Path(path).resolve()
-    doc = _read(path)
-    problems: list[Problem] = []
-    raw = doc.get("gateway", {})
-    instance = raw.get("instance", GatewaySettings.instance) if isinstance(raw, dict) else None
-    if not isinstance(instance, str) or not instance:
-        problems.append(Problem("gateway.instance", f"expected a name, got {instance!r}"))
-    store = _section(StoreSettings, doc, "store", problems)
-    if problems or store is None or not isinstance(instance, str):
-        raise ConfigError(problems, str(path))
-    return instance, resolve_sqlite_url(store.url, path.parent)
-
-
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError([Problem("", "file not found (copy config.example.toml)")], str(path)) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError([Problem("", f"not UTF-8 at byte {exc.start}")], str(path)) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([Problem("", f"invalid TOML: {exc}")], str(path)) from None
-
-
-def _section(cls: type[Any], doc: Mapping[str, Any], name: str, problems: list[Problem]) -> Any:
-    raw = doc.get(name, {})
-    if not isinstance(raw, dict):
-        problems.append(Problem(name, "must be a table"))
-        return None
-    value, found = parse_settings(cls, raw, name)
-    problems += found
-    return value
 
 
 def _calendar(doc: Mapping[str, Any], problems: list[Problem]) -> CalendarSettings:

@@ -15,17 +15,20 @@ import functools
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.certs import expiry_warnings
+from gateway.certs import expiries, expiry_warnings, key_problems
 from gateway.clock import china_today
-from gateway.config import Config
+from gateway.config import Config, load_config
 from gateway.domain.calendar import WorkCalendar
 from gateway.domain.publicity import stamped
 from gateway.errors import ConfigError, GatewayError
+from gateway.instance_lock import store_lock
 from gateway.jobs import list_targets, reconcile, repair_screen, run_publicity
 from gateway.mapping import load_mapping, mapping_version
 from gateway.monthly import due_month, monthly_report
@@ -39,6 +42,24 @@ from gateway.web.server import WebServers, start_web
 from gateway.xlsx import write_xlsx
 
 log = logging.getLogger("gateway.daemon")
+EXPIRY_REFRESH_S = 3600.0
+
+
+@dataclass
+class PollRecord:
+    """A source's recent polls: failures in a row, the last error and the last success (epoch seconds)."""
+
+    failed_polls: int = 0
+    last_error: str | None = None
+    last_error_at: float | None = None
+    last_success_at: float | None = None
+
+    def failed(self, error: str) -> None:
+        self.failed_polls += 1
+        self.last_error, self.last_error_at = error, time.time()
+
+    def succeeded(self) -> None:
+        self.failed_polls, self.last_success_at = 0, time.time()
 
 
 class Gateway:
@@ -62,6 +83,8 @@ class Gateway:
         self.started_at = time.time()
         self._stack = contextlib.AsyncExitStack()
         self.web = WebServers()  # the inbound endpoint and the admin API, when configured (started by run)
+        self.polls = {name: PollRecord() for name in self.intakes}  # for the heartbeat: health and status
+        self._expiries: tuple[float, list[dict[str, Any]]] = (0.0, [])
 
     def _publication_rules(self) -> None:
         """The repair check at intake, the computed 公示截止期 on the way out, and nothing past its publicity period
@@ -178,13 +201,19 @@ class Gateway:
         log.info("gateway stopped")
 
     def _poller(self, intake: Intake) -> Callable[[], Any]:
+        record = self.polls[intake.cfg.name]
+
         async def poll() -> None:
             if self.stopping.is_set():
                 return
             try:
                 await intake.poll()
             except GatewayError as exc:
-                log.error("poll failed", extra={"source": intake.cfg.name, "error": str(exc)})
+                record.failed(str(exc))
+                log.error("poll failed", extra={"source": intake.cfg.name, "error": str(exc),
+                                                "failed_in_a_row": record.failed_polls})
+            else:
+                record.succeeded()
 
         return poll
 
@@ -230,10 +259,22 @@ class Gateway:
             self._wake_all()
 
     async def beat(self, state: str = "running") -> None:
+        """Record that this daemon is alive, with what only it knows (gateway.health reads it)."""
         circuits = {n: {"circuit": w.circuit.state, "in_flight": len(w.inflight), "last_error": w.last_error,
                         "blocked": w.blocked} for n, w in self.workers.items()}
-        await self.store.reports.beat(self.config.gateway.instance, os.getpid(), self.started_at,
-                              {"state": state, "targets": circuits})
+        after = self.config.daemon.unhealthy_after_failed_polls
+        sources = {n: {**vars(p), "unhealthy_after": after} for n, p in self.polls.items()}
+        await self.store.reports.beat(self.config.gateway.instance, os.getpid(), self.started_at, {
+            "state": state, "host": socket.gethostname(), "targets": circuits, "sources": sources,
+            "expiries": await self.expiries()})
+
+    async def expiries(self) -> list[dict[str, Any]]:
+        """Days left per certificate and for the calendar, read again at most hourly (certificate files)."""
+        at, found = self._expiries
+        if time.monotonic() - at > EXPIRY_REFRESH_S or not found:
+            found = await asyncio.to_thread(expiries, self.config)
+            self._expiries = (time.monotonic(), found)
+        return found
 
     # ------------------------------------------------------------ one-shot
 
@@ -261,21 +302,73 @@ class Gateway:
 
 
 async def serve(config: Config) -> int:
-    """The daemon's main coroutine: take the signals over, open the store, run until stopped. A signal during the
-    start-up lets it finish (the store opened, the pool started) and stops the daemon before it reads anything."""
+    """The daemon's main coroutine: take the signals over, take the store's lock (SQLite: one daemon per store),
+    open the store, and run until stopped. A SIGTERM or SIGINT during the start-up lets it finish (the store
+    opened, the pool started) and stops the daemon before it reads anything. SIGHUP reloads: the configuration
+    file (and every mapping) is loaded and checked again; when it passes, the running gateway stops as on SIGTERM
+    (in-flight work finishes) and one built from the new configuration starts on the same store; when it fails,
+    the error is logged and the running one goes on."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    store = await open_store(config.store_url())
-    try:
-        async with Gateway(config, store) as gw:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, gw.stopping.set)
+    with store_lock(config.store_url()):
+        store = await open_store(config.store_url())
+        try:
+            current: Config | None = config
+            while current is not None and not stop.is_set():
+                current = await _run_until_signal(current, store, stop)
+        finally:
+            await store.aclose()
+    return 0
+
+
+async def _run_until_signal(config: Config, store: Store, stop: asyncio.Event) -> Config | None:
+    """Run one gateway until SIGTERM/SIGINT (None: ``stop`` is set) or an accepted SIGHUP reload (the new
+    configuration). Between two gateways, and while one starts, the signals set ``stop``."""
+    reloaded: list[Config] = []
+    tasks: set[asyncio.Task[None]] = set()  # the loop keeps only weak references to tasks
+
+    def on_hangup() -> None:
+        task = asyncio.ensure_future(_reload(config, gw, reloaded))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async with Gateway(config, store) as gw:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, gw.stopping.set)
+        if stop.is_set():
+            gw.stopping.set()
+        loop.add_signal_handler(signal.SIGHUP, on_hangup)
+        try:
             if stop.is_set():
                 log.info("stopped during start-up")
-                return 0
+                return None
             await gw.run()
-    finally:
-        await store.aclose()
-    return 0
+            if not reloaded:
+                stop.set()
+        finally:
+            loop.remove_signal_handler(signal.SIGHUP)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+    return reloaded[-1] if reloaded else None
+
+
+async def _reload(config: Config, gw: Gateway, accepted: list[Config]) -> None:
+    """Load and check the configuration again; stop the running gateway only when the new one passes."""
+    log.info("reloading the configuration", extra={"file": str(config.path)})
+    try:
+        fresh = await asyncio.to_thread(load_config, config.path)
+        problems = [str(p) for p in await asyncio.to_thread(key_problems, fresh)]
+        if fresh.store_url() != config.store_url():
+            problems.append("store.url: changed; restart the daemon to move to another store")
+    except ConfigError as exc:
+        problems = [str(p) for p in exc.problems] or [str(exc)]
+    if problems:
+        log.error("reload refused; the running configuration stays", extra={"file": str(config.path),
+                                                                            "problems": problems})
+        return
+    accepted.append(fresh)
+    log.info("configuration reloaded: restarting the pipeline", extra={"file": str(config.path)})
+    gw.stopping.set()

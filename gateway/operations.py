@@ -11,14 +11,14 @@ from __future__ import annotations
 import datetime as dt
 import time
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gateway.adapter import SourceBatch, SourceRow
 from gateway.certs import expiry_warnings
-from gateway.clock import china_today
+from gateway.clock import age, china_today
 from gateway.config import Config
 from gateway.domain.calendar import WorkCalendar
 from gateway.domain.identifiers import mask_id
@@ -27,6 +27,7 @@ from gateway.domain.timeliness import timeliness_report
 from gateway.jobs import repair_screen
 from gateway.logs import redact
 from gateway.mapping import InboundMapping, OutboundMapping
+from gateway.mapping.model import REPLACED
 from gateway.store import Store
 from gateway.stored import Reject
 
@@ -55,15 +56,6 @@ def table_lines(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> list[
     lines = ["  ".join(_pad(c, w) for c, w in zip(columns, widths, strict=True))]
     lines += ["  ".join(_pad(v, w) for v, w in zip(r, widths, strict=True)) for r in cells]
     return lines
-
-
-def age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f}{unit}"
-    return f"{seconds:.0f}s"
 
 
 # ---------------------------------------------------------------- status
@@ -113,6 +105,7 @@ async def status_json(store: Store, config: Config) -> dict[str, Any]:
     status["timeliness"] = (await timeliness_report(
         store.reports, WorkCalendar.from_settings(config.calendar), today=china_today())).as_json()
     status["certificates"] = expiry_warnings(config)
+    status["store_bytes"] = await store.reports.size_bytes()
     status["sanctions"] = (await sanctions_report(
         store.history, WorkCalendar.from_settings(config.calendar), today=china_today(),
         due_working_days=config.sanctions.feedback_due_working_days)).counts()
@@ -158,6 +151,19 @@ def replay_mapping(config: Config, source: str, dataset: str) -> InboundMapping 
     return None
 
 
+def undecodable(entry: Mapping[str, Any]) -> str | None:
+    """Why a quarantined row cannot be replayed from its stored copy: its bytes were not text at the source, so
+    what was kept holds replacement characters (U+FFFD) in place of the real text. None when it can be."""
+    columns = sorted(c for c, v in (entry.get("raw") or {}).items() if isinstance(v, str) and REPLACED in v)
+    if not columns:
+        return None
+    said = [r["message"] for r in entry.get("reasons") or [] if r.get("field") in columns]
+    return (f"column(s) {', '.join(columns)} were not valid text at the source"
+            f"{' (' + '; '.join(said) + ')' if said else ''}, and the copy kept has replacement characters "
+            "(U+FFFD) in their place. Correct the row in the department's database (a changed row is read again), "
+            "or give the source its real `encoding`; the entry then resolves by itself")
+
+
 async def replay_entries(store: Store, config: Config, entries: Sequence[dict[str, Any]]) -> ReplayResult:
     """Mapping rejects are mapped again with today's mapping; target rejects are sent again."""
     target_entries = [e for e in entries if e["stage"] != "mapping"]
@@ -165,6 +171,11 @@ async def replay_entries(store: Store, config: Config, entries: Sequence[dict[st
                           notes=[])
     routes = config.routes()
     for e in (e for e in entries if e["stage"] == "mapping"):
+        refusal = undecodable(e)
+        if refusal:
+            result.notes = [*(result.notes or []), f"entry {e['id']}: not replayed: {refusal}"]
+            result.still += 1
+            continue
         mapping = replay_mapping(config, e["source"], e["dataset"])
         if mapping is None:
             result.notes = [*(result.notes or []), f"entry {e['id']}: source {e['source']} / dataset "

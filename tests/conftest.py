@@ -1,4 +1,4 @@
-"""Shared fixtures: real SQLite files, a real PostgreSQL server, the sandbox on 127.0.0.1."""
+"""Shared fixtures: real SQLite files, real PostgreSQL and MariaDB servers, the sandbox on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 
 from gateway.sandbox.server import Sandbox, SandboxConfig
 from gateway.store import Store, open_store
+from tests.support import mariadb_server
 from tests.support.pg_server import create_database, postgres_server
 
 TOKEN = "test-token-0123456789"
@@ -23,6 +24,25 @@ def pg_admin_url() -> Iterator[str]:
         pytest.skip("CG_NO_POSTGRES=1: PostgreSQL variants skipped on purpose")
     with postgres_server() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def mariadb_admin_url() -> Iterator[str]:
+    if os.environ.get("CG_NO_MARIADB") == "1":
+        pytest.skip("CG_NO_MARIADB=1: MariaDB variants skipped on purpose")
+    with mariadb_server.mariadb_server() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
+def department_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty department database: a SQLite file, or a new database on the PostgreSQL or MariaDB server."""
+    name = f"cg_dept_{os.getpid()}_{next(_db_counter)}"
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'department.db'}"
+    if request.param == "postgresql":
+        return create_database(request.getfixturevalue("pg_admin_url"), name)
+    return mariadb_server.create_database(request.getfixturevalue("mariadb_admin_url"), name)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

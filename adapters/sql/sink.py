@@ -37,10 +37,17 @@ from typing import Any, ClassVar, Self
 import orjson
 from sqlalchemy import and_, column, delete, event, insert, inspect, select, table, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DataError, IntegrityError, NoSuchTableError, SQLAlchemyError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DataError,
+    IntegrityError,
+    NoSuchTableError,
+    OperationalError,
+    SQLAlchemyError,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from adapters.sql.url import database_url, password_credentials, url_secrets
+from adapters.sql.url import database_url, password_credentials, pin_session, url_secrets
 from gateway.adapter import AdapterContext, Credential, OutgoingBatch, Receipt, RecordResult, TargetRecord
 from gateway.errors import ConfigError, PermanentError, Problem, RetryableError
 from gateway.settings import parse_settings, setting
@@ -51,7 +58,8 @@ _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 @dataclass(frozen=True)
 class SqlSinkSettings:
-    url: str = setting(help="sqlite:///path or postgresql://user@host/db (password via password_env)")
+    url: str = setting(help="sqlite:///path, postgresql://, mysql:// or mariadb://user@host/db (password via "
+                                 "password_env; docs/databases.md)")
     password_env: str = setting("", help="environment variable holding the database password")
     tables: dict[str, Any] = setting({}, help="per dataset: [targets.NAME.tables.DATASET] (table, key_columns, …)")
 
@@ -139,6 +147,7 @@ class SqlSink:
             raise ConfigError([Problem("url", str(exc))], f"target {self.name}") from exc
         if self._sqlite:
             _sqlite_transactions(self._engine)
+        pin_session(self._engine)
         return self
 
     async def __aexit__(self, t: type[BaseException] | None, e: BaseException | None,
@@ -189,7 +198,9 @@ class SqlSink:
                 await self._write(conn, info, values, where, operation)
         except ValueProblem as exc:
             return RecordResult(key, version, "rejected", "VALUE", str(exc))
-        except (IntegrityError, DataError) as exc:  # the database refused this row: the others still land
+        except (IntegrityError, DataError, OperationalError) as exc:  # the database refused this row: the rest land
+            if not _row_refused(exc):
+                raise
             return RecordResult(key, version, "rejected", "DB", _message(exc))
         return RecordResult(key, version, "accepted")
 
@@ -417,6 +428,19 @@ def _render(value: Any) -> str | None:
 def _digest(info: _Table, values: Mapping[str, Any]) -> str:
     rendered = {c: r for c, v in sorted(values.items()) if (r := _render(v)) is not None}
     return hashlib.sha256(orjson.dumps(rendered, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+
+
+# MySQL/MariaDB error numbers that refuse one row but are raised as OperationalError by the driver: a CHECK
+# constraint (MariaDB 4025, MySQL 3819), a value out of range or of the wrong kind in strict mode.
+_MYSQL_ROW_ERRORS = frozenset({4025, 3819, 1264, 1265, 1292, 1366, 1406})
+
+
+def _row_refused(exc: SQLAlchemyError) -> bool:
+    """Whether the database refused this row alone (the transaction goes on), not the connection failing."""
+    if isinstance(exc, IntegrityError | DataError):
+        return True
+    args: tuple[Any, ...] = getattr(getattr(exc, "orig", None), "args", ())
+    return bool(args) and args[0] in _MYSQL_ROW_ERRORS
 
 
 def _message(exc: SQLAlchemyError) -> str:

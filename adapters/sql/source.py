@@ -15,6 +15,7 @@ import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
@@ -23,7 +24,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from adapters.sql.pages import QuerySpec, SqlitePageReader, page_batch, select_page
-from adapters.sql.url import database_url, password_credentials, url_secrets
+from adapters.sql.url import database_url, password_credentials, pin_session, url_secrets
 from gateway.adapter import AdapterContext, Credential, SourceBatch
 from gateway.errors import ConfigError, Problem, RetryableError
 from gateway.settings import parse_settings, setting
@@ -34,7 +35,8 @@ _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 
 @dataclass(frozen=True)
 class SqlSourceSettings:
-    url: str = setting(help="sqlite:///path or postgresql://user@host/db (password via password_env)")
+    url: str = setting(help="sqlite:///path, postgresql://, mysql:// or mariadb://user@host/db (password via "
+                                 "password_env; docs/databases.md)")
     table: str = setting("", help="table to read; or give `query`")
     query: str = setting("", help="a SELECT whose columns include the key and update columns")
     key_columns: list[str] = setting(["id"], help="columns that identify a row (tie-breaker)")
@@ -84,6 +86,7 @@ class SqlSource:
             self._engine = create_async_engine(self._url)
         except (ArgumentError, ImportError) as exc:
             raise ConfigError([Problem("url", str(exc))], f"source {self.name}") from exc
+        pin_session(self._engine)
         # SQLite stores whatever bytes it was given. UTF-8 databases are read as text (fast, in C); a page
         # with a value that is not UTF-8 is read again as bytes and decoded here, row by row. Databases in
         # another encoding are always read as bytes.
@@ -101,9 +104,14 @@ class SqlSource:
     async def columns(self) -> list[str]:
         """The column names the table or query yields (for checking a mapping against the source)."""
         sql = f"SELECT * FROM ({self._from()}) AS src WHERE 1 = 0"  # noqa: S608 - identifiers checked
-        async with self._connect() as conn:
-            result = await conn.execute(text(sql))
-            return list(result.keys())
+        try:
+            async with self._connect() as conn:
+                result = await conn.execute(text(sql))
+                return list(result.keys())
+        except SQLAlchemyError as exc:
+            raise RetryableError(f"source {self.name}: {_reason(exc)}") from exc
+        except OSError as exc:
+            raise RetryableError(f"source {self.name}: {exc}") from exc
 
     async def fetch(self, cursor: Any, limit: int) -> SourceBatch:
         sql, params = select_page(self._spec, cursor, limit, self._draining)
@@ -112,8 +120,7 @@ class SqlSource:
             rows = await self._query(sql, params, as_bytes)
         except SQLAlchemyError as exc:
             if not (self._sqlite and "decode" in str(exc)):
-                detail = exc.args[0] if exc.args else ""
-                raise RetryableError(f"source {self.name}: {type(exc).__name__}: {detail}") from exc
+                raise RetryableError(f"source {self.name}: {_reason(exc)}") from exc
             as_bytes = True
             rows = await self._query(sql, params, as_bytes)
         self._draining = len(rows) >= limit
@@ -171,10 +178,21 @@ class SqlSource:
     def _connect(self) -> Any:
         if self._engine is None:
             raise RuntimeError("source used outside `async with`")
+        database = self._engine.url.database
+        if self._sqlite and database and database != ":memory:" and not database.startswith("file:") \
+                and not Path(database).is_file():  # sqlite3 would create an empty database there
+            raise RetryableError(f"source {self.name}: database file not found: {database}")
         return self._engine.connect()
 
     def _from(self) -> str:
         return self.settings.query or f"SELECT * FROM {self.settings.table}"  # noqa: S608 - identifier checked
+
+
+def _reason(exc: SQLAlchemyError) -> str:
+    """The database's own message, one line (not SQLAlchemy's SQL echo and background link)."""
+    orig = getattr(exc, "orig", None)
+    detail = str(orig if orig is not None else (exc.args[0] if exc.args else exc)).strip().splitlines()
+    return f"{type(orig or exc).__name__}: {detail[0] if detail else ''}"
 
 
 def _check_identifiers(settings: SqlSourceSettings, where: str) -> list[Problem]:

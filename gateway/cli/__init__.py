@@ -9,20 +9,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import importlib
+import importlib.metadata
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway.cli import adapters as cli_adapters
-from gateway.cli import datasets as cli_datasets
-from gateway.cli import inbound as cli_inbound
-from gateway.cli import lists as cli_lists
-from gateway.cli import monthly as cli_monthly
-from gateway.cli import ops as cli_ops
-from gateway.cli import rules as cli_rules
-from gateway.cli import sanctions as cli_sanctions
+from gateway.cli import health as cli_health
 from gateway.errors import ConfigError, GatewayError
 from gateway.logs import redact
 from gateway.startup import default_sigterm
@@ -49,10 +44,37 @@ def _admin_args(p: argparse.ArgumentParser) -> None:
                    help="the client certificate's private key (default: $CG_ADMIN_KEY)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _top_parser() -> tuple[argparse.ArgumentParser, Any]:
     parser = argparse.ArgumentParser(prog="credit-gateway", description=__doc__.splitlines()[0] if __doc__ else "")
+    parser.add_argument("--version", action="version", version=f"credit-gateway {_version()}",
+                        help="print the installed version and exit")
     _config_arg(parser, top=True)
-    sub = parser.add_subparsers(dest="command", required=True)
+    return parser, parser.add_subparsers(dest="command", required=True)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("credit-gateway")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def _health_parser() -> argparse.ArgumentParser:
+    """The parser of `health` alone: a probe's run imports nothing else (gateway.cli.health)."""
+    parser, sub = _top_parser()
+    cli_health.add_parser(sub, _config_arg)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from gateway.cli import adapters as cli_adapters
+    from gateway.cli import datasets as cli_datasets
+    from gateway.cli import inbound as cli_inbound
+    from gateway.cli import lists as cli_lists
+    from gateway.cli import monthly as cli_monthly
+    from gateway.cli import rules as cli_rules
+
+    parser, sub = _top_parser()
 
     p = sub.add_parser("check", help="check the configuration and mappings; list every problem")
     _config_arg(p)
@@ -68,10 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     _admin_args(p)
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("health", help="exit 0 if the daemon is alive and delivering, 1 if not")
-    _config_arg(p)
-    p.add_argument("--max-heartbeat-age", type=float, default=60.0, help="seconds")
-    p.add_argument("--max-pending-age", type=float, default=0.0, help="seconds; 0 = do not check")
+    cli_health.add_parser(sub, _config_arg)
 
     p = sub.add_parser("certs", help="credentials: make a development PKI, list what the config uses")
     csub = p.add_subparsers(dest="certs_command", required=True)
@@ -180,37 +199,59 @@ def _quarantine_parser(sub: Any) -> None:
         g.add_argument("--all", action="store_true")
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
-    "check": cli_ops.cmd_check,
-    "run": cli_ops.cmd_run,
-    "status": cli_ops.cmd_status,
-    "health": cli_ops.cmd_health,
-    "timeliness": cli_ops.cmd_timeliness,
-    "sanctions": cli_sanctions.cmd_sanctions,
-    "verify": cli_ops.cmd_verify,
-    "certs": cli_ops.cmd_certs,
-    "spool": cli_ops.cmd_spool,
-    "quarantine": cli_ops.cmd_quarantine,
-    "records": cli_rules.cmd_records,
-    "publicity": cli_rules.cmd_publicity,
-    "mapping": cli_ops.cmd_mapping,
-    "sandbox": cli_ops.cmd_sandbox,
-    "demo": cli_ops.cmd_demo,
-    "lists": cli_lists.cmd_lists,
-    "inbound": cli_inbound.cmd_inbound,
-    "adapters": cli_adapters.cmd_adapters,
-    "datasets": cli_datasets.cmd_datasets,
-    "report": cli_monthly.cmd_report,
-    "dashboard": cli_monthly.cmd_dashboard,
+# command → (module of gateway.cli, function), imported when the command runs: `health` imports little
+COMMANDS: dict[str, tuple[str, str]] = {
+    "check": ("ops", "cmd_check"),
+    "run": ("ops", "cmd_run"),
+    "status": ("ops", "cmd_status"),
+    "health": ("health", "cmd_health"),
+    "timeliness": ("ops", "cmd_timeliness"),
+    "sanctions": ("sanctions", "cmd_sanctions"),
+    "verify": ("ops", "cmd_verify"),
+    "certs": ("ops", "cmd_certs"),
+    "spool": ("ops", "cmd_spool"),
+    "quarantine": ("ops", "cmd_quarantine"),
+    "records": ("rules", "cmd_records"),
+    "publicity": ("rules", "cmd_publicity"),
+    "mapping": ("ops", "cmd_mapping"),
+    "sandbox": ("ops", "cmd_sandbox"),
+    "demo": ("ops", "cmd_demo"),
+    "lists": ("lists", "cmd_lists"),
+    "inbound": ("inbound", "cmd_inbound"),
+    "adapters": ("adapters", "cmd_adapters"),
+    "datasets": ("datasets", "cmd_datasets"),
+    "report": ("monthly", "cmd_report"),
+    "dashboard": ("monthly", "cmd_dashboard"),
 }
 
 
+def command(name: str) -> Callable[[argparse.Namespace], Any]:
+    module, function = COMMANDS[name]
+    found: Callable[[argparse.Namespace], Any] = getattr(importlib.import_module(f"gateway.cli.{module}"), function)
+    return found
+
+
+def command_words(argv: Sequence[str]) -> list[str]:
+    """The command words of ``argv`` (the command, its sub-command, …), without the options and ``-c FILE``."""
+    found, skip = [], False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word in ("-c", "--config"):
+            skip = True
+        elif not word.startswith("-"):
+            found.append(word)
+    return found
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    parser = _health_parser() if command_words(words)[:1] == ["health"] else build_parser()
+    args = parser.parse_args(words)
     if args.command != "run":
         default_sigterm()  # only the daemon treats a SIGTERM during its start-up as a clean stop
     try:
-        result = COMMANDS[args.command](args)
+        result = command(args.command)(args)
         if asyncio.iscoroutine(result):
             result = asyncio.run(result)
         return int(result or 0)

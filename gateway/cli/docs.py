@@ -23,17 +23,16 @@ from typing import Any
 from gateway.adapter import SINK_GROUP, SOURCE_GROUP
 from gateway.cli.datasets import field_rows
 from gateway.config import (
-    GatewaySettings,
     ListsSettings,
     ReportsSettings,
     SanctionsSettings,
     SourceKeys,
-    StoreSettings,
     TargetKeys,
 )
 from gateway.domain.calendar import CalendarSettings
 from gateway.domain.datasets import DATASETS
 from gateway.domain.publicity import PublicityKeys
+from gateway.instance import GatewaySettings, StoreSettings
 from gateway.pipeline.config import CircuitSettings, DaemonSettings, RetrySettings
 from gateway.sealing.target import EnvelopeSettings
 from gateway.settings import describe

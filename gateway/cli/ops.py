@@ -9,7 +9,6 @@ import datetime as dt
 import io
 import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,25 +26,24 @@ from gateway.certs import (
     key_problems,
 )
 from gateway.cli.remote import AdminClient, client_cert_files, read_token
-from gateway.clock import china_today
-from gateway.config import Config, load_config, load_instance
+from gateway.clock import age, china_today
+from gateway.config import Config, load_config
 from gateway.daemon import Gateway, serve
 from gateway.domain.calendar import WorkCalendar
 from gateway.domain.subject_keys import KeySecret
 from gateway.domain.timeliness import timeliness_report
 from gateway.errors import ConfigError, GatewayError, Problem
 from gateway.files import write_private
+from gateway.instance_lock import store_lock
 from gateway.logs import log_stray_output, redact, setup_logging
 from gateway.mapping import InboundMapping, OutboundMapping, load_mapping, source_columns
 from gateway.operations import (
-    age,
     cell,
     mask_personal,
     personal_keys,
     personal_names,
     replay_entries,
     status_json,
-    target_errors,
 )
 from gateway.records import Operation, Record, from_payload
 from gateway.report import out, print_status, print_timeliness, table
@@ -127,15 +125,32 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 async def _run_until_idle(config: Config, timeout_s: float) -> int:
+    with store_lock(config.store_url()):
+        return await _drain(config, timeout_s)
+
+
+async def _drain(config: Config, timeout_s: float) -> int:
     store = await _with_store(config)
     try:
         async with Gateway(config, store) as gw:
             done = await gw.run_until_idle(timeout_s)
         await print_status(store, WorkCalendar.from_settings(config.calendar),
                            config.sanctions.feedback_due_working_days)
+        if not done:
+            print(redact(f"run --until-idle: timed out after {timeout_s:g} s; {await _left_over(store)}"),
+                  file=sys.stderr)
     finally:
         await store.aclose()
     return 0 if done else 1
+
+
+async def _left_over(store: Store) -> str:
+    """What a timed-out one-shot run left: records still pending per target, with the last error."""
+    rows = [r for r in await store.reports.target_status() if r["backlog"]]
+    if not rows:
+        return "the sources were still being read"
+    return "; ".join(f"{r['backlog']} record(s) still pending for target {r['target']}"
+                     + (f" (last error: {r['last_error']})" if r["last_error"] else "") for r in rows)
 
 
 # ---------------------------------------------------------------- status / health
@@ -176,37 +191,6 @@ async def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-
-
-async def cmd_health(args: argparse.Namespace) -> int:
-    instance, url = load_instance(args.config)  # the instance and the store only: nothing else can fail it
-    store = await open_store(url)
-    try:
-        problems = await _health_problems(store, instance, args.max_heartbeat_age, args.max_pending_age)
-    finally:
-        await store.aclose()
-    for p in problems:
-        out(f"unhealthy: {p}")
-    if not problems:
-        out("healthy")
-    return 1 if problems else 0
-
-
-async def _health_problems(store: Store, instance: str, max_beat: float, max_pending: float) -> list[str]:
-    beats = {b["instance"]: b for b in await store.reports.heartbeats()}
-    beat = beats.get(instance)
-    problems = []
-    if beat is None:
-        problems.append(f"instance {instance} has never run")
-    elif beat["state"].get("state") != "running" or time.time() - beat["beat_at"] > max_beat:
-        problems.append(f"instance {instance} is {beat['state'].get('state')}, "
-                        f"last heartbeat {_age(time.time() - beat['beat_at'])} ago")
-    else:  # alive, but a target that cannot make batches delivers nothing new
-        problems += [f"target {name}: {text}" for name, text, blocked in target_errors(beat) if blocked]
-    for row in await store.reports.target_status():
-        if max_pending and (row["oldest_pending_s"] or 0) > max_pending:
-            problems.append(f"target {row['target']}: oldest pending record is {_age(row['oldest_pending_s'])} old")
-    return problems
 
 
 # ---------------------------------------------------------------- timeliness

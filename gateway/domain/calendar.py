@@ -120,6 +120,11 @@ class WorkCalendar:
                 count += 1
         return count
 
+    def last_covered(self) -> dt.date:
+        """The last date with an official schedule (the package's last year, or ``[calendar] covered_until``)."""
+        last = dt.date(self.official.last_year, 12, 31)
+        return max(last, self.covered_until) if self.override_from and self.covered_until else last
+
     def coverage(self) -> str:
         """Which dates have a schedule, in words (for messages)."""
         off = self.official

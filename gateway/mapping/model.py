@@ -61,6 +61,18 @@ class OperationPlan:
     default: str
 
 
+REPLACED = "\ufffd"  # what a decoder puts where bytes were not text in its encoding
+REPLACED_REASON = ("contains U+FFFD, a character that stands for bytes that could not be decoded: the source's "
+                   "text is not in its configured encoding; fix the row at the source or set the source's encoding")
+
+
+def replaced_text(fields: Mapping[str, Any]) -> list[Problem]:
+    """A problem per field holding a replacement character: text decoded with replacement never leaves."""
+    if not any(REPLACED in v for v in fields.values() if v.__class__ is str):
+        return []
+    return [Problem(name, REPLACED_REASON) for name, v in fields.items() if isinstance(v, str) and REPLACED in v]
+
+
 FastMap = Callable[[Mapping[str, Any], dt.date, "KeySecret | None"],
                    tuple[dict[str, FieldValue], Operation, list[Problem], str]]
 
@@ -91,6 +103,8 @@ class InboundMapping:
         """``secret``: the store's key secret, needed by datasets whose keys pseudonymise ID numbers."""
         if self.fast is not None:
             fields, op, found, key = self.fast(row, today, secret)
+            replaced = replaced_text(fields)
+            found = dedupe([*found, *replaced]) if replaced else found
             if found:
                 return MappedRow(None, found, key)
             return MappedRow(Record(self.dataset.name, key, op, fields, source, source_key), [], key)
@@ -98,6 +112,7 @@ class InboundMapping:
         operation = self.row_operation(row, _as_date(fields.get(self.dataset.date_field)), problems)
         problems += self._conditions(fields)
         problems += validate(self.dataset, fields, today)
+        problems += replaced_text(fields)
         key = record_key(self.dataset, fields, secret)
         if problems:
             return MappedRow(None, dedupe(problems), key)
@@ -111,6 +126,8 @@ class InboundMapping:
             mapped = self.map_row(row, today, source, source_key, secret=secret)
             return (mapped.record.entry() if mapped.record else None), mapped.problems, mapped.key
         fields, op, problems, key = self.fast(row, today, secret)
+        replaced = replaced_text(fields)
+        problems = dedupe([*problems, *replaced]) if replaced else problems
         if problems:
             return None, problems, key
         return ledger_entry(self.dataset.name, key, op.value, fields, source, source_key), [], key

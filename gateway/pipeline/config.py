@@ -24,6 +24,9 @@ class DaemonSettings:
                                           "large batches (0 = all in the daemon itself)")
     reload_check_s: float = setting(5.0, check="positive",
                                     help="how often mapping files (and their includes) are checked for changes")
+    unhealthy_after_failed_polls: int = setting(3, check="positive",
+                                                help="a source that failed this many polls in a row makes `health` "
+                                                     "and /healthz fail until a poll succeeds")
     log_format: str = setting("json", choices=("json", "text"), help="json: one object per line")
     log_level: str = setting("info", choices=("debug", "info", "warning", "error"),
                              help="the least severe level logged")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import JSON, and_, case, cast, func, select, type_coerce, update
+from sqlalchemy import JSON, and_, case, cast, func, insert, select, text, type_coerce, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from gateway.store import schema as s
@@ -87,6 +88,54 @@ class Reports(Repository):
         async with self.tx() as conn:
             await conn.execute(stmt.on_conflict_do_update(index_elements=["instance"], set_={
                 "pid": pid, "started_at": started_at, "beat_at": stmt.excluded.beat_at, "state": stmt.excluded.state}))
+
+    async def source_counts(self) -> dict[str, dict[str, int]]:
+        """Per source: rows read and rows quarantined at intake, over the store's whole history (/metrics)."""
+        i = s.intake.c
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(i.source, func.sum(i.rows), func.sum(i.quarantined)).group_by(i.source))
+            return {row[0]: {"read": int(row[1] or 0), "quarantined": int(row[2] or 0)} for row in rows}
+
+    async def quarantine_reasons(self) -> list[dict[str, Any]]:
+        """Quarantine entries per (source, stage, state, reason): a reason is its code, else the field it names."""
+        q = s.quarantine.c
+        counts: dict[tuple[str, str, str, str], int] = {}
+        async with self.engine.connect() as conn:
+            result = await conn.stream(select(q.source, q.stage, q.state, q.reasons))
+            async for source, stage, state, reasons in result:
+                for reason in {_reason_label(r) for r in orjson.loads(reasons) or [{}]}:
+                    key = (source, stage, state, reason)
+                    counts[key] = counts.get(key, 0) + 1
+        return [{"source": k[0], "stage": k[1], "state": k[2], "reason": k[3], "entries": n}
+                for k, n in sorted(counts.items())]
+
+    async def failed_attempts(self) -> dict[str, int]:
+        """Per target: delivery attempts that failed (retried or given up), over the store's history."""
+        a, b = s.attempts.c, s.batches.c
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(b.target, func.count()).select_from(
+                s.attempts.join(s.batches, a.batch_id == b.id)).where(a.outcome != "ok").group_by(b.target))
+            return {row[0]: int(row[1]) for row in rows}
+
+    async def size_bytes(self) -> int:
+        """The store's size on disk: the SQLite file and its WAL, or the PostgreSQL database."""
+        if self.dialect == "postgresql":
+            async with self.engine.connect() as conn:
+                return int((await conn.execute(text("SELECT pg_database_size(current_database())"))).scalar() or 0)
+        database = self.engine.url.database or ""
+        files = [Path(database + suffix) for suffix in ("", "-wal")] if database and database != ":memory:" else []
+        return sum(f.stat().st_size for f in files if f.exists())
+
+    async def probe_write(self) -> None:
+        """Write a row and roll it back: raises when the store cannot be written (read-only, locked, disk gone)."""
+        async with self.engine.connect() as conn:
+            conn = await conn.execution_options(cg_write=True)
+            trans = await conn.begin()
+            try:
+                await conn.execute(insert(s.heartbeats).values(instance="(health probe)", pid=0, started_at=0.0,
+                                                               beat_at=0.0, state="{}"))
+            finally:
+                await trans.rollback()
 
     async def heartbeats(self) -> list[dict[str, Any]]:
         async with self.engine.connect() as conn:
@@ -327,3 +376,9 @@ class Reports(Repository):
         for entry in entries:
             entry["reasons"] = orjson.loads(entry["reasons"])
         return {"source": row[0], "source_key": row[1], "decision_date": row[2], "quarantine": entries}
+
+def _reason_label(reason: Any) -> str:
+    """A quarantine reason as a metric label: its code, else its field (messages carry values: unbounded)."""
+    if not isinstance(reason, dict):
+        return "unknown"
+    return str(reason.get("code") or (f"field:{reason['field']}" if reason.get("field") else "unknown"))

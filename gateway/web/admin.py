@@ -1,8 +1,9 @@
 """The admin HTTP API (aiohttp): status, spool and quarantine for the CLI, behind tokens; and the dashboard.
 
-Every endpoint but ``/healthz`` needs ``Authorization: Bearer <token>``; a missing or unknown token gets 401 with
-``WWW-Authenticate``. Tokens are compared in constant time (each configured token, every time), never logged;
-the log names the token's configured name. ``read`` tokens may GET; changes (POST) need an ``operator``
+Every endpoint but ``/healthz`` (readiness: 200, or 503 with each reason, as ``credit-gateway health``) and
+``/livez`` (liveness: the process answers) needs ``Authorization: Bearer <token>``; a missing or unknown token
+gets 401 with ``WWW-Authenticate``. Tokens are compared in constant time (each configured token, every time),
+never logged; the log names the token's configured name. ``read`` tokens may GET; changes (POST) need an ``operator``
 token, else 403. Every answer is JSON with personal ID numbers masked (:func:`gateway.operations.mask_personal`).
 With ``[admin] client_ca`` (mutual TLS) a client must also present a certificate from that CA: without one the
 TLS handshake fails before any HTTP is read; the log names the certificate's subject with the token's name.
@@ -18,6 +19,7 @@ TLS handshake fails before any HTTP is read; the log names the certificate's sub
     GET  /api/v1/inbound?channel=&limit=;  GET /api/v1/inbound/{channel}/{batch}   our receipts for pushed batches
     GET  /dashboard, /dashboard/...           the read-only dashboard (gateway.web.dashboard): its own login form
                                               taking these tokens, a session cookie, CSRF tokens on its POSTs
+    GET  /metrics                             the Prometheus text format (gateway.web.metrics)
 """
 
 from __future__ import annotations
@@ -38,16 +40,19 @@ from gateway.config import Config
 from gateway.domain.calendar import WorkCalendar
 from gateway.domain.timeliness import timeliness_report
 from gateway.errors import GatewayError
+from gateway.health import HealthLimits, health_problems
 from gateway.operations import mask_personal, personal_keys, replay_entries, status_json, status_lines
 from gateway.store import Store
 from gateway.web.config import AdminConfig, AdminToken
 from gateway.web.dashboard import Dashboard, dashboard_paths
 from gateway.web.inbound import json_response, tls_subject
+from gateway.web.metrics import render_metrics
 from gateway.web.pages import Pages
 
 log = logging.getLogger("gateway.admin")
 PREFIX = "/api/v1"
 MAX_LIMIT = 10_000
+OPEN_PATHS = ("/healthz", "/livez")  # probes: no token
 READ_TIMEOUT_S = 60.0  # a connection's request headers must arrive within this (aiohttp's default: an hour)
 
 
@@ -134,6 +139,8 @@ class AdminServer:
             app.router.add_route(method, PREFIX + path, self._answering(handler))
         app.router.add_get("/healthz", self._healthz)
         self.dashboard.add_routes(app)
+        app.router.add_get("/livez", self._livez)
+        app.router.add_get("/metrics", self._metrics)  # behind a token like the API (gateway.web.metrics)
         return app
 
     # ------------------------------------------------------------ authentication and answers
@@ -154,7 +161,7 @@ class AdminServer:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path == "/healthz" or dashboard_paths(request.path):
+        if request.path in OPEN_PATHS or dashboard_paths(request.path):
             return await handler(request)  # the dashboard checks its own session cookie
         token = self._token(request)
         client = tls_subject(request)  # with [admin] client_ca: the certificate the TLS handshake accepted
@@ -188,6 +195,22 @@ class AdminServer:
         return answer
 
     async def _healthz(self, _request: web.Request) -> web.Response:
+        """Readiness: every reason this gateway is not ready (gateway.health), from its own store."""
+        problems = await health_problems(self.store, self.config.gateway.instance, HealthLimits())
+        return json_response(503 if problems else 200, {"ok": not problems, "problems": problems})
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        try:
+            body, content_type = await render_metrics(self.store, self.config.gateway.instance)
+        except GatewayError as exc:
+            log.error("metrics failed", extra={"error": str(exc)})
+            return json_response(503, {"error": "unavailable", "message": str(exc)})
+        response = web.Response(body=body)
+        response.headers["Content-Type"] = content_type
+        return response
+
+    async def _livez(self, _request: web.Request) -> web.Response:
+        """Liveness alone: the daemon's event loop answers."""
         return json_response(200, {"ok": True})
 
     # ------------------------------------------------------------ read

@@ -13,14 +13,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from gateway import figures
-from gateway.clock import CHINA, china_today
+from gateway.clock import CHINA, age, china_today
 from gateway.config import Config
 from gateway.domain.timeliness import AT_RISK, LATE, ON_TIME, PENDING
 from gateway.errors import GatewayError
 from gateway.figures import Month, china_text
 from gateway.jobs import conflicts, list_status
 from gateway.monthly import dataset_label
-from gateway.operations import age, mask_personal
+from gateway.operations import mask_personal
 from gateway.store import Store
 from gateway.web.html import bar_chart, esc, link, percent, t, table
 

@@ -65,3 +65,61 @@ class TestGbkBytes:
                                                    context(tmp_path))
         assert source is None and [p.path for p in problems] == ["sources.s1.encoding"]
         assert build is not None
+
+
+def _store_bytes(db: Path, row_id: int, column: str, raw: bytes) -> None:
+    """Write bytes that are text in no encoding into a TEXT column."""
+    conn = sqlite3.connect(db)
+    conn.execute(f"UPDATE xzcf SET {column} = CAST(? AS TEXT) WHERE id = ?", (raw, row_id))
+    conn.commit()
+    conn.close()
+
+
+class TestReplacedTextNeverLeaves:
+    """Issue 18: a row quarantined for bytes that are not valid text kept its replaced text (U+FFFD), and
+    `quarantine replay` delivered "\\ufffd\\ufffd\\ufffdbroken" with a signed receipt."""
+
+    async def test_replay_of_an_undecodable_row_is_refused_with_the_reason(self, tmp_path: Path) -> None:
+        """Replaying the entry queues nothing, keeps it open, and says why and what to do instead."""
+        from gateway.config import load_config
+        from gateway.daemon import Gateway
+        from gateway.operations import replay_entries
+        from gateway.store import open_store
+        from tests.support.helpers import SOURCE, write_config
+
+        sample = make_department_db(tmp_path, penalties=5)
+        _store_bytes(sample.path, 3, "xdr_mc", b"\xff\xfe\xffbroken")  # neither UTF-8 nor GBK
+        (tmp_path / "spool").mkdir()
+        config = load_config(write_config(tmp_path, url="http://127.0.0.1:9/x", db=sample.path, token="t" * 20))
+        store = await open_store(config.store_url())
+        try:
+            async with Gateway(config, store) as gw:
+                await gw.intakes[SOURCE].poll()
+            [entry] = await store.reports.list_quarantine("open", "mapping")
+            assert "\ufffd" in entry["raw"]["xdr_mc"]  # what was kept is the replaced text
+            queued = len(await outbox(store))
+            result = await replay_entries(store, config, [entry])
+            assert (result.fixed, result.still) == (0, 1)
+            [note] = result.notes or []
+            assert f"entry {entry['id']}" in note and "not utf-8" in note and "at the source" in note
+            assert len(await outbox(store)) == queued
+            assert [e["id"] for e in await store.reports.list_quarantine("open", "mapping")] == [entry["id"]]
+        finally:
+            await store.aclose()
+
+    def test_the_mapping_refuses_replaced_characters(self, tmp_path: Path) -> None:
+        """Whatever the path (intake, replay, a source that decodes with replacement itself), a mapped value
+        with U+FFFD is a problem naming the field: it is never queued."""
+        import datetime as dt
+
+        from tests.support.helpers import penalty_mapping, read_rows
+
+        mapping = penalty_mapping()
+        row = read_rows(make_department_db(tmp_path, penalties=1).path)[0]
+        assert mapping.map_row(row, dt.date.today()).record is not None
+        for variant in (mapping, mapping.reference()):
+            mapped = variant.map_row({**row, "xdr_mc": "\ufffd\ufffd\ufffdbroken"}, dt.date.today())
+            assert mapped.record is None
+            assert any("U+FFFD" in p.message for p in mapped.problems), mapped.problems
+            entry, problems, _ = variant.map_entry({**row, "xdr_mc": "broken\ufffd"}, dt.date.today())
+            assert entry is None and problems

@@ -1,4 +1,5 @@
-"""The SQL source on real department databases: SQLite files made by gateway.testing.department_db, and PostgreSQL."""
+"""The SQL source on real department databases: SQLite files made by gateway.testing.department_db, PostgreSQL and
+MariaDB (real servers)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import asyncpg
+import orjson
 import pytest
+from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from adapters.sql import pages as sql_pages
 from adapters.sql.source import SqlSource
@@ -30,6 +33,7 @@ from gateway.store import Store
 from gateway.testing.department_db import apply_changes, insert_rows, same_gxsj_rows
 from gateway.testing.rows import COLUMNS, format_gxsj
 from tests.conftest import TOKEN
+from tests.support import mariadb_server
 from tests.support.helpers import (
     DEPARTMENT_CODE,
     break_intake_writes,
@@ -41,6 +45,7 @@ from tests.support.helpers import (
     read_rows,
     write_config,
 )
+from tests.support.list_helpers import async_url, run_sql
 from tests.support.pg_server import create_database
 
 NAME = "s1"
@@ -105,7 +110,7 @@ class TestSettings:
         pytest.param({"url": "sqlite:///d.db", "table": "xzcf", "tabel": "xzxk"}, "sources.s1.tabel",
                      id="unknown-setting"),
         pytest.param({"url": "not a database url", "table": "xzcf"}, "sources.s1.url", id="not-a-url"),
-        pytest.param({"url": "mysql://user@db.example/credit", "table": "xzcf"}, "sources.s1.url",
+        pytest.param({"url": "mssql://user@db.example/credit", "table": "xzcf"}, "sources.s1.url",
                      id="unsupported-scheme"),
         pytest.param({"url": "mysql+aiomysql://user@db.example/credit", "table": "xzcf"}, "sources.s1.url",
                      id="unsupported-scheme-with-driver"),
@@ -279,46 +284,121 @@ class TestIntake:
         assert "B-\\x002" in keys and not any("\x00" in k for k in keys)
 
 
-class TestPostgresSource:
-    @pytest.fixture
-    def pg_url(self, pg_admin_url: str) -> str:
-        return create_database(pg_admin_url, f"cg_src_{os.getpid()}_{next(_pg_counter)}")
 
-    async def test_timestamp_watermark_reads_each_row_once(self, tmp_path: Path, pg_url: str) -> None:
-        """On PostgreSQL with a real timestamp gxsj, a same-timestamp group across pages is read once."""
+# gxsj's type on each server: a timestamp with microseconds, as the SQLite samples carry them
+TIMESTAMP = {"postgresql": "timestamp", "mariadb": "DATETIME(6)"}
+
+
+class TestServerSource:
+    """The same watermark on the database servers departments run (PostgreSQL and MariaDB, real servers)."""
+
+    @pytest.fixture(params=["postgresql", "mariadb"])
+    def server(self, request: pytest.FixtureRequest) -> tuple[str, str]:
+        name = f"cg_src_{os.getpid()}_{next(_pg_counter)}"
+        if request.param == "postgresql":
+            return request.param, create_database(request.getfixturevalue("pg_admin_url"), name)
+        return request.param, mariadb_server.create_database(request.getfixturevalue("mariadb_admin_url"), name)
+
+    async def test_timestamp_watermark_reads_each_row_once(self, tmp_path: Path, server: tuple[str, str]) -> None:
+        """With a real timestamp gxsj, a same-timestamp group across pages is read once."""
+        kind, url = server
         sample = make_department_db(tmp_path, penalties=10)
         group = same_gxsj_rows(sample.path, table="xzcf", count=7, gxsj=recent(10))
         rows = read_rows(sample.path)
-        await copy_to_postgres(pg_url, rows, lambda v: dt.datetime.fromisoformat(v))
-        async with opened(tmp_path, url=pg_url, table="xzcf") as source:
+        await copy_to_server(url, rows, TIMESTAMP[kind], dt.datetime.fromisoformat)
+        async with opened(tmp_path, url=url, table="xzcf") as source:
             assert await source.columns() == ["id", *COLUMNS["xzcf"], "gxsj"]
             pages = await read_all(source, 3)
         assert Counter(ids_of(pages)) == Counter(r["id"] for r in rows)
         assert len(rows) == 10 + len(group)
 
-    async def test_text_watermark_reads_each_row_once(self, tmp_path: Path, pg_url: str) -> None:
-        """On PostgreSQL with gxsj kept as text, a same-timestamp group across pages is read once."""
+    async def test_text_watermark_reads_each_row_once(self, tmp_path: Path, server: tuple[str, str]) -> None:
+        """With gxsj kept as text, a same-timestamp group across pages is read once."""
+        _, url = server
         sample = make_department_db(tmp_path, penalties=10)
         same_gxsj_rows(sample.path, table="xzcf", count=7, gxsj=recent(10))
         rows = read_rows(sample.path)
-        await copy_to_postgres(pg_url, rows, str, gxsj_type="text")
-        async with opened(tmp_path, url=pg_url, table="xzcf", key_columns=["cfjgdm", "id"]) as source:
+        await copy_to_server(url, rows, "VARCHAR(32)", str)
+        async with opened(tmp_path, url=url, table="xzcf", key_columns=["cfjgdm", "id"]) as source:
             pages = await read_all(source, 3)
         assert Counter(ids_of(pages)) == Counter(r["id"] for r in rows)
 
+    async def test_rows_updated_after_a_full_read_are_read_again(self, tmp_path: Path,
+                                                                 server: tuple[str, str]) -> None:
+        """After a full read only the rows changed since are read from the saved (stored as JSON) cursor."""
+        kind, url = server
+        rows = read_rows(make_department_db(tmp_path, penalties=12).path)
+        await copy_to_server(url, rows, TIMESTAMP[kind], dt.datetime.fromisoformat)
+        async with opened(tmp_path, url=url, table="xzcf") as source:
+            cursor = orjson.loads(orjson.dumps((await read_all(source, 5))[-1].cursor))
+            assert ids_of(await read_all(source, 5, cursor)) == []
+            later = dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(microseconds=7)
+            await run_sql(url, [f"UPDATE xzcf SET gxsj = '{later.isoformat(sep=' ')}' WHERE id IN (3, 8)"])
+            assert sorted(ids_of(await read_all(source, 5, cursor))) == [3, 8]
 
-async def copy_to_postgres(url: str, rows: list[dict[str, Any]], gxsj: Callable[[str], Any],
-                           gxsj_type: str = "timestamp") -> None:
-    """Create the department's xzcf table on PostgreSQL and fill it with ``rows``."""
+
+class TestMariaDbWatermark:
+    """MySQL/MariaDB's own timestamp semantics (docs/databases.md): DATETIME keeps whole seconds unless declared
+    DATETIME(6), and TIMESTAMP is shown in the session's time zone."""
+
+    @pytest.fixture
+    def url(self, mariadb_admin_url: str) -> str:
+        return mariadb_server.create_database(mariadb_admin_url, f"cg_my_{os.getpid()}_{next(_pg_counter)}")
+
+    async def test_whole_second_datetime_ties_are_broken_by_the_key(self, tmp_path: Path, url: str) -> None:
+        """DATETIME (no fraction) rounds sub-second changes into one value: the key still reads each row once."""
+        rows = read_rows(make_department_db(tmp_path, penalties=9).path)
+        second = dt.datetime(2026, 3, 2, 9, 30, 0)
+        await copy_to_server(url, rows, "DATETIME", lambda v: second + dt.timedelta(microseconds=len(v) * 1000))
+        async with opened(tmp_path, url=url, table="xzcf") as source:
+            pages = await read_all(source, 2)
+        assert {row.data["gxsj"] for page in pages for row in page.rows} == {second}
+        assert Counter(ids_of(pages)) == Counter(r["id"] for r in rows)
+
+    async def test_datetime6_keeps_microseconds_in_the_cursor(self, tmp_path: Path, url: str) -> None:
+        """DATETIME(6): the cursor carries the microseconds, so a row one microsecond later is still read."""
+        rows = read_rows(make_department_db(tmp_path, penalties=4).path)
+        base = dt.datetime(2026, 3, 2, 9, 30, 0, 500_000)
+        await copy_to_server(url, rows, "DATETIME(6)", lambda v: base)
+        async with opened(tmp_path, url=url, table="xzcf") as source:
+            cursor = (await read_all(source, 10))[-1].cursor
+            assert cursor[0] == {"datetime": base.isoformat()}
+            await run_sql(url, ["UPDATE xzcf SET gxsj = '2026-03-02 09:30:00.500001' WHERE id = 2"])
+            assert ids_of(await read_all(source, 10, cursor)) == [2]
+
+    async def test_timestamp_is_read_in_china_time_whatever_the_servers_zone(self, tmp_path: Path, url: str,
+                                                                           mariadb_admin_url: str) -> None:
+        """TIMESTAMP columns are read in China time (+08:00) even when the server's time_zone is UTC, so a
+        watermark saved before the server's zone changes still means the same instant after."""
+        rows = read_rows(make_department_db(tmp_path, penalties=3).path)
+        await copy_to_server(url, rows, "TIMESTAMP(6) NULL", lambda v: None)
+        await run_sql(url, ["SET time_zone = '+08:00'", "UPDATE xzcf SET gxsj = '2026-03-02 09:30:00' WHERE id = 1",
+                            "UPDATE xzcf SET gxsj = '2026-03-02 09:31:00' WHERE id IN (2, 3)"])
+        await run_sql(mariadb_admin_url, ["SET GLOBAL time_zone = '+00:00'"])
+        try:
+            async with opened(tmp_path, url=url, table="xzcf") as source:
+                first = await source.fetch(None, 1)
+                assert first.rows[0].data["gxsj"] == dt.datetime(2026, 3, 2, 9, 30)
+                await run_sql(mariadb_admin_url, ["SET GLOBAL time_zone = '-05:00'"])
+                await source.__aexit__(None, None, None)  # new connections, under the new global zone
+                await source.__aenter__()
+                assert sorted(ids_of(await read_all(source, 10, first.cursor))) == [2, 3]
+        finally:
+            await run_sql(mariadb_admin_url, ["SET GLOBAL time_zone = 'SYSTEM'"])
+
+
+async def copy_to_server(url: str, rows: list[dict[str, Any]], gxsj_type: str, gxsj: Callable[[str], Any]) -> None:
+    """Create the department's xzcf table on a database server and fill it with ``rows``."""
     cols = COLUMNS["xzcf"]
-    ddl = ", ".join(f"{c} {'double precision' if c in ('fkje', 'mswfsd') else 'text'}" for c in cols)
-    conn = await asyncpg.connect(url)
+    ddl = ", ".join(f"{c} {'double precision' if c in ('fkje', 'mswfsd') else 'VARCHAR(400)'}" for c in cols)
+    names = ["id", *cols, "gxsj"]
+    engine = create_async_engine(async_url(url))
     try:
-        await conn.execute(f"CREATE TABLE xzcf (id integer PRIMARY KEY, {ddl}, gxsj {gxsj_type} NOT NULL)")
-        await conn.execute("CREATE INDEX ix_xzcf_gxsj_id ON xzcf (gxsj, id)")
-        names = ["id", *cols, "gxsj"]
-        marks = ", ".join(f"${i}" for i in range(1, len(names) + 1))
-        await conn.executemany(f"INSERT INTO xzcf ({', '.join(names)}) VALUES ({marks})",
-                               [[*(r[c] for c in names[:-1]), gxsj(r["gxsj"])] for r in rows])
+        async with engine.begin() as conn:
+            await conn.execute(text(f"CREATE TABLE xzcf (id integer PRIMARY KEY, {ddl}, gxsj {gxsj_type})"))
+            await conn.execute(text("CREATE INDEX ix_xzcf_gxsj_id ON xzcf (gxsj, id)"))
+            marks = ", ".join(f":{c}" for c in names)
+            await conn.execute(text(f"INSERT INTO xzcf ({', '.join(names)}) VALUES ({marks})"),
+                               [{**{c: r[c] for c in names[:-1]}, "gxsj": gxsj(r["gxsj"])} for r in rows])
     finally:
-        await conn.close()
+        await engine.dispose()

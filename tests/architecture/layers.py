@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 KERNEL = ("gateway", "gateway.errors", "gateway.records", "gateway.stored", "gateway.settings", "gateway.clock",
-          "gateway.adapter", "gateway.tuning", "gateway.files", "gateway.startup",
-          "gateway.text")
+          "gateway.adapter", "gateway.tuning", "gateway.files", "gateway.startup", "gateway.text",
+          "gateway.instance", "gateway.instance_lock")
 
 # (layer number, module patterns): a pattern ending in ".*" covers a package and everything in it
 LAYERS: list[tuple[int, tuple[str, ...]]] = [
@@ -14,8 +14,8 @@ LAYERS: list[tuple[int, tuple[str, ...]]] = [
     (3, ("gateway.store.*",)),
     (4, ("gateway.pipeline.*", "gateway.inbound.*", "gateway.web.config", "gateway.scheduler")),
     (5, ("gateway.config",)),
-    (6, ("gateway.operations", "gateway.figures", "gateway.monthly", "gateway.xlsx", "gateway.report", "gateway.jobs",
-         "gateway.certs", "gateway.web.*", "gateway.daemon")),
+    (6, ("gateway.operations", "gateway.figures", "gateway.monthly", "gateway.xlsx", "gateway.health", "gateway.report",
+         "gateway.jobs", "gateway.certs", "gateway.web.*", "gateway.daemon")),
     (7, ("gateway.cli.*", "gateway.demo.*", "gateway.__main__")),
 ]
 SANDBOX = "gateway.sandbox.*"

@@ -181,12 +181,12 @@ class TestCli:
 
 
 def _handshake(context: ssl.SSLContext, url: str) -> bytes:
-    """GET /healthz over a raw TLS socket: the first bytes of the answer, b"" when the server drops us."""
+    """GET /livez over a raw TLS socket: the first bytes of the answer, b"" when the server drops us."""
     port = int(url.rsplit(":", 1)[1])
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
                 context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
-            tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            tls.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
             return tls.recv(100)
     except (ssl.SSLError, ConnectionError):
         return b""

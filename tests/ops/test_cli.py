@@ -62,6 +62,10 @@ department_name = "苏州市市场监督管理局"
 [store]
 url = "sqlite:///spool/gateway.db"
 
+[calendar]                            # a stand-in for next year's schedule: `health` fails 30 days before the end
+holidays = [2027-01-01]
+covered_until = 2027-12-31
+
 [daemon]
 log_format = "json"
 log_level = "info"
@@ -510,6 +514,14 @@ class TestQuarantineReplay:
 
 # ---------------------------------------------------------------- the daemon
 
+class TestVersion:
+    def test_version(self, tmp_path: Path) -> None:
+        """`credit-gateway --version` prints the installed version, with no config needed."""
+        from importlib.metadata import version
+        done = cli("--version", cwd=tmp_path)
+        assert (done.returncode, done.stdout.strip()) == (0, f"credit-gateway {version('credit-gateway')}")
+
+
 class TestDaemon:
     def test_runs_until_sigterm_with_json_logs(self, workdir: Path) -> None:
         """`run` is healthy while it runs, stops on SIGTERM with exit 0, and logs JSON lines."""
@@ -530,6 +542,55 @@ class TestDaemon:
         after = gw(workdir, "health")
         assert after.returncode == 1
         assert "stopped" in after.stdout
+
+
+    def test_a_second_daemon_on_the_same_store_is_refused(self, workdir: Path) -> None:
+        """While one daemon runs on a SQLite store, a second `run` (or `run --until-idle`) exits 1 at once naming the
+        running one's PID; after the first stops (even killed) the store can be taken again."""
+        log = (workdir / "daemon.log").open("w", encoding="utf-8")
+        first = subprocess.Popen([sys.executable, "-m", "gateway", "-c", str(workdir / "credit-gateway.toml"), "run"],
+                                 cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_until(lambda: gw(workdir, "health").returncode == 0, first, "health", timeout_s=60)
+            for args in (["run"], ["run", "--until-idle", "--timeout", "30"]):
+                second = gw(workdir, *args)
+                assert second.returncode == 1, second.stdout + second.stderr
+                assert f"another gateway (pid {first.pid}) is running on the store" in second.stderr
+        finally:
+            first.kill()  # SIGKILL: the kernel releases the lock with the process
+            first.wait(timeout=30)
+            log.close()
+        again = gw(workdir, "run", "--until-idle", "--timeout", "60")
+        assert again.returncode == 0, again.stdout + again.stderr
+
+
+class TestSighup:
+    def test_reload_good_and_bad(self, workdir: Path) -> None:
+        """SIGHUP with a broken configuration is refused (logged, the daemon goes on as it was); with a good one the
+        pipeline restarts on it in the same process (here: a new instance name, whose heartbeat then appears)."""
+        config = workdir / "credit-gateway.toml"
+        good = config.read_text(encoding="utf-8")
+        log_path = workdir / "daemon.log"
+        log = log_path.open("w", encoding="utf-8")
+        daemon = subprocess.Popen([sys.executable, "-m", "gateway", "-c", str(config), "run"],
+                                  cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_until(lambda: gw(workdir, "health").returncode == 0, daemon, "health", timeout_s=60)
+            config.write_text(good.replace('table = "xzcf"', 'table = "x; drop"'), encoding="utf-8")
+            daemon.send_signal(signal.SIGHUP)
+            wait_until(lambda: "reload refused" in log_path.read_text(encoding="utf-8"), daemon, "the refusal")
+            assert "sources.dept.table" in log_path.read_text(encoding="utf-8")
+            config.write_text(good, encoding="utf-8")
+            assert gw(workdir, "health").returncode == 0  # still the same daemon, still running
+            config.write_text(good.replace('instance = "cli-test"', 'instance = "cli-test-reloaded"'),
+                              encoding="utf-8")
+            daemon.send_signal(signal.SIGHUP)
+            wait_until(lambda: "configuration reloaded" in log_path.read_text(encoding="utf-8"), daemon, "the reload")
+            wait_until(lambda: gw(workdir, "health").returncode == 0, daemon, "health after the reload", timeout_s=60)
+            assert daemon.poll() is None
+        finally:
+            code = stop(daemon, log)
+        assert code == 0, log_path.read_text(encoding="utf-8")
 
 
 class TestBrokenMappingEdit:

@@ -26,7 +26,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from gateway.cli import build_parser
+from gateway.cli import build_parser, command_words
 from gateway.cli import docs as gendocs
 from gateway.cli.datasets import split_label
 from gateway.demo import run_demo
@@ -123,15 +123,7 @@ COMMANDS = documented_commands()
 
 def words(argv: list[str]) -> list[str]:
     """The command and sub-command, without the options before them (``-c FILE``)."""
-    out, skip = [], False
-    for word in argv:
-        if skip:
-            skip = False
-        elif word in ("-c", "--config"):
-            skip = True
-        elif not word.startswith("-"):
-            out.append(word)
-    return out[:2]
+    return command_words(argv)[:2]
 
 
 def runs_for_real(argv: list[str], workdir: Path) -> bool:

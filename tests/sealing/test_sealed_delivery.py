@@ -135,7 +135,7 @@ class TestUnsealable:
                                                 case: str, says: str) -> None:
         """A target whose batches cannot be sealed tries once per backoff step (1 s, then 2 s: no jitter), logs
         once per try, sends nothing, and shows the error in the heartbeat, `status` and `health`."""
-        from gateway.cli.ops import _health_problems
+        from gateway.health import HealthLimits, health_problems
         from gateway.operations import status_lines
         from tests.pipeline.test_delivery import settle
 
@@ -169,7 +169,7 @@ class TestUnsealable:
                 await gw.beat()
                 shown = "\n".join(await status_lines(store))
                 assert "target platform: new batches held back:" in shown and says in shown.lower()
-                unhealthy = await _health_problems(store, config.gateway.instance, 60.0, 0.0)
+                unhealthy = await health_problems(store, config.gateway.instance, HealthLimits())
                 assert [p for p in unhealthy if p.startswith("target platform: new batches held back")]
         finally:
             await store.aclose()

@@ -265,3 +265,15 @@ async def break_intake_writes(store: Store) -> None:
 
 async def heal_intake_writes(store: Store) -> None:
     await _run_sql(store, _HEAL_SQL[store.db.dialect])
+
+
+async def failed_batch(store: Store, directory: Path, error: str, dead: bool, penalties: int = 3) -> int:
+    """Penalty rows taken in for target ``province``, leased as one batch and failed once (``dead``: given up);
+    the number of records in it."""
+    rows = read_rows(make_department_db(directory, penalties=penalties).path)
+    await store.intake.commit_intake(SOURCE, [to_record(r) for r in rows], [], [rows[-1]["gxsj"], rows[-1]["id"]],
+                                     {"penalty": ["province"]}, len(rows))
+    batch = await store.outbox.lease_batch("province", "penalty", 100, json_encoder())
+    assert batch is not None
+    await store.outbox.fail_attempt(batch, error, time.time() + (0 if dead else 60), dead, 1.0)
+    return len(rows)

@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from adapters.sql.url import DRIVERS
 from gateway.config import Config, load_config
 from gateway.domain.identifiers import id_check_char
 from gateway.testing.rows import make_uscc
@@ -93,10 +95,17 @@ def dept_sql(path: Path, *statements: str | tuple[str, Sequence[Any]]) -> None:
     conn.close()
 
 
+def async_url(url: str) -> str:
+    """A test database's URL with the async driver the SQL adapters use (utf8mb4 on MariaDB)."""
+    parsed = make_url(url)
+    if parsed.drivername in ("mysql", "mariadb"):
+        parsed = parsed.update_query_dict({"charset": "utf8mb4"})
+    return parsed.set(drivername=DRIVERS.get(parsed.drivername, parsed.drivername)).render_as_string(False)
+
+
 async def run_sql(url: str, statements: Sequence[str]) -> None:
-    """DDL on a department database given by URL (SQLite or PostgreSQL)."""
-    async_url = url.replace("postgresql://", "postgresql+asyncpg://").replace("sqlite:///", "sqlite+aiosqlite:///")
-    engine = create_async_engine(async_url)
+    """DDL on a department database given by URL (SQLite, PostgreSQL or MariaDB)."""
+    engine = create_async_engine(async_url(url))
     try:
         async with engine.begin() as conn:
             for sql in statements:
