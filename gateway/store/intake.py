@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -23,6 +23,7 @@ from gateway.errors import StoreError
 from gateway.records import LedgerEntry, Record
 from gateway.store import changes as store_changes
 from gateway.store import schema as s
+from gateway.store.audits import load_marks, save_marks
 from gateway.store.database import Database, Repository, chunks, dumps
 from gateway.store.lists import ListBook
 from gateway.stored import Reject
@@ -43,6 +44,8 @@ class IntakeResult:
     unchanged: int  # same content as the current version: nothing to send
     quarantined: int
     enqueued: Mapping[str, int]  # target -> outbox rows added
+    # source keys of rejects already taken at the same mark (a look-back re-read): not quarantined or logged again
+    repeated: frozenset[str] = frozenset()
 
 
 
@@ -61,17 +64,24 @@ class IntakeLedger(Repository):
 
     async def commit_intake(self, source: str, accepted: Sequence[Record | LedgerEntry], rejects: Sequence[Reject],
                             cursor: Any, routes: Mapping[str, Sequence[str]], rows: int,
-                            snapshot: SnapshotPage | None = None, read_from: Any = ANY_WATERMARK) -> IntakeResult:
-        """One transaction: ledger versions, outbox rows per routed target, quarantine, cursor, intake log.
+                            snapshot: SnapshotPage | None = None, read_from: Any = ANY_WATERMARK,
+                            marks: Mapping[str, str] | None = None) -> IntakeResult:
+        """One transaction: ledger versions, outbox rows per routed target, quarantine, cursor, intake log, and
+        the page's ``marks`` (SourceBatch.marks).
 
         A page of a full ``snapshot`` also notes its keys; its final page withdraws the scope's unnamed keys.
         With ``read_from`` (the cursor the page was read from) it raises :class:`WatermarkMoved` instead when the
         source's watermark is no longer that cursor.
         """
         async with self.tx() as conn:
+            repeated: frozenset[str] = frozenset()
+            if marks:
+                repeated = await _repeated(conn, source, rejects, marks)
+                rejects = [rj for rj in rejects if rj.source_key not in repeated]
+                await save_marks(self.db, conn, source, marks)
             result, _changed = await self.intake_in(conn, source, accepted, rejects, cursor, routes, rows, snapshot,
                                                     read_from)
-        return result
+        return replace(result, repeated=repeated) if repeated else result
 
     async def intake_in(self, conn: AsyncConnection, source: str, accepted: Sequence[Record | LedgerEntry],
                         rejects: Sequence[Reject], cursor: Any, routes: Mapping[str, Sequence[str]],
@@ -270,6 +280,17 @@ class IntakeLedger(Repository):
         stmt = self._insert(s.watermarks).values(source=source, cursor=dumps(cursor), updated_at=now)
         await conn.execute(stmt.on_conflict_do_update(
             index_elements=["source"], set_={"cursor": stmt.excluded.cursor, "updated_at": now}))
+
+
+async def _repeated(conn: AsyncConnection, source: str, rejects: Sequence[Reject],
+                    marks: Mapping[str, str]) -> frozenset[str]:
+    """The rejects' source keys taken before at the mark they have now: a look-back re-read of a row quarantined
+    already, which is neither quarantined again (its hits counted) nor logged."""
+    if not rejects:
+        return frozenset()
+    stored = await load_marks(conn, source, [rj.source_key for rj in rejects])
+    return frozenset(rj.source_key for rj in rejects if rj.source_key in marks
+                     and stored.get(rj.source_key) == marks[rj.source_key])
 
 
 def _ledger_row(e: LedgerEntry, version: int, now: float) -> dict[str, Any]:

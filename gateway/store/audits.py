@@ -1,0 +1,86 @@
+"""The source audit's part of the store: the mark (update value) of every source row taken, and the audits run.
+
+The intake ledger writes a page's marks in its own transaction (:func:`save_marks`); the audit
+(gateway.pipeline.audit) compares a source's marks with them and records what it found (:meth:`SourceAudits.record`),
+which ``status`` shows (:meth:`SourceAudits.latest`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlalchemy import and_, func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from gateway.store import schema as s
+from gateway.store.database import Database, Repository, chunks, dumps
+
+
+@dataclass(frozen=True, slots=True)
+class AuditResult:
+    """One audit of one source: rows in the source, key ranges compared and differing, rows re-read and recovered."""
+
+    source: str
+    rows: int
+    ranges: int
+    differing: int
+    reread: int
+    recovered: int
+    duration_s: float
+    at: float = 0.0
+    recovered_total: int = 0  # by every audit of the source (``latest``)
+
+
+async def load_marks(conn: AsyncConnection, source: str, keys: Sequence[str]) -> dict[str, str]:
+    m = s.source_marks.c
+    found: dict[str, str] = {}
+    for chunk in chunks(sorted(set(keys))):
+        rows = await conn.execute(select(m.source_key, m.mark).where(and_(m.source == source,
+                                                                            m.source_key.in_(chunk))))
+        found.update({key: mark for key, mark in rows})
+    return found
+
+
+async def save_marks(db: Database, conn: AsyncConnection, source: str, marks: Mapping[str, str]) -> None:
+    if not marks:
+        return
+    stmt = db.insert(s.source_marks)
+    stmt = stmt.on_conflict_do_update(index_elements=["source", "source_key"], set_={"mark": stmt.excluded.mark})
+    await conn.execute(stmt, [{"source": source, "source_key": k, "mark": v} for k, v in marks.items()])
+
+
+class SourceAudits(Repository):
+    """The marks of the rows taken from each source, and the record of its audits."""
+
+    async def marks(self, source: str, keys: Sequence[str]) -> dict[str, str]:
+        """The stored mark of each of ``keys`` that has one."""
+        async with self.engine.connect() as conn:
+            return await load_marks(conn, source, keys)
+
+    async def record(self, result: AuditResult) -> None:
+        """Keep an audit's result, and an event (kind ``source.audit``) when it re-read or recovered rows."""
+        now = time.time()
+        row = {k: v for k, v in asdict(result).items() if k not in ("at", "recovered_total")}
+        async with self.tx() as conn:
+            await conn.execute(s.source_audits.insert().values(**row, at=now))
+            if result.reread or result.recovered:
+                await conn.execute(s.events.insert().values(
+                    at=now, kind="source.audit", target="", dataset="", record_key=result.source,
+                    detail=dumps(row)))
+
+    async def latest(self) -> dict[str, AuditResult]:
+        """The last audit of each source, with the rows all its audits recovered (``recovered_total``)."""
+        a = s.source_audits.c
+        async with self.engine.connect() as conn:
+            last = select(a.source, func.max(a.id).label("id")).group_by(a.source).subquery()
+            rows = (await conn.execute(select(s.source_audits).join(last, a.id == last.c.id))).mappings().all()
+            totals = dict((await conn.execute(select(a.source, func.sum(a.recovered)).group_by(a.source))).all())
+        return {r["source"]: _result(dict(r), int(totals.get(r["source"]) or 0)) for r in rows}
+
+
+def _result(row: Mapping[str, Any], recovered_total: int) -> AuditResult:
+    return AuditResult(row["source"], row["rows"], row["ranges"], row["differing"], row["reread"], row["recovered"],
+                       row["duration_s"], row["at"], recovered_total)
