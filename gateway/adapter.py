@@ -180,6 +180,14 @@ class Auditing(Protocol):
 
 
 @runtime_checkable
+class Advising(Protocol):
+    """Adapter capability: settings that are valid but risky, as warnings ``credit-gateway check`` prints (each
+    starting with the setting's TOML path)."""
+
+    def warnings(self) -> list[str]: ...
+
+
+@runtime_checkable
 class BatchEncoding(Protocol):
     """Sink capability: ``encode`` as a picklable function giving the same bytes, so that large batches are
     encoded in a worker process (gateway.pipeline.encode). Its module must import no driver or HTTP client."""

@@ -119,6 +119,15 @@ class SqlSource:
         dialect = self._engine.dialect.name if self._engine is not None else "sqlite"
         return DEFAULT_LOOKBACK_S.get(dialect, DEFAULT_LOOKBACK_OTHER_S)
 
+    def warnings(self) -> list[str]:
+        """A timestamp column read with no look-back loses late commits until the next source audit."""
+        if self.settings.lookback_s != 0:
+            return []
+        return [f"sources.{self.name}.lookback_s = 0: a row committed with a {self.settings.update_column} at or "
+                f"before the watermark (a late commit, or a second edit in the watermark's second) is found only by "
+                f"the source audit; leave lookback_s unset for the default (docs/sources.md), or ignore this if "
+                f"{self.settings.update_column} is a sequence"]
+
     async def columns(self) -> list[str]:
         """The column names the table or query yields (for checking a mapping against the source)."""
         sql = f"SELECT * FROM ({self._from()}) AS src WHERE 1 = 0"  # noqa: S608 - identifiers checked

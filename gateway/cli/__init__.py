@@ -22,6 +22,7 @@ from gateway.cli import lists as cli_lists
 from gateway.cli import ops as cli_ops
 from gateway.cli import rules as cli_rules
 from gateway.cli import sanctions as cli_sanctions
+from gateway.cli import sources as cli_sources
 from gateway.errors import ConfigError, GatewayError
 from gateway.logs import redact
 
@@ -105,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_rules.add_parsers(sub, _config_arg)
     cli_adapters.add_parser(sub)
     cli_datasets.add_parser(sub, _config_arg)
+    cli_sources.add_parser(sub, _config_arg)
 
     p = sub.add_parser("mapping", help="try a mapping file on sample rows")
     msub = p.add_subparsers(dest="mapping_command", required=True)
@@ -197,6 +199,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
     "inbound": cli_inbound.cmd_inbound,
     "adapters": cli_adapters.cmd_adapters,
     "datasets": cli_datasets.cmd_datasets,
+    "sources": cli_sources.cmd_sources,
 }
 
 
