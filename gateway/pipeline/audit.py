@@ -5,7 +5,8 @@ look-back window is never read (docs/sources.md). The audit compares the source 
 update value of every row taken, gateway.store.audits): the source lists its rows' keys and update values only
 (``Auditing.audit_marks``), in key order; each range of ``range_rows`` keys is hashed on both sides, and only the
 rows of a range whose digests differ are read again in full and go through the normal intake (mapping, ledger
-versions, outbox), so what it recovers is sent like any change. It runs between polls (the intake's lock).
+versions, outbox), so what it recovers is sent like any change; each row it recovers is an event
+(``source.recovered``) written with it. It runs between polls (the intake's lock).
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ async def _take(intake: Intake, adapter: Auditing, stale: Sequence[tuple[str, tu
         for screen in intake.screens:
             accepted, rejects = await screen(accepted, rejects, batch, intake.today())
         result = await intake.store.intake.commit_intake(intake.cfg.name, accepted, rejects, None, intake.routes,
-                                                         len(batch.rows), marks=batch.marks)
+                                                         len(batch.rows), marks=batch.marks, recovered=True)
         reread += len(batch.rows)
         recovered += result.accepted + result.quarantined
     return reread, recovered

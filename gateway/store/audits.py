@@ -31,7 +31,7 @@ class AuditResult:
     recovered: int
     duration_s: float
     at: float = 0.0
-    recovered_total: int = 0  # by every audit of the source (``latest``)
+    recovered_total: int = 0  # by every audit of the source, even one cut off by a crash (``latest``)
 
 
 async def load_marks(conn: AsyncConnection, source: str, keys: Sequence[str]) -> dict[str, str]:
@@ -77,7 +77,9 @@ class SourceAudits(Repository):
         async with self.engine.connect() as conn:
             last = select(a.source, func.max(a.id).label("id")).group_by(a.source).subquery()
             rows = (await conn.execute(select(s.source_audits).join(last, a.id == last.c.id))).mappings().all()
-            totals = dict((await conn.execute(select(a.source, func.sum(a.recovered)).group_by(a.source))).all())
+            e = s.events.c  # every recovered row is an event, written with it (IntakeLedger.commit_intake)
+            totals: dict[str, int] = dict((await conn.execute(select(e.target, func.count()).where(e.kind == "source.recovered")
+                                              .group_by(e.target))).all())
         return {r["source"]: _result(dict(r), int(totals.get(r["source"]) or 0)) for r in rows}
 
 

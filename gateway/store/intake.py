@@ -65,9 +65,11 @@ class IntakeLedger(Repository):
     async def commit_intake(self, source: str, accepted: Sequence[Record | LedgerEntry], rejects: Sequence[Reject],
                             cursor: Any, routes: Mapping[str, Sequence[str]], rows: int,
                             snapshot: SnapshotPage | None = None, read_from: Any = ANY_WATERMARK,
-                            marks: Mapping[str, str] | None = None) -> IntakeResult:
+                            marks: Mapping[str, str] | None = None, recovered: bool = False) -> IntakeResult:
         """One transaction: ledger versions, outbox rows per routed target, quarantine, cursor, intake log, and
-        the page's ``marks`` (SourceBatch.marks).
+        the page's ``marks`` (SourceBatch.marks). ``recovered`` (rows the source audit found): an event
+        ``source.recovered`` per new version or new quarantine entry, in the same transaction, so that the
+        count survives a crash of the audit that found them.
 
         A page of a full ``snapshot`` also notes its keys; its final page withdraws the scope's unnamed keys.
         With ``read_from`` (the cursor the page was read from) it raises :class:`WatermarkMoved` instead when the
@@ -79,8 +81,10 @@ class IntakeLedger(Repository):
                 repeated = await _repeated(conn, source, rejects, marks)
                 rejects = [rj for rj in rejects if rj.source_key not in repeated]
                 await save_marks(self.db, conn, source, marks)
-            result, _changed = await self.intake_in(conn, source, accepted, rejects, cursor, routes, rows, snapshot,
-                                                    read_from)
+            result, changed = await self.intake_in(conn, source, accepted, rejects, cursor, routes, rows, snapshot,
+                                                   read_from)
+            if recovered:
+                await _note_recovered(conn, source, changed, rejects)
         return replace(result, repeated=repeated) if repeated else result
 
     async def intake_in(self, conn: AsyncConnection, source: str, accepted: Sequence[Record | LedgerEntry],
@@ -280,6 +284,18 @@ class IntakeLedger(Repository):
         stmt = self._insert(s.watermarks).values(source=source, cursor=dumps(cursor), updated_at=now)
         await conn.execute(stmt.on_conflict_do_update(
             index_elements=["source"], set_={"cursor": stmt.excluded.cursor, "updated_at": now}))
+
+
+async def _note_recovered(conn: AsyncConnection, source: str, changed: Sequence[tuple[LedgerEntry, int]],
+                          rejects: Sequence[Reject]) -> None:
+    now = time.time()
+    rows = [{"at": now, "kind": "source.recovered", "target": source, "dataset": e.dataset, "record_key": e.key,
+             "detail": dumps({"source_key": e.source_key, "version": v})} for e, v in changed]
+    rows += [{"at": now, "kind": "source.recovered", "target": source, "dataset": rj.dataset,
+              "record_key": rj.record_key or rj.source_key, "detail": dumps({"source_key": rj.source_key,
+                                                                             "quarantined": True})} for rj in rejects]
+    if rows:
+        await conn.execute(s.events.insert(), rows)
 
 
 async def _repeated(conn: AsyncConnection, source: str, rejects: Sequence[Reject],
