@@ -78,8 +78,8 @@ class SourceAudits(Repository):
             last = select(a.source, func.max(a.id).label("id")).group_by(a.source).subquery()
             rows = (await conn.execute(select(s.source_audits).join(last, a.id == last.c.id))).mappings().all()
             e = s.events.c  # every recovered row is an event, written with it (IntakeLedger.commit_intake)
-            totals: dict[str, int] = dict((await conn.execute(select(e.target, func.count()).where(e.kind == "source.recovered")
-                                              .group_by(e.target))).all())
+            counted = select(e.target, func.count()).where(e.kind == "source.recovered").group_by(e.target)
+            totals: dict[str, int] = dict((await conn.execute(counted)).all())
         return {r["source"]: _result(dict(r), int(totals.get(r["source"]) or 0)) for r in rows}
 
 
