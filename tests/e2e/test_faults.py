@@ -61,6 +61,8 @@ AUDIT_S = 3.0
 LOOKBACK_S = 10.0  # SQLite's default look-back (adapters.sql.source.DEFAULT_LOOKBACK_S): not set in the config
 BEYOND_S = 120.0  # late commits beyond the window: this far behind the watermark
 FAULTS = {"--error-rate": "0.05", "--drop-rate": "0.05", "--fail-after-commit-rate": "0.03", "--delay": "0.002"}
+FAULT_KINDS = ("right after an intake commit", "during an intake", "during a send", "at start-up", "sandbox SIGKILL",
+               "daemon SIGSTOP/SIGCONT")
 TABLE_SOURCE = {table: source for source, (table, *_rest) in SOURCES.items()}
 
 
@@ -247,7 +249,7 @@ class FaultRun(DaemonRun):
         sandbox = self.sandbox
         sandbox.wait_event(sandbox_applied, WAIT_S, "the sandbox applying a batch", start=len(sandbox.events),
                            also=daemon.check_alive)
-        self.sigkill(daemon, "during a send (the platform applied the batch, its answer on the way)")
+        self.sigkill(daemon, "during a send")  # the platform applied the batch, its answer is on the way
 
     def kill_at_start_up(self) -> None:
         """A fresh daemon killed at its first log line, or up to 0.5 s later (opening the store, the adapters,
@@ -316,8 +318,8 @@ def faulted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultOutcome]:
         run.setup(licences=ROWS, penalties=ROWS, faults={**FAULTS, "--seed": str(seed)},
                   source_extra=f"audit_interval_s = {AUDIT_S}\n")
         run.writer.prepare()
-        run.live_daemon()
-        run.writer.start()
+        run.live_daemon().wait_event(event_is("intake committed"), WAIT_S, "the first intake commit")
+        run.writer.start()  # the store and its watermarks exist now
         run.chaos(CHAOS_S)
         run.writer.stop.set()
         run.writer.join(60)
@@ -352,7 +354,7 @@ class TestFaults:
     def test_every_kind_of_fault_and_write_happened(self, faulted: FaultOutcome) -> None:
         """Each fault struck at least once, the writer wrote every row shape, and the last stop was clean."""
         run = faulted.run
-        assert len(run.faults) == 6 and len(run.kills) >= 4, run.faults
+        assert set(FAULT_KINDS) <= set(run.faults), run.faults
         assert len(run.writer.writes.kinds) == 6 and run.writer.writes.beyond, run.writer.writes.kinds
         assert run.final_exit == 0, run.daemons[-1].tail()
         assert faulted.seconds < 300
