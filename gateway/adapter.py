@@ -55,6 +55,9 @@ class SourceBatch:
     # row key -> the row's update value as text: kept in the ledger, so a look-back re-read recognises a row it has
     # taken already, and the source audit (Auditing) finds the rows whose update value differs from it
     marks: Mapping[str, str] | None = None
+    # keys of rows the look-back window read at or before the cursor the page was read from: if one of them made a new
+    # version, it was committed late and the window found it (counted: ``status``)
+    behind: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

@@ -94,10 +94,18 @@ async def status_lines(store: Store, calendar: WorkCalendar | None = None, sanct
 
 
 async def audit_lines(store: Store) -> list[str]:
-    """A status line per audited source: its last audit, and what the audits recovered (gateway.pipeline.audit)."""
-    return [f"source {name}: audited {age(time.time() - a.at)} ago, {a.rows} rows in {a.ranges} ranges, "
-            f"{a.differing} differing, {a.reread} re-read, {a.recovered} recovered "
-            f"({a.recovered_total} by all audits)" for name, a in sorted((await store.audits.latest()).items())]
+    """A status line per source with late commits found or an audit: what the look-back window found, the last
+    audit, and what all audits recovered (gateway.pipeline.audit)."""
+    audits, found = await store.audits.latest(), await store.audits.found()
+    lines = []
+    for name in sorted(audits.keys() | found.keys()):
+        line = f"source {name}: look-back found {found.get(name, {}).get('late', 0)} late row(s)"
+        if (a := audits.get(name)) is not None:
+            line += (f"; audited {age(time.time() - a.at)} ago, {a.rows} rows in {a.ranges} ranges, "
+                     f"{a.differing} differing, {a.reread} re-read, {a.recovered} recovered "
+                     f"({a.recovered_total} by all audits)")
+        lines.append(line)
+    return lines
 
 
 def target_errors(beat: dict[str, Any]) -> list[tuple[str, str, bool]]:
@@ -127,6 +135,7 @@ async def status_json(store: Store, config: Config) -> dict[str, Any]:
     entries = await store.lists.list_entries()
     status["lists"] = {"entries": sum(1 for e in entries if e.active), "conflicts": sum(1 for e in entries if e.held)}
     status["audits"] = {name: asdict(a) for name, a in (await store.audits.latest()).items()}
+    status["late_commits"] = await store.audits.found()  # per source: found by the look-back, by the audits
     return status
 
 

@@ -61,14 +61,26 @@ def audit_bound(spec: QuerySpec, cursor: Any) -> Any:
     return value
 
 
-def page_batch(spec: QuerySpec, rows: list[dict[str, Any]], cursor: Any, limit: int, as_bytes: bool) -> SourceBatch:
-    """The batch of the rows a page query returned (read as bytes: decoded here, row by row)."""
+def page_batch(spec: QuerySpec, rows: list[dict[str, Any]], cursor: Any, limit: int, as_bytes: bool,
+               window: bool = False) -> SourceBatch:
+    """The batch of the rows a page query returned (read as bytes: decoded here, row by row). ``window``: the
+    query re-read the look-back window, and the rows at or before ``cursor`` are noted (SourceBatch.behind)."""
     if not rows:
         return SourceBatch([], cursor, False)
     out = [_decoded(spec, r) for r in rows] if as_bytes else [SourceRow(row_key(spec, r), r) for r in rows]
     update = spec.cols[0]
     marks = {row.key: mark(row.data[update]) for row in out}
-    return SourceBatch(out, [_jsonable(rows[-1][c]) for c in spec.cols], len(rows) >= limit, marks=marks)
+    behind = _behind(spec, out, cursor) if window and cursor else frozenset()
+    return SourceBatch(out, [_jsonable(rows[-1][c]) for c in spec.cols], len(rows) >= limit, marks=marks,
+                       behind=behind)
+
+
+def _behind(spec: QuerySpec, rows: list[SourceRow], cursor: Any) -> frozenset[str]:
+    at = tuple(_typed(v) for v in cursor)
+    try:
+        return frozenset(r.key for r in rows if tuple(r.data[c] for c in spec.cols) <= at)
+    except TypeError:  # values the database gives in another type than the cursor holds: nothing is noted
+        return frozenset()
 
 
 def mark(value: Any) -> str:

@@ -136,6 +136,7 @@ class SqlSource:
             return list(result.keys())
 
     async def fetch(self, cursor: Any, limit: int) -> SourceBatch:
+        window = not self._draining and self._spec.lookback_s > 0
         sql, params = select_page(self._spec, cursor, limit, self._draining)
         as_bytes = self._spec.always_bytes
         try:
@@ -147,7 +148,7 @@ class SqlSource:
             as_bytes = True
             rows = await self._query(sql, params, as_bytes)
         self._draining = len(rows) >= limit
-        return page_batch(self._spec, rows, cursor, limit, as_bytes)
+        return page_batch(self._spec, rows, cursor, limit, as_bytes, window)
 
     def page_reader(self) -> SqlitePageReader | None:
         """:meth:`fetch` of a page after the first of a poll, as a picklable, synchronous callable that a mapping

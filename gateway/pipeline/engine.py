@@ -157,7 +157,7 @@ class Intake:
         try:
             result = await self.store.intake.commit_intake(self.cfg.name, accepted, rejects, batch.cursor, self.routes,
                                                            rows, snapshot=batch.snapshot, read_from=read_from,
-                                                           marks=batch.marks)
+                                                           marks=batch.marks, behind=batch.behind)
         except WatermarkMoved:
             log.info("page left to another instance", extra={"source": self.cfg.name, "rows": rows})
             return False
@@ -168,6 +168,9 @@ class Intake:
         log.info("intake committed", extra={"source": self.cfg.name, "rows": rows,
                                             "accepted": result.accepted, "unchanged": result.unchanged,
                                             "quarantined": result.quarantined})
+        if result.late:
+            log.info("late commits found by the look-back window", extra={"source": self.cfg.name,
+                                                                          "rows": result.late})
         for rj in rejects:
             if rj.source_key in result.repeated:  # quarantined already at this update value (a look-back re-read)
                 continue

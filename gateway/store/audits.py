@@ -77,10 +77,20 @@ class SourceAudits(Repository):
         async with self.engine.connect() as conn:
             last = select(a.source, func.max(a.id).label("id")).group_by(a.source).subquery()
             rows = (await conn.execute(select(s.source_audits).join(last, a.id == last.c.id))).mappings().all()
-            e = s.events.c  # every recovered row is an event, written with it (IntakeLedger.commit_intake)
-            counted = select(e.target, func.count()).where(e.kind == "source.recovered").group_by(e.target)
-            totals: dict[str, int] = dict((await conn.execute(counted)).all())
-        return {r["source"]: _result(dict(r), int(totals.get(r["source"]) or 0)) for r in rows}
+        found = await self.found()
+        return {r["source"]: _result(dict(r), found.get(r["source"], {}).get("recovered", 0)) for r in rows}
+
+    async def found(self) -> dict[str, dict[str, int]]:
+        """Per source, the late commits the look-back window found (``late``) and the rows the audits recovered
+        (``recovered``): each is an event written with the row (IntakeLedger.commit_intake)."""
+        e = s.events.c
+        kinds = {"source.late": "late", "source.recovered": "recovered"}
+        counted = select(e.target, e.kind, func.count()).where(e.kind.in_(list(kinds))).group_by(e.target, e.kind)
+        out: dict[str, dict[str, int]] = {}
+        async with self.engine.connect() as conn:
+            for source, kind, count in await conn.execute(counted):
+                out.setdefault(source, {"late": 0, "recovered": 0})[kinds[kind]] = int(count)
+        return out
 
 
 def _result(row: Mapping[str, Any], recovered_total: int) -> AuditResult:

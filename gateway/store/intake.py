@@ -46,6 +46,7 @@ class IntakeResult:
     enqueued: Mapping[str, int]  # target -> outbox rows added
     # source keys of rejects already taken at the same mark (a look-back re-read): not quarantined or logged again
     repeated: frozenset[str] = frozenset()
+    late: int = 0  # new versions of rows committed late, found by the look-back window (``behind``)
 
 
 
@@ -65,11 +66,14 @@ class IntakeLedger(Repository):
     async def commit_intake(self, source: str, accepted: Sequence[Record | LedgerEntry], rejects: Sequence[Reject],
                             cursor: Any, routes: Mapping[str, Sequence[str]], rows: int,
                             snapshot: SnapshotPage | None = None, read_from: Any = ANY_WATERMARK,
-                            marks: Mapping[str, str] | None = None, recovered: bool = False) -> IntakeResult:
+                            marks: Mapping[str, str] | None = None, recovered: bool = False,
+                            behind: frozenset[str] = frozenset()) -> IntakeResult:
         """One transaction: ledger versions, outbox rows per routed target, quarantine, cursor, intake log, and
         the page's ``marks`` (SourceBatch.marks). ``recovered`` (rows the source audit found): an event
         ``source.recovered`` per new version or new quarantine entry, in the same transaction, so that the
-        count survives a crash of the audit that found them.
+        count survives a crash of the audit that found them. ``behind`` (SourceBatch.behind): the rows the
+        look-back window read at or before the watermark; one that makes a new version was committed late, and
+        is an event ``source.late``.
 
         A page of a full ``snapshot`` also notes its keys; its final page withdraws the scope's unnamed keys.
         With ``read_from`` (the cursor the page was read from) it raises :class:`WatermarkMoved` instead when the
@@ -84,8 +88,11 @@ class IntakeLedger(Repository):
             result, changed = await self.intake_in(conn, source, accepted, rejects, cursor, routes, rows, snapshot,
                                                    read_from)
             if recovered:
-                await _note_recovered(conn, source, changed, rejects)
-        return replace(result, repeated=repeated) if repeated else result
+                await _note_found(conn, "source.recovered", source, changed, rejects)
+            late = [(e, v) for e, v in changed if e.source_key in behind] if behind else []
+            if late:
+                await _note_found(conn, "source.late", source, late, [])
+        return replace(result, repeated=repeated, late=len(late)) if repeated or late else result
 
     async def intake_in(self, conn: AsyncConnection, source: str, accepted: Sequence[Record | LedgerEntry],
                         rejects: Sequence[Reject], cursor: Any, routes: Mapping[str, Sequence[str]],
@@ -286,12 +293,13 @@ class IntakeLedger(Repository):
             index_elements=["source"], set_={"cursor": stmt.excluded.cursor, "updated_at": now}))
 
 
-async def _note_recovered(conn: AsyncConnection, source: str, changed: Sequence[tuple[LedgerEntry, int]],
-                          rejects: Sequence[Reject]) -> None:
+async def _note_found(conn: AsyncConnection, kind: str, source: str, changed: Sequence[tuple[LedgerEntry, int]],
+                      rejects: Sequence[Reject]) -> None:
+    """An event per row the look-back window (``source.late``) or the source audit (``source.recovered``) found."""
     now = time.time()
-    rows = [{"at": now, "kind": "source.recovered", "target": source, "dataset": e.dataset, "record_key": e.key,
+    rows = [{"at": now, "kind": kind, "target": source, "dataset": e.dataset, "record_key": e.key,
              "detail": dumps({"source_key": e.source_key, "version": v})} for e, v in changed]
-    rows += [{"at": now, "kind": "source.recovered", "target": source, "dataset": rj.dataset,
+    rows += [{"at": now, "kind": kind, "target": source, "dataset": rj.dataset,
               "record_key": rj.record_key or rj.source_key, "detail": dumps({"source_key": rj.source_key,
                                                                              "quarantined": True})} for rj in rejects]
     if rows:

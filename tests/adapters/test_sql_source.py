@@ -285,6 +285,7 @@ class TestLateCommits:
         key = next(k for k, r in (await ledger(store)).items() if r["source_key"] == str(first[0]))
         assert (key, 2) in versions
         assert "77.77" in (await ledger(store))[key]["payload"]  # fkje 777700 元 is 77.77 万元
+        assert (await store.audits.found())[NAME] == {"late": 1, "recovered": 0}  # `status` shows it
 
 
     async def test_a_quarantined_row_in_the_window_is_not_counted_again(self, tmp_path: Path, store: Store,

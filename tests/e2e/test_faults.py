@@ -338,8 +338,8 @@ def faulted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultOutcome]:
               f"commits while faults were on")
         for kind, count in sorted(writes.rows.items()):
             print(f"  {count:4d}  {kind} ({writes.kinds[kind]} commits)")
-        recovered = {s: a["recovered_total"] for s, a in status.get("audits", {}).items()}
-        print(f"recovered by the source audit: {recovered}; valid records held {len(outcome.held)}")
+        print(f"late commits found (status --json): {status.get('late_commits')}; "
+              f"valid records held {len(outcome.held)}")
         yield FaultOutcome(run, outcome, status, seconds)
     finally:
         run.writer.stop.set()
@@ -382,6 +382,14 @@ class TestFaults:
         beyond = Counter(TABLE_SOURCE[table] for table, _id in faulted.run.writer.writes.beyond)
         audits = faulted.status["audits"]
         assert {s: audits[s]["recovered_total"] for s in SOURCES} == {s: beyond[s] for s in SOURCES}
+
+    def test_late_commits_inside_the_lookback_are_found_by_it_and_counted(self, faulted: FaultOutcome) -> None:
+        """`status --json` counts late commits the look-back window took in: some, never more than were written."""
+        kinds = faulted.run.writer.writes.rows
+        written = (kinds["late: inside the look-back"] + kinds["late: at the watermark's update time, lower key"]
+                   + kinds["edited twice at one update time"])  # the second edit is late when the first was taken
+        found = sum(s["late"] for s in faulted.status["late_commits"].values())
+        assert 0 < found <= written, (found, written)
 
     def test_the_daemon_logs_no_errors_while_running(self, faulted: FaultOutcome) -> None:
         """No error lines (poll failed, delivery step failed, source audit failed) before a stop."""
