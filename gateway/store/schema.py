@@ -63,8 +63,8 @@ intake = Table(
 source_marks = Table(
     "cg_source_marks", metadata,
     Column("source", String(128), primary_key=True),
-    Column("source_key", String(512), primary_key=True),
-    Column("mark", String(64), nullable=False),
+    Column("source_key", String(256), primary_key=True),
+    Column("mark", Text, nullable=False),
 )
 
 # One row per source audit: what it compared, re-read and recovered.
