@@ -45,11 +45,15 @@ async def load_marks(conn: AsyncConnection, source: str, keys: Sequence[str]) ->
 
 
 async def save_marks(db: Database, conn: AsyncConnection, source: str, marks: Mapping[str, str]) -> None:
+    """Upsert a page's marks through the driver's executemany (the intake's hot path: SQLAlchemy's statement
+    processing per row, as Database.bulk_insert); a mark that did not change is not written again."""
     if not marks:
         return
-    stmt = db.insert(s.source_marks)
-    stmt = stmt.on_conflict_do_update(index_elements=["source", "source_key"], set_={"mark": stmt.excluded.mark})
-    await conn.execute(stmt, [{"source": source, "source_key": k, "mark": v} for k, v in marks.items()])
+    params = "?, ?, ?" if db.engine.dialect.paramstyle == "qmark" else "$1, $2, $3"
+    table = s.source_marks.name
+    sql = (f"INSERT INTO {table} (source, source_key, mark) VALUES ({params}) "  # noqa: S608 - our own names
+           f"ON CONFLICT (source, source_key) DO UPDATE SET mark = excluded.mark WHERE {table}.mark <> excluded.mark")
+    await conn.exec_driver_sql(sql, [(source, key, mark) for key, mark in marks.items()])
 
 
 class SourceAudits(Repository):
