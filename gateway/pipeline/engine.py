@@ -154,20 +154,22 @@ class Intake:
         accepted, rejects = page.mapped
         for screen in self.screens:
             accepted, rejects = await screen(accepted, rejects, batch, self.today())
+        fresh = rows - len(batch.behind)  # rows the look-back window read again are not counted again
         try:
             result = await self.store.intake.commit_intake(self.cfg.name, accepted, rejects, batch.cursor, self.routes,
-                                                           rows, snapshot=batch.snapshot, read_from=read_from,
+                                                           fresh, snapshot=batch.snapshot, read_from=read_from,
                                                            marks=batch.marks, behind=batch.behind)
         except WatermarkMoved:
             log.info("page left to another instance", extra={"source": self.cfg.name, "rows": rows})
             return False
         s = self.stats
-        s.rows += rows
+        s.rows += fresh
         s.accepted, s.unchanged, s.quarantined = (s.accepted + result.accepted, s.unchanged + result.unchanged,
                                                   s.quarantined + result.quarantined)
-        log.info("intake committed", extra={"source": self.cfg.name, "rows": rows,
-                                            "accepted": result.accepted, "unchanged": result.unchanged,
-                                            "quarantined": result.quarantined})
+        if fresh or result.accepted or result.quarantined:  # not a look-back re-read that found nothing
+            log.info("intake committed", extra={"source": self.cfg.name, "rows": fresh,
+                                                "accepted": result.accepted, "unchanged": result.unchanged,
+                                                "quarantined": result.quarantined})
         if result.late:
             log.info("late commits found by the look-back window", extra={"source": self.cfg.name,
                                                                           "rows": result.late})

@@ -114,9 +114,10 @@ class IntakeLedger(Repository):
         await self._resolve_mapping_quarantine(conn, source, keys, now)
         if cursor is not None:  # None: a replay from quarantine, the source position is unchanged
             await self._save_cursor(conn, source, cursor, now)
-        await conn.execute(s.intake.insert().values(
-            source=source, at=now, rows=rows, accepted=len(changed), unchanged=unchanged,
-            quarantined=len(rejects), cursor=dumps(cursor)))
+        if rows or changed or rejects:  # a look-back re-read that found nothing is not logged
+            await conn.execute(s.intake.insert().values(
+                source=source, at=now, rows=rows, accepted=len(changed), unchanged=unchanged,
+                quarantined=len(rejects), cursor=dumps(cursor)))
         return IntakeResult(len(changed), unchanged, len(rejects), enqueued), changed
 
     async def _check_watermark(self, conn: AsyncConnection, source: str, read_from: Any) -> None:

@@ -343,7 +343,8 @@ class TestSourcesAudit:
         assert again.returncode == 0, again.stderr
         assert [(r["re-read"], r["recovered"]) for r in parse_table(again.stdout)] == [("0", "0")]
         status = gw(workdir, "status")
-        assert "source dept: audited" in status.stdout and "(1 by all audits)" in status.stdout
+        assert "source dept: look-back found 0 late row(s); audited" in status.stdout
+        assert "(1 by all audits)" in status.stdout
         audits = orjson.loads(gw(workdir, "status", "--json").stdout)["audits"]
         assert (audits["dept"]["recovered"], audits["dept"]["recovered_total"]) == (0, 1)
         backlog = next(r for r in parse_table(status.stdout) if r["target"] == "sandbox")["backlog"]
