@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import itertools
+import logging
 import os
 import re
 import sqlite3
@@ -303,6 +304,21 @@ class TestLateCommits:
         assert [(e["source_key"], e["hits"]) for e in entries] == [(str(bad[0]), 1)]
         assert intake.stats.quarantined == 1
         assert sum(r.getMessage() == "row quarantined" for r in caplog.records) == 1
+
+
+    async def test_a_reread_that_finds_nothing_is_not_logged_or_counted(self, tmp_path: Path, store: Store,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+        """Polls that re-read an unchanged window write no intake log row, no log line, no rows read."""
+        caplog.set_level(logging.INFO, "gateway.engine")
+        sample = make_department_db(tmp_path, penalties=0)
+        insert_rows(sample.path, table="xzcf", count=5, seed=9, gxsj=recent(1))
+        async with opened(tmp_path, url=f"sqlite:///{sample.path}", table="xzcf", lookback_s=3600.0) as source:
+            intake = intake_for(source, store, 10)
+            for _ in range(3):
+                assert await intake.poll() == 5  # read each time
+        assert (await store.reports.counts())["rows_read"] == 5
+        assert len(await select_rows(store, s.intake, order=s.intake.c.id)) == 1
+        assert sum(r.getMessage() == "intake committed" for r in caplog.records) == 1
 
 
 class TestSourceAudit:
