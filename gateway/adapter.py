@@ -52,6 +52,12 @@ class SourceBatch:
     cursor: Any  # JSON-serialisable position after these rows; saved in the intake transaction
     more: bool  # the source has more rows right now
     snapshot: SnapshotPage | None = None  # these rows belong to a full snapshot (committed even when empty)
+    # row key -> the row's update value as text: kept in the ledger, so a look-back re-read recognises a row it has
+    # taken already, and the source audit (Auditing) finds the rows whose update value differs from it
+    marks: Mapping[str, str] | None = None
+    # keys of rows the look-back window read at or before the cursor the page was read from: if one of them made a new
+    # version, it was committed late and the window found it (counted: ``status``)
+    behind: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +168,26 @@ class PageReading(Protocol):
     reader's module must import no database driver or HTTP client: the worker starts in about 0.2 s."""
 
     def page_reader(self) -> PageReader | None: ...
+
+
+@runtime_checkable
+class Auditing(Protocol):
+    """Source capability: the source audit (gateway.pipeline.audit). ``audit_marks`` lists the key, the key values
+    and the update value as text (the mark ``SourceBatch.marks`` gives) of every row behind the watermark
+    ``cursor`` (less any look-back window: what is after it is the polls' to read), in key order, without reading
+    the rest of the row; ``fetch_keys`` reads the whole rows of the given key values, as a batch of marked rows."""
+
+    async def audit_marks(self, cursor: Any) -> list[tuple[str, tuple[Any, ...], str]]: ...
+
+    async def fetch_keys(self, keys: Sequence[tuple[Any, ...]]) -> SourceBatch: ...
+
+
+@runtime_checkable
+class Advising(Protocol):
+    """Adapter capability: settings that are valid but risky, as warnings ``credit-gateway check`` prints (each
+    starting with the setting's TOML path)."""
+
+    def warnings(self) -> list[str]: ...
 
 
 @runtime_checkable

@@ -102,6 +102,8 @@ class SourceKeys:
     mapping: str = setting(help="inbound mapping file; its dataset decides what the rows become")
     poll_interval_s: float = setting(10.0, check="positive", help="how often the source is polled (a poll drains it)")
     batch_size: int = setting(1000, check="positive", help="rows per intake transaction")
+    audit_interval_s: float = setting(3600.0, help="how often the source is audited for rows the polls missed "
+                                                   "(committed later than the look-back); 0: never (docs/sources.md)")
 
 
 @dataclass(frozen=True)
@@ -238,12 +240,15 @@ def _source(name: str, raw: dict[str, Any], base: tuple[Path, GatewaySettings], 
     if isinstance(poll, bool) or not isinstance(poll, int | float) or poll <= 0:
         problems.append(Problem(f"{where}.poll_interval_s", f"expected a positive number, got {poll!r}"))
     batch_size = _common_int(raw, "batch_size", SourceKeys.batch_size, where, problems)
+    audit = raw.get("audit_interval_s", SourceKeys.audit_interval_s)
+    if isinstance(audit, bool) or not isinstance(audit, int | float) or audit < 0:
+        problems.append(Problem(f"{where}.audit_interval_s", f"expected a number of seconds (0: never), got {audit!r}"))
     adapter = _adapter(SOURCE_GROUP, Source, raw, where, SOURCE_KEYS, _context(name, where, base, SOURCE_KEYS),
                        problems)
     if len(problems) > before or adapter is None or (mapping is None and skipped is problems):
         return None
     return SourceConfig(name, str(raw["type"]), {mapping.dataset.name: mapping} if mapping else {}, float(poll),
-                        batch_size, adapter)
+                        batch_size, adapter, audit_interval_s=float(audit))
 
 
 def _adapter(group: str, role: type[Any], raw: dict[str, Any], where: str, common: frozenset[str],

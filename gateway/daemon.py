@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.adapter import Auditing
 from gateway.certs import expiries, expiry_warnings, key_problems
 from gateway.clock import china_today
 from gateway.config import Config, load_config
@@ -32,6 +33,7 @@ from gateway.instance_lock import store_lock
 from gateway.jobs import list_targets, reconcile, repair_screen, run_publicity
 from gateway.mapping import load_mapping, mapping_version
 from gateway.monthly import due_month, monthly_report
+from gateway.pipeline.audit import audit_source
 from gateway.pipeline.engine import Intake, TargetWorker
 from gateway.pipeline.workers import MapPool
 from gateway.scheduler import Scheduler
@@ -166,6 +168,8 @@ class Gateway:
         scheduler = Scheduler()
         for name, intake in self.intakes.items():
             scheduler.every(f"poll:{name}", self.config.sources[name].poll_interval_s, self._poller(intake))
+            if (every := self.config.sources[name].audit_interval_s) > 0 and isinstance(intake.cfg.adapter, Auditing):
+                scheduler.every(f"audit:{name}", every, self._auditor(intake), first_in_s=min(every, 60.0))
         scheduler.every("heartbeat", self.config.daemon.heartbeat_s, self.beat)
         scheduler.every("reload", self.config.daemon.reload_check_s, self.reload_mappings)
         if self.config.lists.reconcile_interval_s > 0 and list_targets(self.config):
@@ -216,6 +220,17 @@ class Gateway:
                 record.succeeded()
 
         return poll
+
+    def _auditor(self, intake: Intake) -> Callable[[], Any]:
+        async def audit() -> None:
+            if self.stopping.is_set():
+                return
+            try:
+                await audit_source(intake)
+            except GatewayError as exc:
+                log.error("source audit failed", extra={"source": intake.cfg.name, "error": str(exc)})
+
+        return audit
 
     async def reload_mappings(self) -> None:
         """Recompile mapping files that changed; a broken one is refused and the one in force stays."""

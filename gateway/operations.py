@@ -12,7 +12,7 @@ import datetime as dt
 import time
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,7 @@ async def status_lines(store: Store, calendar: WorkCalendar | None = None, sanct
     lines += (await timeliness_report(store.reports, calendar, today=china_today())).status_lines()
     lines += (await sanctions_report(store.history, calendar, today=china_today(),
                                      due_working_days=sanctions_due_days)).status_lines()
+    lines += await audit_lines(store)
     rows = [{**r, "oldest pending": age(r["oldest_pending_s"]), "last success": r["last_success"]}
             for r in await store.reports.target_status()]
     lines += table_lines(rows, ["target", "backlog", "oldest pending", "delivered", "rejected", "dead", "withheld",
@@ -81,6 +82,21 @@ async def status_lines(store: Store, calendar: WorkCalendar | None = None, sanct
         lines.append(f"instance {beat['instance']} pid {beat['pid']}: {beat['state'].get('state')}, "
                      f"last heartbeat {age(time.time() - beat['beat_at'])} ago")
         lines += [f"  target {name}: {line}" for name, line, _blocked in target_errors(beat)]
+    return lines
+
+
+async def audit_lines(store: Store) -> list[str]:
+    """A status line per source with late commits found or an audit: what the look-back window found, the last
+    audit, and what all audits recovered (gateway.pipeline.audit)."""
+    audits, found = await store.audits.latest(), await store.audits.found()
+    lines = []
+    for name in sorted(audits.keys() | found.keys()):
+        line = f"source {name}: look-back found {found.get(name, {}).get('late', 0)} late row(s)"
+        if (a := audits.get(name)) is not None:
+            line += (f"; audited {age(time.time() - a.at)} ago, {a.rows} rows in {a.ranges} ranges, "
+                     f"{a.differing} differing, {a.reread} re-read, {a.recovered} recovered "
+                     f"({a.recovered_total} by all audits)")
+        lines.append(line)
     return lines
 
 
@@ -111,6 +127,8 @@ async def status_json(store: Store, config: Config) -> dict[str, Any]:
         due_working_days=config.sanctions.feedback_due_working_days)).counts()
     entries = await store.lists.list_entries()
     status["lists"] = {"entries": sum(1 for e in entries if e.active), "conflicts": sum(1 for e in entries if e.held)}
+    status["audits"] = {name: asdict(a) for name, a in (await store.audits.latest()).items()}
+    status["late_commits"] = await store.audits.found()  # per source: found by the look-back, by the audits
     return status
 
 

@@ -25,11 +25,11 @@ class Scheduler:
         self._scheduler = AsyncIOScheduler(timezone=dt.UTC)
         self._running: set[asyncio.Task[None]] = set()
 
-    def every(self, name: str, interval_s: float, job: Callable[[], Awaitable[None]]) -> None:
-        """Run ``job`` now and then every ``interval_s`` seconds, never two at once."""
+    def every(self, name: str, interval_s: float, job: Callable[[], Awaitable[None]], first_in_s: float = 0.0) -> None:
+        """Run ``job`` in ``first_in_s`` seconds (default: now) and then every ``interval_s``, never two at once."""
+        first = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=first_in_s)
         self._scheduler.add_job(self._tracked(name, job), "interval", seconds=interval_s, id=name, name=name,
-                                max_instances=1, coalesce=True, next_run_time=dt.datetime.now(dt.UTC),
-                                misfire_grace_time=None)
+                                max_instances=1, coalesce=True, next_run_time=first, misfire_grace_time=None)
 
     def run_now(self, name: str) -> None:
         """Bring the next run of a job forward to now."""

@@ -32,6 +32,7 @@ class QuerySpec:
     lookback_s: float
     encoding: str
     always_bytes: bool  # TEXT is read as bytes and decoded with ``encoding`` (SQLite, not UTF-8)
+    lookback_numbers: bool = True  # the window also applies to a numeric update column (set explicitly)
 
 
 def select_page(spec: QuerySpec, cursor: Any, limit: int, draining: bool) -> tuple[str, dict[str, Any]]:
@@ -43,7 +44,7 @@ def select_page(spec: QuerySpec, cursor: Any, limit: int, draining: bool) -> tup
                 {"limit": limit})
     params: dict[str, Any] = {"limit": limit}
     params.update({f"c{i}": _typed(v) for i, v in enumerate(cursor)})
-    if spec.lookback_s and not draining:
+    if spec.lookback_s and not draining and (spec.lookback_numbers or not _number(cursor[0])):
         params["c0"] = _minus(_typed(cursor[0]), spec.lookback_s)
         where = f"{cols[0]} >= :c0"
     else:
@@ -52,15 +53,52 @@ def select_page(spec: QuerySpec, cursor: Any, limit: int, draining: bool) -> tup
             f"ORDER BY {order} LIMIT :limit", params)
 
 
-def page_batch(spec: QuerySpec, rows: list[dict[str, Any]], cursor: Any, limit: int, as_bytes: bool) -> SourceBatch:
-    """The batch of the rows a page query returned (read as bytes: decoded here, row by row)."""
+def audit_bound(spec: QuerySpec, cursor: Any) -> Any:
+    """The newest update value the source audit compares: the watermark less the look-back window (rows after it
+    are the polls' to read)."""
+    value = _typed(cursor[0])
+    if spec.lookback_s and (spec.lookback_numbers or not _number(cursor[0])):
+        return _minus(value, spec.lookback_s)
+    return value
+
+
+def page_batch(spec: QuerySpec, rows: list[dict[str, Any]], cursor: Any, limit: int, as_bytes: bool,
+               window: bool = False) -> SourceBatch:
+    """The batch of the rows a page query returned (read as bytes: decoded here, row by row). ``window``: the
+    query re-read the look-back window, and the rows at or before ``cursor`` are noted (SourceBatch.behind)."""
     if not rows:
         return SourceBatch([], cursor, False)
-    out = [_decoded(spec, r) for r in rows] if as_bytes else [SourceRow(_row_key(spec, r), r) for r in rows]
-    return SourceBatch(out, [_jsonable(rows[-1][c]) for c in spec.cols], len(rows) >= limit)
+    out = [_decoded(spec, r) for r in rows] if as_bytes else [SourceRow(row_key(spec, r), r) for r in rows]
+    update = spec.cols[0]
+    marks = {row.key: mark(row.data[update]) for row in out}
+    behind = _behind(spec, out, cursor) if window and cursor else frozenset()
+    return SourceBatch(out, [_jsonable(rows[-1][c]) for c in spec.cols], len(rows) >= limit, marks=marks,
+                       behind=behind)
 
 
-def _row_key(spec: QuerySpec, row: Mapping[str, Any]) -> str:
+def _behind(spec: QuerySpec, rows: list[SourceRow], cursor: Any) -> frozenset[str]:
+    at = tuple(_typed(v) for v in cursor)
+    try:
+        return frozenset(r.key for r in rows if tuple(r.data[c] for c in spec.cols) <= at)
+    except TypeError:  # values the database gives in another type than the cursor holds: nothing is noted
+        return frozenset()
+
+
+def mark(value: Any) -> str:
+    """A row's update value as the ledger keeps it (SourceBatch.marks): the same text however it was read."""
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    if isinstance(value, dt.datetime):
+        return value.isoformat(sep=" ")
+    return str(value)
+
+
+def _number(value: Any) -> bool:
+    return (isinstance(value, int | float) and not isinstance(value, bool)) or (
+        isinstance(value, dict) and "decimal" in value)
+
+
+def row_key(spec: QuerySpec, row: Mapping[str, Any]) -> str:
     """The row's key columns as one text; a control character in one is written as an escape (it is stored)."""
     return escape_controls("/".join(str(row[c]) for c in spec.key_columns))
 
@@ -75,7 +113,7 @@ def _decoded(spec: QuerySpec, row: dict[str, Any]) -> SourceRow:
             except UnicodeDecodeError as exc:
                 row[column] = value.decode(spec.encoding, "replace")
                 problems.append(Problem(column, _decode_reason(value, spec.encoding, exc)))
-    return SourceRow(_row_key(spec, row), row, tuple(problems))
+    return SourceRow(row_key(spec, row), row, tuple(problems))
 
 
 # A mapping worker's connections to the SQLite sources it reads, by file (a worker has one thread).

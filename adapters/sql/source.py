@@ -3,9 +3,12 @@
 The cursor is ``(update value, key values)`` of the last row taken. Each fetch asks for rows strictly
 after it in ``(update column, key columns)`` order, so rows that share an update timestamp at a batch
 boundary are neither skipped nor read twice. ``lookback_s`` re-reads a window before the watermark for
-systems whose transactions commit late with older timestamps; re-read rows that did not change are
-recognised by the ledger and not sent again. The engine saves the cursor in the same transaction as
-the rows, so the watermark only advances after the intake commit.
+rows committed late with an older update time (a long transaction, or a second edit in the watermark's second
+of a second-resolution column): unset, it is the database's default (:data:`DEFAULT_LOOKBACK_S`, timestamp
+columns only). Re-read rows that did not change are recognised by their mark in the ledger and not sent,
+quarantined or logged again. The engine saves the cursor in the same transaction as the rows, so the watermark
+only advances after the intake commit. A row committed later than the window is found by the source audit
+(:meth:`SqlSource.audit_marks`, gateway.pipeline.audit); docs/sources.md says how to size the window.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import codecs
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
@@ -23,13 +26,21 @@ from sqlalchemy import text
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from adapters.sql.pages import QuerySpec, SqlitePageReader, page_batch, select_page
+from adapters.sql.pages import QuerySpec, SqlitePageReader, audit_bound, mark, page_batch, row_key, select_page
 from adapters.sql.url import database_url, password_credentials, pin_session, url_secrets
 from gateway.adapter import AdapterContext, Credential, SourceBatch
 from gateway.errors import ConfigError, Problem, RetryableError
 from gateway.settings import parse_settings, setting
 
 log = logging.getLogger("adapters.sql_source")
+# The look-back when ``lookback_s`` is not set, by database (docs/sources.md). SQLite has one writer at a time and
+# its timestamps are text the application writes, often to the second: the window covers a second edit in the
+# watermark's second and the short wait of a queued writer. PostgreSQL's now() and CURRENT_TIMESTAMP are the
+# time the transaction *began*, and MySQL's are the statement's: a row commits with the start time of its
+# transaction, however long that ran, so the window must cover the longest write transaction.
+DEFAULT_LOOKBACK_S: Mapping[str, float] = {"sqlite": 10.0}
+DEFAULT_LOOKBACK_OTHER_S = 60.0
+_KEY_CHUNK = 400  # key values per re-read query of the audit
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 
 
@@ -41,7 +52,9 @@ class SqlSourceSettings:
     query: str = setting("", help="a SELECT whose columns include the key and update columns")
     key_columns: list[str] = setting(["id"], help="columns that identify a row (tie-breaker)")
     update_column: str = setting("gxsj", help="column that grows on every change (timestamp or sequence)")
-    lookback_s: float = setting(0.0, help="re-read this many seconds before the watermark (timestamps only)")
+    lookback_s: float | None = setting(None, help="re-read this many seconds before the watermark, for late commits; "
+                                                  "unset: 10 (SQLite) or 60 (other databases) for a timestamp "
+                                                  "column, 0 for a sequence; 0 turns it off (docs/sources.md)")
     password_env: str = setting("", help="environment variable holding the database password")
     encoding: str = setting("utf-8", help="text encoding of a SQLite database's TEXT columns (utf-8, gbk, gb18030)")
 
@@ -60,7 +73,7 @@ class SqlSource:
         self._null_rows = 0
         self._sqlite = False
         self._spec = QuerySpec(name, self._from(), (settings.update_column, *settings.key_columns),
-                               tuple(settings.key_columns), settings.lookback_s, settings.encoding, False)
+                               tuple(settings.key_columns), settings.lookback_s or 0.0, settings.encoding, False)
         self.secrets = url_secrets(url)
 
     def credential_sources(self) -> list[Credential]:
@@ -92,7 +105,8 @@ class SqlSource:
         # another encoding are always read as bytes.
         self._sqlite = self._engine.dialect.name == "sqlite"
         always_bytes = self._sqlite and codecs.lookup(self.settings.encoding).name != "utf-8"
-        self._spec = replace(self._spec, always_bytes=always_bytes)
+        self._spec = replace(self._spec, always_bytes=always_bytes, lookback_s=self.lookback_s(),
+                             lookback_numbers=self.settings.lookback_s is not None)
         return self
 
     async def __aexit__(self, t: type[BaseException] | None, e: BaseException | None,
@@ -100,6 +114,22 @@ class SqlSource:
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
+
+    def lookback_s(self) -> float:
+        """The look-back window in force: the setting, or the database's default (:data:`DEFAULT_LOOKBACK_S`)."""
+        if self.settings.lookback_s is not None:
+            return self.settings.lookback_s
+        dialect = self._engine.dialect.name if self._engine is not None else "sqlite"
+        return DEFAULT_LOOKBACK_S.get(dialect, DEFAULT_LOOKBACK_OTHER_S)
+
+    def warnings(self) -> list[str]:
+        """A timestamp column read with no look-back loses late commits until the next source audit."""
+        if self.settings.lookback_s != 0:
+            return []
+        return [f"sources.{self.name}.lookback_s = 0: a row committed with a {self.settings.update_column} at or "
+                f"before the watermark (a late commit, or a second edit in the watermark's second) is found only by "
+                f"the source audit; leave lookback_s unset for the default (docs/sources.md), or ignore this if "
+                f"{self.settings.update_column} is a sequence"]
 
     async def columns(self) -> list[str]:
         """The column names the table or query yields (for checking a mapping against the source)."""
@@ -114,6 +144,7 @@ class SqlSource:
             raise RetryableError(f"source {self.name}: {exc}") from exc
 
     async def fetch(self, cursor: Any, limit: int) -> SourceBatch:
+        window = not self._draining and self._spec.lookback_s > 0
         sql, params = select_page(self._spec, cursor, limit, self._draining)
         as_bytes = self._spec.always_bytes
         try:
@@ -124,7 +155,7 @@ class SqlSource:
             as_bytes = True
             rows = await self._query(sql, params, as_bytes)
         self._draining = len(rows) >= limit
-        return page_batch(self._spec, rows, cursor, limit, as_bytes)
+        return page_batch(self._spec, rows, cursor, limit, as_bytes, window)
 
     def page_reader(self) -> SqlitePageReader | None:
         """:meth:`fetch` of a page after the first of a poll, as a picklable, synchronous callable that a mapping
@@ -169,6 +200,41 @@ class SqlSource:
             log.warning("rows without an update value are not read", extra={
                 "source": self.name, "column": col, "rows": count})
         self._null_rows = int(count or 0)
+
+    async def audit_marks(self, cursor: Any) -> list[tuple[str, tuple[Any, ...], str]]:
+        """The key, key values and mark (update value as text) of every row behind the watermark ``cursor`` and
+        its look-back window, in key order: the source audit's scan, which reads the key and update columns only.
+        Nothing before the first poll."""
+        if not cursor:
+            return []
+        keys, update = self.settings.key_columns, self.settings.update_column
+        sql = (f"SELECT {', '.join(keys)}, {update} FROM ({self._from()}) AS src "  # noqa: S608 - identifiers checked
+               f"WHERE {update} <= :bound ORDER BY {', '.join(keys)}")
+        try:
+            rows = await self._query(sql, {"bound": audit_bound(self._spec, cursor)}, False)
+        except SQLAlchemyError as exc:
+            raise RetryableError(f"source {self.name}: {type(exc).__name__}") from exc
+        return [(row_key(self._spec, row), tuple(row[k] for k in keys), mark(row[update])) for row in rows]
+
+    async def fetch_keys(self, keys: Sequence[tuple[Any, ...]]) -> SourceBatch:
+        """The whole rows of ``keys`` (key values, as :meth:`audit_marks` gives them), marked, read as a page is."""
+        rows: list[dict[str, Any]] = []
+        as_bytes = self._spec.always_bytes
+        cols = self.settings.key_columns
+        for start in range(0, len(keys), _KEY_CHUNK):
+            chunk = keys[start:start + _KEY_CHUNK]
+            params = {f"k{i}_{j}": value for i, key in enumerate(chunk) for j, value in enumerate(key)}
+            match = " OR ".join("(" + " AND ".join(f"{c} = :k{i}_{j}" for j, c in enumerate(cols)) + ")"
+                                for i in range(len(chunk)))
+            sql = f"SELECT * FROM ({self._from()}) AS src WHERE {match}"  # noqa: S608 - identifiers checked
+            try:
+                rows += await self._query(sql, params, as_bytes)
+            except SQLAlchemyError as exc:
+                if not (self._sqlite and "decode" in str(exc)):
+                    raise RetryableError(f"source {self.name}: {type(exc).__name__}") from exc
+                as_bytes = True
+                rows += await self._query(sql, params, as_bytes)
+        return page_batch(self._spec, rows, None, len(rows) + 1, as_bytes)
 
     async def ack(self, cursor: Any) -> None:
         """Nothing to do: the cursor lives in the gateway's store, committed with the rows."""

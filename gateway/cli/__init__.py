@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.cli import lists as cli_lists
     from gateway.cli import monthly as cli_monthly
     from gateway.cli import rules as cli_rules
+    from gateway.cli import sources as cli_sources
 
     parser, sub = _top_parser()
 
@@ -127,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_adapters.add_parser(sub)
     cli_datasets.add_parser(sub, _config_arg)
     cli_monthly.add_parsers(sub, _config_arg)
+    cli_sources.add_parser(sub, _config_arg)
 
     p = sub.add_parser("mapping", help="try a mapping file on sample rows")
     msub = p.add_subparsers(dest="mapping_command", required=True)
@@ -222,6 +224,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "datasets": ("datasets", "cmd_datasets"),
     "report": ("monthly", "cmd_report"),
     "dashboard": ("monthly", "cmd_dashboard"),
+    "sources": ("sources", "cmd_sources"),
 }
 
 

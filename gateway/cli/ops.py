@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from gateway.adapter import ColumnListing
+from gateway.adapter import Advising, Auditing, ColumnListing
 from gateway.certs import (
     RETIRED,
     UNUSABLE,
@@ -77,7 +77,7 @@ async def cmd_check(args: argparse.Namespace) -> int:
     if problems:
         raise ConfigError(problems, str(config.path))
     out(f"{config.path}: OK")
-    for line in exposed_files(config):
+    for line in exposed_files(config) + source_warnings(config):
         out(f"  warning  {line}")
     out(f"  store    {redact(config.store.url)}")
     for s in config.sources.values():
@@ -92,6 +92,13 @@ async def cmd_check(args: argparse.Namespace) -> int:
         out(f"  admin    {config.admin.settings.host}:{config.admin.settings.port}, "
             f"tokens: {', '.join(f'{t.name} ({t.role})' for t in config.admin.tokens)}")
     return 0
+
+
+def source_warnings(config: Config) -> list[str]:
+    """Risky source settings (the adapters' ``warnings``), and a source that is never audited."""
+    lines = [line for s in config.sources.values() if isinstance(s.adapter, Advising) for line in s.adapter.warnings()]
+    return lines + [f"sources.{s.name}.audit_interval_s = 0: rows the polls miss are never found (docs/sources.md)"
+                    for s in config.sources.values() if s.audit_interval_s == 0 and isinstance(s.adapter, Auditing)]
 
 
 async def _check_sources(config: Config) -> list[Problem]:

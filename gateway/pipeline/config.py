@@ -56,6 +56,7 @@ class SourceConfig:
     poll_interval_s: float
     batch_size: int
     adapter: Source
+    audit_interval_s: float = 3600.0  # 0: never (gateway.pipeline.audit)
 
 
 @dataclass(frozen=True)

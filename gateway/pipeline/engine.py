@@ -85,9 +85,14 @@ class Intake:
         self.sem, self.timeout_s, self.on_commit, self.today = sem, timeout_s, on_commit, today
         self.stats = IntakeStats()
         self.screens: list[Screen] = []
+        self.lock = asyncio.Lock()  # a poll and the source audit (gateway.pipeline.audit) take turns
 
     async def poll(self) -> int:
         """Drain the source: pages are fetched and mapped ahead while earlier ones commit, strictly in order."""
+        async with self.lock:
+            return await self._drain()
+
+    async def _drain(self) -> int:
         cursor = await self.store.intake.load_cursor(self.cfg.name)
         pages: asyncio.Queue[Page | None] = asyncio.Queue(maxsize=2)
         producer = asyncio.create_task(self._produce(cursor, pages), name=f"fetch {self.cfg.name}")
@@ -149,20 +154,28 @@ class Intake:
         accepted, rejects = page.mapped
         for screen in self.screens:
             accepted, rejects = await screen(accepted, rejects, batch, self.today())
+        fresh = rows - len(batch.behind)  # rows the look-back window read again are not counted again
         try:
             result = await self.store.intake.commit_intake(self.cfg.name, accepted, rejects, batch.cursor, self.routes,
-                                                    rows, snapshot=batch.snapshot, read_from=read_from)
+                                                           fresh, snapshot=batch.snapshot, read_from=read_from,
+                                                           marks=batch.marks, behind=batch.behind)
         except WatermarkMoved:
             log.info("page left to another instance", extra={"source": self.cfg.name, "rows": rows})
             return False
         s = self.stats
-        s.rows += rows
+        s.rows += fresh
         s.accepted, s.unchanged, s.quarantined = (s.accepted + result.accepted, s.unchanged + result.unchanged,
                                                   s.quarantined + result.quarantined)
-        log.info("intake committed", extra={"source": self.cfg.name, "rows": rows,
-                                            "accepted": result.accepted, "unchanged": result.unchanged,
-                                            "quarantined": result.quarantined})
+        if fresh or result.accepted or result.quarantined:  # not a look-back re-read that found nothing
+            log.info("intake committed", extra={"source": self.cfg.name, "rows": fresh,
+                                                "accepted": result.accepted, "unchanged": result.unchanged,
+                                                "quarantined": result.quarantined})
+        if result.late:
+            log.info("late commits found by the look-back window", extra={"source": self.cfg.name,
+                                                                          "rows": result.late})
         for rj in rejects:
+            if rj.source_key in result.repeated:  # quarantined already at this update value (a look-back re-read)
+                continue
             log.warning("row quarantined", extra={"source": self.cfg.name, "row": rj.source_key,
                                                   "key": rj.record_key, "reasons": "; ".join(map(str, rj.problems))})
         if result.accepted:

@@ -10,6 +10,7 @@ SQLAlchemy is imported by this package and nowhere else.
 from __future__ import annotations
 
 from gateway.domain.subject_keys import KeySecret
+from gateway.store.audits import SourceAudits
 from gateway.store.database import Database, connect
 from gateway.store.history import History
 from gateway.store.inbound import InboundLog
@@ -19,8 +20,18 @@ from gateway.store.outbox import Outbox
 from gateway.store.publicity import PublicityBook
 from gateway.store.reports import Reports
 
-__all__ = ["History", "InboundLog", "IntakeLedger", "ListBook", "Outbox", "PublicityBook", "Reports", "Store",
-           "open_store"]
+__all__ = [
+    "History",
+    "InboundLog",
+    "IntakeLedger",
+    "ListBook",
+    "Outbox",
+    "PublicityBook",
+    "Reports",
+    "SourceAudits",
+    "Store",
+    "open_store",
+]
 
 
 class Store:
@@ -35,6 +46,7 @@ class Store:
         self.publicity = PublicityBook(db)
         self.reports = Reports(db)
         self.history = History(db)
+        self.audits = SourceAudits(db)
 
     async def key_secret(self) -> KeySecret:
         """The store-wide secret behind the ID-number pseudonyms in record keys (gateway.domain.subject_keys)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -23,6 +23,7 @@ from gateway.errors import StoreError
 from gateway.records import LedgerEntry, Record
 from gateway.store import changes as store_changes
 from gateway.store import schema as s
+from gateway.store.audits import load_marks, save_marks
 from gateway.store.database import Database, Repository, chunks, dumps
 from gateway.store.lists import ListBook
 from gateway.stored import Reject
@@ -43,6 +44,9 @@ class IntakeResult:
     unchanged: int  # same content as the current version: nothing to send
     quarantined: int
     enqueued: Mapping[str, int]  # target -> outbox rows added
+    # source keys of rejects already taken at the same mark (a look-back re-read): not quarantined or logged again
+    repeated: frozenset[str] = frozenset()
+    late: int = 0  # new versions of rows committed late, found by the look-back window (``behind``)
 
 
 
@@ -61,17 +65,34 @@ class IntakeLedger(Repository):
 
     async def commit_intake(self, source: str, accepted: Sequence[Record | LedgerEntry], rejects: Sequence[Reject],
                             cursor: Any, routes: Mapping[str, Sequence[str]], rows: int,
-                            snapshot: SnapshotPage | None = None, read_from: Any = ANY_WATERMARK) -> IntakeResult:
-        """One transaction: ledger versions, outbox rows per routed target, quarantine, cursor, intake log.
+                            snapshot: SnapshotPage | None = None, read_from: Any = ANY_WATERMARK,
+                            marks: Mapping[str, str] | None = None, recovered: bool = False,
+                            behind: frozenset[str] = frozenset()) -> IntakeResult:
+        """One transaction: ledger versions, outbox rows per routed target, quarantine, cursor, intake log, and
+        the page's ``marks`` (SourceBatch.marks). ``recovered`` (rows the source audit found): an event
+        ``source.recovered`` per new version or new quarantine entry, in the same transaction, so that the
+        count survives a crash of the audit that found them. ``behind`` (SourceBatch.behind): the rows the
+        look-back window read at or before the watermark; one that makes a new version was committed late, and
+        is an event ``source.late``.
 
         A page of a full ``snapshot`` also notes its keys; its final page withdraws the scope's unnamed keys.
         With ``read_from`` (the cursor the page was read from) it raises :class:`WatermarkMoved` instead when the
         source's watermark is no longer that cursor.
         """
         async with self.tx() as conn:
-            result, _changed = await self.intake_in(conn, source, accepted, rejects, cursor, routes, rows, snapshot,
-                                                    read_from)
-        return result
+            repeated: frozenset[str] = frozenset()
+            if marks:
+                repeated = await _repeated(conn, source, rejects, marks)
+                rejects = [rj for rj in rejects if rj.source_key not in repeated]
+                await save_marks(self.db, conn, source, marks)
+            result, changed = await self.intake_in(conn, source, accepted, rejects, cursor, routes, rows, snapshot,
+                                                   read_from)
+            if recovered:
+                await _note_found(conn, "source.recovered", source, changed, rejects)
+            late = [(e, v) for e, v in changed if e.source_key in behind] if behind else []
+            if late:
+                await _note_found(conn, "source.late", source, late, [])
+        return replace(result, repeated=repeated, late=len(late)) if repeated or late else result
 
     async def intake_in(self, conn: AsyncConnection, source: str, accepted: Sequence[Record | LedgerEntry],
                         rejects: Sequence[Reject], cursor: Any, routes: Mapping[str, Sequence[str]],
@@ -93,9 +114,10 @@ class IntakeLedger(Repository):
         await self._resolve_mapping_quarantine(conn, source, keys, now)
         if cursor is not None:  # None: a replay from quarantine, the source position is unchanged
             await self._save_cursor(conn, source, cursor, now)
-        await conn.execute(s.intake.insert().values(
-            source=source, at=now, rows=rows, accepted=len(changed), unchanged=unchanged,
-            quarantined=len(rejects), cursor=dumps(cursor)))
+        if rows or changed or rejects:  # a look-back re-read that found nothing is not logged
+            await conn.execute(s.intake.insert().values(
+                source=source, at=now, rows=rows, accepted=len(changed), unchanged=unchanged,
+                quarantined=len(rejects), cursor=dumps(cursor)))
         return IntakeResult(len(changed), unchanged, len(rejects), enqueued), changed
 
     async def _check_watermark(self, conn: AsyncConnection, source: str, read_from: Any) -> None:
@@ -270,6 +292,30 @@ class IntakeLedger(Repository):
         stmt = self._insert(s.watermarks).values(source=source, cursor=dumps(cursor), updated_at=now)
         await conn.execute(stmt.on_conflict_do_update(
             index_elements=["source"], set_={"cursor": stmt.excluded.cursor, "updated_at": now}))
+
+
+async def _note_found(conn: AsyncConnection, kind: str, source: str, changed: Sequence[tuple[LedgerEntry, int]],
+                      rejects: Sequence[Reject]) -> None:
+    """An event per row the look-back window (``source.late``) or the source audit (``source.recovered``) found."""
+    now = time.time()
+    rows = [{"at": now, "kind": kind, "target": source, "dataset": e.dataset, "record_key": e.key,
+             "detail": dumps({"source_key": e.source_key, "version": v})} for e, v in changed]
+    rows += [{"at": now, "kind": kind, "target": source, "dataset": rj.dataset,
+              "record_key": rj.record_key or rj.source_key, "detail": dumps({"source_key": rj.source_key,
+                                                                             "quarantined": True})} for rj in rejects]
+    if rows:
+        await conn.execute(s.events.insert(), rows)
+
+
+async def _repeated(conn: AsyncConnection, source: str, rejects: Sequence[Reject],
+                    marks: Mapping[str, str]) -> frozenset[str]:
+    """The rejects' source keys taken before at the mark they have now: a look-back re-read of a row quarantined
+    already, which is neither quarantined again (its hits counted) nor logged."""
+    if not rejects:
+        return frozenset()
+    stored = await load_marks(conn, source, [rj.source_key for rj in rejects])
+    return frozenset(rj.source_key for rj in rejects if rj.source_key in marks
+                     and stored.get(rj.source_key) == marks[rj.source_key])
 
 
 def _ledger_row(e: LedgerEntry, version: int, now: float) -> dict[str, Any]:

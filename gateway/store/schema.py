@@ -57,6 +57,30 @@ intake = Table(
     Column("cursor", Text, nullable=False),
 )
 
+# The update value ("mark") of every source row last taken into the store, by the source's own key: a look-back
+# re-read recognises a row it has taken already, and the source audit compares the source with it
+# (gateway.pipeline.audit).
+source_marks = Table(
+    "cg_source_marks", metadata,
+    Column("source", String(128), primary_key=True),
+    Column("source_key", String(256), primary_key=True),
+    Column("mark", Text, nullable=False),
+)
+
+# One row per source audit: what it compared, re-read and recovered.
+source_audits = Table(
+    "cg_source_audits", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("source", String(128), nullable=False, index=True),
+    Column("at", Float, nullable=False),
+    Column("duration_s", Float, nullable=False),
+    Column("rows", Integer, nullable=False),  # rows in the source
+    Column("ranges", Integer, nullable=False),
+    Column("differing", Integer, nullable=False),  # key ranges whose digest differed from the ledger's
+    Column("reread", Integer, nullable=False),  # rows read again in full
+    Column("recovered", Integer, nullable=False),  # rows that made a new version or a new quarantine entry
+)
+
 # The ledger: the current version of every natural key.
 records = Table(
     "cg_records", metadata,

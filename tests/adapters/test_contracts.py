@@ -27,7 +27,8 @@ class TestSqlSourceContract(SourceContract):
 
     @pytest.fixture
     def source_settings(self, department_db: SampleResult) -> dict[str, Any]:
-        return {"url": f"sqlite:///{department_db.path}", "table": "xzcf"}
+        # lookback_s = 0: the contract compares plain pages (a poll's first page re-reads the look-back window)
+        return {"url": f"sqlite:///{department_db.path}", "table": "xzcf", "lookback_s": 0}
 
     def unreachable_settings(self, tmp_path: Path) -> dict[str, Any]:
         return {"url": f"postgresql://cg@127.0.0.1:{free_port()}/nowhere", "table": "xzcf"}

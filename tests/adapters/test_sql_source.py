@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import itertools
+import logging
 import os
 import re
 import sqlite3
@@ -27,9 +28,11 @@ from adapters.sql.source import SqlSource
 from gateway.adapter import AdapterContext, SourceBatch
 from gateway.config import load_config
 from gateway.errors import ConfigError, StoreError
+from gateway.pipeline.audit import audit_source
 from gateway.pipeline.config import SourceConfig
 from gateway.pipeline.engine import Intake
 from gateway.store import Store
+from gateway.store import schema as s
 from gateway.testing.department_db import apply_changes, insert_rows, same_gxsj_rows
 from gateway.testing.rows import COLUMNS, format_gxsj
 from tests.conftest import TOKEN
@@ -43,6 +46,7 @@ from tests.support.helpers import (
     outbox,
     penalty_mapping,
     read_rows,
+    select_rows,
     write_config,
 )
 from tests.support.list_helpers import async_url, run_sql
@@ -183,7 +187,7 @@ class TestWatermark:
     async def test_rows_updated_after_a_full_read_are_read_again(self, tmp_path: Path) -> None:
         """After a full read, only rows changed since (gxsj moved on) are read from the saved cursor."""
         sample = make_department_db(tmp_path, penalties=25)
-        async with opened(tmp_path, url=f"sqlite:///{sample.path}", table="xzcf") as source:
+        async with opened(tmp_path, url=f"sqlite:///{sample.path}", table="xzcf", lookback_s=0) as source:
             pages = await read_all(source, 10)
             assert sorted(ids_of(pages)) == list(range(1, 26))
             cursor = pages[-1].cursor
@@ -251,7 +255,7 @@ class TestIntake:
     async def test_cursor_moves_only_after_the_intake_commit(self, tmp_path: Path, store: Store) -> None:
         """When the store commit fails the cursor stays put and the same rows are read again next poll."""
         sample = make_department_db(tmp_path, penalties=12)
-        async with opened(tmp_path, url=f"sqlite:///{sample.path}", table="xzcf") as source:
+        async with opened(tmp_path, url=f"sqlite:///{sample.path}", table="xzcf", lookback_s=0) as source:
             intake = intake_for(source, store, 5)
             assert await intake.poll() == 12
             cursor = await store.intake.load_cursor(NAME)
@@ -282,6 +286,107 @@ class TestIntake:
         assert intake.stats.quarantined == 0
         keys = {r["source_key"] for r in (await ledger(store)).values()}
         assert "B-\\x002" in keys and not any("\x00" in k for k in keys)
+
+
+class TestLateCommits:
+    """Issue 17, finding 1: an edit committed with an update time at or before the watermark."""
+
+    async def test_an_edit_in_the_watermarks_second_reaches_the_platform(self, tmp_path: Path, store: Store) -> None:
+        """id 1 at 10:00:00, id 2 at 10:00:05, drain; id 1 edited with gxsj 10:00:05, drain: version 2 is queued."""
+        sample = make_department_db(tmp_path, penalties=0)
+        base = recent(30).replace(microsecond=0)
+        first = same_gxsj_rows(sample.path, table="xzcf", count=1, gxsj=base)
+        same_gxsj_rows(sample.path, table="xzcf", count=1, gxsj=base + dt.timedelta(seconds=5))
+        async with opened(tmp_path, url=f"sqlite:///{sample.path}", table="xzcf") as source:
+            intake = intake_for(source, store, 10)
+            assert await intake.poll() == 2
+            with sqlite3.connect(sample.path) as conn:
+                conn.execute("UPDATE xzcf SET fkje = 777700, gxsj = ? WHERE id = ?",
+                             (format_gxsj(base + dt.timedelta(seconds=5)), first[0]))
+            await intake.poll()
+        versions = {(row["record_key"], row["version"]) for row in await outbox(store)}
+        key = next(k for k, r in (await ledger(store)).items() if r["source_key"] == str(first[0]))
+        assert (key, 2) in versions
+        assert "77.77" in (await ledger(store))[key]["payload"]  # fkje 777700 元 is 77.77 万元
+        assert (await store.audits.found())[NAME] == {"late": 1, "recovered": 0}  # `status` shows it
+
+
+    async def test_a_quarantined_row_in_the_window_is_not_counted_again(self, tmp_path: Path, store: Store,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+        """A look-back re-read of a row quarantined already neither counts a hit nor logs it again."""
+        sample = make_department_db(tmp_path, penalties=0)
+        bad = insert_rows(sample.path, table="xzcf", count=3, seed=5, gxsj=recent(1))
+        with sqlite3.connect(sample.path) as conn:
+            conn.execute("UPDATE xzcf SET cfjdswh = '' WHERE id = ?", (bad[0],))
+        async with opened(tmp_path, url=f"sqlite:///{sample.path}", table="xzcf", lookback_s=3600.0) as source:
+            intake = intake_for(source, store, 10)
+            for _ in range(3):
+                assert await intake.poll() == 3
+        entries = await select_rows(store, s.quarantine, order=s.quarantine.c.id)
+        assert [(e["source_key"], e["hits"]) for e in entries] == [(str(bad[0]), 1)]
+        assert intake.stats.quarantined == 1
+        assert sum(r.getMessage() == "row quarantined" for r in caplog.records) == 1
+
+
+    async def test_a_reread_that_finds_nothing_is_not_logged_or_counted(self, tmp_path: Path, store: Store,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+        """Polls that re-read an unchanged window write no intake log row, no log line, no rows read."""
+        caplog.set_level(logging.INFO, "gateway.engine")
+        sample = make_department_db(tmp_path, penalties=0)
+        insert_rows(sample.path, table="xzcf", count=5, seed=9, gxsj=recent(1))
+        async with opened(tmp_path, url=f"sqlite:///{sample.path}", table="xzcf", lookback_s=3600.0) as source:
+            intake = intake_for(source, store, 10)
+            for _ in range(3):
+                assert await intake.poll() == 5  # read each time
+        assert (await store.reports.counts())["rows_read"] == 5
+        assert len(await select_rows(store, s.intake, order=s.intake.c.id)) == 1
+        assert sum(r.getMessage() == "intake committed" for r in caplog.records) == 1
+
+
+class TestSourceAudit:
+    """The source audit finds rows committed later than the look-back window (gateway.pipeline.audit)."""
+
+    async def test_a_row_committed_beyond_the_lookback_is_recovered_and_counted(self, tmp_path: Path,
+                                                                                store: Store) -> None:
+        """An edit dated an hour behind the watermark is missed by the poll, found by the audit, queued as v2."""
+        sample = make_department_db(tmp_path, penalties=0)
+        ids = insert_rows(sample.path, table="xzcf", count=40, seed=7, gxsj=recent(30))
+        insert_rows(sample.path, table="xzcf", count=2, seed=8, gxsj=recent(1))
+        async with opened(tmp_path, url=f"sqlite:///{sample.path}", table="xzcf") as source:
+            intake = intake_for(source, store, 10)
+            await intake.poll()
+            with sqlite3.connect(sample.path) as conn:
+                conn.execute("UPDATE xzcf SET fkje = 777700, gxsj = ? WHERE id = ?",
+                             (format_gxsj(recent(90)), ids[17]))
+            await intake.poll()
+            assert max(r["version"] for r in (await ledger(store)).values()) == 1, "the poll cannot see it"
+            found = await audit_source(intake, range_rows=8)
+            again = await audit_source(intake, range_rows=8)
+        assert (found.rows, found.ranges, found.differing, found.reread, found.recovered) == (40, 5, 1, 1, 1)
+        assert (again.differing, again.reread, again.recovered) == (0, 0, 0)
+        key = next(k for k, r in (await ledger(store)).items() if r["source_key"] == str(ids[17]))
+        assert [r["version"] for r in await outbox(store, key)] == [1, 2]
+        audits = await store.audits.latest()
+        assert (audits[NAME].recovered, audits[NAME].recovered_total) == (0, 1)
+
+    async def test_an_unchanged_source_audits_with_no_reread(self, tmp_path: Path, store: Store) -> None:
+        """After a drain, the audit compares every range and reads no row again."""
+        sample = make_department_db(tmp_path, penalties=60)
+        async with opened(tmp_path, url=f"sqlite:///{sample.path}", table="xzcf") as source:
+            intake = intake_for(source, store, 25)
+            await intake.poll()
+            result = await audit_source(intake, range_rows=16)
+        assert result.rows > 0
+        assert (result.differing, result.reread, result.recovered) == (0, 0, 0)
+        assert result.ranges == -(-result.rows // 16)
+
+    async def test_nothing_is_audited_before_the_first_poll(self, tmp_path: Path, store: Store) -> None:
+        """Without a watermark every row is still the poll's to read."""
+        sample = make_department_db(tmp_path, penalties=5)
+        async with opened(tmp_path, url=f"sqlite:///{sample.path}", table="xzcf") as source:
+            result = await audit_source(intake_for(source, store, 25))
+        assert (result.rows, result.reread) == (0, 0)
+        assert await ledger(store) == {}
 
 
 
@@ -329,7 +434,8 @@ class TestServerSource:
         kind, url = server
         rows = read_rows(make_department_db(tmp_path, penalties=12).path)
         await copy_to_server(url, rows, TIMESTAMP[kind], dt.datetime.fromisoformat)
-        async with opened(tmp_path, url=url, table="xzcf") as source:
+        # no look-back: the re-read from the saved cursor must find nothing until rows change
+        async with opened(tmp_path, url=url, table="xzcf", lookback_s=0.0) as source:
             cursor = orjson.loads(orjson.dumps((await read_all(source, 5))[-1].cursor))
             assert ids_of(await read_all(source, 5, cursor)) == []
             later = dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(microseconds=7)
@@ -339,7 +445,7 @@ class TestServerSource:
 
 class TestMariaDbWatermark:
     """MySQL/MariaDB's own timestamp semantics (docs/databases.md): DATETIME keeps whole seconds unless declared
-    DATETIME(6), and TIMESTAMP is shown in the session's time zone."""
+    DATETIME(6), and TIMESTAMP is shown in the session's time zone. No look-back here: the reads are exact."""
 
     @pytest.fixture
     def url(self, mariadb_admin_url: str) -> str:
@@ -350,7 +456,7 @@ class TestMariaDbWatermark:
         rows = read_rows(make_department_db(tmp_path, penalties=9).path)
         second = dt.datetime(2026, 3, 2, 9, 30, 0)
         await copy_to_server(url, rows, "DATETIME", lambda v: second + dt.timedelta(microseconds=len(v) * 1000))
-        async with opened(tmp_path, url=url, table="xzcf") as source:
+        async with opened(tmp_path, url=url, table="xzcf", lookback_s=0.0) as source:
             pages = await read_all(source, 2)
         assert {row.data["gxsj"] for page in pages for row in page.rows} == {second}
         assert Counter(ids_of(pages)) == Counter(r["id"] for r in rows)
@@ -360,7 +466,7 @@ class TestMariaDbWatermark:
         rows = read_rows(make_department_db(tmp_path, penalties=4).path)
         base = dt.datetime(2026, 3, 2, 9, 30, 0, 500_000)
         await copy_to_server(url, rows, "DATETIME(6)", lambda v: base)
-        async with opened(tmp_path, url=url, table="xzcf") as source:
+        async with opened(tmp_path, url=url, table="xzcf", lookback_s=0.0) as source:
             cursor = (await read_all(source, 10))[-1].cursor
             assert cursor[0] == {"datetime": base.isoformat()}
             await run_sql(url, ["UPDATE xzcf SET gxsj = '2026-03-02 09:30:00.500001' WHERE id = 2"])
@@ -376,7 +482,7 @@ class TestMariaDbWatermark:
                             "UPDATE xzcf SET gxsj = '2026-03-02 09:31:00' WHERE id IN (2, 3)"])
         await run_sql(mariadb_admin_url, ["SET GLOBAL time_zone = '+00:00'"])
         try:
-            async with opened(tmp_path, url=url, table="xzcf") as source:
+            async with opened(tmp_path, url=url, table="xzcf", lookback_s=0.0) as source:
                 first = await source.fetch(None, 1)
                 assert first.rows[0].data["gxsj"] == dt.datetime(2026, 3, 2, 9, 30)
                 await run_sql(mariadb_admin_url, ["SET GLOBAL time_zone = '-05:00'"])

@@ -48,16 +48,6 @@ import pytest
 from gateway.clock import china_today
 from gateway.store import open_store
 from gateway.testing.department_db import SampleSpec, apply_changes, create_department_db, insert_rows
-from tests.e2e.test_crash import (
-    FAULTS,
-    _brief,
-    check_arrivals,
-    check_gateway,
-    check_platform,
-    committed_then_lost,
-    event_is,
-    report,
-)
 from tests.support.crash_helpers import (
     ORPHAN_GRACE_S,
     TABLE_CODE,
@@ -74,6 +64,16 @@ from tests.support.crash_helpers import (
 )
 from tests.support.instance_helpers import PgStoreView
 from tests.support.pg_server import create_database
+from tests.support.processes import (
+    FAULTS,
+    brief,
+    check_arrivals,
+    check_gateway,
+    check_platform,
+    committed_then_lost,
+    event_is,
+    report,
+)
 
 TOKEN = "two-instances-token-0123456789abcdef"
 INSTANCES = ("hub-a", "hub-b")
@@ -295,7 +295,7 @@ class TwoInstances:
         daemon.kill()
         assert daemon.proc.returncode == -9, f"{daemon.name} was not the one to end it: {daemon.proc.returncode}"
         entry = {"instance": instance, "point": point, "store": self.store.snapshot(),
-                 "sandbox": _brief(self.sandbox_client().stats()), "orphans": daemon.orphans}
+                 "sandbox": brief(self.sandbox_client().stats()), "orphans": daemon.orphans}
         self.kills.append(entry)
         print(f"SIGKILL {daemon.name}: {point}\n"
               f"    left alive by the killed daemon: {daemon.orphans or 'nothing'}\n"
@@ -339,7 +339,8 @@ class TwoInstances:
         print(f"caught up: {json.dumps(snap, ensure_ascii=False)}")
         for daemon in self.live.values():  # both at once, as a deployment stops them
             os.kill(daemon.pid, signal.SIGTERM)
-        self.exits = {instance: daemon.terminate(60) for instance, daemon in self.live.items()}
+        # one SIGTERM each, as a deployment sends: a second one while the loop is torn down would be the default
+        self.exits = {instance: daemon.reap(60) for instance, daemon in self.live.items()}
 
     def status_json(self) -> subprocess.CompletedProcess[str]:
         return subprocess.run(python_cmd("-m", "gateway", "-c", str(self.configs["hub-a"]), "status", "--json"),
@@ -383,7 +384,7 @@ def two(pg_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         run.scenario()
         outcome = run.collect()
         print(f"valid records {len(outcome.expected.valid)}, invalid rows {len(outcome.expected.invalid)}, "
-              f"held {len(outcome.held)}; sandbox {json.dumps(_brief(outcome.stats))}; "
+              f"held {len(outcome.held)}; sandbox {json.dumps(brief(outcome.stats))}; "
               f"batches by instance {dict(run.store.batches_by_claimant())}")
         if outcome.status.returncode == 0:
             print(f"status --json instances: {json.dumps(json.loads(outcome.status.stdout)['instances'])}")

@@ -230,8 +230,9 @@ class TestRefusals:
 
     @pytest.mark.parametrize("skew", [dt.timedelta(hours=-1), dt.timedelta(minutes=10)])
     async def test_stale_or_future_timestamp(self, tmp_path: Path, rsa_pki: Pki, skew: dt.timedelta) -> None:
+        """A batch sent an hour ago or ten minutes ahead of now (not of when the module was imported) is stale."""
         partner = client("http://unused", rsa_pki, "cms")
-        body = partner.seal(partner.batch(sample_rows(tmp_path, 1), sent_at=NOW + skew))
+        body = partner.seal(partner.batch(sample_rows(tmp_path, 1), sent_at=dt.datetime.now(dt.UTC) + skew))
         status, answer = await _refused(tmp_path, rsa_pki, body)
         assert (status, answer["error"]) == (400, "stale") and "the window is ±300 s" in answer["message"]
 

@@ -8,6 +8,7 @@ HTTP on 127.0.0.1. Waits are bounded polls on a file or on a command's exit code
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -219,7 +220,7 @@ def delivered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, 
 def parse_table(text: str) -> list[dict[str, str]]:
     """Rows of an aligned text table (columns separated by two or more spaces)."""
     lines = [line for line in text.splitlines() if line.strip()]
-    header_at = next(i for i, line in enumerate(lines) if re.match(r"^(target|id)\s{2,}", line))
+    header_at = next(i for i, line in enumerate(lines) if re.match(r"^(target|id|source)\s{2,}", line))
     header = re.split(r"\s{2,}", lines[header_at].strip())
     rows = []
     for line in lines[header_at + 1:]:
@@ -315,6 +316,50 @@ def mapping_test(sample: Path, *extra: str) -> subprocess.CompletedProcess[str]:
 
 def json_lines(text: str) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+    def test_a_source_without_lookback_is_warned_about(self, tmp_path: Path) -> None:
+        """`check` warns of `lookback_s = 0` (late commits then wait for the audit); the default gets no warning."""
+        prepare_workdir(tmp_path)
+        path = write_config(tmp_path, "http://127.0.0.1:9")
+        assert "lookback_s" not in cli("-c", str(path), "check", cwd=tmp_path).stdout
+        path.write_text(path.read_text(encoding="utf-8").replace('update_column = "gxsj"\n',
+                                                                 'update_column = "gxsj"\nlookback_s = 0\n'))
+        result = cli("-c", str(path), "check", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert "warning  sources.dept.lookback_s = 0: a row committed with a gxsj at or before the watermark" \
+            in result.stdout
+
+
+class TestSourcesAudit:
+    def test_audit_recovers_a_late_commit_and_status_shows_it(
+            self, delivered: tuple[Path, subprocess.CompletedProcess[str]], tmp_path: Path) -> None:
+        """`sources audit` takes in an edit dated a month behind the watermark; `status` and `--json` count it."""
+        workdir = tmp_path / "work"
+        shutil.copytree(delivered[0], workdir)
+        with contextlib.closing(sqlite3.connect(workdir / "department.db")) as conn, conn:
+            conn.execute("UPDATE xzcf SET fkje = '777700', gxsj = '2024-03-01 00:00:00.000000' WHERE id = 1")
+        first = gw(workdir, "sources", "audit", "--json")
+        assert first.returncode == 0, first.stderr
+        [found] = orjson.loads(first.stdout)
+        assert (found["source"], found["rows"], found["reread"], found["recovered"]) == ("dept", 1, 1, 1)
+        again = gw(workdir, "sources", "audit", "--source", "dept")
+        assert again.returncode == 0, again.stderr
+        assert [(r["re-read"], r["recovered"]) for r in parse_table(again.stdout)] == [("0", "0")]
+        status = gw(workdir, "status")
+        assert "source dept: look-back found 0 late row(s); audited" in status.stdout
+        assert "(1 by all audits)" in status.stdout
+        audits = orjson.loads(gw(workdir, "status", "--json").stdout)["audits"]
+        assert (audits["dept"]["recovered"], audits["dept"]["recovered_total"]) == (0, 1)
+        backlog = next(r for r in parse_table(status.stdout) if r["target"] == "sandbox")["backlog"]
+        assert backlog == "1"
+
+    def test_an_unknown_source_is_a_config_error(self, delivered: tuple[Path, subprocess.CompletedProcess[str]]
+                                                ) -> None:
+        """`sources audit --source NAME` names the sources there are."""
+        result = gw(delivered[0], "sources", "audit", "--source", "nope")
+        assert result.returncode == 2
+        assert "no source 'nope'; sources: dept" in result.stderr
 
 
 class TestMappingTest:

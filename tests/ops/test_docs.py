@@ -54,7 +54,8 @@ token_file = "ops.token"
 MAKES_NEW_FILES = {("certs", "init")}  # run in an empty directory
 # They change the store or write a file: they run in a copy of the demo's directory.
 CHANGES_THE_DIRECTORY = {("spool", "evidence"), ("spool", "retry"), ("spool", "replay"), ("quarantine", "replay"),
-                         ("quarantine", "resolve"), ("lists", "reconcile"), ("report", "monthly")}
+                         ("quarantine", "resolve"), ("lists", "reconcile"), ("report", "monthly"),
+                         ("sources", "audit")}
 # Commands that exit 1 on the demo's store, and why (exit 1 = "unhealthy or not found", never a usage error).
 EXIT_1 = {
     "health": "the demo's daemon has stopped, so its heartbeat is stale",

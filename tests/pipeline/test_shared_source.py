@@ -91,7 +91,8 @@ async def instances(stack: AsyncExitStack, store_url: str, department: Path) -> 
         stack.push_async_callback(store.aclose)
         ctx = AdapterContext(SOURCE, f"sources.{SOURCE}", department.parent, DEPARTMENT_CODE, name)
         source, problems = SqlSource.from_settings({"url": f"sqlite:///{department}", "table": "xzcf",
-                                                    "key_columns": ["id"], "update_column": "gxsj"}, ctx)
+                                                    "key_columns": ["id"], "update_column": "gxsj",
+                                                    "lookback_s": 0}, ctx)  # the rows counted are the new ones
         assert source is not None and not problems, problems
         await stack.enter_async_context(source)
         pair.append(Instance(store, source))

@@ -74,7 +74,7 @@ update_column = "gxsj"
 mapping = "{mappings}/department-penalty.toml"
 poll_interval_s = 0.2
 batch_size = 1000
-
+{source_extra}
 [sources.department_licences]
 type = "sql"
 url = "sqlite:///{department}"
@@ -84,7 +84,7 @@ update_column = "gxsj"
 mapping = "{mappings}/department-license.toml"
 poll_interval_s = 0.2
 batch_size = 1000
-
+{source_extra}
 [targets.sandbox]
 type = "credit_platform"
 url = "{url}"
@@ -108,15 +108,17 @@ reset_s = 0.2
 
 
 def write_config(path: Path, *, store: Path, department: Path, url: str, token_file: Path,
-                 pki: Path | None = None, profile: str = "none") -> Path:
-    """The daemon's config; with a profile other than none the target seals with the PKI in ``pki``."""
+                 pki: Path | None = None, profile: str = "none", source_extra: str = "") -> Path:
+    """The daemon's config; with a profile other than none the target seals with the PKI in ``pki``.
+    ``source_extra``: more settings for both source tables (TOML lines)."""
     envelope = ""
     if profile != "none" and pki is not None:
         envelope = (f'\n[targets.sandbox.envelope]\nprofile = "{profile}"\nkey = "{pki}/gateway.key"\n'
                     f'cert = "{pki}/gateway.crt"\npeer_cert = "{pki}/platform.crt"\ntrusted_cas = ["{pki}/ca.crt"]\n')
     path.write_text(CONFIG.format(store=store.as_posix(), department=department.as_posix(), url=url,
                                   token_file=token_file.as_posix(), mappings=MAPPINGS.as_posix(),
-                                  external="true" if envelope else "false", envelope=envelope),
+                                  external="true" if envelope else "false", envelope=envelope,
+                                  source_extra=source_extra),
                     encoding="utf-8")
     return path
 
@@ -282,13 +284,14 @@ def start_daemon(workdir: Path, config: Path, run: int) -> Process:
 
 
 def start_sandbox(workdir: Path, token_file: Path, db: Path, ready: Path, faults: Mapping[str, str],
-                  pki: Path | None = None, profile: str = "none") -> Process:
-    """The sandbox process; with a profile it opens sealed uploads and signs receipts with the PKI in ``pki``."""
+                  pki: Path | None = None, profile: str = "none", port: int = 0) -> Process:
+    """The sandbox process; with a profile it opens sealed uploads and signs receipts with the PKI in ``pki``.
+    ``port``: 0 picks a free one; a restarted sandbox takes its predecessor's."""
     flags = [item for flag, value in faults.items() for item in (flag, value)]
     if profile != "none" and pki is not None:
         flags += ["--envelope", profile, "--key", f"{pki}/platform.key", "--cert", f"{pki}/platform.crt",
                   "--peer-cert", f"{pki}/gateway.crt", "--trusted-ca", f"{pki}/ca.crt"]
-    cmd = python_cmd("-m", "gateway.sandbox", "--port", "0", "--ready-file", str(ready), "--token-file",
+    cmd = python_cmd("-m", "gateway.sandbox", "--port", str(port), "--ready-file", str(ready), "--token-file",
                      str(token_file), "--db", str(db), *flags)
     return Process("sandbox", cmd, workdir, workdir / "sandbox.log")
 
