@@ -1,6 +1,7 @@
 """The national 互联网+监管 system's supervision actions (domain.md §5).
 
-行政检查行为, 行政处罚行为, 行政强制行为 and 其他行为: field tables from JGXW-RULES and the TROY-SYNC DDL of ``tr_t_jgxw_check_action``: each label carries the
+行政检查行为, 行政处罚行为, 行政强制行为 and 其他行为: field tables from JGXW-RULES and the TROY-SYNC DDL of
+``tr_t_jgxw_check_action``: each label carries the
 Chinese name and the front-end table's column. The national dictionaries (监管对象类型, 检查形式, 检查类别, 检查方式,
 检查结果, 案件来源, …) were not found in any source: the value lists below are ours, in plain Chinese, and the
 outbound mappings (``mappings/national-*.toml``) translate them to the national codes ops fill in.
@@ -185,3 +186,12 @@ DATE_ORDER: dict[str, list[tuple[str, str]]] = {
     "coercion": [("submitted_date", "start_date"), ("end_date", "start_date")],
     "other_action": [("submitted_date", "start_date"), ("end_date", "start_date")],
 }
+
+# the national front-end table of each action type (the outbound mappings' table_code)
+NATIONAL_TABLES = {"inspection": "tr_t_jgxw_check_action", "enforcement": "tr_t_jgxw_punish_action",
+                   "coercion": "tr_t_jgxw_force_action", "other_action": "tr_t_jgxw_other_action"}
+
+
+def national_column(spec: FieldSpec) -> str:
+    """The front-end table's column of a supervision field (the identifier in its label)."""
+    return spec.label.split(" ")[1]
