@@ -198,7 +198,8 @@ class NationalFrontDbSink:
         now = self.now()
         day = now.strftime("%Y%m%d")
         seq = SEQUENCE.c
-        last = (await conn.execute(select(seq.last_sequence).where(seq.batch_day == day))).scalar()
+        # FOR UPDATE: two gateways on one front-end database never take the same number (SQLite: the write lock)
+        last = (await conn.execute(select(seq.last_sequence).where(seq.batch_day == day).with_for_update())).scalar()
         if last is None:
             await conn.execute(insert(SEQUENCE).values(batch_day=day, last_sequence=1))
         else:
