@@ -14,7 +14,8 @@ one table per action type (DDL in ``mappings/national/ddl``). For each record of
 
 Then it reads back what the national side wrote into ``deal_status`` / ``deal_message``: ``1`` processed (the
 record's receipt), ``2`` rejected (quarantined with the national reason). While rows are still waiting, the batch
-is answered with :class:`RetryableError` (``retry_after_s = poll_s``): the retry writes nothing and reads again.
+is answered with :class:`AwaitingAnswer` (``retry_after_s = poll_s``): not a failure of the link; the engine asks
+again, which writes nothing and reads the answers again.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from adapters.sql.url import database_url, password_credentials, url_secrets
 from gateway.adapter import AdapterContext, Credential, OutgoingBatch, Receipt, RecordResult, TargetRecord
 from gateway.clock import CHINA
 from gateway.domain.regions import is_province
-from gateway.errors import ConfigError, PermanentError, Problem, RetryableError
+from gateway.errors import AwaitingAnswer, ConfigError, PermanentError, Problem, RetryableError
 from gateway.settings import parse_settings, setting
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -174,7 +175,7 @@ class NationalFrontDbSink:
             else:
                 waiting += 1
         if waiting:
-            raise RetryableError(f"target {self.name}: {waiting} of {len(records)} rows of cd_batch {cd_batch} "
+            raise AwaitingAnswer(f"target {self.name}: {waiting} of {len(records)} rows of cd_batch {cd_batch} "
                                  "not yet processed by the national system", retry_after_s=self.settings.poll_s)
         receipt_id = f"national-{batch.id}"
         receipt = {"receiptId": receipt_id, "batchId": batch.id, "cdBatch": cd_batch, "local": True,

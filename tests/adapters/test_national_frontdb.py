@@ -20,7 +20,7 @@ from adapters.national.ddl import write_ddl
 from adapters.national.frontdb import NationalFrontDbSink
 from gateway.adapter import SINK_GROUP, AdapterContext, OutgoingBatch, TargetRecord, load_adapter
 from gateway.clock import CHINA
-from gateway.errors import RetryableError
+from gateway.errors import AwaitingAnswer
 from gateway.mapping import InboundMapping, OutboundMapping, load_mapping
 from gateway.records import Operation
 from gateway.sandbox.national import FrontDbFaults, NationalFrontDb
@@ -99,9 +99,9 @@ def batch(sink: NationalFrontDbSink, batch_id: str, records: list[TargetRecord])
     return OutgoingBatch(batch_id, "inspection", sink.encode(batch_id, "inspection", TABLE, records), len(records))
 
 
-async def waiting(sink: NationalFrontDbSink, out: OutgoingBatch) -> RetryableError:
+async def waiting(sink: NationalFrontDbSink, out: OutgoingBatch) -> AwaitingAnswer:
     """Deliver a batch the national side has not processed yet: the answer is 'ask again'."""
-    with pytest.raises(RetryableError) as caught:
+    with pytest.raises(AwaitingAnswer) as caught:
         async with sink:
             await sink.deliver(out)
     return caught.value

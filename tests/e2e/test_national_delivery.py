@@ -56,13 +56,14 @@ batch_size = 8
 personal_ids = "full"
 external = false
 
-[targets.national.retry]
-initial_s = 0.05
+[targets.national.retry]            # waiting for the national side is neither an attempt nor a failure:
+initial_s = 0.05                    # with these limits a counted wait would dead-letter batches or open the circuit
 max_s = 0.1
-max_attempts = 1000
+max_attempts = 1
 
-[targets.national.circuit]          # a batch the national side has not processed yet is retried, not a broken link
-failure_threshold = 1000
+[targets.national.circuit]
+failure_threshold = 2
+reset_s = 30
 """
 
 
