@@ -7,8 +7,8 @@ one table per action type (DDL in ``mappings/national/ddl``). For each record of
   the same id), ``cd_time``, ``cd_source`` (province region code + department code), ``cd_batch`` (YYYYMMDD and
   the day's sequence, kept in ``cg_national_sequence`` so it continues across restarts and starts at 1 each day;
   ``cg_national_batches`` remembers it per gateway batch, so a retried batch keeps its number), ``cd_operation``
-  (``d`` for a withdraw or revoke, ``u`` when the key already has a row, else ``i``) and ``record_unique_identity``
-  (the record key);
+  (``d`` for a withdraw or revoke, ``u`` when the key has a row the national side did not reject, else ``i``)
+  and ``record_unique_identity`` (the record key);
 * idempotent: a ``cd_id`` already there is not written again, so a retried batch adds no row; the engine never
   has two batches of one key in flight, so ``u``/``d`` follow the key's ``i`` in order.
 
@@ -213,10 +213,13 @@ class NationalFrontDbSink:
     async def _write(self, conn: AsyncConnection, front: _Front, cd_batch: str, rec: Mapping[str, Any]) -> str | None:
         """Insert one record's row unless its cd_id is there; the database's refusal as a message."""
         cd_id, key = self.cd_id(rec), str(rec.get("recordKey"))
-        tbl = table(front.name, column("cd_id"), column("record_unique_identity"))
+        tbl = table(front.name, column("cd_id"), column("record_unique_identity"), column("deal_status"))
         if (await conn.execute(select(tbl.c.cd_id).where(tbl.c.cd_id == cd_id))).first() is not None:
             return None
-        seen = (await conn.execute(select(tbl.c.cd_id).where(tbl.c.record_unique_identity == key).limit(1))).first()
+        # a row of the key the national side did not reject: this one updates it (after a rejection: insert again)
+        kept = tbl.c.deal_status.is_(None) | (tbl.c.deal_status != REJECTED)
+        seen = (await conn.execute(select(tbl.c.cd_id).where((tbl.c.record_unique_identity == key) & kept)
+                                   .limit(1))).first()
         operation = "d" if rec.get("operation") in DELETING else ("u" if seen else "i")
         try:
             fields = {str(k).lower(): v for k, v in (rec.get("fields") or {}).items()}

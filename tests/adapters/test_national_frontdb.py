@@ -217,6 +217,22 @@ class TestOrder:
         found = await rows(front, f"SELECT cd_operation, deal_status FROM {TABLE} ORDER BY cd_batch")
         assert [tuple(r) for r in found] == [("i", "1"), ("u", "1"), ("d", "1")]
 
+    async def test_after_a_rejected_insert_the_next_version_inserts_again(self, front: str, tmp_path: Path) -> None:
+        """v1 rejected by the national side (it holds nothing of the key): the corrected v2 goes as i, and is taken."""
+        first = inspections(1)[0]
+        side = NationalFrontDb(front, FrontDbFaults(rejected={first.key: "监管对象不存在"}), today=TODAY)
+        try:
+            sink = build(front, tmp_path)
+            await waiting(sink, batch(sink, "b-1", [first]))
+            await side.drain()
+            side.faults.rejected.clear()
+            await waiting(sink, batch(sink, "b-2", [TargetRecord(first.key, 2, "upsert", first.fields)]))
+            assert (await side.drain()).processed == 1
+        finally:
+            await side.aclose()
+        found = await rows(front, f"SELECT cd_operation, deal_status FROM {TABLE} ORDER BY cd_batch")
+        assert [tuple(r) for r in found] == [("i", "2"), ("i", "1")]
+
     async def test_an_update_without_its_insert_is_refused_by_the_national_side(
             self, front: str, national: NationalFrontDb, tmp_path: Path) -> None:
         """The simulator checks the order itself: a 'u' whose key has no processed 'i' is rejected."""
