@@ -7,7 +7,9 @@
     ├── StoreError                    the store failed (disk full, database gone); the daemon stops cleanly
     ├── AdapterError                  raised by adapters at their boundary, translated from aiohttp/DB/OS errors
     │   ├── RetryableError            try again later (timeouts, 5xx, 429, dropped connections);
-    │   │                             ``retry_after_s`` when the peer said how long to wait
+    │   │   │                         ``retry_after_s`` when the peer said how long to wait
+    │   │   └── AwaitingAnswer        the peer holds the batch but has not answered every record yet: ask
+    │   │                             again; not a failure (no circuit trip, max_attempts does not count it)
     │   ├── PermanentError            the same batch will never succeed (401, 400 on the envelope); dead letter
     │   └── RejectedError             one record is refused; it goes to quarantine with ``reason``
     └── ValidationError               a row failed mapping or validation; carries (field, message) problems
@@ -67,6 +69,12 @@ class RetryableError(AdapterError):
     def __init__(self, message: str, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class AwaitingAnswer(RetryableError):
+    """The peer has the whole batch but has not processed it yet (e.g. the national 前置库's rows): the engine
+    asks again after ``retry_after_s``; the link is fine, so the circuit stays closed and only ``max_age_s``
+    (not ``max_attempts``) bounds the wait."""
 
 
 class PermanentError(AdapterError):

@@ -15,7 +15,11 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from gateway.domain.fields import Dataset as Dataset
+from gateway.domain.fields import FieldSpec as FieldSpec
 from gateway.domain.identifiers import check_resident_id, check_uscc, is_placeholder
+from gateway.domain.regions import check_region
+from gateway.domain.supervision import DATE_ORDER, SUPERVISION, USCC_DOCUMENT
 from gateway.errors import Problem
 from gateway.records import FieldValue
 from gateway.text import control_reason, is_free_text
@@ -43,51 +47,6 @@ USAGE_SCOPES = ("公示", "政府内部共享", "授权查询")
 REPAIR = "信用修复"
 EXPIRED = "公示期满"
 WITHDRAW_REASONS = (REPAIR, EXPIRED, "其他")
-
-
-@dataclass(frozen=True, slots=True)
-class FieldSpec:
-    """One canonical field: its type, label, standard identifier and static rules."""
-
-    name: str
-    label: str
-    kind: str = "text"  # text | date | decimal | list | code
-    required: bool = False
-    max_len: int = 0
-    codes: tuple[str, ...] = ()
-    check: str = ""  # uscc | resident_id
-    personal_id: bool = False  # masked on routes that do not allow personal ID numbers
-
-
-@dataclass(frozen=True, slots=True)
-class Dataset:
-    """A canonical dataset: fields, natural key and validation."""
-
-    name: str
-    label: str
-    fields: tuple[FieldSpec, ...]
-    key_fields: tuple[str, ...]
-    date_field: str  # the decision date: drives the 7-working-day deadline
-    # Record keys carry keyed pseudonyms of the key's personal ID numbers, not the numbers (domain.subject_keys).
-    pseudonymised_key: bool = False
-
-    @property
-    def personal_key(self) -> bool:
-        """True when a record key can hold a personal ID number (route masking covers fields, not keys)."""
-        if self.pseudonymised_key:
-            return False
-        by_name = self.by_name()
-        return any(by_name[k].personal_id for k in self.key_fields if k in by_name)
-
-    def field(self, name: str) -> FieldSpec:
-        return self.by_name()[name]
-
-    def by_name(self) -> Mapping[str, FieldSpec]:
-        return {f.name: f for f in self.fields}
-
-    @property
-    def personal_id_fields(self) -> frozenset[str]:
-        return frozenset(f.name for f in self.fields if f.personal_id)
 
 
 def _subject_fields(prefix: str) -> tuple[FieldSpec, ...]:
@@ -265,7 +224,8 @@ CREDIT_LIST = Dataset(
     ),
 )
 
-DATASETS: Mapping[str, Dataset] = {d.name: d for d in (LICENSE, PENALTY, CREDIT_LIST, SANCTION_CASE, SANCTION_FEEDBACK)}
+DATASETS: Mapping[str, Dataset] = {d.name: d for d in (LICENSE, PENALTY, CREDIT_LIST, SANCTION_CASE, SANCTION_FEEDBACK,
+                                                       *SUPERVISION)}
 
 Fields = Mapping[str, FieldValue]
 Checker = Callable[[Fields, dt.date], Problem | None]
@@ -319,7 +279,33 @@ def _check_text(spec: FieldSpec, value: str) -> Problem | None:
     if spec.check == "uscc":
         reason = _uscc_reason(value)
         return Problem(spec.name, reason) if reason else None
+    if spec.check:
+        reason = _CODE_CHECKS[spec.check](value)
+        return Problem(spec.name, reason) if reason else None
     return None
+
+
+def _item_code_reason(value: str) -> str | None:
+    """监管事项目录编码: 14 digits."""
+    if len(value) != 14 or not value.isascii() or not value.isdigit():
+        return f"{value!r} is not a 14-digit 监管事项目录编码"
+    return None
+
+
+def _check_icode_reason(value: str) -> str | None:
+    """检查实施清单编码: the implementing organ's USCC (18 characters), then a 19th character 1–5."""
+    if len(value) < 19:
+        return f"{value!r}: a 检查实施清单编码 has at least 19 characters (USCC + 1–5)"
+    reason = _uscc_reason(value[:18])
+    if reason:
+        return f"first 18 characters: {reason}"
+    if value[18] not in "12345":
+        return f"19th character {value[18]!r} is not 1–5"
+    return None
+
+
+_CODE_CHECKS: Mapping[str, Callable[[str], str | None]] = {
+    "item_code": _item_code_reason, "check_icode": _check_icode_reason, "region": check_region}
 
 
 @functools.lru_cache(maxsize=8192)
@@ -424,7 +410,23 @@ _LIST_RULES: tuple[Checker, ...] = (
 )
 
 
+def _subject_document(fields: Fields, today: dt.date) -> Problem | None:
+    """A supervision action's 行政相对人编码 is a valid USCC when its 证件类型 says so (ID numbers: _id_number)."""
+    code = fields.get("subject_code")
+    if not code or fields.get("subject_doc_type") != USCC_DOCUMENT:
+        return None
+    reason = _uscc_reason(str(code))
+    return Problem("subject_code", reason) if reason else None
+
+
+def _supervision_rules(dataset: Dataset) -> list[Checker]:
+    return [_subject_document, _id_number("subject_doc_type", "subject_code"), _future_date(dataset.date_field),
+            *(_not_before(later, earlier) for later, earlier in DATE_ORDER[dataset.name])]
+
+
 def _compile(dataset: Dataset) -> _Compiled:
+    if dataset.name in DATE_ORDER:
+        return _compiled_of(dataset, _supervision_rules(dataset))
     subject_rules = {"credit_list": _LIST_RULES, "sanction_case": _CASE_SUBJECT_RULES}.get(dataset.name, _SUBJECT_RULES)
     cross: list[Checker] = [*subject_rules, _id_number("id_type", "id_no"),
                             _id_number("legal_rep_id_type", "legal_rep_id_no"), _future_date(dataset.date_field)]
@@ -433,6 +435,10 @@ def _compile(dataset: Dataset) -> _Compiled:
              "sanction_case": [("period_to", "period_from")],
              "credit_list": [("expiry_date", "listing_date"), ("removal_date", "listing_date")]}
     cross += [_not_before(later, earlier) for later, earlier in dates.get(dataset.name, [])]
+    return _compiled_of(dataset, cross)
+
+
+def _compiled_of(dataset: Dataset, cross: list[Checker]) -> _Compiled:
     plain = {f.name: f.max_len for f in dataset.fields if f.kind == "text" and not f.check}
     return _Compiled(dataset.by_name(), tuple(f.name for f in dataset.fields if f.required), tuple(cross), plain)
 

@@ -25,7 +25,7 @@ import tenacity
 from gateway.adapter import BatchEncoding, OutgoingBatch, PageReading, SourceBatch
 from gateway.clock import china_today
 from gateway.domain.publicity import PublicitySettings
-from gateway.errors import GatewayError, PermanentError, RetryableError
+from gateway.errors import AwaitingAnswer, GatewayError, PermanentError, RetryableError
 from gateway.mapping import InboundMapping, OutboundMapping
 from gateway.pipeline.config import RetrySettings, SourceConfig, TargetConfig
 from gateway.pipeline.encode import Derive, EncodePlan, Route, encode_stored
@@ -442,6 +442,8 @@ class TargetWorker:
         try:
             receipt = await bounded(self.cfg.adapter.deliver(outgoing), self.sem, self.timeout_s,
                                     f"target {self.cfg.name}")
+        except AwaitingAnswer as exc:
+            await self._awaiting(batch, exc, started)
         except RetryableError as exc:
             await self._failed(batch, str(exc), exc.retry_after_s, started, permanent=False)
         except PermanentError as exc:
@@ -481,6 +483,22 @@ class TargetWorker:
                 log.warning("record rejected by target", extra={
                     "target": self.cfg.name, "key": out.key, "version": out.version,
                     "code": out.code, "reason": out.message})
+
+    async def _awaiting(self, batch: Batch, exc: AwaitingAnswer, started: float) -> None:
+        """The peer has the batch and has not answered yet: ask again later; only max_age_s ends the wait."""
+        dead = time.time() - batch.created_at >= self.cfg.retry.max_age_s
+        delay = exc.retry_after_s if exc.retry_after_s is not None else backoff_s(self.cfg.retry, 1)
+        try:
+            await self.store.outbox.fail_attempt(batch, f"awaiting answer: {exc}", time.time() + delay, dead,
+                                                 (time.monotonic() - started) * 1000)
+        except GatewayError as err:  # the store failed: the batch stays open; its claim expires, then ask again
+            log.error("could not record a pending batch", extra={"target": self.cfg.name, "batch": batch.id,
+                                                                 "error": str(err)})
+            return
+        if dead:
+            self.stats.dead += 1
+            log.error("batch dead-lettered: never answered", extra={"target": self.cfg.name, "batch": batch.id,
+                                                                   "error": str(exc)})
 
     async def _failed(self, batch: Batch, error: str, retry_after: float | None, started: float,
                       permanent: bool) -> None:

@@ -120,6 +120,18 @@ class TestSqlSinkContract(SinkContract):
         return {"url": f"postgresql://cg@127.0.0.1:{free_port()}/nowhere", "tables": tables()}
 
 
+class TestNationalFrontDbSinkContract(SinkContract):
+    adapter_type = "national_frontdb"
+    fields: ClassVar[dict[str, tuple[str, ...]]] = {"penalty": ("name", "amount")}
+
+    @pytest.fixture
+    def sink_settings(self, tmp_path: Path) -> dict[str, Any]:
+        return {"url": f"sqlite:///{tmp_path / 'front.db'}", "region_code": "320000"}
+
+    def unreachable_settings(self, tmp_path: Path) -> dict[str, Any]:
+        return {"url": f"postgresql://cg@127.0.0.1:{free_port()}/nowhere", "region_code": "320000"}
+
+
 def tables() -> dict[str, Any]:
     return {"penalty": {"table": "penalties", "key_columns": ["name"]}}
 
@@ -129,12 +141,12 @@ def tables() -> dict[str, Any]:
 CONTRACTS = {(SOURCE_GROUP, c.adapter_type) for c in (TestSqlSourceContract, TestFileDropSourceContract,
                                                       TestPlatformCasesSourceContract, TestPlatformListsSourceContract)}
 CONTRACTS |= {(SINK_GROUP, c.adapter_type) for c in (TestCreditPlatformSinkContract, TestFileDropSinkContract,
-                                                     TestSqlSinkContract)}
+                                                     TestSqlSinkContract, TestNationalFrontDbSinkContract)}
 
 
 def test_every_first_party_adapter_has_a_contract() -> None:
     """Each adapter registered by this package (entry point under adapters.) is under its contract here."""
     registered = {(group, ep.name) for group in (SOURCE_GROUP, SINK_GROUP) for ep in entry_points(group=group)
                   if ep.value.startswith("adapters.")}
-    assert len(registered) == 7
+    assert len(registered) == 8
     assert registered == CONTRACTS

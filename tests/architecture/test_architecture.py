@@ -24,7 +24,7 @@ def rel(path: Path) -> str:
 
 # library → the gateway/ modules (file name patterns) allowed to import it
 BEHIND_ONE_MODULE = {
-    "sqlalchemy": ("store/*.py",),
+    "sqlalchemy": ("store/*.py", "sandbox/national.py"),  # the store; the national side of the 前置库 (simulated)
     "apscheduler": ("scheduler.py",),
     "tenacity": ("pipeline/engine.py",),
     "aiohttp": ("sandbox/*.py", "web/*.py", "cli/remote.py", "inbound/client.py"),  # servers, clients

@@ -25,6 +25,8 @@ from gateway.mapping import InboundMapping, load_mapping, show, source_columns
 from gateway.mapping import fast as fastmap
 from gateway.pipeline import workers as cpu
 from gateway.testing.department_db import SampleResult, SampleSpec, create_department_db
+from gateway.testing.national import TABLES as NATIONAL_TABLES
+from gateway.testing.national import supervision_rows
 from gateway.testing.rows import PLACEHOLDER_USCC, make_uscc
 from tests.support.helpers import MAPPINGS, read_rows
 
@@ -32,6 +34,8 @@ TODAY = dt.date(2025, 6, 1)
 SECRET = KeySecret(bytes(range(32)))
 INBOUND = sorted(p.name for p in MAPPINGS.glob("*.toml") if 'kind = "inbound"' in p.read_text(encoding="utf-8"))
 TABLES = {"department-penalty.toml": "xzcf", "department-license.toml": "xzxk"}
+# the supervision actions' department tables: rows from gateway.testing.national (10% broken in named ways)
+SUPERVISION = {f"department-{ds.replace('_', '-')}.toml": ds for ds in NATIONAL_TABLES}
 FUZZ_ROWS = 3000
 COMPANY, ORGAN = make_uscc("91", "320505", "MA1B3N1N"), make_uscc("11", "320500", "01411742")
 
@@ -91,6 +95,9 @@ def rows_for(name: str, rows: dict[str, list[dict[str, Any]]], seed: int = 1) ->
     mappings rows carrying the sample's canonical values under the mapping's columns."""
     if name in TABLES:
         return [{k: v for k, v in r.items() if k not in ("id", "gxsj")} for r in rows[TABLES[name]]]
+    if name in SUPERVISION:
+        return [{k: v for k, v in r.items() if k != "_broken"}
+                for r in supervision_rows(SUPERVISION[name], 300, seed=seed, day=TODAY - dt.timedelta(days=30))]
     mapping, rng = inbound(MAPPINGS / name), random.Random(seed)
     department = {table: inbound(MAPPINGS / file).reference() for file, table in TABLES.items()}
     canonical = [m.record.fields for table, source in department.items()

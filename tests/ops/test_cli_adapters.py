@@ -21,7 +21,8 @@ class TestAdapters:
         lines = [line.split() for line in done.stdout.splitlines()[1:]]
         assert ["source", "platform_lists", "adapters.platform.lists:PlatformListsSource"] in lines
         assert ["sink", "credit_platform", "adapters.platform.upload:CreditPlatformSink"] in lines
-        assert len(lines) == 7
+        assert ["sink", "national_frontdb", "adapters.national.frontdb:NationalFrontDbSink"] in lines
+        assert len(lines) == 8
 
     def test_describe_prints_settings(self, tmp_path: Path) -> None:
         """describe prints each setting with its type, default (or required) and help, for the source and the sink."""
