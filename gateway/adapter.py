@@ -163,7 +163,7 @@ BodyEncoder = Callable[[str, str, str, Sequence[TargetRecord]], bytes]  # (batch
 @runtime_checkable
 class PageReading(Protocol):
     """Source capability: ``fetch`` of a page after the first of a poll as a picklable, synchronous callable,
-    so that a mapping worker process reads and maps the pages of a backlog itself (gateway.pipeline.engine.Intake).
+    so that a mapping worker process reads and maps the pages of a backlog itself (gateway.pipeline.intake.Intake).
     When it gives None (e.g. not a SQLite file), the daemon fetches every page and the worker maps it. The
     reader's module must import no database driver or HTTP client: the worker starts in about 0.2 s."""
 

@@ -34,7 +34,8 @@ from gateway.jobs import list_targets, reconcile, repair_screen, run_publicity
 from gateway.mapping import load_mapping, mapping_version
 from gateway.monthly import due_month, monthly_report
 from gateway.pipeline.audit import audit_source
-from gateway.pipeline.engine import Intake, TargetWorker
+from gateway.pipeline.delivery import TargetWorker
+from gateway.pipeline.intake import Intake
 from gateway.pipeline.workers import MapPool
 from gateway.scheduler import Scheduler
 from gateway.store import Store, open_store

@@ -19,7 +19,8 @@ from typing import Any
 
 from gateway.adapter import Auditing
 from gateway.errors import ConfigError, Problem
-from gateway.pipeline.engine import Intake, bounded
+from gateway.pipeline.calls import bounded
+from gateway.pipeline.intake import Intake
 from gateway.store.audits import AuditResult
 
 log = logging.getLogger("gateway.audit")

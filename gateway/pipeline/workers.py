@@ -104,7 +104,7 @@ def _read_in_worker(reader: Callable[[Any, int], SourceBatch], cursor: Any, limi
                     mappings: Sequence[tuple[str, int, KeySecret | None]], today: dt.date
                     ) -> tuple[SourceBatch, int, Mapped | None]:
     """Read a page with the source's page reader and map it with each mapping (path, version, key secret).
-    The batch comes back with the rows of accepted entries that are not upserts only (gateway.pipeline.engine.Page), or
+    The batch comes back with the rows of accepted entries that are not upserts only (gateway.pipeline.intake.Page), or
     with all its rows and no mapping when a mapping file is not the daemon's version (MappingMoved)."""
     batch = reader(cursor, limit)
     try:

@@ -30,7 +30,7 @@ from gateway.config import load_config
 from gateway.errors import ConfigError, StoreError
 from gateway.pipeline.audit import audit_source
 from gateway.pipeline.config import SourceConfig
-from gateway.pipeline.engine import Intake
+from gateway.pipeline.intake import Intake
 from gateway.store import Store
 from gateway.store import schema as s
 from gateway.testing.department_db import apply_changes, insert_rows, same_gxsj_rows

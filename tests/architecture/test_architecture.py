@@ -26,7 +26,7 @@ def rel(path: Path) -> str:
 BEHIND_ONE_MODULE = {
     "sqlalchemy": ("store/*.py", "sandbox/national.py"),  # the store; the national side of the 前置库 (simulated)
     "apscheduler": ("scheduler.py",),
-    "tenacity": ("pipeline/engine.py",),
+    "tenacity": ("pipeline/delivery.py",),
     "aiohttp": ("sandbox/*.py", "web/*.py", "cli/remote.py", "inbound/client.py"),  # servers, clients
     "cryptography": ("sealing/base.py", "sealing/cms.py", "sealing/sm.py", "sealing/pki.py", "sealing/xmldsig.py"),
     "asn1crypto": ("sealing/base.py", "sealing/cms.py", "sealing/sm.py", "sealing/pki.py"),

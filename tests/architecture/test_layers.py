@@ -35,11 +35,11 @@ class TestLayers:
 
     def test_the_rule_catches_an_upward_import(self) -> None:
         """The rule is not vacuous: the store may not import the pipeline, nor the domain the store."""
-        assert not allowed("gateway.store.outbox", "gateway.pipeline.engine")
+        assert not allowed("gateway.store.outbox", "gateway.pipeline.delivery")
         assert not allowed("gateway.domain.timeliness", "gateway.store")
         assert not allowed("gateway.sandbox.server", "gateway.store")
         assert not allowed("adapters.sql.source", "gateway.pipeline.workers")
-        assert allowed("gateway.pipeline.engine", "gateway.store")
+        assert allowed("gateway.pipeline.delivery", "gateway.store")
 
     def test_the_graph_is_read(self) -> None:
         """The scanner sees the tree's imports (so the checks above are not vacuous)."""

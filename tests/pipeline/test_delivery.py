@@ -21,7 +21,7 @@ from gateway.clock import china_today
 from gateway.config import Config, load_config
 from gateway.daemon import Gateway
 from gateway.errors import ConfigError, StoreError
-from gateway.pipeline.engine import TargetWorker
+from gateway.pipeline.delivery import TargetWorker
 from gateway.sandbox.platform import simulated_reject
 from gateway.sandbox.server import Faults, Sandbox
 from gateway.store import Store, open_store

@@ -25,7 +25,7 @@ import pytest
 from adapters.sql.source import SqlSource
 from gateway.adapter import AdapterContext, SourceBatch
 from gateway.pipeline.config import SourceConfig
-from gateway.pipeline.engine import Intake
+from gateway.pipeline.intake import Intake
 from gateway.records import LedgerEntry
 from gateway.store import Store, open_store
 from gateway.stored import Reject

@@ -29,7 +29,7 @@ from gateway.domain.publicity import PublicitySettings
 from gateway.errors import RetryableError
 from gateway.jobs import repair_screen
 from gateway.pipeline.config import SourceConfig
-from gateway.pipeline.engine import Intake
+from gateway.pipeline.intake import Intake
 from gateway.pipeline.workers import MapPool
 from gateway.store import Store, open_store
 from gateway.testing.department_db import apply_changes
