@@ -54,7 +54,10 @@ class NationalFrontDb:
     """Drains the front-end tables of one database (a URL as the sink's, sqlite:// or postgresql://)."""
 
     def __init__(self, url: str, faults: FrontDbFaults | None = None, today: dt.date | None = None) -> None:
-        self.engine: AsyncEngine = create_async_engine(_async_url(url))
+        # a SQLite front-end database is shared with the gateway's writes: wait for its lock as the national side's
+        # own poller would, instead of failing a drain when a write transaction is open (SQLite's default: 5 s)
+        options: dict[str, Any] = {"connect_args": {"timeout": 60.0}} if url.startswith("sqlite") else {}
+        self.engine: AsyncEngine = create_async_engine(_async_url(url), **options)
         self.faults = faults or FrontDbFaults()
         self.today = today
         self._sqlite = url.startswith("sqlite")
