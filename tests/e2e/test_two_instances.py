@@ -39,7 +39,6 @@ import random
 import signal
 import subprocess
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +49,6 @@ from gateway.store import open_store
 from gateway.testing.department_db import SampleSpec, apply_changes, create_department_db, insert_rows
 from tests.support.crash_helpers import (
     ORPHAN_GRACE_S,
-    TABLE_CODE,
-    Expected,
     Process,
     SandboxClient,
     child_env,
@@ -66,10 +63,12 @@ from tests.support.instance_helpers import PgStoreView
 from tests.support.pg_server import create_database
 from tests.support.processes import (
     FAULTS,
+    Outcome,
     brief,
     check_arrivals,
     check_gateway,
     check_platform,
+    collect,
     committed_then_lost,
     event_is,
     report,
@@ -349,27 +348,7 @@ class TwoInstances:
 
     def collect(self) -> Outcome:
         """Everything the checks need, read once both instances stopped (the sandbox is stopped last)."""
-        client = self.sandbox_client()
-        expected = expected_state(self.department, china_today())
-        stats = client.stats()
-        held = {(dataset, key): row for dataset, code in TABLE_CODE.items()
-                for key, row in client.records(code).items()}
-        status = self.status_json()
-        assert self.sandbox is not None
-        sandbox_exit = self.sandbox.terminate(60)
-        return Outcome(self, expected, held, stats, status, sandbox_exit,
-                       {batch_id: self.store.batch(batch_id) for batch_id in self.followed})
-
-
-@dataclass
-class Outcome:
-    run: TwoInstances
-    expected: Expected
-    held: dict[tuple[str, str], dict[str, Any]]
-    stats: dict[str, Any]
-    status: subprocess.CompletedProcess[str]
-    sandbox_exit: int
-    followed: dict[str, dict[str, Any] | None]  # batch id -> its gateway state at the end
+        return collect(self)
 
 
 # ---------------------------------------------------------------- the scenario's tests

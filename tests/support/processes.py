@@ -179,27 +179,32 @@ class DaemonRun:
 
     def collect(self) -> Outcome:
         """Everything the checks need, read once the final run has stopped (the sandbox is stopped last)."""
-        client = self.sandbox_client()
-        expected = expected_state(self.department, china_today())
-        stats = client.stats()
-        held = {(dataset, key): row for dataset, code in TABLE_CODE.items()
-                for key, row in client.records(code).items()}
-        status = self.status_json()
-        assert self.sandbox is not None
-        sandbox_exit = self.sandbox.terminate(60)
-        return Outcome(self, expected, held, stats, status, sandbox_exit,
-                       {batch_id: self.store.batch(batch_id) for batch_id in self.followed})
+        return collect(self)
 
 
 @dataclass
 class Outcome:
-    run: DaemonRun
+    run: Any  # a DaemonRun, or the two-instance test's run
     expected: Expected
     held: dict[tuple[str, str], dict[str, Any]]
     stats: dict[str, Any]
     status: subprocess.CompletedProcess[str]
     sandbox_exit: int
     followed: dict[str, dict[str, Any] | None]  # batch id -> its gateway state at the end
+
+
+def collect(run: Any) -> Outcome:
+    """What a run's checks need, read once its daemons stopped (the sandbox is stopped last): the expected state,
+    what the sandbox holds and counted, ``status --json`` and the followed batches (a DaemonRun or TwoInstances)."""
+    client = run.sandbox_client()
+    expected = expected_state(run.department, china_today())
+    stats = client.stats()
+    held = {(dataset, key): row for dataset, code in TABLE_CODE.items() for key, row in client.records(code).items()}
+    status = run.status_json()
+    assert run.sandbox is not None
+    sandbox_exit = run.sandbox.terminate(60)
+    return Outcome(run, expected, held, stats, status, sandbox_exit,
+                   {batch_id: run.store.batch(batch_id) for batch_id in run.followed})
 
 
 def brief(stats: dict[str, Any]) -> dict[str, Any]:
